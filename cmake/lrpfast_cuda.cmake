@@ -1,0 +1,15 @@
+# CUDA is optional: LRPFAST_CUDA=AUTO (default) builds the CUDA engine only when a CUDA compiler
+# is found, OFF never does, ON fails when none is found. A machine without CUDA builds CPU-only.
+set(LRPFAST_CUDA "AUTO" CACHE STRING "Build the CUDA engine: AUTO, ON or OFF")
+set(LRPFAST_WITH_CUDA OFF)
+file(GLOB LRPFAST_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/cuda/kernels/*.cu)
+if(NOT LRPFAST_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER AND LRPFAST_CUDA_SOURCES)
+    message(STATUS "lrpfast: CUDA compiler found (${CMAKE_CUDA_COMPILER}); CUDA kernels are built by issue #6's engine")
+  elseif(LRPFAST_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "lrpfast: LRPFAST_CUDA=ON but no CUDA compiler/sources were found")
+  endif()
+endif()
+message(STATUS "lrpfast: CUDA engine = ${LRPFAST_WITH_CUDA}")
