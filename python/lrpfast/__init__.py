@@ -1,6 +1,20 @@
-"""lrpfast: fast, faithful Layer-wise Relevance Propagation for Caffe models."""
+"""lrpfast: fast, faithful Layer-wise Relevance Propagation for Caffe models.
+
+    import lrpfast
+    net = lrpfast.Net("deploy.prototxt", "weights.caffemodel")
+    R = net.relevance(x, classes, rules="cmp_alpha2_flat")   # (N, C, H, W) like x
+"""
 from __future__ import annotations
 
 from ._loader import _core
+from . import caffe, rules
+from .composites import COMPOSITE_NAMES, Composite, composite
+from .compat import RelPropOpts  # toolbox options (SPEC 4); see lrpfast.compat
+from .info import info, set_num_threads, get_num_threads
+from .layers import LayerError, supported_types
+from .net import Net
 
 __version__: str = _core.__version__
+
+__all__ = ["Net", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
+           "set_num_threads", "get_num_threads", "supported_types", "LayerError", "__version__"]

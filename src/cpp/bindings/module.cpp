@@ -1,19 +1,396 @@
 // Python bindings of the CPU engine: numpy arrays <-> raw pointers; the GIL is released around
-// every compute call; C++ exceptions become Python ValueError/RuntimeError.
+// every compute call; C++ exceptions become Python exceptions (std::invalid_argument -> ValueError,
+// other std::exception -> RuntimeError). Every argument is validated here or in the kernels'
+// make_*_geom() before any pointer is touched, so bad input from Python raises instead of crashing.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/check.hpp"
+#include "kernels/conv.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/linear.hpp"
+#include "kernels/lrn.hpp"
+#include "kernels/parallel.hpp"
+#include "kernels/pool.hpp"
 
 namespace py = pybind11;
+using lrpfast::fail;
+using lrpfast::require;
+using i64 = std::int64_t;
+
+namespace {
+
+constexpr auto kIn = py::array::c_style | py::array::forcecast;
+
+std::string shape_str(const std::vector<i64>& s) {
+  std::ostringstream os;
+  os << '(';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+// An input converted to a C-contiguous array of T (a copy only when needed), with its shape
+// checked: `ndim` dimensions (-1: any), described to the user as `layout` (e.g. "(N,C,H,W)").
+template <class T>
+struct Input {
+  py::array_t<T, kIn> arr;
+  std::vector<i64> shape;
+  const T* data() const { return arr.data(); }
+  i64 size() const { return i64(arr.size()); }
+  i64 operator[](size_t i) const { return shape[i]; }
+};
+
+template <class T>
+Input<T> input(const py::handle& obj, const char* name, int ndim, const char* layout) {
+  if (obj.is_none()) fail(name, " is required, got None");
+  auto arr = py::array_t<T, kIn>::ensure(obj);
+  if (!arr)
+    fail(name, " must be an array of ", std::is_same<T, float>::value ? "float32" : "int32",
+         " (or convertible to one), got ",
+         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  Input<T> in{arr, std::vector<i64>(arr.shape(), arr.shape() + arr.ndim())};
+  if (ndim >= 0 && in.shape.size() != size_t(ndim))
+    fail(name, " must be ", ndim, "-D ", layout, ", got shape ", shape_str(in.shape));
+  return in;
+}
+
+// Optional bias: None -> nullptr; otherwise a 1-D array of length n.
+const float* bias(const py::handle& obj, Input<float>& keep, i64 n) {
+  if (obj.is_none()) return nullptr;
+  keep = input<float>(obj, "b", 1, "(O)");
+  require(keep[0] == n, "b must have shape (", n, ",) (one value per output), got ",
+          shape_str(keep.shape));
+  return keep.data();
+}
+
+i64 to_index(const py::handle& v, const char* name) {
+  if (py::isinstance<py::bool_>(v) || py::isinstance<py::float_>(v))
+    fail(name, " must be an integer, got ", std::string(py::repr(v)));
+  PyObject* idx = PyNumber_Index(v.ptr());
+  if (!idx) {
+    PyErr_Clear();
+    fail(name, " must be an integer, got ", std::string(py::repr(v)));
+  }
+  const i64 r = PyLong_AsLongLong(idx);
+  Py_DECREF(idx);
+  if (r == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    fail(name, " is too large");
+  }
+  return r;
+}
+
+// An int or a (h, w) pair.
+std::array<i64, 2> pair(const py::handle& obj, const char* name) {
+  if (obj.is_none()) fail(name, " is required, got None");
+  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
+    auto seq = py::reinterpret_borrow<py::sequence>(obj);
+    if (seq.size() != 2)
+      fail(name, " must be an int or an (h, w) pair, got ", std::string(py::repr(obj)));
+    return {to_index(seq[0], name), to_index(seq[1], name)};
+  }
+  const i64 v = to_index(obj, name);
+  return {v, v};
+}
+
+// in_shape (C,H,W) or (N,C,H,W) -> (C,H,W); N is taken from the gradient.
+std::array<i64, 3> chw(const py::handle& obj) {
+  if (obj.is_none()) fail("in_shape is required, got None");
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
+    fail("in_shape must be a tuple (C,H,W) or (N,C,H,W), got ", std::string(py::repr(obj)));
+  auto seq = py::reinterpret_borrow<py::sequence>(obj);
+  const size_t n = seq.size();
+  if (n != 3 && n != 4)
+    fail("in_shape must be a tuple (C,H,W) or (N,C,H,W), got ", std::string(py::repr(obj)));
+  const size_t o = n - 3;
+  return {to_index(seq[o], "in_shape"), to_index(seq[o + 1], "in_shape"),
+          to_index(seq[o + 2], "in_shape")};
+}
+
+template <class T>
+py::array_t<T> output(const std::vector<i64>& shape) {
+  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+// ---- functions -------------------------------------------------------------------------------
+
+py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, const py::object& bo,
+                                const py::object& stride, const py::object& pad,
+                                const py::object& dilation, i64 group) {
+  auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
+  auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
+                                         p[0], p[1], d[0], d[1], group);
+  Input<float> bk;
+  const float* b = bias(bo, bk, g.O);
+  auto y = output<float>({g.N, g.O, g.Ho, g.Wo});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::conv_forward(g, x.data(), w.data(), b, yp);
+  }
+  return y;
+}
+
+py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& wo,
+                                      const py::object& in_shape, const py::object& stride,
+                                      const py::object& pad, const py::object& dilation,
+                                      i64 group) {
+  auto dy = input<float>(dyo, "dy", 4, "(N,O,Ho,Wo)");
+  auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
+  const auto in = chw(in_shape);
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  const auto g = lrpfast::make_conv_geom(dy[0], in[0], in[1], in[2], w[0], w[1], w[2], w[3], s[0],
+                                         s[1], p[0], p[1], d[0], d[1], group);
+  require(dy[1] == g.O && dy[2] == g.Ho && dy[3] == g.Wo, "dy must have shape (N, ", g.O, ", ",
+          g.Ho, ", ", g.Wo, ") for this convolution of an input (", in[0], ", ", in[1], ", ", in[2],
+          "), got ", shape_str(dy.shape));
+  auto dx = output<float>({g.N, g.C, g.H, g.W});
+  float* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::conv_backward_data(g, dy.data(), w.data(), dxp);
+  }
+  return dx;
+}
+
+py::array_t<float> linear_forward(const py::object& xo, const py::object& wo,
+                                  const py::object& bo) {
+  auto x = input<float>(xo, "x", 2, "(N,K)");
+  auto w = input<float>(wo, "w", 2, "(O,K)");
+  const auto g = lrpfast::make_linear_geom(x[0], x[1], w[0], w[1]);
+  Input<float> bk;
+  const float* b = bias(bo, bk, g.O);
+  auto y = output<float>({g.N, g.O});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::linear_forward(g, x.data(), w.data(), b, yp);
+  }
+  return y;
+}
+
+py::array_t<float> linear_backward_data(const py::object& dyo, const py::object& wo) {
+  auto dy = input<float>(dyo, "dy", 2, "(N,O)");
+  auto w = input<float>(wo, "w", 2, "(O,K)");
+  require(dy[1] == w[0], "dy has ", dy[1], " outputs per row but w has ", w[0], " rows");
+  const auto g = lrpfast::make_linear_geom(dy[0], w[1], w[0], w[1]);
+  auto dx = output<float>({g.N, g.K});
+  float* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::linear_backward_data(g, dy.data(), w.data(), dxp);
+  }
+  return dx;
+}
+
+py::tuple pool_forward(const py::object& xo, const std::string& method, const py::object& kernel,
+                       const py::object& stride, const py::object& pad, bool ceil_mode) {
+  auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
+  const auto m = lrpfast::parse_pool_method(method.c_str());
+  const auto k = pair(kernel, "kernel"), s = pair(stride, "stride"), p = pair(pad, "pad");
+  const auto g = lrpfast::make_pool_geom(x[0], x[1], x[2], x[3], k[0], k[1], s[0], s[1], p[0], p[1],
+                                         ceil_mode);
+  auto y = output<float>({g.N, g.C, g.Ho, g.Wo});
+  float* yp = y.mutable_data();
+  if (m == lrpfast::PoolMethod::Max) {
+    auto am = output<std::int32_t>({g.N, g.C, g.Ho, g.Wo});
+    std::int32_t* ap = am.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      lrpfast::cpu::pool_max_forward(g, x.data(), yp, ap);
+    }
+    return py::make_tuple(y, am);
+  }
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::pool_ave_forward(g, x.data(), yp);
+  }
+  return py::make_tuple(y, output<std::int32_t>({0}));
+}
+
+py::array_t<float> pool_backward(const py::object& dyo, const py::object& in_shape,
+                                 const std::string& method, const py::object& kernel,
+                                 const py::object& stride, const py::object& pad,
+                                 const py::object& argmax, const py::object& ceil_mode) {
+  auto dy = input<float>(dyo, "dy", 4, "(N,C,Ho,Wo)");
+  const auto m = lrpfast::parse_pool_method(method.c_str());
+  const auto in = chw(in_shape);
+  const auto k = pair(kernel, "kernel"), s = pair(stride, "stride"), p = pair(pad, "pad");
+  auto geom = [&](bool ceil) {
+    return lrpfast::make_pool_geom(dy[0], in[0], in[1], in[2], k[0], k[1], s[0], s[1], p[0], p[1],
+                                   ceil);
+  };
+  auto fits = [&](const lrpfast::PoolGeom& g) {
+    return dy[1] == g.C && dy[2] == g.Ho && dy[3] == g.Wo;
+  };
+  lrpfast::PoolGeom g;
+  if (!ceil_mode.is_none()) {
+    g = geom(bool(py::bool_(ceil_mode)));
+  } else {  // not given: the mode whose output shape dy has (ceil, Caffe's, first)
+    g = geom(true);
+    if (!fits(g)) {
+      try {
+        const auto gf = geom(false);
+        if (fits(gf)) g = gf;
+      } catch (const std::invalid_argument&) {
+      }
+    }
+  }
+  require(fits(g), "dy must have shape (N, ", g.C, ", ", g.Ho, ", ", g.Wo,
+          ") for this pooling of an input (", in[0], ", ", in[1], ", ", in[2], "), got ",
+          shape_str(dy.shape));
+  auto dx = output<float>({g.N, g.C, g.H, g.W});
+  float* dxp = dx.mutable_data();
+  if (m == lrpfast::PoolMethod::Max) {
+    if (argmax.is_none()) fail("argmax is required for max pooling, got None");
+    auto am = input<std::int32_t>(argmax, "argmax", 4, "(N,C,Ho,Wo)");
+    require(am.shape == dy.shape, "argmax must have the shape of dy ", shape_str(dy.shape),
+            ", got ", shape_str(am.shape));
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::pool_max_backward(g, dy.data(), am.data(), dxp);
+  } else {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::pool_ave_backward(g, dy.data(), dxp);
+  }
+  return dx;
+}
+
+py::tuple lrn_forward(const py::object& xo, i64 local_size, double alpha, double beta, double k,
+                      const std::string& region) {
+  auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
+  const auto p = lrpfast::make_lrn_params(local_size, alpha, beta, k, region.c_str());
+  for (size_t i = 0; i < 4; ++i) lrpfast::checked_int(x[i], "lrn: dimension");
+  auto y = output<float>(x.shape), sc = output<float>(x.shape);
+  float* yp = y.mutable_data();
+  float* sp = sc.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::lrn_forward(p, int(x[0]), int(x[1]), int(x[2]), int(x[3]), x.data(), yp, sp);
+  }
+  return py::make_tuple(y, sc);
+}
+
+py::array_t<float> stabilized_divide(const py::object& ro, const py::object& zo, double eps,
+                                     bool zero_to_zero) {
+  auto r = input<float>(ro, "r", -1, "");
+  auto z = input<float>(zo, "z", -1, "");
+  require(r.shape == z.shape, "r and z must have the same shape, got ", shape_str(r.shape), " and ",
+          shape_str(z.shape));
+  lrpfast::check_stabilizer(eps);
+  auto out = output<float>(r.shape);
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::stabilized_divide(r.size(), r.data(), z.data(), float(eps), zero_to_zero, op);
+  }
+  return out;
+}
+
+void set_num_threads(i64 n) {
+  require(n >= 1 && n <= 4096, "number of threads must be in 1..4096, got ", n);
+  lrpfast::set_num_threads(int(n));
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "lrpfast native CPU engine (private; use the lrpfast package)";
+  m.doc() =
+      "lrpfast native CPU engine (private; use the lrpfast package).\n\n"
+      "All arrays are float32, NCHW, C-contiguous (other inputs are converted, copying only when\n"
+      "needed). Kernel/stride/pad/dilation arguments take an int or an (h, w) pair. Bad shapes or\n"
+      "parameters raise ValueError.";
   m.attr("__version__") = LRPFAST_VERSION;
   m.attr("cuda_compiled") = bool(LRPFAST_WITH_CUDA);
-  m.def("blas_name", &lrpfast::blas_name);
-  m.def("blas_config", &lrpfast::blas_config);
-  m.def("set_num_threads", &lrpfast::blas_set_num_threads, py::arg("n"));
-  m.def("get_num_threads", &lrpfast::blas_get_num_threads);
+
+  m.def("blas_name", &lrpfast::blas_name, "Name, version and CPU kernel of the BLAS in use.");
+  m.def("blas_config", &lrpfast::blas_config, "The BLAS library's own configuration string.");
+  m.def(
+      "set_num_threads", &set_num_threads, py::arg("n"),
+      "Set the number of threads lrpfast computes with (n >= 1): its matrix products (sliced\n"
+      "over single-threaded BLAS calls) and its element-wise/im2col/pooling loops share one pool.\n"
+      "Default: $LRPFAST_NUM_THREADS, else $OMP_NUM_THREADS, else the CPUs available.");
+  m.def("get_num_threads", &lrpfast::num_threads,
+        "Number of threads lrpfast computes with (BLAS itself always runs single-threaded).");
+
+  m.def(
+      "conv_out_size",
+      [](i64 in, i64 kernel, i64 stride, i64 pad, i64 dilation) {
+        return lrpfast::conv_out_size_checked(in, kernel, stride, pad, dilation);
+      },
+      py::arg("in_size"), py::arg("kernel"), py::arg("stride") = 1, py::arg("pad") = 0,
+      py::arg("dilation") = 1,
+      "Caffe's convolution output size floor((in + 2*pad - (dilation*(kernel-1)+1)) / stride) + "
+      "1.\n"
+      "Raises ValueError when the kernel does not fit the padded input or a parameter is invalid.");
+  m.def(
+      "pool_out_size",
+      [](i64 in, i64 kernel, i64 stride, i64 pad, bool ceil_mode) {
+        return lrpfast::pool_out_size_checked(in, kernel, stride, pad, ceil_mode);
+      },
+      py::arg("in_size"), py::arg("kernel"), py::arg("stride") = 1, py::arg("pad") = 0,
+      py::arg("ceil_mode") = true,
+      "Caffe's pooling output size: ceil((in + 2*pad - kernel) / stride) + 1, minus 1 when pad > "
+      "0\n"
+      "and the last window would start in the padding ((out-1)*stride >= in + pad); with\n"
+      "ceil_mode=False floor(...) + 1. Requires 0 <= pad < kernel (as Caffe); raises ValueError\n"
+      "when the output would be < 1.");
+
+  m.def("conv_forward", &conv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        "2-D convolution, Caffe semantics.\n\n"
+        "x (N,C,H,W), w (O,C/group,kh,kw), b (O,) or None -> y (N,O,Ho,Wo) with\n"
+        "Ho = conv_out_size(H, kh, stride[0], pad[0], dilation[0]) (same for Wo).\n"
+        "Computed as im2col + one gemm per group (1x1/stride 1/pad 0 kernels skip im2col).");
+  m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        "Gradient of conv_forward w.r.t. its input (the transposed convolution).\n\n"
+        "dy (N,O,Ho,Wo), w (O,C/group,kh,kw), in_shape (C,H,W) or (N,C,H,W) (N is taken from dy)\n"
+        "-> dx (N,C,H,W) = col2im(W^T dy). Bias plays no part.");
+  m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"),
+        "Fully connected layer: x (N,K), w (O,K), b (O,) or None -> y (N,O) = x w^T + b.");
+  m.def("linear_backward_data", &linear_backward_data, py::arg("dy"), py::arg("w"),
+        "Gradient of linear_forward w.r.t. x: dy (N,O), w (O,K) -> dx (N,K) = dy w.");
+  m.def(
+      "pool_forward", &pool_forward, py::arg("x"), py::arg("method"), py::arg("kernel"),
+      py::arg("stride") = 1, py::arg("pad") = 0, py::arg("ceil_mode") = true,
+      "2-D pooling, Caffe semantics. x (N,C,H,W) -> (y (N,C,Ho,Wo), argmax).\n\n"
+      "method 'max': maximum over the window clipped to the image; argmax (int32, shape of y) is\n"
+      "the flat index h*W + w inside the input plane of the first maximum in row-major order.\n"
+      "method 'ave': window sum / pool_size, pool_size counting the window clipped to the padded\n"
+      "image (Caffe); argmax is an empty int32 array. Output size: pool_out_size. Global pooling:\n"
+      "kernel (H, W), stride 1, pad 0.");
+  m.def(
+      "pool_backward", &pool_backward, py::arg("dy"), py::arg("in_shape"), py::arg("method"),
+      py::arg("kernel"), py::arg("stride") = 1, py::arg("pad") = 0, py::arg("argmax") = py::none(),
+      py::arg("ceil_mode") = py::none(),
+      "Adjoint of pool_forward. dy (N,C,Ho,Wo), in_shape (C,H,W) or (N,C,H,W) -> dx (N,C,H,W).\n\n"
+      "'max': dx[n, c].flat[argmax] += dy (winner takes all; argmax from pool_forward, required).\n"
+      "'ave': dx += dy / pool_size over each clipped window (the transpose of the AVE forward);\n"
+      "argmax is ignored. ceil_mode: as in pool_forward; None (default) takes the mode matching\n"
+      "dy's shape (ceil first).");
+  m.def("lrn_forward", &lrn_forward, py::arg("x"), py::arg("local_size"), py::arg("alpha"),
+        py::arg("beta"), py::arg("k") = 1.0, py::arg("region") = "across",
+        "Caffe LRN. x (N,C,H,W) -> (y, scale), both (N,C,H,W), y = x * scale^(-beta).\n\n"
+        "region 'across' (ACROSS_CHANNELS): scale = k + alpha/n * sum of x^2 over the n channels\n"
+        "centred at c (clipped at the ends). region 'within' (WITHIN_CHANNEL): scale = 1 + "
+        "alpha/n^2\n"
+        "* sum of x^2 over the n x n window centred at the pixel (zero padding); k is ignored, as "
+        "in\n"
+        "Caffe. local_size n must be odd.");
+  m.def("stabilized_divide", &stabilized_divide, py::arg("r"), py::arg("z"), py::arg("eps"),
+        py::arg("zero_to_zero") = true,
+        "Element-wise r / (z + eps*sign(z)) with sign(0) = +1 (eps >= 0). With zero_to_zero, a\n"
+        "denominator that is exactly 0 gives 0 (LRP's 'zero denominator contributes nothing').\n"
+        "r and z must have the same shape; returns a new float32 array of that shape.");
 }

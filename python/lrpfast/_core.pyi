@@ -1,0 +1,107 @@
+"""Type stub of lrpfast's native CPU engine (private: use the lrpfast package).
+
+All float arrays are float32, NCHW, C-contiguous; other inputs (float64, non-contiguous, anything
+numpy can convert) are converted, copying only when needed. Parameters typed ``IntPair`` take an
+int (used for both axes) or an (h, w) pair. Bad shapes or parameters raise ValueError.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import TypeAlias
+
+IntPair: TypeAlias = int | tuple[int, int] | Sequence[int]
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+Int32Array: TypeAlias = npt.NDArray[np.int32]
+ArrayLike: TypeAlias = npt.ArrayLike
+
+__version__: str
+cuda_compiled: bool
+
+def blas_name() -> str:
+    """Name, version and CPU kernel of the BLAS in use."""
+
+def blas_config() -> str:
+    """The BLAS library's own configuration string."""
+
+def set_num_threads(n: int) -> None:
+    """Threads of lrpfast's pool (gemm slices over single-threaded BLAS, and all loops); n >= 1."""
+
+def get_num_threads() -> int: ...
+def conv_out_size(
+    in_size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1
+) -> int:
+    """floor((in + 2*pad - (dilation*(kernel-1)+1)) / stride) + 1; ValueError when < 1."""
+
+def pool_out_size(
+    in_size: int, kernel: int, stride: int = 1, pad: int = 0, ceil_mode: bool = True
+) -> int:
+    """Caffe: ceil((in + 2*pad - kernel)/stride) + 1, minus 1 if pad > 0 and
+    (out-1)*stride >= in + pad; floor((in + 2*pad - kernel)/stride) + 1 with ceil_mode=False."""
+
+def conv_forward(
+    x: ArrayLike,  # (N, C, H, W)
+    w: ArrayLike,  # (O, C/group, kh, kw)
+    b: ArrayLike | None,  # (O,) or None
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    dilation: IntPair = 1,
+    group: int = 1,
+) -> FloatArray:  # (N, O, Ho, Wo)
+    ...
+def conv_backward_data(
+    dy: ArrayLike,  # (N, O, Ho, Wo)
+    w: ArrayLike,  # (O, C/group, kh, kw)
+    in_shape: Sequence[int],  # (C, H, W) or (N, C, H, W); N is taken from dy
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    dilation: IntPair = 1,
+    group: int = 1,
+) -> FloatArray:  # (N, C, H, W): the transposed convolution col2im(W^T dy)
+    ...
+def linear_forward(
+    x: ArrayLike,  # (N, K)
+    w: ArrayLike,  # (O, K)
+    b: ArrayLike | None,  # (O,) or None
+) -> FloatArray:  # (N, O) = x w^T + b
+    ...
+def linear_backward_data(dy: ArrayLike, w: ArrayLike) -> FloatArray:
+    """dy (N, O), w (O, K) -> dx (N, K) = dy w."""
+
+def pool_forward(
+    x: ArrayLike,  # (N, C, H, W)
+    method: str,  # "max" or "ave"
+    kernel: IntPair,
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    ceil_mode: bool = True,
+) -> tuple[FloatArray, Int32Array]:
+    """(y (N, C, Ho, Wo), argmax): argmax (int32, shape of y) = h*W + w of the first maximum in
+    row-major order for "max"; an empty int32 array for "ave"."""
+
+def pool_backward(
+    dy: ArrayLike,  # (N, C, Ho, Wo)
+    in_shape: Sequence[int],  # (C, H, W) or (N, C, H, W); N is taken from dy
+    method: str,
+    kernel: IntPair,
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    argmax: ArrayLike | None = None,  # "max": required, from pool_forward; "ave": ignored
+    ceil_mode: bool | None = None,  # None: the mode matching dy's shape (ceil first)
+) -> FloatArray:  # (N, C, H, W)
+    ...
+def lrn_forward(
+    x: ArrayLike,  # (N, C, H, W)
+    local_size: int,  # odd
+    alpha: float,
+    beta: float,
+    k: float = 1.0,  # ignored for region "within" (Caffe uses 1)
+    region: str = "across",  # "across" (ACROSS_CHANNELS) or "within" (WITHIN_CHANNEL)
+) -> tuple[FloatArray, FloatArray]:
+    """(y, scale), both shaped like x; y = x * scale**(-beta)."""
+
+def stabilized_divide(
+    r: ArrayLike, z: ArrayLike, eps: float, zero_to_zero: bool = True
+) -> FloatArray:
+    """r / (z + eps*sign(z)), sign(0) = +1; 0 where that denominator is exactly 0 (zero_to_zero)."""

@@ -1,0 +1,688 @@
+"""Layer types of the engine: shape inference, weight checks, forward and relevance.
+
+Every layer works on per-sample shapes (no batch axis) at build time and on batched float32
+arrays (N, ...) at run time. ``forward(xs) -> (ys, state)``; ``relevance(xs, ys, state, Rs, ctx)``
+maps the relevance of each top (None where none arrived) to the relevance of each bottom
+(SPEC section 2: LRP rules on linear layers, winner-take-all max pooling, proportional average
+pooling and Eltwise SUM, identity for LRN/Dropout/Normalize, slicing for Concat, sums for Split).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import ops
+from ._loader import _core
+from .rules import Epsilon, stabilized_divide
+
+
+class LayerError(ValueError):
+    """A problem with one layer of a net (its message names the layer)."""
+
+
+class RelevanceContext:
+    """What a layer needs to know in the relevance pass: its rule (linear layers), the
+    stabiliser for average pooling / Eltwise SUM, the max-pooling treatment, and ``caffe``:
+    None, or the toolbox treatment of pooling / LRN (``compat.ToolboxLayerHooks``, caffe mode)."""
+
+    def __init__(self, rule, eps: float, maxpool: str, caffe=None):
+        self.rule, self.eps, self.maxpool = rule, eps, maxpool
+        self.gradient_like = bool(getattr(rule, "gradient_like", False))
+        self.caffe = caffe
+
+
+def _pair(values, h=None, w=None, default=None, what="value"):
+    """Caffe's repeated kernel/stride/pad/dilation field plus its _h/_w overrides -> (h, w)."""
+    vals = list(values)
+    if h is not None or w is not None:
+        if h is None or w is None:
+            raise ValueError(f"{what}_h and {what}_w must be given together")
+        return int(h), int(w)
+    if len(vals) == 0:
+        if default is None:
+            raise ValueError(f"{what} is required")
+        return default, default
+    if len(vals) == 1:
+        return int(vals[0]), int(vals[0])
+    if len(vals) == 2:
+        return int(vals[0]), int(vals[1])
+    raise ValueError(f"{what}: 2-D layers take 1 or 2 values, got {len(vals)}")
+
+
+def _opt(msg, field):
+    """protobuf optional scalar field: its value if set, else None."""
+    return getattr(msg, field) if msg.HasField(field) else None
+
+
+class Layer:
+    type = "?"
+    n_bottoms = (1, 1)      # allowed range of bottom count
+    #: layers with a learnable rule (Convolution, InnerProduct, unfolded BatchNorm/Scale)
+    takes_rule = False
+
+    def __init__(self, index: int, ldef, in_shapes: list[tuple], blobs: list[np.ndarray] | None):
+        self.index, self.name, self.param = index, ldef.name, ldef.param
+        self.bottoms_user, self.tops_user = list(ldef.bottoms), list(ldef.tops)
+        self.bottoms: list[str] = []
+        self.tops: list[str] = []
+        lo, hi = self.n_bottoms
+        if not lo <= len(in_shapes) <= hi:
+            raise self.error(f"takes {lo}..{hi} bottoms, got {len(in_shapes)}")
+        if len(ldef.tops) == 0:
+            raise self.error("has no top blob")
+        self.in_shapes = [tuple(int(d) for d in s) for s in in_shapes]
+        try:
+            self.out_shapes = [tuple(int(d) for d in s) for s in self.setup(self.in_shapes)]
+            self.load_weights(blobs)
+        except LayerError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise self.error(str(e)) from None
+        for s in self.out_shapes:
+            if any(d <= 0 for d in s):
+                raise self.error(f"output shape {s} is empty (input shapes {self.in_shapes})")
+
+    def error(self, msg: str) -> LayerError:
+        return LayerError(f"layer {self.index} '{self.name}' ({self.type}): {msg}")
+
+    def setup(self, in_shapes):
+        return [in_shapes[0]]
+
+    def expected_weights(self) -> list[tuple]:
+        return []
+
+    def load_weights(self, blobs):
+        exp = self.expected_weights()
+        self.blobs = []
+        if not exp:
+            return
+        if blobs is None:
+            self.blobs = None  # a net without weights: forward will refuse
+            return
+        if len(blobs) != len(exp):
+            raise self.error(f"expected {len(exp)} weight blobs with shapes {exp}, "
+                             f"got {len(blobs)} with shapes {[tuple(b.shape) for b in blobs]}")
+        for k, (b, e) in enumerate(zip(blobs, exp)):
+            b = np.asarray(b, dtype=np.float32)
+            if tuple(b.shape) != tuple(e):
+                # legacy 4-D blobs (1, 1, O, K) etc.: accept when only leading 1s differ
+                squeezed = tuple(b.shape)
+                while len(squeezed) > len(e) and squeezed[0] == 1:
+                    squeezed = squeezed[1:]
+                if squeezed != tuple(e):
+                    raise self.error(f"weight blob {k} has shape {tuple(b.shape)}, "
+                                     f"expected {tuple(e)} from the prototxt")
+                b = b.reshape(e)
+            if not np.all(np.isfinite(b)):
+                raise self.error(f"weight blob {k} contains NaN or infinity")
+            self.blobs.append(np.ascontiguousarray(b))
+
+    def require_weights(self):
+        if self.blobs is None:
+            raise self.error("the net was built without weights; pass a caffemodel")
+
+    def forward(self, xs):
+        raise NotImplementedError
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        raise NotImplementedError
+
+    def check_relevance(self, ctx):
+        """Raise before any work when this layer cannot pass relevance under ``ctx``."""
+
+    def describe(self) -> str:
+        return ""
+
+
+class _PassThrough(Layer):
+    """Layers whose relevance passes unchanged, reshaped to the bottom's shape."""
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        return [Rs[0].reshape(xs[0].shape)]
+
+
+# ----------------------------------------------------------------------------- linear layers
+class _RuleLayer(Layer):
+    takes_rule = True
+    rel_op: ops.LinearOp = None   # operator used by the relevance pass (folded when BN/Scale follow)
+    z_top: str | None = None      # SSA blob holding z = rel_op.fwd(x) (the chain end when folded)
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        op = self.op if state.get("unfolded") else self.rel_op  # unfolded: seeded at own output
+        if ctx.gradient_like:
+            return [op.bwd(Rs[0], "w")]
+        z = state.get("z", ys[0])
+        return [ctx.rule.linear(op, xs[0], Rs[0], z=z)]
+
+    def fold(self, a: np.ndarray, c: np.ndarray):
+        """Fold a following per-output-channel affine map y -> a*y + c into the relevance op."""
+        op = self.rel_op
+        shape = (-1,) + (1,) * (op.w.ndim - 1)
+        w = op.w * a.reshape(shape)
+        b = (op.b if op.b is not None else np.zeros_like(a)) * a + c
+        self.rel_op = self._make_op(w, b)
+
+
+class Convolution(_RuleLayer):
+    type = "Convolution"
+
+    def setup(self, in_shapes):
+        p = self.param.convolution_param
+        s = in_shapes[0]
+        if len(s) != 3:
+            raise ValueError(f"needs a (C, H, W) input, got per-sample shape {s}")
+        if p.HasField("axis") and p.axis != 1:
+            raise ValueError("only axis = 1 is supported")
+        self.kernel = _pair(p.kernel_size, _opt(p, "kernel_h"), _opt(p, "kernel_w"), what="kernel")
+        self.stride = _pair(p.stride, _opt(p, "stride_h"), _opt(p, "stride_w"), 1, "stride")
+        self.pad = _pair(p.pad, _opt(p, "pad_h"), _opt(p, "pad_w"), 0, "pad")
+        self.dilation = _pair(p.dilation, default=1, what="dilation")
+        self.group = int(p.group)
+        self.num_output = int(p.num_output)
+        self.bias_term = bool(p.bias_term)
+        C = s[0]
+        if self.num_output <= 0:
+            raise ValueError("num_output must be > 0")
+        if min(self.kernel + self.stride + self.dilation) < 1 or min(self.pad) < 0 or self.group < 1:
+            raise ValueError(f"bad kernel {self.kernel} / stride {self.stride} / pad {self.pad} / "
+                             f"dilation {self.dilation} / group {self.group}")
+        if C % self.group or self.num_output % self.group:
+            raise ValueError(f"group {self.group} must divide input channels {C} and "
+                             f"num_output {self.num_output}")
+        Ho = _core.conv_out_size(s[1], self.kernel[0], self.stride[0], self.pad[0], self.dilation[0])
+        Wo = _core.conv_out_size(s[2], self.kernel[1], self.stride[1], self.pad[1], self.dilation[1])
+        return [(self.num_output, Ho, Wo)]
+
+    def expected_weights(self):
+        w = (self.num_output, self.in_shapes[0][0] // self.group) + self.kernel
+        return [w, (self.num_output,)] if self.bias_term else [w]
+
+    def load_weights(self, blobs):
+        super().load_weights(blobs)
+        if self.blobs:
+            self.rel_op = self.op = self._make_op(self.blobs[0], self.blobs[1] if self.bias_term else None)
+
+    def _make_op(self, w, b):
+        return ops.ConvOp(w, b, self.in_shapes[0], self.stride, self.pad, self.dilation, self.group)
+
+    def forward(self, xs):
+        self.require_weights()
+        return [self.op.fwd(xs[0], "w", "b")], {}
+
+    def describe(self):
+        return (f"k{self.kernel} s{self.stride} p{self.pad} d{self.dilation} g{self.group} "
+                f"-> {self.num_output}")
+
+
+class InnerProduct(_RuleLayer):
+    type = "InnerProduct"
+
+    def setup(self, in_shapes):
+        p = self.param.inner_product_param
+        s = in_shapes[0]
+        self.axis = int(p.axis)
+        if self.axis < 0:
+            self.axis += len(s) + 1
+        if not 1 <= self.axis <= len(s):
+            raise ValueError(f"axis {p.axis} is out of range for an input of rank {len(s) + 1}")
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise ValueError("num_output must be > 0")
+        self.bias_term = bool(p.bias_term)
+        self.transpose = bool(p.transpose)
+        self.K = int(np.prod(s[self.axis - 1:]))
+        return [tuple(s[:self.axis - 1]) + (self.num_output,)]
+
+    def expected_weights(self):
+        w = (self.K, self.num_output) if self.transpose else (self.num_output, self.K)
+        return [w, (self.num_output,)] if self.bias_term else [w]
+
+    def load_weights(self, blobs):
+        super().load_weights(blobs)
+        if self.blobs:
+            w = self.blobs[0].T if self.transpose else self.blobs[0]
+            self.rel_op = self.op = self._make_op(w, self.blobs[1] if self.bias_term else None)
+
+    def _make_op(self, w, b):
+        return ops.InnerProductOp(w, b, self.in_shapes[0], lead=self.axis - 1)
+
+    def forward(self, xs):
+        self.require_weights()
+        return [self.op.fwd(xs[0], "w", "b")], {}
+
+    def describe(self):
+        return f"{self.K} -> {self.num_output}"
+
+
+class _Affine(_RuleLayer):
+    """BatchNorm / Scale: a per-channel affine map y = a*x + c along axis 1. When it follows a
+    Convolution/InnerProduct it is folded into it for the relevance pass (canonisation) and passes
+    relevance on; otherwise it is a diagonal linear layer under the active rule."""
+
+    folded_into: str | None = None
+
+    def setup(self, in_shapes):
+        if len(in_shapes[0]) < 1:
+            raise ValueError("needs a channel axis")
+        self.channels = in_shapes[0][0]
+        return [in_shapes[0]]
+
+    def load_weights(self, blobs):
+        super().load_weights(blobs)
+        if self.blobs:
+            a, c = self.affine()
+            self.a, self.c = a.astype(np.float32), c.astype(np.float32)
+            self.rel_op = self.op = ops.DiagOp(self.a, self.c, self.in_shapes[0])
+
+    def forward(self, xs):
+        self.require_weights()
+        return [self.op.fwd(xs[0], "w", "b")], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        if self.folded_into is not None:
+            return [Rs[0]]
+        return super().relevance(xs, ys, state, Rs, ctx)
+
+    def describe(self):
+        return f"folded into '{self.folded_into}'" if self.folded_into else "per-channel affine"
+
+
+class BatchNorm(_Affine):
+    type = "BatchNorm"
+
+    def expected_weights(self):
+        return [(self.channels,), (self.channels,), (1,)]
+
+    def affine(self):
+        p = self.param.batch_norm_param
+        if p.HasField("use_global_stats") and not p.use_global_stats:
+            raise ValueError("use_global_stats: false (batch statistics) is not supported; "
+                             "lrpfast runs deploy nets")
+        mean, var, factor = (b.astype(np.float64) for b in self.blobs)
+        f = 0.0 if factor[0] == 0 else 1.0 / factor[0]
+        a = 1.0 / np.sqrt(var * f + float(p.eps))
+        return a, -mean * f * a
+
+
+class Scale(_Affine):
+    type = "Scale"
+
+    def setup(self, in_shapes):
+        p = self.param.scale_param
+        if p.axis != 1 or p.num_axes != 1:
+            raise ValueError(f"only per-channel Scale (axis 1, num_axes 1) is supported, "
+                             f"got axis {p.axis}, num_axes {p.num_axes}")
+        self.bias_term = bool(p.bias_term)
+        return super().setup(in_shapes)
+
+    def expected_weights(self):
+        return [(self.channels,), (self.channels,)] if self.bias_term else [(self.channels,)]
+
+    def affine(self):
+        a = self.blobs[0].astype(np.float64)
+        c = self.blobs[1].astype(np.float64) if self.bias_term else np.zeros_like(a)
+        return a, c
+
+
+# ----------------------------------------------------------------------------- pooling
+class Pooling(Layer):
+    type = "Pooling"
+
+    def setup(self, in_shapes):
+        p = self.param.pooling_param
+        s = in_shapes[0]
+        if len(s) != 3:
+            raise ValueError(f"needs a (C, H, W) input, got per-sample shape {s}")
+        methods = {0: "max", 1: "ave"}
+        if p.pool not in methods:
+            raise ValueError("only MAX and AVE pooling are supported (not STOCHASTIC)")
+        self.method = methods[p.pool]
+        if p.global_pooling:
+            self.kernel, self.stride, self.pad = (s[1], s[2]), (1, 1), (0, 0)
+        else:
+            self.kernel = _pair([p.kernel_size] if p.HasField("kernel_size") else [],
+                                _opt(p, "kernel_h"), _opt(p, "kernel_w"), what="kernel")
+            self.stride = _pair([p.stride] if p.HasField("stride") else [],
+                                _opt(p, "stride_h"), _opt(p, "stride_w"), 1, "stride")
+            self.pad = _pair([p.pad] if p.HasField("pad") else [],
+                             _opt(p, "pad_h"), _opt(p, "pad_w"), 0, "pad")
+        if min(self.kernel + self.stride) < 1 or min(self.pad) < 0:
+            raise ValueError(f"bad kernel {self.kernel} / stride {self.stride} / pad {self.pad}")
+        if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+            raise ValueError(f"pad {self.pad} must be smaller than the kernel {self.kernel}")
+        self.ceil_mode = not (hasattr(p, "round_mode") and p.round_mode == 1)
+        Ho = _core.pool_out_size(s[1], self.kernel[0], self.stride[0], self.pad[0], self.ceil_mode)
+        Wo = _core.pool_out_size(s[2], self.kernel[1], self.stride[1], self.pad[1], self.ceil_mode)
+        self.avg_op = ops.AvgPoolOp(s, self.kernel, self.stride, self.pad, self.ceil_mode)
+        return [(s[0], Ho, Wo)]
+
+    def forward(self, xs):
+        y, argmax = _core.pool_forward(xs[0], self.method, self.kernel, self.stride, self.pad,
+                                       self.ceil_mode)
+        return [y], {"argmax": argmax}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        x, R = xs[0], Rs[0]
+        if ctx.caffe is not None:   # caffe mode: the toolbox's average-pooling rule
+            out = ctx.caffe.pooling(self, x, ys[0], state, R, ctx)
+            if out is not None:
+                return [out]
+        if self.method == "max" and (ctx.gradient_like or ctx.maxpool == "wta"):
+            # winner-take-all: all relevance (or gradient) to the first maximum of each window
+            return [_core.pool_backward(R, x.shape, "max", self.kernel, self.stride, self.pad,
+                                        state["argmax"])]
+        if ctx.gradient_like:
+            return [self.avg_op.bwd(R, "w")]
+        # average pooling (or max pooling treated as average): z-rule with the eps stabiliser
+        z = ys[0] if self.method == "ave" else None
+        return [Epsilon(ctx.eps).linear(self.avg_op, x, R, z=z)]
+
+    def describe(self):
+        return f"{self.method} k{self.kernel} s{self.stride} p{self.pad}"
+
+
+# ----------------------------------------------------------------------------- element-wise
+class ReLU(Layer):
+    type = "ReLU"
+
+    def setup(self, in_shapes):
+        self.slope = float(self.param.relu_param.negative_slope)
+        return [in_shapes[0]]
+
+    def forward(self, xs):
+        x = xs[0]
+        if self.slope == 0.0:
+            return [np.maximum(x, 0)], {}
+        return [np.where(x > 0, x, np.float32(self.slope) * x)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R, x = Rs[0], xs[0]
+        if ctx.gradient_like and self.slope != 0.0:
+            R = R * np.where(x > 0, np.float32(1), np.float32(self.slope))
+            x = np.ones_like(x)  # the slope already applied; let the rule's own gate see x > 0
+        return [ctx.rule.relu(R, x)]
+
+
+class Dropout(_PassThrough):
+    type = "Dropout"
+
+    def forward(self, xs):
+        return [xs[0]], {}
+
+
+class LRN(_PassThrough):
+    """Local response normalisation; relevance passes as identity (SPEC section 2)."""
+
+    type = "LRN"
+
+    def setup(self, in_shapes):
+        p = self.param.lrn_param
+        if len(in_shapes[0]) != 3:
+            raise ValueError(f"needs a (C, H, W) input, got {in_shapes[0]}")
+        self.size, self.alpha, self.beta, self.k = int(p.local_size), float(p.alpha), float(p.beta), float(p.k)
+        if self.size < 1 or self.size % 2 == 0:
+            raise ValueError(f"local_size must be odd and >= 1, got {self.size}")
+        self.region = "within" if p.norm_region == 1 else "across"
+        return [in_shapes[0]]
+
+    def forward(self, xs):
+        y, scale = _core.lrn_forward(xs[0], self.size, self.alpha, self.beta, self.k, self.region)
+        return [y], {"scale": scale}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        if ctx.caffe is not None:   # caffe mode: the toolbox's LRN rules (SPEC 4.6)
+            out = ctx.caffe.lrn(self, xs[0], ys[0], state, Rs[0], ctx)
+            if out is not None:
+                return [out]
+        return super().relevance(xs, ys, state, Rs, ctx)
+
+
+class Normalize(_PassThrough):
+    """SSD's L2 Normalize (per pixel across channels, or over the whole sample) times a learned
+    scale; relevance passes as identity like LRN."""
+
+    type = "Normalize"
+
+    def setup(self, in_shapes):
+        p = self.param.norm_param
+        self.across_spatial = bool(p.across_spatial)
+        self.channel_shared = bool(p.channel_shared)
+        self.eps = float(p.eps)
+        if len(in_shapes[0]) != 3:
+            raise ValueError(f"needs a (C, H, W) input, got {in_shapes[0]}")
+        return [in_shapes[0]]
+
+    def expected_weights(self):
+        return [(1,)] if self.channel_shared else [(self.in_shapes[0][0],)]
+
+    def forward(self, xs):
+        self.require_weights()
+        x = xs[0]
+        x64 = x.astype(np.float64)
+        if self.across_spatial:
+            norm = np.sqrt((x64 * x64).sum(axis=(1, 2, 3), keepdims=True) + self.eps)
+        else:
+            norm = np.sqrt((x64 * x64).sum(axis=1, keepdims=True) + self.eps)
+        scale = self.blobs[0].reshape(1, -1, 1, 1) if not self.channel_shared else self.blobs[0][0]
+        return [(x64 / norm * scale).astype(np.float32)], {}
+
+
+class Softmax(Layer):
+    type = "Softmax"
+
+    def setup(self, in_shapes):
+        ax = int(self.param.softmax_param.axis)
+        self.axis = ax + len(in_shapes[0]) + 1 if ax < 0 else ax
+        if not 1 <= self.axis <= len(in_shapes[0]):
+            raise ValueError(f"axis {ax} out of range")
+        return [in_shapes[0]]
+
+    def forward(self, xs):
+        x = xs[0]
+        e = np.exp(x - x.max(axis=self.axis, keepdims=True))
+        return [(e / e.sum(axis=self.axis, keepdims=True)).astype(np.float32)], {}
+
+    def check_relevance(self, ctx):
+        raise self.error("relevance cannot pass a Softmax; start below it (top=-1 picks the "
+                         "layer right below the lowest Softmax)")
+
+
+class Eltwise(Layer):
+    type = "Eltwise"
+    n_bottoms = (2, 1 << 20)
+
+    def setup(self, in_shapes):
+        p = self.param.eltwise_param
+        self.op_name = {0: "prod", 1: "sum", 2: "max"}.get(p.operation)
+        if self.op_name is None:
+            raise ValueError(f"unknown operation {p.operation}")
+        if any(s != in_shapes[0] for s in in_shapes):
+            raise ValueError(f"all bottoms must have the same shape, got {in_shapes}")
+        coeffs = list(p.coeff)
+        if coeffs and (len(coeffs) != len(in_shapes) or self.op_name != "sum"):
+            raise ValueError("coeff needs one value per bottom and operation SUM")
+        self.coeffs = [float(c) for c in coeffs] or [1.0] * len(in_shapes)
+        return [in_shapes[0]]
+
+    def forward(self, xs):
+        if self.op_name == "sum":
+            y = np.zeros_like(xs[0])
+            for c, x in zip(self.coeffs, xs):
+                y += x if c == 1.0 else np.float32(c) * x
+            return [y], {}
+        if self.op_name == "prod":
+            y = xs[0].copy()
+            for x in xs[1:]:
+                y *= x
+            return [y], {}
+        y = xs[0].copy()
+        for x in xs[1:]:
+            np.maximum(y, x, out=y)
+        return [y], {}
+
+    def check_relevance(self, ctx):
+        if self.op_name == "prod" and not ctx.gradient_like:
+            raise self.error("LRP rules are not defined for Eltwise PROD (only the gradient-like "
+                             "methods pass it)")
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R, y = Rs[0], ys[0]
+        if self.op_name == "sum":
+            if ctx.gradient_like:
+                return [R * np.float32(c) for c in self.coeffs]
+            # proportional to each operand's contribution (z rule, eps-stabilised)
+            s = stabilized_divide(R, y, ctx.eps)
+            return [np.float32(c) * x * s for c, x in zip(self.coeffs, xs)]
+        if self.op_name == "max":
+            out, taken = [], np.zeros(y.shape, dtype=bool)
+            for x in xs:  # the first operand holding the maximum wins
+                win = (x == y) & ~taken
+                taken |= win
+                out.append(np.where(win, R, np.float32(0)))
+            return out
+        out = []
+        for k in range(len(xs)):
+            g = R.copy()
+            for j, x in enumerate(xs):
+                if j != k:
+                    g *= x
+            out.append(g)
+        return out
+
+    def describe(self):
+        return self.op_name + (f" coeff={self.coeffs}" if self.op_name == "sum" else "")
+
+
+# ----------------------------------------------------------------------------- shape layers
+class Concat(Layer):
+    type = "Concat"
+    n_bottoms = (1, 1 << 20)
+
+    def setup(self, in_shapes):
+        p = self.param.concat_param
+        ax = int(p.concat_dim) if p.HasField("concat_dim") else int(p.axis)
+        nd = len(in_shapes[0])
+        self.axis = ax + nd + 1 if ax < 0 else ax
+        if not 1 <= self.axis <= nd:
+            raise ValueError(f"axis {ax} out of range (the batch axis cannot be concatenated)")
+        for s in in_shapes:
+            if len(s) != nd or any(a != b for i, (a, b) in enumerate(zip(s, in_shapes[0]))
+                                   if i != self.axis - 1):
+                raise ValueError(f"bottom shapes {in_shapes} differ outside axis {self.axis}")
+        out = list(in_shapes[0])
+        out[self.axis - 1] = sum(s[self.axis - 1] for s in in_shapes)
+        self.sections = np.cumsum([s[self.axis - 1] for s in in_shapes])[:-1].tolist()
+        return [tuple(out)]
+
+    def forward(self, xs):
+        return [np.concatenate(xs, axis=self.axis)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        return [np.ascontiguousarray(r) for r in np.split(Rs[0], self.sections, axis=self.axis)]
+
+
+class Split(Layer):
+    type = "Split"
+
+    def setup(self, in_shapes):
+        return [in_shapes[0]] * len(self.tops_user)
+
+    def forward(self, xs):
+        return [xs[0]] * len(self.tops_user), {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        total = None
+        for r in Rs:
+            if r is not None:
+                total = r.copy() if total is None else total + r
+        return [total]
+
+
+class Flatten(_PassThrough):
+    type = "Flatten"
+
+    def setup(self, in_shapes):
+        p = self.param.flatten_param
+        s = in_shapes[0]
+        nd = len(s) + 1
+        a = int(p.axis) + (nd if p.axis < 0 else 0)
+        e = int(p.end_axis) + (nd if p.end_axis < 0 else 0)
+        if not 1 <= a <= e < nd:
+            raise ValueError(f"axis {p.axis} / end_axis {p.end_axis} out of range for rank {nd}")
+        full = (1,) + tuple(s)
+        return [tuple(full[1:a]) + (int(np.prod(full[a:e + 1])),) + tuple(full[e + 1:])]
+
+    def forward(self, xs):
+        return [xs[0].reshape((xs[0].shape[0],) + self.out_shapes[0])], {}
+
+
+class Reshape(Flatten):
+    type = "Reshape"
+
+    def setup(self, in_shapes):
+        p = self.param.reshape_param
+        full = (-1,) + tuple(in_shapes[0])   # -1 marks the batch axis
+        nd = len(full)
+        axis = int(p.axis) + (nd + 1 if p.axis < 0 else 0)
+        num = int(p.num_axes)
+        end = nd if num == -1 else axis + num
+        if not 0 <= axis <= end <= nd:
+            raise ValueError(f"axis {p.axis} / num_axes {p.num_axes} out of range for rank {nd}")
+        dims = list(p.shape.dim)
+        new = []
+        for i, d in enumerate(dims):
+            if d == 0:
+                if axis + i >= nd:
+                    raise ValueError(f"dim {i} = 0 copies an axis the input does not have")
+                new.append(full[axis + i])
+            else:
+                new.append(int(d))
+        shape = list(full[:axis]) + new + list(full[end:])
+        if shape.count(-1) == 0 or shape[0] != -1 or shape[1:].count(-1) > 1:
+            if shape[0] != -1:
+                raise ValueError("Reshape must keep the batch axis (use 0 as its first dim)")
+        rest = [d for d in shape[1:]]
+        total = int(np.prod(in_shapes[0]))
+        if rest.count(-1) == 1:
+            known = int(np.prod([d for d in rest if d != -1]))
+            if known == 0 or total % known:
+                raise ValueError(f"cannot reshape {in_shapes[0]} into {shape}")
+            rest[rest.index(-1)] = total // known
+        elif rest.count(-1) > 1:
+            raise ValueError("at most one -1 dimension is allowed")
+        if int(np.prod(rest)) != total or any(d < 1 for d in rest):
+            raise ValueError(f"cannot reshape {in_shapes[0]} into {shape}")
+        return [tuple(rest)]
+
+
+class Permute(Layer):
+    type = "Permute"
+
+    def setup(self, in_shapes):
+        nd = len(in_shapes[0]) + 1
+        order = [int(o) for o in self.param.permute_param.order]
+        if len(set(order)) != len(order) or any(not 0 <= o < nd for o in order):
+            raise ValueError(f"order {order} is not a permutation of the axes 0..{nd - 1}")
+        order += [a for a in range(nd) if a not in order]
+        if order[0] != 0:
+            raise ValueError("Permute must keep the batch axis first")
+        self.order = order
+        self.inverse = np.argsort(order).tolist()
+        full = (0,) + tuple(in_shapes[0])
+        return [tuple(full[a] for a in order[1:])]
+
+    def forward(self, xs):
+        return [np.ascontiguousarray(xs[0].transpose(self.order))], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        return [np.ascontiguousarray(Rs[0].transpose(self.inverse))]
+
+
+LAYER_TYPES = {cls.type: cls for cls in (
+    Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
+    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize)}
+
+
+def supported_types() -> list[str]:
+    return sorted(LAYER_TYPES)

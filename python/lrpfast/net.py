@@ -1,0 +1,526 @@
+"""Net: a Caffe network loaded for forward passes and Layer-wise Relevance Propagation.
+
+The graph is data: an ordered list of layers whose bottoms/tops name blobs in single-assignment
+form (an in-place layer such as ReLU writes a new version ``conv1#1`` of blob ``conv1``), so a
+blob read by several layers (Caffe's implicit Split) simply accumulates the relevance of all its
+readers. Shapes are inferred and weights checked once, at construction.
+
+Relevance (SPEC sections 1-3): the seed at the top layer is the output (logit) of the selected
+class(es), zero elsewhere; it is propagated down layer by layer with the rule the composite
+assigns to each layer, and read out at the input or at any other blob. The forward activations
+are never modified, so the same call twice gives the same result.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from . import caffe
+from .composites import Composite, as_composite
+from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
+
+_DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
+
+
+class Net:
+    """A Caffe net (prototxt + caffemodel) on the CPU.
+
+    Args:
+        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef).
+        weights: path of the caffemodel, or {layer name: [float32 arrays]}; None builds the
+            structure only (forward then refuses).
+        device: "cpu" (the CUDA engine is a separate backend; "cuda" raises until it is built).
+        fold_batchnorm: fold BatchNorm/Scale layers that follow a Convolution/InnerProduct into it
+            for the relevance pass (canonisation); unfoldable ones act as per-channel linear layers.
+        skip_unsupported: drop layers of unsupported types (and everything that depends on them)
+            instead of raising, e.g. an SSD's PriorBox/DetectionOutput heads; listed in ``skipped``.
+        memory_limit: bytes one chunk of a batch may use for activations and relevance.
+    """
+
+    def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
+                 skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
+        if device != "cpu":
+            raise ValueError(f"device {device!r} is not available: this build has the CPU engine "
+                             f"only (device='cpu')")
+        self.device = device
+        self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
+        self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
+        self._last_input = None            # the input of the last forward(), for backward_relevance
+        netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
+        if weights is None or isinstance(weights, dict):
+            wdict, self.weights_source = weights, "<arrays>"
+        else:
+            wdict, self.weights_source = caffe.read_caffemodel(weights), str(weights)
+        self.name = netdef.name
+        self.memory_limit = int(memory_limit)
+        self.skipped: list[str] = []
+        try:
+            self._build(netdef, wdict, skip_unsupported)
+        except LayerError as e:
+            raise LayerError(f"{self.source}: {e}") from None
+        if fold_batchnorm and wdict is not None:
+            self._fold_affine()
+
+    @classmethod
+    def from_text(cls, text: str, weights=None, **kw) -> "Net":
+        """Build from prototxt text (handy in tests and notebooks)."""
+        from google.protobuf import text_format
+        msg = caffe.NetParameter()
+        try:
+            text_format.Parse(text, msg)
+        except text_format.ParseError as e:
+            raise caffe.CaffeFormatError(f"<text>: not a valid prototxt: {e}") from None
+        return cls(msg, weights, **kw)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, netdef, wdict, skip_unsupported):
+        version: dict[str, str] = {}     # user blob name -> current SSA name
+        self.shapes: dict[str, tuple] = {}   # SSA name -> per-sample shape
+        self.inputs: dict[str, tuple] = {}
+        for name, shape in netdef.inputs:
+            shape = tuple(int(d) for d in shape)
+            if len(shape) < 2 or any(d <= 0 for d in shape[1:]):
+                raise LayerError(f"input '{name}' has an invalid shape {shape}")
+            self.inputs[name] = shape[1:]
+            version[name] = name
+            self.shapes[name] = shape[1:]
+        if not self.inputs:
+            raise LayerError("the net declares no input (input:/input_shape/Input layer)")
+        self.layers: list[Layer] = []
+        counts: dict[str, int] = {}
+        dead: set[str] = set()   # user blob names made unavailable by skipped layers
+        used_names = set()
+        for ldef in netdef.layers:
+            if ldef.name in used_names:
+                raise LayerError(f"layer name '{ldef.name}' is used twice")
+            used_names.add(ldef.name)
+            index = len(self.layers)
+            cls = LAYER_TYPES.get(ldef.type)
+            if cls is None or any(b in dead for b in ldef.bottoms):
+                if skip_unsupported:
+                    self.skipped.append(f"{ldef.name} ({ldef.type})")
+                    dead.update(ldef.tops)
+                    continue
+                raise LayerError(f"layer {index} '{ldef.name}': unsupported type '{ldef.type}' "
+                                 f"(supported: {', '.join(sorted(LAYER_TYPES))}; "
+                                 f"Net(..., skip_unsupported=True) drops such layers)")
+            for b in ldef.bottoms:
+                if b not in version:
+                    raise LayerError(f"layer {index} '{ldef.name}': bottom blob '{b}' is not "
+                                     f"produced by any earlier layer or input")
+            in_shapes = [self.shapes[version[b]] for b in ldef.bottoms]
+            blobs = None if wdict is None else wdict.get(ldef.name, [])
+            layer = cls(index, ldef, in_shapes, blobs)
+            layer.bottoms = [version[b] for b in ldef.bottoms]
+            for t, shape in zip(ldef.tops, layer.out_shapes):
+                n = counts.get(t, 0)
+                ssa = t if n == 0 and t not in self.inputs else f"{t}#{n + 1}"
+                counts[t] = n + 1
+                version[t] = ssa
+                layer.tops.append(ssa)
+                self.shapes[ssa] = shape
+            self.layers.append(layer)
+        self.blob_versions = version
+        consumed = {b for layer in self.layers for b in layer.bottoms}
+        self.outputs = [s for layer in self.layers for s in layer.tops if s not in consumed]
+        self._consumers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for b in layer.bottoms:
+                self._consumers.setdefault(b, []).append(layer)
+        self._producer = {t: layer for layer in self.layers for t in layer.tops}
+        self.has_weights = wdict is not None
+
+    def _fold_affine(self):
+        """Canonisation: fold BatchNorm/Scale chains that solely consume a Conv/IP output."""
+        for layer in self.layers:
+            if not isinstance(layer, _RuleLayer) or isinstance(layer, _Affine):
+                continue
+            top = layer.tops[0]
+            while True:
+                readers = self._consumers.get(top, [])
+                if len(readers) != 1 or not isinstance(readers[0], _Affine) or top in self.outputs:
+                    break
+                aff = readers[0]
+                layer.fold(aff.a, aff.c)
+                aff.folded_into = layer.name
+                top = aff.tops[0]
+            layer.z_top = top if top != layer.tops[0] else None
+
+    # ------------------------------------------------------------------ helpers
+    def _ssa(self, name: str) -> str:
+        """User blob name (its final version) or SSA name -> SSA name."""
+        if name in self.blob_versions:
+            return self.blob_versions[name]
+        if name in self.shapes:
+            return name
+        if name.endswith("#1") and name[:-2] in self.shapes:  # the first version is stored bare
+            return name[:-2]
+        raise KeyError(f"no blob named {name!r} in the net (blobs: {', '.join(self.blob_names)})")
+
+    @property
+    def blob_names(self) -> list[str]:
+        return list(self.blob_versions)
+
+    def layer(self, key) -> Layer:
+        """A layer by name or index."""
+        if isinstance(key, (int, np.integer)):
+            if not -len(self.layers) <= key < len(self.layers):
+                raise IndexError(f"layer index {key} out of range (0..{len(self.layers) - 1})")
+            return self.layers[key]
+        for layer in self.layers:
+            if layer.name == key:
+                return layer
+        raise KeyError(f"no layer named {key!r} (layers: {', '.join(l.name for l in self.layers)})")
+
+    def _check_input(self, x) -> dict[str, np.ndarray]:
+        if not isinstance(x, dict):
+            if len(self.inputs) != 1:
+                raise ValueError(f"this net has inputs {list(self.inputs)}; pass a dict")
+            x = {next(iter(self.inputs)): x}
+        out, n = {}, None
+        for name, shape in self.inputs.items():
+            if name not in x:
+                raise ValueError(f"missing input {name!r}")
+            a = x[name]
+            if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray) and not hasattr(a, "__array__"):
+                a = np.from_dlpack(a)
+            a = np.asarray(a)
+            if a.dtype.kind not in "fiub":
+                raise ValueError(f"input {name!r} must be numeric, got dtype {a.dtype}")
+            if a.ndim == len(shape):
+                a = a[None]
+            if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != shape:
+                raise ValueError(f"input {name!r} expects shape (N, {', '.join(map(str, shape))}), "
+                                 f"got {tuple(a.shape)}")
+            if a.shape[0] == 0:
+                raise ValueError(f"input {name!r} is an empty batch")
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"input {name!r} contains NaN or infinity")
+            if n is not None and a.shape[0] != n:
+                raise ValueError("all inputs need the same batch size")
+            n = a.shape[0]
+            out[name] = a
+        return out
+
+    def _chunks(self, n: int):
+        per_sample = sum(int(np.prod(s)) for s in self.shapes.values()) * 4 * 3
+        size = max(1, min(n, self.memory_limit // max(per_sample, 1)))
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def _run_forward(self, xin: dict, stop: int | None = None) -> tuple[dict, dict]:
+        if not self.has_weights:
+            raise ValueError(f"{self.source}: the net was loaded without weights")
+        blobs = dict(xin)
+        states = {}
+        last = len(self.layers) if stop is None else stop + 1
+        for layer in self.layers[:last]:
+            ys, st = layer.forward([blobs[b] for b in layer.bottoms])
+            states[layer.name] = st
+            for t, y in zip(layer.tops, ys):
+                blobs[t] = y
+        return blobs, states
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, blobs=None):
+        """Run the net. x: float32 (N, C, H, W) in the net's input layout (Caffe: BGR, mean
+        subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
+        net has several outputs — or, with ``blobs=[names]``, {name: array} of those blobs."""
+        xin = self._check_input(x)
+        self._last_input = {k: v.copy() for k, v in xin.items()}   # for backward_relevance
+        # dict.fromkeys: two names of one blob (e.g. 'conv1' and 'conv1#2') are computed once,
+        # else their chunks would be concatenated twice (a doubled batch)
+        wanted = list(dict.fromkeys(self._ssa(b) for b in blobs)) if blobs is not None \
+            else self.outputs
+        n = next(iter(xin.values())).shape[0]
+        parts: dict[str, list] = {w: [] for w in wanted}
+        for a, b in self._chunks(n):
+            vals, _ = self._run_forward({k: v[a:b] for k, v in xin.items()})
+            for w in wanted:
+                parts[w].append(vals[w])
+        res = {w: np.concatenate(p) if len(p) > 1 else p[0] for w, p in parts.items()}
+        if blobs is not None:
+            return {name: res[self._ssa(name)] for name in blobs}
+        return res[wanted[0]] if len(wanted) == 1 else {w.split("#")[0]: v for w, v in res.items()}
+
+    # ------------------------------------------------------------------ relevance
+    def top_layer(self, top=None) -> Layer:
+        """The layer where relevance starts (SPEC section 1): None or -2 = the highest
+        InnerProduct layer, -1 = the layer right below the lowest Softmax, else an index or name."""
+        if top is None or (isinstance(top, (int, np.integer)) and top == -2):
+            ips = [l for l in self.layers if l.type == "InnerProduct"]
+            if not ips:
+                raise ValueError(f"{self.source}: the net has no InnerProduct layer; pass top= "
+                                 f"(a layer name or index)")
+            return ips[-1]
+        if isinstance(top, (int, np.integer)) and top == -1:
+            for l in self.layers:
+                if l.type == "Softmax":
+                    return self._producer_layer(l.bottoms[0])
+            raise ValueError(f"{self.source}: top=-1 needs a Softmax layer; the net has none")
+        if isinstance(top, str) and not any(l.name == top for l in self.layers):
+            return self._producer_layer(self._ssa(top))
+        return self.layer(top)
+
+    def _producer_layer(self, ssa):
+        if ssa not in self._producer:
+            raise ValueError(f"blob {ssa!r} is a net input; relevance cannot start there")
+        return self._producer[ssa]
+
+    def _plan(self, top_layer: Layer, composite: Composite, readouts: list[str]):
+        """Layers the relevance passes through (top down) with their contexts; errors first."""
+        owner = getattr(top_layer, "folded_into", None)
+        if owner is not None and self.layer(owner).z_top != top_layer.tops[0]:
+            end = self._producer[self.layer(owner).z_top].name
+            raise ValueError(f"top layer '{top_layer.name}' ({top_layer.type}) is folded into "
+                             f"'{owner}' with the layers up to '{end}': start at '{owner}' or "
+                             f"'{end}', or load the net with fold_batchnorm=False")
+        rules = composite.assign(self.layers, net=self)
+        caffe_hooks = getattr(composite, "caffe", None)   # caffe mode (RelPropOpts) only
+        # blobs from which the top is reachable: only those carry relevance
+        live = {top_layer.tops[0]}
+        plan = []
+        for layer in reversed(self.layers[: top_layer.index + 1]):
+            if not any(t in live for t in layer.tops):
+                continue
+            ctx = RelevanceContext(rules.get(layer.name), composite.eps, composite.maxpool,
+                                   caffe_hooks)
+            if ctx.rule is None:  # non-rule layers still need to know the rule family
+                ctx = RelevanceContext(_family_rule(rules), composite.eps, composite.maxpool,
+                                       caffe_hooks)
+            plan.append((layer, ctx))
+            live.update(layer.bottoms)
+        for r in readouts:
+            if r not in live:
+                raise ValueError(f"blob {r!r} receives no relevance from layer "
+                                 f"'{top_layer.name}' (it is not below it)")
+        for layer, ctx in plan:
+            layer.check_relevance(ctx)
+        return plan
+
+    def describe_rules(self, rules="epsilon", top=None) -> str:
+        """A table of which rule each layer gets under ``rules`` (composite, rule or name)."""
+        comp = as_composite(rules)
+        assigned = comp.assign(self.layers, net=self)
+        top_l = self.top_layer(top) if self.has_weights or top is not None else None
+        lines = [f"{comp!r}", f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
+        for layer in self.layers:
+            if top_l is not None and layer.index > top_l.index:
+                break
+            if layer.name in assigned and getattr(layer, "folded_into", None) is None:
+                what = repr(assigned[layer.name])
+                if isinstance(layer, _RuleLayer) and layer.z_top:
+                    what += "  (BatchNorm/Scale folded in)"
+            else:
+                what = _treatment(layer, comp)
+            lines.append(f"{layer.index:>4}  {layer.name:<24} {layer.type:<13} {what}")
+        return "\n".join(lines)
+
+    def _seed(self, top_val: np.ndarray, classes, n: int) -> np.ndarray:
+        """Initial relevance: the top output at the selected class(es), zero elsewhere."""
+        flat = top_val.reshape(n, -1)
+        m = flat.shape[1]
+        if isinstance(classes, (int, np.integer)):
+            specs = [int(classes)] * n
+        else:
+            specs = list(classes)
+            if len(specs) != n:
+                raise ValueError(f"classes: need one entry per image ({n}), got {len(specs)}; "
+                                 f"an int applies to all images, a list per image is summed")
+        R = np.zeros_like(flat)
+        for i, c in enumerate(specs):
+            if isinstance(c, (int, np.integer)) and c == -1:
+                idx = [int(np.argmax(flat[i]))]
+            elif isinstance(c, (int, np.integer)) and c == -2:
+                idx = [int(k) for k in np.argsort(-flat[i], kind="stable")[:5]]
+            else:
+                idx = [int(c)] if isinstance(c, (int, np.integer)) else [int(k) for k in c]
+                if not idx:
+                    raise ValueError(f"classes[{i}] is an empty list")
+                bad = [k for k in idx if not 0 <= k < m]
+                if bad:
+                    raise ValueError(f"classes[{i}]: class {bad[0]} out of range 0..{m - 1} "
+                                     f"(-1 = top-1, -2 = top-5)")
+            for k in idx:
+                R[i, k] += flat[i, k]
+        return R.reshape(top_val.shape)
+
+    def relevance(self, x, classes=-1, rules="epsilon", *, top=None, readout=None,
+                  progress: bool | None = None):
+        """LRP relevance of the class(es) ``classes`` for the images ``x``.
+
+        x: float32 (N, C, H, W) in the net's input layout. classes: an int for all images, or one
+        entry per image: class index, list of classes (summed), -1 (top-1), -2 (top-5 summed);
+        indices count over the flattened output of the top layer. rules: composite name, rule or
+        Composite. top: where relevance starts (see ``top_layer``). readout: blob name(s) to
+        read relevance at (default: the input). Returns float32 shaped like the readout blob
+        (N, ...), or a dict when ``readout`` is a list.
+        """
+        out = self.relevance_multi(x, [classes], rules, top=top, readout=readout,
+                                   progress=progress)
+        return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
+
+    def relevance_multi(self, x, class_sets, rules="epsilon", *, top=None, readout=None,
+                        progress: bool | None = None):
+        """Relevance for several class selections at one forward pass per chunk.
+
+        class_sets: a list of K ``classes`` arguments (see ``relevance``). Returns float32
+        (K, N, ...) (or a dict of them when ``readout`` is a list)."""
+        if len(class_sets) == 0:
+            raise ValueError("class_sets is empty")
+
+        def seeds(top_val, a, b, n):
+            out = []
+            for c in class_sets:
+                if not isinstance(c, (int, np.integer)):
+                    c = list(c)
+                    if len(c) != n:
+                        raise ValueError(f"classes: need one entry per image ({n}), got {len(c)}; "
+                                         f"an int applies to all images, a list per image is summed")
+                    c = c[a:b]
+                out.append(self._seed(top_val, c, b - a))
+            return out
+        return self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
+
+    def propagate(self, x, R_top, *, top, rules="epsilon", readout=None):
+        """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
+        ``readout`` (default: the input blob). Same return convention as ``relevance``."""
+        R_top = np.asarray(R_top, dtype=np.float32)
+        layer = self.top_layer(top)
+        exp = (next(iter(self._check_input(x).values())).shape[0],) + self.shapes[layer.tops[0]]
+        if R_top.shape != exp:
+            raise ValueError(f"R_top must have the shape of layer '{layer.name}''s output {exp}, "
+                             f"got {R_top.shape}")
+        if not np.all(np.isfinite(R_top)):
+            raise ValueError("R_top contains NaN or infinity")
+
+        def seeds(top_val, a, b, n):
+            return [np.ascontiguousarray(R_top[a:b])]
+        out = self._propagate_impl(x, seeds, rules, top, readout, False, 1)
+        return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
+
+    def _propagate_impl(self, x, seeds, rules, top, readout, progress, K):
+        xin = self._check_input(x)
+        comp = as_composite(rules)
+        top_layer = self.top_layer(top)
+        names = readout if isinstance(readout, list) else [readout or next(iter(self.inputs))]
+        ssa_out = [self._ssa(r) for r in names]
+        plan = self._plan(top_layer, comp, ssa_out)
+        n = next(iter(xin.values())).shape[0]
+        chunks = self._chunks(n)
+        results = {r: np.zeros((K, n) + self.shapes[r], np.float32) for r in ssa_out}
+        bar = _Progress(len(chunks), "relevance", progress)
+        for a, b in chunks:
+            blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
+                                              stop=top_layer.index)
+            for k, R0 in enumerate(seeds(blobs[top_layer.tops[0]], a, b, n)):
+                rel = {top_layer.tops[0]: R0}
+                if top_layer.tops[0] in ssa_out:
+                    results[top_layer.tops[0]][k, a:b] += R0
+                for layer, ctx in plan:
+                    Rs = [rel.pop(t, None) for t in layer.tops]
+                    if all(r is None for r in Rs):
+                        continue
+                    st = states[layer.name]
+                    if isinstance(layer, _RuleLayer) and layer.z_top:
+                        # relevance seeded at this layer's own output: its BatchNorm/Scale chain
+                        # (above the top, not computed) does not apply -> the unfolded operator
+                        st = dict(st, unfolded=True) if layer is top_layer else \
+                            dict(st, z=blobs[layer.z_top])
+                    xs = [blobs[bt] for bt in layer.bottoms]
+                    ys = [blobs[t] for t in layer.tops]
+                    for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
+                        if rin is None:
+                            continue
+                        rin = np.asarray(rin, dtype=np.float32)
+                        if bt in ssa_out:
+                            results[bt][k, a:b] += rin
+                        rel[bt] = rin if bt not in rel else rel[bt] + rin
+            bar.update()
+        bar.close()
+        if hasattr(comp, "postprocess"):   # e.g. toolbox code 99: sensitivity = |gradient|
+            results = {r: comp.postprocess(v) for r, v in results.items()}
+        if isinstance(readout, list):
+            return {name: results[s] for name, s in zip(names, ssa_out)}
+        return results[ssa_out[0]]
+
+    # ------------------------------------------------------------------ toolbox (SPEC 4)
+    def backward_relevance(self, classinds, opts=None):
+        """Toolbox ``Backward_Relevance`` after ``forward(x)``; see lrpfast.compat."""
+        from .compat import backward_relevance
+        return backward_relevance(self, classinds, opts)
+
+    def backward_relevance_multi(self, classinds, opts=None):
+        """Toolbox ``Backward_Relevance_multi`` (one class list per image); see lrpfast.compat."""
+        from .compat import backward_relevance_multi
+        return backward_relevance_multi(self, classinds, opts)
+
+    def __repr__(self) -> str:
+        lines = [f"lrpfast.Net '{self.name}' ({self.source}), inputs "
+                 + ", ".join(f"{k}{v}" for k, v in self.inputs.items())]
+        for layer in self.layers:
+            lines.append(f"{layer.index:>4}  {layer.name:<24} {layer.type:<13} "
+                         f"{','.join(layer.bottoms)} -> {','.join(layer.tops)} "
+                         f"{[self.shapes[t] for t in layer.tops]} {layer.describe()}")
+        if self.skipped:
+            lines.append("skipped: " + ", ".join(self.skipped))
+        return "\n".join(lines)
+
+
+def _family_rule(rules: dict):
+    """For layers without a rule: any gradient-like rule in the assignment decides the family."""
+    for r in rules.values():
+        if getattr(r, "gradient_like", False):
+            return r
+    return next(iter(rules.values()), None) or _LRP_PASS
+
+
+class _LrpPass:
+    gradient_like = False
+
+    def relu(self, R, x):
+        return R
+
+
+_LRP_PASS = _LrpPass()
+
+
+def _treatment(layer, comp) -> str:
+    t = layer.type
+    if t == "Pooling":
+        if layer.method == "max":
+            return "winner-take-all" if comp.maxpool == "wta" else f"as average, z-rule eps={comp.eps:g}"
+        return f"proportional (z-rule, eps={comp.eps:g})"
+    if t == "Eltwise":
+        return {"sum": f"proportional (eps={comp.eps:g})", "max": "winner-take-all",
+                "prod": "gradient only"}[layer.op_name]
+    if t in ("BatchNorm", "Scale") and getattr(layer, "folded_into", None):
+        return f"folded into '{layer.folded_into}'"
+    if t == "Softmax":
+        return "(above the top: not reached)"
+    return {"ReLU": "pass", "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
+            "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
+            "Permute": "inverse permutation"}.get(t, "")
+
+
+class _Progress:
+    """A minimal progress bar on stderr for runs of several chunks (auto: only on a terminal)."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None):
+        if enabled is None:
+            enabled = total > 1 and sys.stderr.isatty()
+        self.total, self.label, self.enabled, self.done = total, label, bool(enabled), 0
+
+    def update(self):
+        self.done += 1
+        if self.enabled:
+            w = 30
+            f = int(w * self.done / self.total)
+            sys.stderr.write(f"\r{self.label} [{'#' * f}{'.' * (w - f)}] {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")

@@ -1,0 +1,138 @@
+"""Linear operators over the native kernels: the only interface the rules of :mod:`lrpfast.rules`
+need. Each operator offers
+
+* ``fwd(x, kind, bias)``: the forward product with a weight variant
+  (kind: "w" = W, "pos" = W+, "neg" = W-, "sq" = W**2, "ones" = all-ones of W's shape) plus
+  the bias variant (None, "b" = b, "pos" = b+, "neg" = b-);
+* ``bwd(s, kind)``: the transposed product (gradient w.r.t. the input) with that variant;
+* ``fwd_count(x_shape, kind)``: ``fwd(ones, kind, None)`` for one sample, cached, broadcast to
+  the batch: the per-output normaliser of the flat and w^2 rules (padding excluded).
+
+Derived weights are computed once per operator (once per net), never per call.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._loader import _core
+
+_KINDS = ("w", "pos", "neg", "sq", "ones")
+
+
+def _variant(w: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "w":
+        return w
+    if kind == "pos":
+        return np.maximum(w, 0)
+    if kind == "neg":
+        return np.minimum(w, 0)
+    if kind == "sq":
+        return w * w
+    if kind == "ones":
+        return np.ones_like(w)
+    raise ValueError(f"unknown weight variant {kind!r} (known: {_KINDS})")
+
+
+class LinearOp:
+    """Base: caches weight/bias variants and the flat/w^2 normalisers."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray | None, in_shape: tuple):
+        self.in_shape = tuple(int(d) for d in in_shape)  # per-sample input shape, no batch axis
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+        self.b = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
+        self._w_cache: dict[str, np.ndarray] = {"w": self.w}
+        self._b_cache: dict[str, np.ndarray | None] = {"b": self.b}
+        self._count_cache: dict[tuple, np.ndarray] = {}
+
+    def weights(self, kind: str) -> np.ndarray:
+        if kind not in self._w_cache:
+            self._w_cache[kind] = np.ascontiguousarray(_variant(self.w, kind))
+        return self._w_cache[kind]
+
+    def bias(self, kind: str | None) -> np.ndarray | None:
+        if kind is None or self.b is None:
+            return None
+        if kind not in self._b_cache:
+            self._b_cache[kind] = np.ascontiguousarray(_variant(self.b, kind))
+        return self._b_cache[kind]
+
+    def fwd_count(self, x_shape: tuple, kind: str) -> np.ndarray:
+        key = (tuple(x_shape[1:]), kind)
+        if key not in self._count_cache:
+            ones = np.ones((1,) + tuple(x_shape[1:]), dtype=np.float32)
+            self._count_cache[key] = self.fwd(ones, kind, None)
+        n = self._count_cache[key]
+        return np.broadcast_to(n, (x_shape[0],) + n.shape[1:])
+
+    # subclasses: fwd(x, kind, bias), bwd(s, kind)
+
+
+class ConvOp(LinearOp):
+    """Convolution, x (N,C,H,W) -> (N,O,Ho,Wo); w (O, C/group, kh, kw)."""
+
+    def __init__(self, w, b, in_shape, stride, pad, dilation, group):
+        super().__init__(w, b, in_shape)
+        self.stride, self.pad, self.dilation, self.group = stride, pad, dilation, group
+
+    def fwd(self, x, kind="w", bias="b"):
+        return _core.conv_forward(x, self.weights(kind), self.bias(bias), self.stride, self.pad,
+                                  self.dilation, self.group)
+
+    def bwd(self, s, kind="w"):
+        return _core.conv_backward_data(s, self.weights(kind), self.in_shape, self.stride,
+                                        self.pad, self.dilation, self.group)
+
+
+class InnerProductOp(LinearOp):
+    """InnerProduct (Caffe ``axis``): the per-sample input (..., K) -> (..., O), with K the
+    product of the axes from ``axis`` on; w (O, K). ``lead`` = axes kept before ``axis``."""
+
+    def __init__(self, w, b, in_shape, lead: int = 0):
+        super().__init__(w, b, in_shape)
+        self.lead_shape = self.in_shape[:lead]
+
+    def fwd(self, x, kind="w", bias="b"):
+        w = self.weights(kind)
+        y = _core.linear_forward(x.reshape(-1, w.shape[1]), w, self.bias(bias))
+        return y.reshape((x.shape[0],) + self.lead_shape + (w.shape[0],))
+
+    def bwd(self, s, kind="w"):
+        w = self.weights(kind)
+        dx = _core.linear_backward_data(s.reshape(-1, w.shape[0]), w)
+        return dx.reshape((s.shape[0],) + self.in_shape)
+
+
+class DiagOp(LinearOp):
+    """Per-channel affine map y = a_c x + c_c (an unfolded BatchNorm/Scale), x (N, C, ...)."""
+
+    def _bc(self, v, ndim):
+        return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+    def fwd(self, x, kind="w", bias="b"):
+        y = x * self._bc(self.weights(kind), x.ndim)
+        bb = self.bias(bias)
+        if bb is not None:
+            y = y + self._bc(bb, x.ndim)
+        return y.astype(np.float32, copy=False)
+
+    def bwd(self, s, kind="w"):
+        return (s * self._bc(self.weights(kind), s.ndim)).astype(np.float32, copy=False)
+
+
+class AvgPoolOp(LinearOp):
+    """Average pooling as a linear map with weights 1/pool_size (Caffe's divisor); only the
+    plain variant exists (the z/eps rule is what SPEC section 2 applies to it)."""
+
+    def __init__(self, in_shape, kernel, stride, pad, ceil_mode=True):
+        super().__init__(np.ones(1, np.float32), None, in_shape)
+        self.kernel, self.stride, self.pad, self.ceil_mode = kernel, stride, pad, ceil_mode
+
+    def fwd(self, x, kind="w", bias=None):
+        return _core.pool_forward(x, "ave", self.kernel, self.stride, self.pad, self.ceil_mode)[0]
+
+    def bwd(self, s, kind="w"):
+        return _core.pool_backward(s, self.in_shape, "ave", self.kernel, self.stride, self.pad,
+                                   _EMPTY_I32)
+
+
+_EMPTY_I32 = np.zeros(0, dtype=np.int32)

@@ -1,0 +1,220 @@
+"""LRP rules, each written once over the linear-operator primitives of :mod:`lrpfast.ops`.
+
+A *linear layer* (Convolution, InnerProduct, an unfolded BatchNorm/Scale, average pooling) is
+seen as z_ij = x_i w_ij, z_j = sum_i z_ij + b_j. Every rule below only needs the operator's
+forward product ``op.fwd(x, kind, bias)`` and its transposed product ``op.bwd(s, kind)`` for the
+weight variants ``kind`` in {"w", "pos", "neg", "sq", "ones"} (W, W+, W-, W**2, all-ones), so
+one implementation serves every layer type and every backend.
+
+Shapes: ``x`` is the layer input (N, ...), ``R`` the upper relevance shaped like the layer
+output (N, ...); each rule returns the lower relevance shaped like ``x`` (float32).
+
+References: Bach et al. 2015 (LRP, z/eps/alpha-beta), Montavon et al. 2017 (w^2, z^B),
+Lapuschkin et al. 2019 (flat), Montavon et al. 2019 (gamma), Kohlbrenner et al. 2020 (composites).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._loader import _core
+
+__all__ = [
+    "Rule", "Zero", "Epsilon", "AlphaBeta", "Flat", "WSquare", "ZBox", "Gamma",
+    "Gradient", "Deconvnet", "GuidedBackprop", "stabilized_divide", "safe_divide",
+]
+
+
+def stabilized_divide(r: np.ndarray, z: np.ndarray, eps: float) -> np.ndarray:
+    """r / (z + eps*sign(z)) with sign(0) = +1; an exactly-zero denominator gives 0."""
+    return _core.stabilized_divide(r, z, float(eps), True)
+
+
+def safe_divide(r: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """r / z where z != 0, else 0 (the 'zero denominator contributes nothing' convention)."""
+    return _core.stabilized_divide(r, z, 0.0, True)
+
+
+class Rule:
+    """Base class. ``linear`` maps upper to lower relevance through a linear operator;
+    ``relu`` says how the rule passes a ReLU (LRP rules pass relevance unchanged)."""
+
+    name = "rule"
+    #: True for the gradient-like signals (gradient, deconvnet, guided backprop): pooling and
+    #: Eltwise then use their adjoints instead of the LRP proportional rules.
+    gradient_like = False
+
+    def linear(self, op, x: np.ndarray, R: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def relu(self, R: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return R
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Epsilon(Rule):
+    """LRP-eps: R_i = sum_j z_ij / (z_j + eps*sign(z_j)) R_j, sign(0)=+1, bias kept in z_j
+    (Bach et al. 2015). ``z`` may pass the stored layer output to save a product."""
+
+    def __init__(self, eps: float = 1e-6):
+        if not np.isfinite(eps) or eps < 0:
+            raise ValueError(f"Epsilon: eps must be a finite number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        self.name = f"epsilon({self.eps:g})"
+
+    def linear(self, op, x, R, z=None):
+        if z is None:
+            z = op.fwd(x, "w", "b")
+        s = stabilized_divide(R, z, self.eps)
+        return x * op.bwd(s, "w")
+
+
+class Zero(Epsilon):
+    """LRP-0 (z rule): Epsilon with eps = 0; a zero denominator contributes 0."""
+
+    def __init__(self):
+        super().__init__(0.0)
+        self.name = "z"
+
+
+class AlphaBeta(Rule):
+    """LRP-alpha-beta (Bach et al. 2015): contributions split by the sign of x_i*w_ij,
+    R_i = sum_j (alpha z+_ij / z+_j - beta z-_ij / z-_j) R_j with z+-_j including b+-_j;
+    a zero denominator contributes 0. Requires alpha - beta = 1, alpha, beta >= 0."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0):
+        alpha, beta = float(alpha), float(beta)
+        if alpha < 0 or beta < 0 or not np.isclose(alpha - beta, 1.0, rtol=0, atol=1e-9):
+            raise ValueError(f"AlphaBeta: need alpha - beta = 1 and alpha, beta >= 0; "
+                             f"got alpha={alpha:g}, beta={beta:g}")
+        self.alpha, self.beta = alpha, beta
+        self.name = f"alpha{alpha:g}beta{beta:g}"
+
+    def linear(self, op, x, R, z=None):
+        xp = np.maximum(x, 0)
+        has_neg = bool((x < 0).any())
+        xn = np.minimum(x, 0) if has_neg else None
+
+        def part(w_same, w_other, bias):
+            # z^+ (w_same="pos") or z^- (w_same="neg"): x+ with W^s plus x- with the other sign
+            zz = op.fwd(xp, w_same, bias)
+            if has_neg:
+                zz += op.fwd(xn, w_other, None)
+            s = safe_divide(R, zz)
+            out = xp * op.bwd(s, w_same)
+            if has_neg:
+                out += xn * op.bwd(s, w_other)
+            return out
+
+        Rin = part("pos", "neg", "pos")
+        if self.alpha != 1.0:
+            Rin *= np.float32(self.alpha)
+        if self.beta != 0.0:
+            Rin -= np.float32(self.beta) * part("neg", "pos", "neg")
+        return Rin
+
+
+class Flat(Rule):
+    """Flat (Lapuschkin et al. 2019): R_i = sum_j R_j / n_j, n_j = number of non-padded inputs
+    in j's receptive field, so relevance is conserved."""
+
+    name = "flat"
+
+    def linear(self, op, x, R, z=None):
+        n = op.fwd_count(x.shape, "ones")
+        return op.bwd(safe_divide(R, n), "ones")
+
+
+class WSquare(Rule):
+    """w^2 (Montavon et al. 2017): R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j over the
+    non-padded inputs (conservative), independent of x."""
+
+    name = "wsquare"
+
+    def linear(self, op, x, R, z=None):
+        n = op.fwd_count(x.shape, "sq")
+        return op.bwd(safe_divide(R, n), "sq")
+
+
+class ZBox(Rule):
+    """z^B (Montavon et al. 2017) for the input layer: contributions x_i w_ij - l_i w+_ij - h_i w-_ij
+    with l/h the lowest/highest admissible input values (scalars or per channel, shape (C,)).
+    The bounds are parameters, so results never depend on other images in a batch."""
+
+    def __init__(self, low, high):
+        self.low = np.asarray(low, dtype=np.float32)
+        self.high = np.asarray(high, dtype=np.float32)
+        if self.low.ndim > 1 or self.high.ndim > 1:
+            raise ValueError("ZBox: low/high must be scalars or 1-D per-channel arrays")
+        if np.any(self.low > self.high):
+            raise ValueError("ZBox: low must be <= high")
+        self.name = f"zbox(low={np.round(self.low, 4).tolist()}, high={np.round(self.high, 4).tolist()})"
+
+    def _bound(self, v, x):
+        if v.ndim == 0:
+            return np.full_like(x, v)
+        if x.ndim < 2 or x.shape[1] != v.shape[0]:
+            raise ValueError(f"ZBox: {v.shape[0]} per-channel bounds do not fit an input of shape "
+                             f"{x.shape[1:]}")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return np.broadcast_to(v.reshape(shape), x.shape).astype(np.float32, copy=True)
+
+    def linear(self, op, x, R, z=None):
+        lo, hi = self._bound(self.low, x), self._bound(self.high, x)
+        zz = op.fwd(x, "w", None) - op.fwd(lo, "pos", None) - op.fwd(hi, "neg", None)
+        s = safe_divide(R, zz)
+        return x * op.bwd(s, "w") - lo * op.bwd(s, "pos") - hi * op.bwd(s, "neg")
+
+
+class Gamma(Rule):
+    """LRP-gamma (Montavon et al. 2019): weights w + gamma*w+ (bias b + gamma*b+), eps-stabilised."""
+
+    def __init__(self, gamma: float = 0.25, eps: float = 1e-6):
+        if gamma < 0:
+            raise ValueError(f"Gamma: gamma must be >= 0, got {gamma}")
+        self.gamma, self.eps = float(gamma), float(eps)
+        self.name = f"gamma({self.gamma:g})"
+
+    def linear(self, op, x, R, z=None):
+        g = np.float32(self.gamma)
+        zz = op.fwd(x, "w", "b") + g * op.fwd(x, "pos", "pos")
+        s = stabilized_divide(R, zz, self.eps)
+        return x * (op.bwd(s, "w") + g * op.bwd(s, "pos"))
+
+
+class Gradient(Rule):
+    """Gradient x the seed (toolbox code 11): linear layers pass W^T R, ReLU masks by x > 0."""
+
+    name = "gradient"
+    gradient_like = True
+
+    def linear(self, op, x, R, z=None):
+        return op.bwd(R, "w")
+
+    def relu(self, R, x):
+        return R * (x > 0)
+
+
+class Deconvnet(Gradient):
+    """Deconvnet (Zeiler & Fergus 2014; toolbox code 26): W^T R, ReLU passes max(R, 0)."""
+
+    name = "deconvnet"
+
+    def relu(self, R, x):
+        return np.maximum(R, 0)
+
+
+class GuidedBackprop(Gradient):
+    """Guided backprop (Springenberg et al. 2015; toolbox code 166): ReLU passes max(R,0)*[x>0]."""
+
+    name = "guided_backprop"
+
+    def relu(self, R, x):
+        return np.maximum(R, 0) * (x > 0)

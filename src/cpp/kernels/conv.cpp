@@ -1,0 +1,223 @@
+#include "kernels/conv.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "kernels/check.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/im2col.hpp"
+#include "kernels/parallel.hpp"
+
+namespace lrpfast {
+
+int conv_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t stride,
+                          std::int64_t pad, std::int64_t dilation) {
+  require(in >= 1, "convolution: input size must be >= 1, got ", in);
+  require(kernel >= 1, "convolution: kernel size must be >= 1, got ", kernel);
+  require(stride >= 1, "convolution: stride must be >= 1, got ", stride);
+  require(pad >= 0, "convolution: pad must be >= 0, got ", pad);
+  require(dilation >= 1, "convolution: dilation must be >= 1, got ", dilation);
+  const std::int64_t extent = dilation * (kernel - 1) + 1;
+  require(in + 2 * pad >= extent, "convolution: kernel extent ", extent, " (kernel ", kernel,
+          ", dilation ", dilation, ") is larger than the padded input ", in + 2 * pad, " (input ",
+          in, ", pad ", pad, ")");
+  checked_int(in + 2 * pad, "convolution: padded input size");
+  checked_int(extent, "convolution: kernel extent");
+  return conv_out_size(int(in), int(kernel), int(stride), int(pad), int(dilation));
+}
+
+ConvGeom make_conv_geom(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                        std::int64_t O, std::int64_t w_cin, std::int64_t kh, std::int64_t kw,
+                        std::int64_t sh, std::int64_t sw, std::int64_t ph, std::int64_t pw,
+                        std::int64_t dh, std::int64_t dw, std::int64_t group) {
+  require(N >= 0, "convolution: batch size must be >= 0, got ", N);
+  require(C >= 1 && O >= 1, "convolution: channel counts must be >= 1, got input channels ", C,
+          " and output channels ", O);
+  require(group >= 1, "convolution: group must be >= 1, got ", group);
+  require(C % group == 0, "convolution: input channels ", C, " are not divisible by group ", group);
+  require(O % group == 0, "convolution: output channels ", O, " are not divisible by group ",
+          group);
+  require(w_cin == C / group, "convolution: weight has ", w_cin,
+          " input channels per group but the input has ", C, " channels and group ", group,
+          " (expected ", C / group, ")");
+  ConvGeom g{};
+  g.Ho = conv_out_size_checked(H, kh, sh, ph, dh);
+  g.Wo = conv_out_size_checked(W, kw, sw, pw, dw);
+  g.N = checked_int(N, "convolution: batch size");
+  g.C = checked_int(C, "convolution: input channels");
+  g.H = int(H);
+  g.W = int(W);
+  g.O = checked_int(O, "convolution: output channels");
+  g.kh = int(kh), g.kw = int(kw), g.sh = checked_int(sh, "convolution: stride"),
+  g.sw = checked_int(sw, "convolution: stride"), g.ph = int(ph), g.pw = int(pw);
+  g.dh = int(dh), g.dw = int(dw), g.group = int(group);
+  checked_int(g.in_plane(), "convolution: input plane H*W");
+  checked_int(g.out_plane(), "convolution: output plane Ho*Wo");
+  checked_int(g.k_total() * g.Wo, "convolution: im2col row block C*kh*kw*Wo");
+  return g;
+}
+
+namespace cpu {
+namespace {
+
+// Column-buffer budget in floats (4 MiB): a block of im2col rows this size stays in L2/L3 between
+// being written by im2col and read by gemm, yet is wide enough (hundreds of columns for typical K)
+// for gemm to run at full speed.
+constexpr std::int64_t kColBudget = std::int64_t(1) << 20;
+// Output planes smaller than this are batched (several images side by side in one gemm).
+constexpr std::int64_t kSmallPlane = 1024;
+
+struct Blocking {
+  int images;  // > 1: that many whole images per gemm; 1: one image, `rows` output rows per gemm
+  int rows;
+};
+
+Blocking plan(const ConvGeom& g) {
+  const std::int64_t K = g.k_total(), P = g.out_plane();
+  Blocking b{1, g.Ho};
+  if (P < kSmallPlane && g.N > 1) {
+    const std::int64_t by_budget = kColBudget / (K * P);
+    const std::int64_t by_width = kSmallPlane / P;  // enough columns for an efficient gemm
+    b.images = int(std::max<std::int64_t>(1, std::min<std::int64_t>({by_budget, by_width, g.N})));
+    if (b.images > 1) return b;
+  }
+  b.rows = int(std::clamp<std::int64_t>(kColBudget / (K * g.Wo), 1, g.Ho));
+  return b;
+}
+
+std::unique_ptr<float[]> alloc(std::int64_t n) {
+  return std::unique_ptr<float[]>(new float[size_t(n)]);
+}
+
+// y[o, j] += b[o] for o < O, j < cols (row stride ldy)
+void add_bias(const float* b, int O, int cols, float* y, std::int64_t ldy) {
+  parallel_for(O, std::int64_t(O) * cols, [&](std::int64_t o0, std::int64_t o1) {
+    for (std::int64_t o = o0; o < o1; ++o) {
+      const float v = b[o];
+      float* row = y + o * ldy;
+      for (int j = 0; j < cols; ++j) row[j] += v;
+    }
+  });
+}
+
+}  // namespace
+
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
+  const std::int64_t P = g.out_plane(), HW = g.in_plane();
+  const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
+  const std::int64_t wg_stride = std::int64_t(Og) * Kg;
+  if (g.pointwise()) {  // the input plane is already the column matrix
+    for (int n = 0; n < g.N; ++n) {
+      const float* xn = x + std::int64_t(n) * g.C * HW;
+      float* yn = y + std::int64_t(n) * g.O * P;
+      for (int gr = 0; gr < g.group; ++gr)
+        gemm(false, false, Og, Ip, Kg, 1.f, w + gr * wg_stride, Kg, xn + std::int64_t(gr) * Kg * HW,
+             Ip, 0.f, yn + std::int64_t(gr) * Og * P, Ip);
+      if (b) add_bias(b, g.O, Ip, yn, P);
+    }
+    return;
+  }
+  const Blocking bl = plan(g);
+  const std::int64_t K = g.k_total();
+  if (bl.images > 1) {  // several small images side by side: col (K, nb*P) -> tmp (O, nb*P)
+    const std::int64_t ld = std::int64_t(bl.images) * P;
+    auto col = alloc(K * ld);
+    auto tmp = alloc(std::int64_t(g.O) * ld);
+    for (int n0 = 0; n0 < g.N; n0 += bl.images) {
+      const int nb = std::min(bl.images, g.N - n0);
+      const int cols = int(nb * P);
+      for (int i = 0; i < nb; ++i)
+        im2col(g, x + std::int64_t(n0 + i) * g.C * HW, 0, g.Ho, col.get() + i * P, ld);
+      for (int gr = 0; gr < g.group; ++gr)
+        gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, col.get() + gr * Kg * ld,
+             int(ld), 0.f, tmp.get() + std::int64_t(gr) * Og * ld, int(ld));
+      if (b) add_bias(b, g.O, cols, tmp.get(), ld);
+      parallel_for(nb * g.O, std::int64_t(g.O) * cols, [&](std::int64_t t0, std::int64_t t1) {
+        for (std::int64_t t = t0; t < t1; ++t) {  // (o, i, p) -> (i, o, p)
+          const std::int64_t i = t / g.O, o = t % g.O;
+          std::memcpy(y + ((n0 + i) * g.O + o) * P, tmp.get() + o * ld + i * P, sizeof(float) * P);
+        }
+      });
+    }
+    return;
+  }
+  // one image at a time, bl.rows output rows per gemm, written straight into y
+  auto col = alloc(K * std::int64_t(bl.rows) * g.Wo);
+  for (int n = 0; n < g.N; ++n) {
+    const float* xn = x + std::int64_t(n) * g.C * HW;
+    float* yn = y + std::int64_t(n) * g.O * P;
+    for (int oh0 = 0; oh0 < g.Ho; oh0 += bl.rows) {
+      const int oh1 = std::min(g.Ho, oh0 + bl.rows);
+      const int cols = (oh1 - oh0) * g.Wo;
+      im2col(g, xn, oh0, oh1, col.get(), cols);
+      float* yblk = yn + std::int64_t(oh0) * g.Wo;
+      for (int gr = 0; gr < g.group; ++gr)
+        gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg,
+             col.get() + std::int64_t(gr) * Kg * cols, cols, 0.f, yblk + std::int64_t(gr) * Og * P,
+             Ip);
+      if (b) add_bias(b, g.O, cols, yblk, P);
+    }
+  }
+}
+
+void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
+  const std::int64_t P = g.out_plane(), HW = g.in_plane();
+  const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
+  const std::int64_t wg_stride = std::int64_t(Og) * Kg;
+  if (g.pointwise()) {  // dx plane = W^T dy directly
+    for (int n = 0; n < g.N; ++n) {
+      const float* dyn = dy + std::int64_t(n) * g.O * P;
+      float* dxn = dx + std::int64_t(n) * g.C * HW;
+      for (int gr = 0; gr < g.group; ++gr)
+        gemm(true, false, Kg, Ip, Og, 1.f, w + gr * wg_stride, Kg, dyn + std::int64_t(gr) * Og * P,
+             Ip, 0.f, dxn + std::int64_t(gr) * Kg * HW, Ip);
+    }
+    return;
+  }
+  const std::int64_t total = std::int64_t(g.N) * g.C * HW;
+  parallel_for(total, total, [&](std::int64_t lo, std::int64_t hi) {
+    std::memset(dx + lo, 0, sizeof(float) * size_t(hi - lo));
+  });
+  const Blocking bl = plan(g);
+  const std::int64_t K = g.k_total();
+  if (bl.images > 1) {  // gather dy of nb images into (O, nb*P), one gemm per group, col2im each
+    const std::int64_t ld = std::int64_t(bl.images) * P;
+    auto col = alloc(K * ld);
+    auto tmp = alloc(std::int64_t(g.O) * ld);
+    for (int n0 = 0; n0 < g.N; n0 += bl.images) {
+      const int nb = std::min(bl.images, g.N - n0);
+      const int cols = int(nb * P);
+      parallel_for(nb * g.O, std::int64_t(g.O) * cols, [&](std::int64_t t0, std::int64_t t1) {
+        for (std::int64_t t = t0; t < t1; ++t) {  // (i, o, p) -> (o, i, p)
+          const std::int64_t i = t / g.O, o = t % g.O;
+          std::memcpy(tmp.get() + o * ld + i * P, dy + ((n0 + i) * g.O + o) * P, sizeof(float) * P);
+        }
+      });
+      for (int gr = 0; gr < g.group; ++gr)
+        gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg, tmp.get() + gr * Og * ld,
+             int(ld), 0.f, col.get() + std::int64_t(gr) * Kg * ld, int(ld));
+      for (int i = 0; i < nb; ++i)
+        col2im(g, col.get() + i * P, ld, 0, g.Ho, dx + std::int64_t(n0 + i) * g.C * HW);
+    }
+    return;
+  }
+  auto col = alloc(K * std::int64_t(bl.rows) * g.Wo);
+  for (int n = 0; n < g.N; ++n) {
+    const float* dyn = dy + std::int64_t(n) * g.O * P;
+    float* dxn = dx + std::int64_t(n) * g.C * HW;
+    for (int oh0 = 0; oh0 < g.Ho; oh0 += bl.rows) {
+      const int oh1 = std::min(g.Ho, oh0 + bl.rows);
+      const int cols = (oh1 - oh0) * g.Wo;
+      const float* dyblk = dyn + std::int64_t(oh0) * g.Wo;
+      for (int gr = 0; gr < g.group; ++gr)
+        gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg,
+             dyblk + std::int64_t(gr) * Og * P, Ip, 0.f, col.get() + std::int64_t(gr) * Kg * cols,
+             cols);
+      col2im(g, col.get(), cols, oh0, oh1, dxn);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace lrpfast

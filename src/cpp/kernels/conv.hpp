@@ -1,0 +1,55 @@
+// 2-D convolution (Caffe semantics: pad, stride, dilation, group), float32, NCHW, C-contiguous.
+//   forward:       y[n, o] = b[o] + sum_{c in group(o), ki, kj} w[o, c', ki, kj] * x[n, c, ih, iw]
+//   backward_data: dx = the adjoint (transposed convolution) of the forward's linear part.
+// Each image is im2col + one gemm per group, computed in blocks of output rows so the column
+// buffer stays cache-sized; images with small output planes are batched into one gemm; 1x1 /
+// stride 1 / pad 0 kernels skip im2col. The CUDA twin (src/cuda/kernels/conv.cu) shares ConvGeom.
+#pragma once
+#include <cstdint>
+
+#include "kernels/geometry.hpp"
+
+namespace lrpfast {
+
+// Validated shape of one convolution (see make_conv_geom). Plain data, usable on the device.
+struct ConvGeom {
+  int N, C, H, W;  // input (N may be 0)
+  int O;           // output channels
+  int kh, kw, sh, sw, ph, pw, dh, dw;
+  int group;
+  int Ho, Wo;  // output plane
+
+  LRPFAST_HD int cin_per_group() const { return C / group; }
+  LRPFAST_HD int cout_per_group() const { return O / group; }
+  LRPFAST_HD std::int64_t in_plane() const { return std::int64_t(H) * W; }
+  LRPFAST_HD std::int64_t out_plane() const { return std::int64_t(Ho) * Wo; }
+  // rows of the im2col matrix of one group (= a weight row's length) and of all groups
+  LRPFAST_HD std::int64_t k_per_group() const { return std::int64_t(C / group) * kh * kw; }
+  LRPFAST_HD std::int64_t k_total() const { return std::int64_t(C) * kh * kw; }
+  LRPFAST_HD bool pointwise() const {
+    return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+  }
+};
+
+// Checks every parameter and throws std::invalid_argument naming the offending one:
+// x (N,C,H,W), w (O, w_cin, kh, kw) with w_cin == C/group, C and O divisible by group,
+// kernel/stride/dilation >= 1, pad >= 0, and the dilated kernel fits the padded input.
+ConvGeom make_conv_geom(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                        std::int64_t O, std::int64_t w_cin, std::int64_t kh, std::int64_t kw,
+                        std::int64_t sh, std::int64_t sw, std::int64_t ph, std::int64_t pw,
+                        std::int64_t dh, std::int64_t dw, std::int64_t group);
+
+// Checked output size of one axis (throws when < 1 or a parameter is out of range).
+int conv_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t stride,
+                          std::int64_t pad, std::int64_t dilation);
+
+namespace cpu {
+
+// x (N,C,H,W), w (O,C/group,kh,kw), b (O) or nullptr -> y (N,O,Ho,Wo) (overwritten).
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+
+// dy (N,O,Ho,Wo), w (O,C/group,kh,kw) -> dx (N,C,H,W) (overwritten) = conv_forward's adjoint.
+void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
+
+}  // namespace cpu
+}  // namespace lrpfast

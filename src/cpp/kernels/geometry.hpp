@@ -1,0 +1,90 @@
+// Index arithmetic shared by the CPU kernels and their CUDA twins (src/cuda/kernels/, same stems).
+// Everything here is a small inline function of plain integers so that nvcc can compile it for the
+// device too: LRPFAST_HD expands to `__host__ __device__` under nvcc and to nothing otherwise.
+// Validation (which throws) lives in the host-only make_*_geom() functions of conv.hpp / pool.hpp.
+#pragma once
+
+#if defined(__CUDACC__)
+#define LRPFAST_HD __host__ __device__
+#else
+#define LRPFAST_HD
+#endif
+
+namespace lrpfast {
+
+// ---- convolution -------------------------------------------------------------------------------
+
+// Extent of a dilated kernel: d(k-1)+1 input positions between its first and last tap.
+LRPFAST_HD inline int dilated_extent(int kernel, int dilation) {
+  return dilation * (kernel - 1) + 1;
+}
+
+// Caffe's convolution output size (floor). The result is < 1 when the kernel does not fit the
+// padded input; callers validate that.
+LRPFAST_HD inline int conv_out_size(int in, int kernel, int stride, int pad, int dilation) {
+  const int span = in + 2 * pad - dilated_extent(kernel, dilation);
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+// Input coordinate read by output coordinate `o` through kernel tap `k` (may lie in the padding,
+// i.e. outside [0, in)).
+LRPFAST_HD inline int conv_in_coord(int o, int k, int stride, int pad, int dilation) {
+  return o * stride - pad + k * dilation;
+}
+
+// For one kernel tap `k`, the half-open range [*lo, *hi) of output coordinates whose input
+// coordinate conv_in_coord(o, k, ...) lies inside [0, in). Outputs outside it read padding.
+// Lets im2col/col2im run their inner loops without a per-element bounds test.
+LRPFAST_HD inline void conv_valid_out_range(int in, int out, int k, int stride, int pad,
+                                            int dilation, int* lo, int* hi) {
+  const int off = k * dilation - pad;  // in_coord = o*stride + off
+  // smallest o with o*stride + off >= 0
+  int l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  // smallest o with o*stride + off >= in  (=> valid o < h)
+  const int lim = in - off;  // need o*stride < lim
+  int h = lim <= 0 ? 0 : (lim + stride - 1) / stride;
+  if (h > out) h = out;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+// ---- pooling (Caffe semantics) -----------------------------------------------------------------
+
+// Caffe's pooling output size. ceil_mode (Caffe's only mode): ceil((in + 2p - k)/s) + 1, then, when
+// pad > 0, drop the last window if it would start inside the right/bottom padding
+// ((out-1)*s >= in + p). floor mode: floor((in + 2p - k)/s) + 1. Returns 0 when in + 2p < k.
+LRPFAST_HD inline int pool_out_size(int in, int kernel, int stride, int pad, bool ceil_mode) {
+  const int span = in + 2 * pad - kernel;
+  if (span < 0) return 0;
+  int out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+  if (ceil_mode && pad > 0 && (out - 1) * stride >= in + pad) --out;
+  return out;
+}
+
+// Window of output coordinate `o` along one axis, Caffe-style.
+//   MAX: [start, end) clipped to [0, in).
+//   AVE: the divisor `size` is counted on the window clipped to [-pad, in + pad) (padding counts),
+//        the sum runs over the window clipped to [0, in).
+struct PoolWindow {
+  int start, end;  // clipped to the input
+  int size;        // Caffe's AVE divisor along this axis (includes padding cells)
+};
+
+LRPFAST_HD inline PoolWindow pool_window(int o, int in, int kernel, int stride, int pad) {
+  int start = o * stride - pad;
+  int end = start + kernel;
+  if (end > in + pad) end = in + pad;
+  PoolWindow w;
+  w.size = end - start;
+  w.start = start < 0 ? 0 : start;
+  w.end = end > in ? in : end;
+  return w;
+}
+
+// ---- local response normalisation --------------------------------------------------------------
+
+// Caffe's LRN window half width on the "before" side: (local_size - 1) / 2 (local_size is odd).
+LRPFAST_HD inline int lrn_pre_pad(int local_size) { return (local_size - 1) / 2; }
+
+}  // namespace lrpfast

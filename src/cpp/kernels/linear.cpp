@@ -1,0 +1,35 @@
+#include "kernels/linear.hpp"
+
+#include "kernels/check.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/parallel.hpp"
+
+namespace lrpfast {
+
+LinearGeom make_linear_geom(std::int64_t N, std::int64_t K, std::int64_t O, std::int64_t w_k) {
+  require(N >= 0, "linear: batch size must be >= 0, got ", N);
+  require(K >= 1 && O >= 1, "linear: input and output sizes must be >= 1, got ", K, " and ", O);
+  require(w_k == K, "linear: weight has ", w_k, " inputs per output but x has ", K, " features");
+  return LinearGeom{checked_int(N, "linear: batch size"), checked_int(K, "linear: input size"),
+                    checked_int(O, "linear: output size")};
+}
+
+namespace cpu {
+
+void linear_forward(const LinearGeom& g, const float* x, const float* w, const float* b, float* y) {
+  gemm(false, true, g.N, g.O, g.K, 1.f, x, g.K, w, g.K, 0.f, y, g.O);
+  if (!b) return;
+  parallel_for(g.N, std::int64_t(g.N) * g.O, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      float* row = y + n * g.O;
+      for (int o = 0; o < g.O; ++o) row[o] += b[o];
+    }
+  });
+}
+
+void linear_backward_data(const LinearGeom& g, const float* dy, const float* w, float* dx) {
+  gemm(false, false, g.N, g.K, g.O, 1.f, dy, g.O, w, g.K, 0.f, dx, g.K);
+}
+
+}  // namespace cpu
+}  // namespace lrpfast

@@ -1,0 +1,65 @@
+// lrpfast's one thread pool. Every parallel loop of the CPU engine runs on it, matrix products
+// included: gemm() splits a product into per-thread slices and calls a single-threaded BLAS on each
+// (BLAS's own threads are pinned to 1), so only ONE set of worker threads ever competes for cores.
+//
+// Why not OpenMP + a threaded BLAS: scipy-openblas32 runs its own pthreads pool, and libgomp's idle
+// workers busy-wait (without yielding) for milliseconds after every parallel region, so alternating
+// OpenMP loops and BLAS calls oversubscribes the cores (measured: a conv of 30 ms took 120 ms on 2
+// cores, and numpy's BLAS right after an lrpfast call lost ~10 ms). The pool's workers spin only
+// ~50 us (yielding) before sleeping, which keeps back-to-back dispatches cheap without starving
+// other thread pools in the process.
+//
+// Semantics: parallel_for() partitions [0, n) statically among up to num_threads() threads, the
+// calling thread included. A call made from inside a pool task, or while another thread is using
+// the pool (two Python threads calling lrpfast at once), runs serially on the calling thread -- so
+// kernels may call gemm() and parallel_for() freely, never nest or deadlock, and results do not
+// depend on the number of threads (every partition computes the same per-element arithmetic).
+// The body must not throw (kernels validate before computing); if it does, the exception is
+// rethrown on the calling thread after all threads finished.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+namespace lrpfast {
+
+void set_num_threads(int n);  // n >= 1; takes effect at the next parallel call
+int num_threads();            // default: LRPFAST_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs
+                              // this process may run on (sched_getaffinity)
+
+// Loops touching fewer elements than this stay serial (waking threads costs microseconds).
+constexpr std::int64_t kParallelGrain = std::int64_t(1) << 15;
+
+// A non-owning reference to a callable `void(int thread, int nthreads)`.
+class TaskRef {
+ public:
+  template <class F>
+  TaskRef(F& f) : obj_(&f), call_([](void* o, int t, int nt) { (*static_cast<F*>(o))(t, nt); }) {}
+  void operator()(int t, int nt) const { call_(obj_, t, nt); }
+
+ private:
+  void* obj_;
+  void (*call_)(void*, int, int);
+};
+
+// Runs task(t, nt) for t = 0 .. nt-1 on nt threads (the caller is t = 0); nt <= max_threads and
+// nt = 1 when the pool is unavailable (nested call, pool busy, 1 thread). Returns after all finish.
+void parallel_run(int max_threads, TaskRef task);
+
+// body(lo, hi) over a static partition of [0, n) into contiguous ranges, one per thread; serial
+// (body(0, n)) when work < kParallelGrain or n < 2.
+template <class F>
+void parallel_for(std::int64_t n, std::int64_t work, F&& body) {
+  if (n <= 0) return;
+  const int T = num_threads();
+  if (T <= 1 || n < 2 || work < kParallelGrain) {
+    body(std::int64_t(0), n);
+    return;
+  }
+  auto task = [&](int t, int nt) {
+    const std::int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+    if (lo < hi) body(lo, hi);
+  };
+  parallel_run(n < T ? int(n) : T, TaskRef(task));
+}
+
+}  // namespace lrpfast

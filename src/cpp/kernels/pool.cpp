@@ -1,0 +1,149 @@
+#include "kernels/pool.hpp"
+
+#include <cctype>
+#include <string>
+
+#include "kernels/check.hpp"
+#include "kernels/parallel.hpp"
+
+namespace lrpfast {
+
+int pool_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t stride,
+                          std::int64_t pad, bool ceil_mode) {
+  require(in >= 1, "pooling: input size must be >= 1, got ", in);
+  require(kernel >= 1, "pooling: kernel size must be >= 1, got ", kernel);
+  require(stride >= 1, "pooling: stride must be >= 1, got ", stride);
+  require(pad >= 0, "pooling: pad must be >= 0, got ", pad);
+  require(pad < kernel, "pooling: pad ", pad, " must be smaller than the kernel ", kernel,
+          " (as in Caffe)");
+  require(in + 2 * pad >= kernel, "pooling: kernel ", kernel, " is larger than the padded input ",
+          in + 2 * pad, " (input ", in, ", pad ", pad, ")");
+  checked_int(in + 2 * pad + stride, "pooling: padded input size + stride");
+  const int out = pool_out_size(int(in), int(kernel), int(stride), int(pad), ceil_mode);
+  require(std::int64_t(out - 1) * stride - pad < in, "pooling: the last window (output ", out - 1,
+          ", stride ", stride, ") starts past the input of size ", in,
+          "; stride > kernel without padding is not supported in ceil mode");
+  return out;
+}
+
+PoolGeom make_pool_geom(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
+                        std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
+                        std::int64_t ph, std::int64_t pw, bool ceil_mode) {
+  require(N >= 0, "pooling: batch size must be >= 0, got ", N);
+  require(C >= 1, "pooling: channels must be >= 1, got ", C);
+  PoolGeom g{};
+  g.Ho = pool_out_size_checked(H, kh, sh, ph, ceil_mode);
+  g.Wo = pool_out_size_checked(W, kw, sw, pw, ceil_mode);
+  g.N = checked_int(N, "pooling: batch size");
+  g.C = checked_int(C, "pooling: channels");
+  g.H = int(H), g.W = int(W), g.kh = int(kh), g.kw = int(kw), g.sh = int(sh), g.sw = int(sw);
+  g.ph = int(ph), g.pw = int(pw);
+  checked_int(g.in_plane(), "pooling: input plane H*W");  // argmax is int32
+  return g;
+}
+
+PoolMethod parse_pool_method(const char* name) {
+  std::string s(name ? name : "");
+  for (auto& ch : s) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (s == "max") return PoolMethod::Max;
+  if (s == "ave" || s == "avg" || s == "average") return PoolMethod::Ave;
+  fail("pooling: unknown method '", name ? name : "", "' (known: 'max', 'ave')");
+}
+
+namespace cpu {
+
+void pool_max_forward(const PoolGeom& g, const float* x, float* y, std::int32_t* argmax) {
+  const std::int64_t ip = g.in_plane(), op = g.out_plane();
+  parallel_for(g.planes(), g.planes() * ip, [&](std::int64_t pl0, std::int64_t pl1) {
+    for (std::int64_t pl = pl0; pl < pl1; ++pl) {
+      const float* xp = x + pl * ip;
+      float* yp = y + pl * op;
+      std::int32_t* ap = argmax + pl * op;
+      for (int oh = 0; oh < g.Ho; ++oh) {
+        const PoolWindow wh = pool_window(oh, g.H, g.kh, g.sh, g.ph);
+        for (int ow = 0; ow < g.Wo; ++ow) {
+          const PoolWindow ww = pool_window(ow, g.W, g.kw, g.sw, g.pw);
+          // start from the window's first cell (not -FLT_MAX as Caffe) so argmax is always valid;
+          // strict '>' keeps the first maximum in row-major order
+          int best = wh.start * g.W + ww.start;
+          float m = xp[best];
+          for (int h = wh.start; h < wh.end; ++h) {
+            const float* row = xp + std::int64_t(h) * g.W;
+            for (int w = ww.start; w < ww.end; ++w) {
+              if (row[w] > m) {
+                m = row[w];
+                best = h * g.W + w;
+              }
+            }
+          }
+          yp[oh * g.Wo + ow] = m;
+          ap[oh * g.Wo + ow] = best;
+        }
+      }
+    }
+  });
+}
+
+void pool_ave_forward(const PoolGeom& g, const float* x, float* y) {
+  const std::int64_t ip = g.in_plane(), op = g.out_plane();
+  parallel_for(g.planes(), g.planes() * ip, [&](std::int64_t pl0, std::int64_t pl1) {
+    for (std::int64_t pl = pl0; pl < pl1; ++pl) {
+      const float* xp = x + pl * ip;
+      float* yp = y + pl * op;
+      for (int oh = 0; oh < g.Ho; ++oh) {
+        const PoolWindow wh = pool_window(oh, g.H, g.kh, g.sh, g.ph);
+        for (int ow = 0; ow < g.Wo; ++ow) {
+          const PoolWindow ww = pool_window(ow, g.W, g.kw, g.sw, g.pw);
+          float s = 0.f;
+          for (int h = wh.start; h < wh.end; ++h) {
+            const float* row = xp + std::int64_t(h) * g.W;
+            for (int w = ww.start; w < ww.end; ++w) s += row[w];
+          }
+          yp[oh * g.Wo + ow] = s / float(wh.size * ww.size);
+        }
+      }
+    }
+  });
+}
+
+void pool_max_backward(const PoolGeom& g, const float* dy, const std::int32_t* argmax, float* dx) {
+  const std::int64_t ip = g.in_plane(), op = g.out_plane(), ny = g.planes() * op;
+  for (std::int64_t i = 0; i < ny; ++i)
+    if (argmax[i] < 0 || argmax[i] >= ip)
+      fail("pool_backward: argmax[", i, "] = ", argmax[i], " is outside the input plane [0, ", ip,
+           ")");
+  parallel_for(g.planes(), g.planes() * ip, [&](std::int64_t pl0, std::int64_t pl1) {
+    for (std::int64_t pl = pl0; pl < pl1; ++pl) {
+      float* dxp = dx + pl * ip;
+      const float* dyp = dy + pl * op;
+      const std::int32_t* ap = argmax + pl * op;
+      for (std::int64_t i = 0; i < ip; ++i) dxp[i] = 0.f;
+      for (std::int64_t j = 0; j < op; ++j) dxp[ap[j]] += dyp[j];
+    }
+  });
+}
+
+void pool_ave_backward(const PoolGeom& g, const float* dy, float* dx) {
+  const std::int64_t ip = g.in_plane(), op = g.out_plane();
+  parallel_for(g.planes(), g.planes() * ip, [&](std::int64_t pl0, std::int64_t pl1) {
+    for (std::int64_t pl = pl0; pl < pl1; ++pl) {
+      float* dxp = dx + pl * ip;
+      const float* dyp = dy + pl * op;
+      for (std::int64_t i = 0; i < ip; ++i) dxp[i] = 0.f;
+      for (int oh = 0; oh < g.Ho; ++oh) {
+        const PoolWindow wh = pool_window(oh, g.H, g.kh, g.sh, g.ph);
+        for (int ow = 0; ow < g.Wo; ++ow) {
+          const PoolWindow ww = pool_window(ow, g.W, g.kw, g.sw, g.pw);
+          const float v = dyp[oh * g.Wo + ow] / float(wh.size * ww.size);
+          for (int h = wh.start; h < wh.end; ++h) {
+            float* row = dxp + std::int64_t(h) * g.W;
+            for (int w = ww.start; w < ww.end; ++w) row[w] += v;
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace lrpfast

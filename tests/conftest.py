@@ -1,0 +1,86 @@
+"""Shared fixtures: where the real model files are, and random weights for a net's structure.
+
+The model-zoo files (SPEC section 8) live outside the repository, in ``../shared/models`` next
+to the checkout (override with the environment variable ``LRPFAST_MODELS``); tests that need
+them skip cleanly when they are absent.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+
+def _models_dir() -> Path:
+    return Path(os.environ.get("LRPFAST_MODELS", _DEFAULT_MODELS))
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Directory holding bvlc_reference_caffenet/, bvlc_alexnet/, bvlc_googlenet/,
+    res10_ssd_face/ (skips the test when it is missing)."""
+    d = _models_dir()
+    if not d.is_dir():
+        pytest.skip(f"model files not found at {d} (set LRPFAST_MODELS)")
+    return d
+
+
+def seeded_rng(*key) -> np.random.Generator:
+    """A generator seeded from a readable key, so every test has its own fixed stream."""
+    return np.random.default_rng(zlib.crc32("|".join(map(str, key)).encode()))
+
+
+def he_weights(net, rng: np.random.Generator, bias_std: float = 0.0) -> dict:
+    """{layer name: [float32 blobs]} for every layer of ``net`` (a structure-only
+    ``lrpfast.Net``) that has weights, in Caffe blob order and shape.
+
+    Convolution / InnerProduct: W ~ N(0, 2 / fan_in) (He et al. 2015: keeps the activation
+    scale roughly constant through ReLU layers, so logits of deep nets neither vanish nor
+    overflow), bias ~ N(0, bias_std) (exactly 0 for bias_std = 0: a bias-free variant).
+    BatchNorm: mean/var statistics stored times a moving-average factor of 2; Scale: gamma
+    around 1 and beta ~ N(0, 0.1) (if it has one). The shapes come from the prototxt
+    parameters and the input shapes lrpfast inferred (not from the engine's weight checks).
+    """
+    out = {}
+    for layer in net.layers:
+        p = layer.param
+        in_shape = net.shapes[layer.bottoms[0]]
+        if layer.type == "Convolution":
+            cp = p.convolution_param
+            if cp.HasField("kernel_h"):
+                kh, kw = cp.kernel_h, cp.kernel_w
+            else:
+                kh, kw = cp.kernel_size[0], cp.kernel_size[-1]
+            shape = (cp.num_output, in_shape[0] // cp.group, kh, kw)
+            has_bias = cp.bias_term
+        elif layer.type == "InnerProduct":
+            ip = p.inner_product_param
+            shape = (ip.num_output, int(np.prod(in_shape)))
+            has_bias = ip.bias_term
+        elif layer.type == "BatchNorm":
+            C, f = in_shape[0], 2.0
+            out[layer.name] = [(rng.normal(0, 0.5, C) * f).astype(np.float32),
+                               (rng.uniform(0.5, 2.0, C) * f).astype(np.float32),
+                               np.array([f], np.float32)]
+            continue
+        elif layer.type == "Scale":
+            C = in_shape[0]
+            blobs = [rng.uniform(0.5, 1.5, C).astype(np.float32)]
+            if p.scale_param.bias_term:
+                blobs.append(rng.normal(0, 0.1, C).astype(np.float32))
+            out[layer.name] = blobs
+            continue
+        else:
+            continue
+        fan_in = int(np.prod(shape[1:]))
+        blobs = [rng.normal(0.0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)]
+        if has_bias:
+            blobs.append((rng.normal(0.0, bias_std, shape[0]) if bias_std > 0
+                          else np.zeros(shape[0])).astype(np.float32))
+        out[layer.name] = blobs
+    return out
