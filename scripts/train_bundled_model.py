@@ -151,17 +151,23 @@ def _contrasting_colour(rng, under: np.ndarray, min_dist: float = 110.0) -> np.n
     return best
 
 
-def render_scene(rng, digit: np.ndarray, pool: np.ndarray, size: int = SIZE):
+def render_scene(rng, digit: np.ndarray, pool: np.ndarray, difficulty: float = 1.0,
+                 size: int = SIZE):
     """One cluttered scene with ``digit`` (8x8 in 0..1) as the object.
+
+    ``difficulty`` in [0, 1] scales the clutter: background texture contrast and noise, the
+    number of distractors (strokes, outlines, blobs, halves of other digits) and how little the
+    object's colour may differ from what lies under it.
 
     Returns (RGB uint8 (size, size, 3), box (xmin, ymin, xmax, ymax) 0-based inclusive).
     """
+    d = float(difficulty)
     # background: base colour + smooth colour field + pixel noise
     base = rng.uniform(30, 225, 3).astype(np.float32)
-    amp = rng.uniform(20, 80)
+    amp = rng.uniform(10, 20 + 60 * d)
     field = np.stack([_smooth_field(rng, int(rng.integers(3, 9)), size) for _ in range(3)], -1)
     canvas = base[None, None, :] + (field - 0.5) * 2 * amp
-    canvas += rng.normal(0, rng.uniform(2, 12), canvas.shape).astype(np.float32)
+    canvas += rng.normal(0, rng.uniform(2, 2 + 10 * d), canvas.shape).astype(np.float32)
     canvas = np.clip(canvas, 0, 255).astype(np.float32)
 
     # object placement (decided first so that distractors can avoid most of it)
@@ -176,17 +182,20 @@ def render_scene(rng, digit: np.ndarray, pool: np.ndarray, size: int = SIZE):
         iy = max(0, min(y + h, box[3] + 1) - max(y, box[1]))
         return ix * iy / float(h * w)
 
+    def count(lo, hi):
+        return int(rng.integers(0, int(round(lo + (hi - lo) * d)) + 1))
+
     # distractors: strokes / outlines, blobs, halves of other digits
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(count(1, 5)):
         m = _stroke_mask(rng, size) * rng.uniform(0.6, 1.0)
         _paint(canvas, m, rng.uniform(0, 255, 3), 0, 0)
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(count(0, 2)):
         r = int(rng.integers(3, 9))
         yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
         blob = np.clip(1.0 - (yy ** 2 + xx ** 2) / float(r * r), 0, 1) ** 0.5
         _paint(canvas, blob * rng.uniform(0.5, 1.0), rng.uniform(0, 255, 3),
                int(rng.integers(-r, size - r)), int(rng.integers(-r, size - r)))
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(count(0, 2)):
         other = pool[rng.integers(len(pool))]
         t = int(rng.integers(14, 41))
         a = _glyph(other, t)
@@ -209,34 +218,44 @@ def render_scene(rng, digit: np.ndarray, pool: np.ndarray, size: int = SIZE):
 
     # the object, in a colour that contrasts with what lies under it
     under = canvas[oy:oy + s, ox:ox + s][alpha > 0.5]
-    _paint(canvas, alpha, _contrasting_colour(rng, under), oy, ox)
+    _paint(canvas, alpha, _contrasting_colour(rng, under, 170.0 - 70.0 * d), oy, ox)
     img = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return img, box
 
 
+#: difficulty range of each split: training covers easy to hard scenes (easy ones let the net
+#: start learning); every evaluation split holds cluttered scenes only.
+DIFFICULTY = {"train": (0.0, 1.0), "val": (0.5, 1.0), "heldout": (0.5, 1.0),
+              "test": (0.5, 1.0), "demo": (0.7, 1.0)}
+
+
 def make_split(split: str, n: int, pools=None, seed: int | None = None) -> dict:
     """``n`` scenes of a split ("train", "val" use training digits; "heldout", "test", "demo"
-    use held-out digits), seeded by ``SEEDS[split]`` (or ``seed``).
+    use held-out digits), seeded by ``SEEDS[split]`` (or ``seed``), with difficulties drawn
+    uniformly from ``DIFFICULTY[split]``.
 
     Returns {"images": uint8 (n, 64, 64, 3) RGB, "labels": int64 (n,), "boxes": int64 (n, 4)
-    0-based inclusive (xmin, ymin, xmax, ymax)}. Classes are balanced (cycled, then shuffled).
+    0-based inclusive (xmin, ymin, xmax, ymax), "difficulty": float (n,)}. Classes are
+    balanced (cycled, then shuffled).
     """
     if pools is None:
         pools = load_digit_pools()
     (tr_x, tr_y), (ho_x, ho_y) = pools
     digits, dlabels = (tr_x, tr_y) if split in ("train", "val") else (ho_x, ho_y)
     rng = np.random.default_rng(SEEDS[split] if seed is None else seed)
+    lo, hi = DIFFICULTY[split]
     by_class = [np.flatnonzero(dlabels == c) for c in range(10)]
     labels = rng.permutation(np.arange(n) % 10)
+    diff = rng.uniform(lo, hi, n)
     images = np.empty((n, SIZE, SIZE, 3), np.uint8)
     boxes = np.empty((n, 4), np.int64)
     for i, c in enumerate(labels):
         d = digits[rng.choice(by_class[c])]
         if rng.random() < 0.5:                           # mild shape augmentation: shear
-            sh = rng.uniform(-0.25, 0.25)
-            d = _shear(d, sh)
-        images[i], boxes[i] = render_scene(rng, d, digits)
-    return {"images": images, "labels": labels.astype(np.int64), "boxes": boxes}
+            d = _shear(d, rng.uniform(-0.25, 0.25))
+        images[i], boxes[i] = render_scene(rng, d, digits, diff[i])
+    return {"images": images, "labels": labels.astype(np.int64), "boxes": boxes,
+            "difficulty": diff}
 
 
 def _shear(d: np.ndarray, k: float) -> np.ndarray:

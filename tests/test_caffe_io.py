@@ -30,16 +30,9 @@ from lrpfast.caffe import (
     write_prototxt,
 )
 
-MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models")
-if not os.path.isdir(MODELS):
-    MODELS = "/work/shared/models"
 REAL = ["bvlc_alexnet", "bvlc_googlenet", "bvlc_reference_caffenet", "res10_ssd_face"]
-RES10_MODEL = os.path.join(MODELS, "res10_ssd_face", "res10_300x300_ssd_iter_140000.caffemodel")
-needs_models = pytest.mark.skipif(not os.path.isdir(MODELS), reason="shared models not present")
-
-
-def deploy(name: str) -> str:
-    return os.path.join(MODELS, name, "deploy.prototxt")
+RES10_WEIGHTS = "res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel"
+# models_dir (conftest.py) is ../shared/models or $LRPFAST_MODELS; tests skip without it.
 
 
 # --- a tiny independent protobuf encoder for hand-made files --------------------------------
@@ -156,23 +149,22 @@ def test_v1_enum_is_complete_and_mapped():
 
 # --- real prototxts and the real caffemodel -------------------------------------------------
 
-@needs_models
 @pytest.mark.parametrize("model", REAL)
-def test_real_prototxts_parse_with_grepped_layer_types(model):
-    text = Path(deploy(model)).read_text()
+def test_real_prototxts_parse_with_grepped_layer_types(models_dir, model):
+    deploy = models_dir / model / "deploy.prototxt"
+    text = deploy.read_text()
     # Layer-level "type:" lines are indented by two spaces in these files (fillers deeper).
     grepped = collections.Counter(re.findall(r'^  type: "(\w+)"', text, re.MULTILINE))
-    net = read_prototxt(deploy(model))
+    net = read_prototxt(deploy)
     assert collections.Counter(layer.type for layer in net.layer) == grepped
     assert len(net.layer) == len(re.findall(r"^layer\s*\{", text, re.MULTILINE))
-    netdef = read_net(deploy(model))
+    netdef = read_net(deploy)
     assert isinstance(netdef, NetDef)
     assert len(netdef.layers) == len(net.layer)
 
 
-@needs_models
-def test_caffenet_details():
-    net = read_net(deploy("bvlc_reference_caffenet"))
+def test_caffenet_details(models_dir):
+    net = read_net(models_dir / "bvlc_reference_caffenet" / "deploy.prototxt")
     assert net.name == "CaffeNet" and net.inputs == [("data", (10, 3, 227, 227))]
     linear = [layer for layer in net.layers if layer.type in ("Convolution", "InnerProduct")]
     assert len(linear) == 8
@@ -188,9 +180,8 @@ def test_caffenet_details():
     assert groups == [1, 2, 1, 2, 2]
 
 
-@needs_models
-def test_res10_ssd_params_parse_fully():
-    net = read_net(deploy("res10_ssd_face"))
+def test_res10_ssd_params_parse_fully(models_dir):
+    net = read_net(models_dir / "res10_ssd_face" / "deploy.prototxt")
     assert net.inputs == [("data", (1, 3, 300, 300))]
     by_name = {layer.name: layer for layer in net.layers}
     det = by_name["detection_out"]  # include { phase: TEST } -> kept in deploy
@@ -213,12 +204,11 @@ def test_res10_ssd_params_parse_fully():
     assert [list(layer.param.convolution_param.dilation) for layer in dilated] == [[2]]
 
 
-@needs_models
-def test_real_res10_caffemodel_matches_protobuf_and_prototxt():
-    weights, types = read_caffemodel(RES10_MODEL, with_types=True)
+def test_real_res10_caffemodel_matches_protobuf_and_prototxt(models_dir):
+    weights, types = read_caffemodel(models_dir / RES10_WEIGHTS, with_types=True)
     assert [a.shape for a in weights["conv1_h"]] == [(32, 3, 7, 7), (32,)]
     assert [a.shape for a in weights["data_bn"]] == [(3,), (3,), (1,)]
-    ref = pb.NetParameter.FromString(Path(RES10_MODEL).read_bytes())
+    ref = pb.NetParameter.FromString((models_dir / RES10_WEIGHTS).read_bytes())
     assert list(weights) == [layer.name for layer in ref.layer]
     for layer in ref.layer:
         assert types[layer.name] == layer.type
@@ -230,7 +220,7 @@ def test_real_res10_caffemodel_matches_protobuf_and_prototxt():
             assert a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
     # Every convolution of the deploy net has weights (num_output, C/group, k, k), and a bias
     # exactly when bias_term (default true) says so.
-    net = read_net(deploy("res10_ssd_face"))
+    net = read_net(models_dir / "res10_ssd_face" / "deploy.prototxt")
     convs = [layer for layer in net.layers if layer.type == "Convolution"]
     assert len(convs) == 32
     for layer in convs:
@@ -622,8 +612,12 @@ def test_wrong_file_kinds(tmp_path, small_model):
     for path in (proto_path, model_path):
         with pytest.raises(CaffeFormatError):
             read_binaryproto(path)
-    if os.path.exists(RES10_MODEL):
-        with pytest.raises(CaffeFormatError):
-            read_binaryproto(RES10_MODEL)
-        with pytest.raises(CaffeFormatError, match="binary"):
-            read_prototxt(RES10_MODEL)
+
+
+def test_real_caffemodel_is_not_a_prototxt_or_binaryproto(models_dir):
+    with pytest.raises(CaffeFormatError, match="wire type"):
+        read_binaryproto(models_dir / RES10_WEIGHTS)
+    with pytest.raises(CaffeFormatError, match="binary"):
+        read_prototxt(models_dir / RES10_WEIGHTS)
+    with pytest.raises(CaffeFormatError, match="wire type"):
+        read_caffemodel(models_dir / "res10_ssd_face" / "deploy.prototxt")

@@ -101,9 +101,11 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_
 layer { name: "tanh" type: "TanH" bottom: "fc" top: "t" }
 """
     net, _ = build(text, "skip", skip_unsupported=True)
-    assert net.skipped == ["sig1 (Sigmoid)", "side (InnerProduct)", "tanh (TanH)"]
+    assert net.skipped == ["sig1 (Sigmoid: unsupported)",
+                           "side (InnerProduct: depends on a skipped layer)",
+                           "tanh (TanH: unsupported)"]
     assert [layer.name for layer in net.layers] == ["conv1", "relu1", "pool1", "fc"]
-    assert "skipped: sig1 (Sigmoid)" in repr(net)
+    assert "skipped: sig1 (Sigmoid: unsupported)" in repr(net)
     x = images("skip")
     assert net.forward(x).shape == (2, 5)
     assert net.relevance(x, -1).shape == x.shape

@@ -16,5 +16,5 @@ from .net import Net
 
 __version__: str = _core.__version__
 
-__all__ = ["Net", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
+__all__ = ["Net", "RelPropOpts", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "supported_types", "LayerError", "__version__"]

@@ -1,7 +1,8 @@
 """Net: a Caffe network loaded for forward passes and Layer-wise Relevance Propagation.
 
 The graph is data: an ordered list of layers whose bottoms/tops name blobs in single-assignment
-form (an in-place layer such as ReLU writes a new version ``conv1#1`` of blob ``conv1``), so a
+form (an in-place layer such as ReLU writes a new version ``conv1#2`` of blob ``conv1``, whose
+first version is ``conv1`` or ``conv1#1``), so a
 blob read by several layers (Caffe's implicit Split) simply accumulates the relevance of all its
 readers. Shapes are inferred and weights checked once, at construction.
 
@@ -66,12 +67,7 @@ class Net:
     @classmethod
     def from_text(cls, text: str, weights=None, **kw) -> "Net":
         """Build from prototxt text (handy in tests and notebooks)."""
-        from google.protobuf import text_format
-        msg = caffe.NetParameter()
-        try:
-            text_format.Parse(text, msg)
-        except text_format.ParseError as e:
-            raise caffe.CaffeFormatError(f"<text>: not a valid prototxt: {e}") from None
+        msg = caffe.parse_prototxt(text, path="<text>")
         return cls(msg, weights, **kw)
 
     # ------------------------------------------------------------------ construction
@@ -100,7 +96,8 @@ class Net:
             cls = LAYER_TYPES.get(ldef.type)
             if cls is None or any(b in dead for b in ldef.bottoms):
                 if skip_unsupported:
-                    self.skipped.append(f"{ldef.name} ({ldef.type})")
+                    why = "unsupported" if cls is None else "depends on a skipped layer"
+                    self.skipped.append(f"{ldef.name} ({ldef.type}: {why})")
                     dead.update(ldef.tops)
                     continue
                 raise LayerError(f"layer {index} '{ldef.name}': unsupported type '{ldef.type}' "
@@ -405,6 +402,8 @@ class Net:
         xin = self._check_input(x)
         comp = as_composite(rules)
         top_layer = self.top_layer(top)
+        if isinstance(readout, tuple):
+            readout = list(readout)
         names = readout if isinstance(readout, list) else [readout or next(iter(self.inputs))]
         ssa_out = [self._ssa(r) for r in names]
         plan = self._plan(top_layer, comp, ssa_out)
@@ -416,28 +415,13 @@ class Net:
             blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
                                               stop=top_layer.index)
             for k, R0 in enumerate(seeds(blobs[top_layer.tops[0]], a, b, n)):
-                rel = {top_layer.tops[0]: R0}
                 if top_layer.tops[0] in ssa_out:
                     results[top_layer.tops[0]][k, a:b] += R0
-                for layer, ctx in plan:
-                    Rs = [rel.pop(t, None) for t in layer.tops]
-                    if all(r is None for r in Rs):
-                        continue
-                    st = states[layer.name]
-                    if isinstance(layer, _RuleLayer) and layer.z_top:
-                        # relevance seeded at this layer's own output: its BatchNorm/Scale chain
-                        # (above the top, not computed) does not apply -> the unfolded operator
-                        st = dict(st, unfolded=True) if layer is top_layer else \
-                            dict(st, z=blobs[layer.z_top])
-                    xs = [blobs[bt] for bt in layer.bottoms]
-                    ys = [blobs[t] for t in layer.tops]
-                    for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
-                        if rin is None:
-                            continue
-                        rin = np.asarray(rin, dtype=np.float32)
-                        if bt in ssa_out:
-                            results[bt][k, a:b] += rin
-                        rel[bt] = rin if bt not in rel else rel[bt] + rin
+
+                def sink(bt, layer, rin, k=k, a=a, b=b):
+                    if bt in ssa_out:
+                        results[bt][k, a:b] += rin
+                self._backward(plan, top_layer, blobs, states, R0, sink)
             bar.update()
         bar.close()
         if hasattr(comp, "postprocess"):   # e.g. toolbox code 99: sensitivity = |gradient|
@@ -445,6 +429,32 @@ class Net:
         if isinstance(readout, list):
             return {name: results[s] for name, s in zip(names, ssa_out)}
         return results[ssa_out[0]]
+
+    def _backward(self, plan, top_layer, blobs, states, R0, sink, stop_after=None):
+        """One relevance pass over ``plan`` from the seed ``R0`` at ``top_layer``'s output;
+        ``sink(blob, layer, R)`` sees every relevance a layer hands to one of its bottoms.
+        ``stop_after``: a layer after which the pass ends."""
+        rel = {top_layer.tops[0]: R0}
+        for layer, ctx in plan:
+            Rs = [rel.pop(t, None) for t in layer.tops]
+            if all(r is None for r in Rs):
+                continue
+            st = states[layer.name]
+            if isinstance(layer, _RuleLayer) and layer.z_top:
+                # relevance seeded at this layer's own output: its BatchNorm/Scale chain
+                # (above the top, not computed) does not apply -> the unfolded operator
+                st = dict(st, unfolded=True) if layer is top_layer else \
+                    dict(st, z=blobs[layer.z_top])
+            xs = [blobs[bt] for bt in layer.bottoms]
+            ys = [blobs[t] for t in layer.tops]
+            for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
+                if rin is None:
+                    continue
+                rin = np.asarray(rin, dtype=np.float32)
+                sink(bt, layer, rin)
+                rel[bt] = rin if bt not in rel else rel[bt] + rin
+            if layer is stop_after:
+                break
 
     # ------------------------------------------------------------------ toolbox (SPEC 4)
     def backward_relevance(self, classinds, opts=None):
