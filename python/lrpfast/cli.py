@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("info", help="print version, BLAS, threads and CUDA status")
     s.set_defaults(func=_cmd_info)
+    from .explain import add_subcommands as _explain_subcommands   # explain, heatmaps
+    _explain_subcommands(sub)
     return p
 
 

@@ -1,0 +1,758 @@
+"""The heatmap tool (SPEC section 5): the LRP toolbox's demonstrator, and a modern interface.
+
+Toolbox interface (``lrpfast explain CONFIG FILELIST PREFIX [--batch N] [--[no-]progress]``)
+==========================================================================================
+
+CONFIG
+    Pairs of lines: a *key line* then its *value line*. A line is a key line when, after
+    stripping white space, it equals one of :data:`CONFIG_KEYS`; the line right after it is its
+    value (stripped; it may be empty only for ``synsetfile``). Every other line (comments,
+    blank lines, unknown words) is ignored. A key given twice is an error. Required keys: all of
+    :data:`CONFIG_KEYS` except ``synsetfile`` (optional: no class names) and
+    ``auxiliaryvariable_maxlayerindexforflatdistinconv`` (optional, default -1; the formula
+    codes that need it say so). Relative file paths are taken relative to the current
+    directory, else (if not found there) relative to the config file's folder.
+
+    ``use_mean_file_asbinaryprotoblob``: 1 = binaryproto (Caffe's BGR planes), 2 = binaryproto
+    with the channels in reversed (RGB) order, 0 = text file: line 1 ``C``, line 2 ``H W``, then
+    C*H*W numbers (white space separated, any line breaks), channel after channel in the net's
+    BGR order, each channel column-major (value index ``h + w*H``, as ``rawhm``).
+
+FILELIST
+    One image per line: ``path class`` (class -1 = top-1, -2 = the top-5 summed, >= 0 a class
+    index; a missing class means -1). Blank lines and lines starting with ``#`` are skipped.
+    The image path is ``os.path.join(PREFIX, path)`` (an absolute ``path`` ignores PREFIX).
+
+Pre-processing (:func:`preprocess`)
+    The image is read with Pillow and converted to RGB, resized with ``Image.BILINEAR`` so its
+    long side is ``baseimgsize``; the short side becomes ``max(1, floor(s * base / l + 0.5))``
+    (round half up). Then, per axis, a side longer than the net's input is centre-cropped
+    (offset ``(len - S) // 2``) and a shorter side is padded by repeating its edge pixels
+    (``(S - len) // 2`` before, the rest after). The mean image's centre region of the net's
+    input size (offset ``(Hm - H) // 2``, ``(Wm - W) // 2``) is subtracted from the BGR planes
+    (values 0..255). The crop before the mean subtraction is ``<name>_as_inputted_into_the_dnn.png``.
+
+Outputs, per image, at ``standalone_outpath / relpath(image, standalone_rootpath)`` without the
+extension (an image outside ``standalone_rootpath`` is a per-image error):
+
+* ``<name>_rawhm.txt``: line ``3``, line ``H W``, then the R plane, G plane, B plane (reversed
+  from the net's BGR), each as H lines of W values separated by one space, every value printed
+  with C's ``%g`` (6 significant digits, as a C++ stream's default), lines ending in ``\\n``.
+  :func:`read_rawhm` reads it back as (3, H, W) in that (RGB) order.
+* ``<name>_heatmap.png``: :func:`lrpfast.render.toolbox_heatmap`.
+* ``<name>_as_inputted_into_the_dnn.png``: the pre-processed crop (RGB, before mean subtraction).
+* ``<name>_top10scores.txt``: the 10 (or fewer) best outputs of the net's output blob (for
+  CaffeNet: the softmax probabilities), best first, one ``class score`` line each (score with
+  ``%g``); with a synset file the line is ``class score synsetline`` where ``synsetline`` is the
+  class's line of the synset file, stripped (e.g. ``281 0.53 n02123045 tabby, tabby cat``).
+
+Relevance: ``net.forward`` then ``net.backward_relevance_multi`` with a
+:class:`lrpfast.RelPropOpts` built from the config (caffe mode), ``--batch`` images per pass.
+
+Exit status: 0 all images done, 1 some image failed (each failure is one message on stderr; the
+other images are still written), 2 usage or config errors (nothing is computed).
+
+Modern interface (``lrpfast heatmaps``)
+=======================================
+
+``lrpfast heatmaps --model PROTOTXT --weights CAFFEMODEL --images PATH_OR_DIR... --out DIR
+[--rules epsilon,alpha1beta0 | toolbox:CODE] [--classes -1 [281 ...]] [--mean B,G,R |
+--mean-file F [--mean-kind 1]] [--size N] [--formats png,rawhm,npy,input,top10]
+[--cmap toolbox] [--norm toolbox] [--batch N] [--[no-]progress]``
+
+Same pre-processing (``--size`` = baseimgsize, default: the net's input size). Per image ``stem``
+and each rule and class: ``DIR/<stem>_<rule>_c<class>{_heatmap.png,_rawhm.txt,.npy}`` (the
+``.npy`` holds the (C, H, W) float32 relevance in the net's BGR layout); ``input`` and ``top10``
+write ``<stem>_as_inputted_into_the_dnn.png`` / ``<stem>_top10scores.txt`` once per image.
+Rules are composite names (``lrpfast.composites.COMPOSITE_NAMES``) or ``toolbox:CODE[:EPS]``
+(a caffe-mode :class:`RelPropOpts` with that formula code). Directories expand to the image
+files they hold (sorted; .jpg .jpeg .png .bmp .ppm .tif .tiff .gif .webp).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
+           "read_mean", "read_synsets", "preprocess", "format_rawhm", "write_rawhm",
+           "read_rawhm", "format_top10", "run_toolbox", "run_heatmaps", "main_explain",
+           "main_heatmaps", "add_subcommands"]
+
+CONFIG_KEYS = ("param_file", "model_file", "mean_file", "use_mean_file_asbinaryprotoblob",
+               "synsetfile", "lastlayerindex", "firstlayerindex", "numclasses", "baseimgsize",
+               "standalone_outpath", "standalone_rootpath", "relpropformulatype", "epsstab",
+               "alphabeta_beta", "auxiliaryvariable_maxlayerindexforflatdistinconv")
+_OPTIONAL = {"synsetfile": "", "auxiliaryvariable_maxlayerindexforflatdistinconv": "-1"}
+_INT_KEYS = ("use_mean_file_asbinaryprotoblob", "lastlayerindex", "firstlayerindex",
+             "numclasses", "baseimgsize", "relpropformulatype",
+             "auxiliaryvariable_maxlayerindexforflatdistinconv")
+_FLOAT_KEYS = ("epsstab", "alphabeta_beta")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
+
+
+class ConfigError(ValueError):
+    """A config / file list / mean file problem (exit status 2 in the CLI)."""
+
+
+# =============================================================================== config
+@dataclass
+class ToolboxConfig:
+    param_file: str
+    model_file: str
+    mean_file: str
+    use_mean_file_asbinaryprotoblob: int
+    synsetfile: str
+    lastlayerindex: int
+    firstlayerindex: int
+    numclasses: int
+    baseimgsize: int
+    standalone_outpath: str
+    standalone_rootpath: str
+    relpropformulatype: int
+    epsstab: float
+    alphabeta_beta: float
+    auxiliaryvariable_maxlayerindexforflatdistinconv: int
+    source: str = "<config>"
+    lines: dict = field(default_factory=dict)   # key -> line number of its value (1-based)
+
+    def relpropopts(self):
+        """The :class:`lrpfast.RelPropOpts` of this config (caffe mode); ConfigError if bad."""
+        from .compat import RelPropOpts
+        try:
+            return RelPropOpts(
+                relpropformulatype=self.relpropformulatype, epsstab=self.epsstab,
+                alphabeta_beta=self.alphabeta_beta, lastlayerindex=self.lastlayerindex,
+                firstlayerindex=self.firstlayerindex, numclasses=self.numclasses,
+                auxiliaryvariable_maxlayerindexforflatdistinconv=(
+                    self.auxiliaryvariable_maxlayerindexforflatdistinconv))
+        except ValueError as e:
+            raise ConfigError(f"{self.source}: {e}") from None
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    alt = os.path.join(base_dir, path)
+    return alt if os.path.exists(alt) else path
+
+
+def parse_config(text: str, source: str = "<config>") -> ToolboxConfig:
+    """Parse config text (see the module docstring); ConfigError names the file, key and line."""
+    lines = text.splitlines()
+    values: dict[str, str] = {}
+    where: dict[str, int] = {}
+    i = 0
+    while i < len(lines):
+        key = lines[i].strip()
+        if key in CONFIG_KEYS:
+            if i + 1 >= len(lines):
+                raise ConfigError(f"{source}:{i + 1}: key '{key}' has no value line after it")
+            if key in values:
+                raise ConfigError(f"{source}:{i + 1}: key '{key}' given twice (first at line "
+                                  f"{where[key] - 1})")
+            values[key] = lines[i + 1].strip()
+            where[key] = i + 2
+            i += 2
+        else:
+            i += 1
+    missing = [k for k in CONFIG_KEYS if k not in values and k not in _OPTIONAL]
+    if missing:
+        raise ConfigError(f"{source}: missing key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)} (each as a line of its own, followed by a line "
+                          f"with its value)")
+    for k, v in _OPTIONAL.items():
+        values.setdefault(k, v)
+    parsed = {}
+    for k in CONFIG_KEYS:
+        v = values[k]
+        at = f"{source}:{where[k]}" if k in where else source
+        if k in _INT_KEYS:
+            try:
+                parsed[k] = int(v)
+            except ValueError:
+                raise ConfigError(f"{at}: key '{k}' needs an integer, got {v!r}") from None
+        elif k in _FLOAT_KEYS:
+            try:
+                parsed[k] = float(v)
+            except ValueError:
+                raise ConfigError(f"{at}: key '{k}' needs a number, got {v!r}") from None
+            if not math.isfinite(parsed[k]):
+                raise ConfigError(f"{at}: key '{k}' must be finite, got {v!r}")
+        else:
+            if not v and k != "synsetfile":
+                raise ConfigError(f"{at}: key '{k}' has an empty value")
+            parsed[k] = v
+    checks = {"use_mean_file_asbinaryprotoblob": (lambda x: x in (0, 1, 2), "0, 1 or 2"),
+              "baseimgsize": (lambda x: x > 0, "> 0"), "numclasses": (lambda x: x > 0, "> 0"),
+              "epsstab": (lambda x: x >= 0, ">= 0"), "alphabeta_beta": (lambda x: x >= 0, ">= 0"),
+              "firstlayerindex": (lambda x: x >= 0, ">= 0"),
+              "lastlayerindex": (lambda x: x >= -2, ">= -2")}
+    for k, (ok, what) in checks.items():
+        if not ok(parsed[k]):
+            raise ConfigError(f"{source}:{where[k]}: key '{k}' must be {what}, got "
+                              f"{values[k]!r}")
+    cfg = ToolboxConfig(**parsed, source=source, lines=where)
+    cfg.relpropopts()   # formula code, aux etc. checked now
+    return cfg
+
+
+def read_config(path) -> ToolboxConfig:
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    cfg = parse_config(text, path)
+    base = os.path.dirname(os.path.abspath(path))
+    for k in ("param_file", "model_file", "mean_file", "synsetfile"):
+        setattr(cfg, k, _resolve(getattr(cfg, k), base))
+    return cfg
+
+
+def read_filelist(path, prefix: str = "") -> list[tuple[str, int, int]]:
+    """FILELIST -> [(image path, class, line number)]; ConfigError on a malformed line."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read file list {path}: {e.strerror or e}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        parts = s.rsplit(None, 1)
+        cls = -1
+        if len(parts) == 2:
+            try:
+                cls = int(parts[1])
+                s = parts[0]
+            except ValueError:
+                cls = -1         # a path with a space and no class
+        if cls < -2:
+            raise ConfigError(f"{path}:{n}: class {cls} is not allowed (-1 top-1, -2 top-5 "
+                              f"summed, or a class index >= 0)")
+        out.append((os.path.join(prefix, s) if prefix else s, cls, n))
+    return out
+
+
+def read_mean(path, kind: int) -> np.ndarray:
+    """Mean image as float32 (C, H, W) in the net's BGR order; ``kind`` as
+    ``use_mean_file_asbinaryprotoblob`` (1 binaryproto BGR, 2 binaryproto reversed, 0 text)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"mean file {path} not found")
+    if kind in (1, 2):
+        from . import caffe
+        try:
+            a = np.asarray(caffe.read_binaryproto(path), np.float32)
+        except ValueError as e:
+            raise ConfigError(f"mean file {path}: {e}") from None
+        while a.ndim > 3 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 3:
+            raise ConfigError(f"mean file {path}: expected a (C, H, W) blob, got shape {a.shape}")
+        return np.ascontiguousarray(a[::-1] if kind == 2 else a)
+    if kind != 0:
+        raise ConfigError(f"mean file kind must be 0 (text), 1 or 2 (binaryproto), got {kind}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    try:
+        C = int(lines[0].split()[0])
+        H, W = (int(t) for t in lines[1].split()[:2])
+    except (IndexError, ValueError):
+        raise ConfigError(f"mean file {path}: text mean needs line 1 'C' and line 2 'H W'") \
+            from None
+    try:
+        vals = np.array(" ".join(lines[2:]).split(), dtype=np.float64)
+    except ValueError as e:
+        raise ConfigError(f"mean file {path}: bad number ({e})") from None
+    if C <= 0 or H <= 0 or W <= 0 or vals.size != C * H * W:
+        raise ConfigError(f"mean file {path}: header says C={C} H={H} W={W} ({C * H * W} "
+                          f"values), found {vals.size} values")
+    return np.ascontiguousarray(vals.reshape(C, W, H).transpose(0, 2, 1), dtype=np.float32)
+
+
+def read_synsets(path) -> list[str]:
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [l.strip() for l in f.read().splitlines()]
+    except OSError as e:
+        raise ConfigError(f"cannot read synset file {path}: {e.strerror or e}") from None
+
+
+# =============================================================================== pre-processing
+def _fit_axis(a: np.ndarray, axis: int, size: int) -> tuple[np.ndarray, int]:
+    """Centre-crop or edge-pad ``a`` along ``axis`` to ``size``; returns (array, offset) where
+    offset > 0 is the crop start, < 0 minus the padding before."""
+    n = a.shape[axis]
+    if n > size:
+        o = (n - size) // 2
+        return np.take(a, range(o, o + size), axis=axis), o
+    if n < size:
+        before = (size - n) // 2
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (before, size - n - before)
+        return np.pad(a, pad, mode="edge"), -before
+    return a, 0
+
+
+def resized_size(w: int, h: int, base: int) -> tuple[int, int]:
+    """(width, height) with the long side = base, the short side rounded half up (min 1)."""
+    if w >= h:
+        return base, max(1, int(math.floor(h * base / w + 0.5)))
+    return max(1, int(math.floor(w * base / h + 0.5))), base
+
+
+def preprocess(image, base: int, size: tuple[int, int], mean=None):
+    """One image -> (crop uint8 (H, W, 3) RGB, x float32 (3, H, W) BGR minus the mean).
+
+    ``image``: a path or a PIL image; ``size``: the net input (H, W); ``mean``: None, a
+    (3,) BGR vector or a (3, Hm, Wm) BGR image (its centre region is used)."""
+    from PIL import Image
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            im.load()
+            img = im.convert("RGB")
+    else:
+        img = image.convert("RGB")
+    w, h = resized_size(img.width, img.height, int(base))
+    if (w, h) != (img.width, img.height):
+        img = img.resize((w, h), Image.BILINEAR)
+    a = np.asarray(img, dtype=np.uint8)
+    a, _ = _fit_axis(a, 0, int(size[0]))
+    a, _ = _fit_axis(a, 1, int(size[1]))
+    crop = np.ascontiguousarray(a)
+    x = crop[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+    if mean is not None:
+        x -= mean_region(mean, size)
+    return crop, np.ascontiguousarray(x)
+
+
+def mean_region(mean, size) -> np.ndarray:
+    """The centre (H, W) region of a (C, Hm, Wm) mean image, or a (C,) vector as (C, 1, 1)."""
+    m = np.asarray(mean, np.float32)
+    H, W = int(size[0]), int(size[1])
+    if m.ndim == 1:
+        return m[:, None, None]
+    if m.ndim != 3:
+        raise ConfigError(f"mean must be (C,) or (C, H, W), got shape {m.shape}")
+    if m.shape[1] < H or m.shape[2] < W:
+        raise ConfigError(f"mean image {m.shape[1]}x{m.shape[2]} is smaller than the net's input "
+                          f"{H}x{W}")
+    oy, ox = (m.shape[1] - H) // 2, (m.shape[2] - W) // 2
+    return m[:, oy:oy + H, ox:ox + W]
+
+
+# =============================================================================== outputs
+def format_rawhm(R_chw) -> str:
+    """Text of ``<name>_rawhm.txt`` for relevance (3, H, W) in the net's BGR order."""
+    R = np.asarray(R_chw)
+    if R.ndim != 3:
+        raise ValueError(f"format_rawhm expects (C, H, W), got shape {R.shape}")
+    C, H, W = R.shape
+    out = [f"{C}\n", f"{H} {W}\n"]
+    for c in range(C - 1, -1, -1):          # BGR -> RGB
+        for row in R[c].astype(np.float64):
+            out.append(" ".join("%g" % v for v in row) + "\n")
+    return "".join(out)
+
+
+def write_rawhm(path, R_chw) -> None:
+    d = os.path.dirname(os.fspath(path))
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(path, "w", encoding="ascii", newline="\n") as f:
+        f.write(format_rawhm(R_chw))
+
+
+def read_rawhm(path) -> np.ndarray:
+    """``<name>_rawhm.txt`` -> float32 (C, H, W) in the file's (RGB) channel order."""
+    with open(path, encoding="ascii") as f:
+        tok = f.read().split()
+    try:
+        C, H, W = int(tok[0]), int(tok[1]), int(tok[2])
+        vals = np.array(tok[3:], dtype=np.float32)
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"{path}: not a rawhm file ({e})") from None
+    if vals.size != C * H * W:
+        raise ValueError(f"{path}: header says {C}x{H}x{W}, found {vals.size} values")
+    return vals.reshape(C, H, W)
+
+
+def format_top10(scores, synsets=(), k: int = 10) -> str:
+    """``class score[ synset]`` lines, best first (ties: lower class first)."""
+    s = np.asarray(scores, np.float64).ravel()
+    order = np.argsort(-s, kind="stable")[:k]
+    lines = []
+    for c in order:
+        c = int(c)
+        name = f" {synsets[c]}" if c < len(synsets) and synsets[c] else ""
+        lines.append(f"{c} {'%g' % s[c]}{name}\n")
+    return "".join(lines)
+
+
+def _write_text(path, text):
+    d = os.path.dirname(os.fspath(path))
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+
+
+class _Bar:
+    def __init__(self, total, enabled):
+        self.total, self.done = total, 0
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.enabled = self.enabled and total > 0
+
+    def step(self, k=1):
+        self.done += k
+        if self.enabled:
+            w = 30
+            f = int(w * self.done / max(self.total, 1))
+            sys.stderr.write(f"\rimages [{'#' * f}{'.' * (w - f)}] {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _err(msg):
+    print(f"lrpfast: error: {msg}", file=sys.stderr)
+
+
+def _output_scores(net, out):
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return np.asarray(out).reshape(out.shape[0], -1)
+
+
+# =============================================================================== toolbox run
+def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -> int:
+    """The toolbox demonstrator; returns the exit status (0, 1, 2)."""
+    from .net import Net
+    from . import render
+    try:
+        cfg = config if isinstance(config, ToolboxConfig) else read_config(config)
+        opts = cfg.relpropopts()
+        items = read_filelist(filelist, prefix)
+        for k in ("param_file", "model_file"):
+            if not os.path.isfile(getattr(cfg, k)):
+                raise ConfigError(f"{cfg.source}:{cfg.lines.get(k, '?')}: {k} "
+                                  f"{getattr(cfg, k)} not found")
+        mean = read_mean(cfg.mean_file, cfg.use_mean_file_asbinaryprotoblob)
+        synsets = read_synsets(cfg.synsetfile) if cfg.synsetfile else []
+        try:
+            net = Net(cfg.param_file, cfg.model_file)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"cannot load the net ({cfg.param_file}, {cfg.model_file}): {e}") \
+                from None
+        if len(net.inputs) != 1:
+            raise ConfigError(f"{cfg.param_file}: the tool needs a net with one input, got "
+                              f"{list(net.inputs)}")
+        shape = next(iter(net.inputs.values()))
+        if len(shape) != 3 or shape[0] != 3:
+            raise ConfigError(f"{cfg.param_file}: the input must be (3, H, W), got {shape}")
+        size = shape[1:]
+        mean_region(mean, size)
+        from .compat import _resolve_top, caffe_layers
+        try:
+            top, _ = _resolve_top(net, opts, caffe_layers(net))
+        except ValueError as e:
+            raise ConfigError(f"{cfg.source}: lastlayerindex: {e}") from None
+        m = int(np.prod(net.shapes[top.tops[0]]))
+        if m != cfg.numclasses:
+            raise ConfigError(f"{cfg.source}:{cfg.lines.get('numclasses', '?')}: numclasses is "
+                              f"{cfg.numclasses} but layer '{top.name}' (where relevance starts) "
+                              f"has {m} outputs")
+    except ConfigError as e:
+        _err(e)
+        return 2
+    if batch < 1:
+        _err("--batch must be >= 1")
+        return 2
+    root = os.path.abspath(cfg.standalone_rootpath)
+    failed = 0
+    bar = _Bar(len(items), progress)
+
+    def flush(pending):
+        nonlocal failed
+        if not pending:
+            return
+        x = np.stack([p[3] for p in pending])
+        try:
+            scores = _output_scores(net, net.forward(x))
+            res = net.backward_relevance_multi([p[1] for p in pending], opts)
+        except (ValueError, KeyError) as e:
+            for p in pending:
+                _err(f"{p[0]} (file list line {p[5]}): relevance failed: {e}")
+            failed += len(pending)
+            bar.step(len(pending))
+            return
+        for i, (path, cls, crop, _, base, line) in enumerate(pending):
+            try:
+                R = res.R[i]
+                write_rawhm(base + "_rawhm.txt", R)
+                render.save_png(base + "_heatmap.png", render.toolbox_heatmap(R))
+                render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
+                _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
+            except OSError as e:
+                _err(f"{path} (file list line {line}): cannot write outputs: {e}")
+                failed += 1
+            bar.step()
+
+    pending = []
+    for path, cls, line in items:
+        where = f"{path} (file list line {line})"
+        ap = os.path.abspath(path)
+        rel = os.path.relpath(ap, root)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+            _err(f"{where}: not under standalone_rootpath {cfg.standalone_rootpath}")
+            failed += 1
+            bar.step()
+            continue
+        if cls >= cfg.numclasses:
+            _err(f"{where}: class {cls} out of range 0..{cfg.numclasses - 1}")
+            failed += 1
+            bar.step()
+            continue
+        if not os.path.isfile(path):
+            _err(f"{where}: image file not found")
+            failed += 1
+            bar.step()
+            continue
+        try:
+            crop, x = preprocess(path, cfg.baseimgsize, size, mean)
+        except Exception as e:   # Pillow raises many types for bad files
+            _err(f"{where}: cannot read image: {e}")
+            failed += 1
+            bar.step()
+            continue
+        base = os.path.join(cfg.standalone_outpath, os.path.splitext(rel)[0])
+        pending.append((path, cls, crop, x, base, line))
+        if len(pending) >= batch:
+            flush(pending)
+            pending = []
+    flush(pending)
+    bar.close()
+    return 1 if failed else 0
+
+
+# =============================================================================== modern run
+def _expand_images(paths) -> list[str]:
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += sorted(os.path.join(p, f) for f in os.listdir(p)
+                          if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            out.append(p)
+    return out
+
+
+def _parse_rules(spec: str):
+    from .compat import RelPropOpts
+    rules = []
+    for name in [s.strip() for s in spec.split(",") if s.strip()]:
+        if name.startswith("toolbox:"):
+            parts = name.split(":")
+            try:
+                kw = {"relpropformulatype": int(parts[1])}
+                if len(parts) > 2:
+                    kw["epsstab"] = float(parts[2])
+                rules.append((name.replace(":", "-"), RelPropOpts(**kw)))
+            except (ValueError, IndexError) as e:
+                raise ConfigError(f"--rules {name}: {e}") from None
+        else:
+            from .composites import as_composite
+            try:
+                as_composite(name)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"--rules {name}: {e}") from None
+            rules.append((name, name))
+    if not rules:
+        raise ConfigError("--rules is empty")
+    return rules
+
+
+def run_heatmaps(args) -> int:
+    from .net import Net
+    from . import render
+    try:
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        bad = [f for f in formats if f not in ("png", "rawhm", "npy", "input", "top10")]
+        if bad:
+            raise ConfigError(f"--formats: unknown {', '.join(bad)} (png, rawhm, npy, input, "
+                              f"top10)")
+        rules = _parse_rules(args.rules)
+        for f in (args.model, args.weights):
+            if not os.path.isfile(f):
+                raise ConfigError(f"file {f} not found")
+        try:
+            net = Net(args.model, args.weights)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"cannot load the net: {e}") from None
+        shape = next(iter(net.inputs.values()))
+        if len(net.inputs) != 1 or len(shape) != 3 or shape[0] != 3:
+            raise ConfigError(f"{args.model}: the tool needs one (3, H, W) input")
+        size = shape[1:]
+        if args.mean_file:
+            mean = read_mean(args.mean_file, args.mean_kind)
+        elif args.mean:
+            try:
+                mean = np.array([float(v) for v in args.mean.split(",")], np.float32)
+            except ValueError:
+                raise ConfigError(f"--mean needs B,G,R numbers, got {args.mean!r}") from None
+            if mean.size != 3:
+                raise ConfigError(f"--mean needs 3 values B,G,R, got {args.mean!r}")
+        else:
+            mean = None
+        if mean is not None:
+            mean_region(mean, size)
+        base_size = args.size or max(size)
+        classes = args.classes
+        if any(c < -2 for c in classes):
+            raise ConfigError("--classes: -1 (top-1), -2 (top-5) or a class index >= 0")
+        if args.batch < 1:
+            raise ConfigError("--batch must be >= 1")
+        synsets = read_synsets(args.synsets) if args.synsets else []
+    except ConfigError as e:
+        _err(e)
+        return 2
+    images = _expand_images(args.images)
+    failed = 0
+    bar = _Bar(len(images), args.progress)
+
+    def flush(pending):
+        nonlocal failed
+        if not pending:
+            return
+        x = np.stack([p[2] for p in pending])
+        try:
+            scores = _output_scores(net, net.forward(x))
+            results = {rn: net.relevance_multi(x, list(classes), rules=r, progress=False)
+                       for rn, r in rules}
+        except (ValueError, KeyError) as e:
+            for p in pending:
+                _err(f"{p[0]}: relevance failed: {e}")
+            failed += len(pending)
+            bar.step(len(pending))
+            return
+        for i, (path, crop, _, stem) in enumerate(pending):
+            base = os.path.join(args.out, stem)
+            try:
+                if "input" in formats:
+                    render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
+                if "top10" in formats:
+                    _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
+                for rn, Rk in results.items():
+                    for k, c in enumerate(classes):
+                        R = Rk[k, i]
+                        b = f"{base}_{rn}_c{c}"
+                        if "png" in formats:
+                            img = render.toolbox_heatmap(R) if (args.cmap, args.norm) == (
+                                "toolbox", "toolbox") else render.heatmap(
+                                R, cmap=args.cmap, norm=args.norm)
+                            render.save_png(b + "_heatmap.png", img)
+                        if "rawhm" in formats:
+                            write_rawhm(b + "_rawhm.txt", R)
+                        if "npy" in formats:
+                            np.save(b + ".npy", np.asarray(R, np.float32))
+            except (OSError, ValueError) as e:
+                _err(f"{path}: cannot write outputs: {e}")
+                failed += 1
+            bar.step()
+
+    pending, stems = [], set()
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            _err(f"{path}: another image has the name '{stem}'; skipped")
+            failed += 1
+            bar.step()
+            continue
+        if not os.path.isfile(path):
+            _err(f"{path}: image file not found")
+            failed += 1
+            bar.step()
+            continue
+        try:
+            crop, x = preprocess(path, base_size, size, mean)
+        except Exception as e:
+            _err(f"{path}: cannot read image: {e}")
+            failed += 1
+            bar.step()
+            continue
+        stems.add(stem)
+        pending.append((path, crop, x, stem))
+        if len(pending) >= args.batch:
+            flush(pending)
+            pending = []
+    flush(pending)
+    bar.close()
+    if not images:
+        _err("no images given")
+        return 2
+    return 1 if failed else 0
+
+
+# =============================================================================== CLI
+def main_explain(args) -> int:
+    return run_toolbox(args.config, args.filelist, args.prefix, batch=args.batch,
+                       progress=args.progress)
+
+
+def main_heatmaps(args) -> int:
+    return run_heatmaps(args)
+
+
+def add_subcommands(sub) -> None:
+    """Add ``explain`` and ``heatmaps`` to an argparse sub-parser collection."""
+    import argparse
+    s = sub.add_parser("explain", help="toolbox heatmap tool: CONFIG FILELIST PREFIX",
+                       description="The LRP toolbox's heatmap tool (SPEC 5); see "
+                                   "lrpfast.explain for the file formats.")
+    s.add_argument("config")
+    s.add_argument("filelist")
+    s.add_argument("prefix", nargs="?", default="")
+    s.add_argument("--batch", type=int, default=1, help="images per pass (default 1)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    s.set_defaults(func=main_explain)
+
+    h = sub.add_parser("heatmaps", help="heatmaps from command-line options (no config file)",
+                       description="Relevance heatmaps for images; see lrpfast.explain.")
+    h.add_argument("--model", required=True, help="deploy prototxt")
+    h.add_argument("--weights", required=True, help="caffemodel")
+    h.add_argument("--images", required=True, nargs="+", help="image files or folders")
+    h.add_argument("--out", required=True, help="output folder")
+    h.add_argument("--rules", default="epsilon",
+                   help="comma-separated composite names or toolbox:CODE[:EPS]")
+    h.add_argument("--classes", type=int, nargs="+", default=[-1],
+                   help="-1 top-1, -2 top-5 summed, or class indices (several allowed)")
+    m = h.add_mutually_exclusive_group()
+    m.add_argument("--mean", help="B,G,R mean values")
+    m.add_argument("--mean-file", help="mean image file")
+    h.add_argument("--mean-kind", type=int, default=1, choices=(0, 1, 2),
+                   help="mean file kind: 1 binaryproto BGR, 2 reversed, 0 text")
+    h.add_argument("--size", type=int, default=None,
+                   help="long side after resizing (default: the net's input size)")
+    h.add_argument("--formats", default="png,rawhm,input,top10",
+                   help="any of png,rawhm,npy,input,top10")
+    h.add_argument("--cmap", default="toolbox", choices=("toolbox", "bwr", "heat", "gray"))
+    h.add_argument("--norm", default="toolbox", choices=("toolbox", "symmetric", "positive"))
+    h.add_argument("--synsets", default=None, help="synset file for top10 names")
+    h.add_argument("--batch", type=int, default=1)
+    h.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    h.set_defaults(func=main_heatmaps)
