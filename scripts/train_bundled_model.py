@@ -359,16 +359,21 @@ INPUT_SCALE = 1.0 / 64.0   # torch trains on (x - mean) / 64; folded into conv1 
 
 
 def build_torch_model():
+    """The training twin of PROTOTXT: each convolution is followed by a BatchNorm, which is
+    folded into the convolution at export (the Caffe model has none)."""
+    from collections import OrderedDict
+
     import torch.nn as nn
 
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Flatten(),
-        nn.Linear(1024, 64), nn.ReLU(), nn.Dropout(0.3),
-        nn.Linear(64, 10))
+    layers = []
+    chans = [3, 16, 32, 64, 64]
+    for k in range(1, 5):
+        layers += [(f"conv{k}", nn.Conv2d(chans[k - 1], chans[k], 3, padding=1)),
+                   (f"bn{k}", nn.BatchNorm2d(chans[k])), (f"relu{k}", nn.ReLU()),
+                   (f"pool{k}", nn.MaxPool2d(2, 2) if k < 4 else nn.AvgPool2d(2, 2))]
+    layers += [("flatten", nn.Flatten()), ("fc5", nn.Linear(64 * 4 * 4, 64)),
+               ("relu5", nn.ReLU()), ("drop5", nn.Dropout(0.3)), ("fc6", nn.Linear(64, 10))]
+    return nn.Sequential(OrderedDict(layers))
 
 
 def to_caffe_input(rgb: np.ndarray, mean_bgr) -> np.ndarray:
@@ -378,16 +383,24 @@ def to_caffe_input(rgb: np.ndarray, mean_bgr) -> np.ndarray:
 
 
 def export_weights(model) -> dict:
-    """torch Sequential -> {caffe layer name: [weight, bias]} (input scale folded into conv1)."""
-    names = {0: "conv1", 3: "conv2", 6: "conv3", 9: "conv4", 13: "fc5", 16: "fc6"}
+    """Trained torch model (eval mode) -> {caffe layer name: [weight, bias]} float32, with each
+    BatchNorm folded into its convolution and the input scale folded into conv1."""
     out = {}
-    for idx, name in names.items():
-        m = model[idx]
-        w = m.weight.detach().cpu().numpy().astype(np.float32)
-        b = m.bias.detach().cpu().numpy().astype(np.float32)
-        if name == "conv1":
-            w = w * np.float32(INPUT_SCALE)
-        out[name] = [np.ascontiguousarray(w), np.ascontiguousarray(b)]
+    for k in range(1, 5):
+        conv, bn = getattr(model, f"conv{k}"), getattr(model, f"bn{k}")
+        w = conv.weight.detach().double().numpy()
+        b = conv.bias.detach().double().numpy()
+        g = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.double().numpy()
+                                                          + bn.eps)
+        w = w * g[:, None, None, None]
+        b = (b - bn.running_mean.double().numpy()) * g + bn.bias.detach().double().numpy()
+        if k == 1:
+            w = w * INPUT_SCALE
+        out[f"conv{k}"] = [w.astype(np.float32), b.astype(np.float32)]
+    for name in ("fc5", "fc6"):
+        m = getattr(model, name)
+        out[name] = [m.weight.detach().numpy().astype(np.float32),
+                     m.bias.detach().numpy().astype(np.float32)]
     return out
 
 
@@ -396,6 +409,11 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train(args, pools):
+    """Train with a curriculum: the training scenes are sorted by difficulty and step t draws
+    its batch from the easiest fraction 0.1 + 0.9 * t / (ramp * steps) of them (all of them
+    after the ramp); Adam, constant rate then a cosine decay over the last 40 % of the steps."""
+    import math
+
     import torch
     import torch.nn.functional as F
 
@@ -407,39 +425,46 @@ def train(args, pools):
     print(f"generated {args.n_train} training + {args.n_val} validation scenes "
           f"in {time.time() - t0:.1f} s", flush=True)
     mean_bgr = tr["images"][..., ::-1].reshape(-1, 3).astype(np.float64).mean(axis=0)
-    xtr = torch.from_numpy(to_caffe_input(tr["images"], mean_bgr) * INPUT_SCALE)
-    ytr = torch.from_numpy(tr["labels"])
+    order = np.argsort(tr["difficulty"], kind="stable")
+    # uint8 BGR planes, converted per batch (keeps memory at 1 byte per value)
+    xtr = torch.from_numpy(np.ascontiguousarray(
+        tr["images"][order][..., ::-1].transpose(0, 3, 1, 2)))
+    ytr = torch.from_numpy(tr["labels"][order])
+    del tr
+    mean_t = torch.tensor(np.asarray(mean_bgr, np.float32)).view(1, 3, 1, 1)
     xva = torch.from_numpy(to_caffe_input(va["images"], mean_bgr) * INPUT_SCALE)
 
     model = build_torch_model().to(memory_format=torch.channels_last)
-    xtr = xtr.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * ((len(ytr) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps,
-                                                pct_start=0.15)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps, n = args.steps, len(ytr)
+
+    def rate(t):
+        f = t / steps
+        return 1.0 if f < 0.6 else 0.5 * (1.0 + math.cos(math.pi * (f - 0.6) / 0.4))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     g = torch.Generator().manual_seed(args.seed)
-    for ep in range(args.epochs):
+    running = None
+    for t in range(steps):
         model.train()
-        perm = torch.randperm(len(ytr), generator=g)
-        tot, n = 0.0, 0
-        for k in range(0, len(ytr), args.batch):
-            idx = perm[k:k + args.batch]
-            xb = xtr[idx]
-            if ep < args.epochs - 1:                      # colour-order augmentation
-                if torch.rand(1, generator=g).item() < 0.5:
-                    xb = xb[:, torch.randperm(3, generator=g)]
-            loss = F.cross_entropy(model(xb), ytr[idx], label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += float(loss) * len(idx)
-            n += len(idx)
-        model.eval()
-        with torch.no_grad():
-            va_acc = accuracy(model(xva).numpy(), va["labels"])
-        print(f"epoch {ep + 1}/{args.epochs}: loss {tot / n:.4f}, val acc {va_acc:.4f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
+        frac = min(1.0, 0.1 + 0.9 * t / (args.ramp * steps))
+        idx = torch.randint(0, max(args.batch, int(frac * n)), (args.batch,), generator=g)
+        xb = ((xtr[idx].float() - mean_t) * INPUT_SCALE).contiguous(
+            memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(xb), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        lv = float(loss.detach())
+        running = lv if running is None else 0.98 * running + 0.02 * lv
+        if (t + 1) % args.log_every == 0 or t + 1 == steps:
+            model.eval()
+            with torch.no_grad():
+                va_acc = accuracy(model(xva).numpy(), va["labels"])
+            print(f"step {t + 1}/{steps}: curriculum {frac:.2f}, loss {running:.3f}, "
+                  f"val acc {va_acc:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    model.eval()
     return model, mean_bgr, time.time() - t0
 
 
@@ -447,14 +472,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "python" / "lrpfast" / "data"))
     ap.add_argument("--tests-data", default=str(ROOT / "tests" / "data"))
-    ap.add_argument("--n-train", type=int, default=24000)
+    ap.add_argument("--n-train", type=int, default=40000)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--n-heldout", type=int, default=2000, help="scenes for the accuracy")
     ap.add_argument("--n-test", type=int, default=100, help="scenes shipped for the tests")
     ap.add_argument("--n-demo", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=7000)
+    ap.add_argument("--ramp", type=float, default=0.4, help="curriculum ramp (fraction of steps)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--log-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args(argv)
@@ -481,7 +508,7 @@ def main(argv=None) -> int:
     ho = make_split("heldout", args.n_heldout, pools)
     x = to_caffe_input(ho["images"], mean_bgr)
     with torch.no_grad():
-        lt = model(torch.from_numpy(x * INPUT_SCALE)).numpy()
+        lt = model(torch.from_numpy(x * INPUT_SCALE)).double().numpy()
     net = lrpfast.Net(proto, cm)
     ll = net.forward(x, blobs=["fc6"])["fc6"]
     diff = float(np.max(np.abs(lt - ll)))
@@ -536,9 +563,10 @@ def main(argv=None) -> int:
                      "tests_batch_n": args.n_test, "val_seen_digits": None},
         "training": {"script": "scripts/train_bundled_model.py", "framework":
                      f"torch {torch.__version__} (CPU)", "n_train": args.n_train,
-                     "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+                     "steps": args.steps, "curriculum_ramp": args.ramp, "batch": args.batch, "lr": args.lr,
                      "seed": args.seed, "seconds": round(train_s, 1),
-                     "digit_split_seed": DIGIT_SPLIT_SEED, "scene_seeds": SEEDS},
+                     "digit_split_seed": DIGIT_SPLIT_SEED, "scene_seeds": SEEDS,
+                     "difficulty": DIFFICULTY},
         "export_check": {"max_abs_logit_diff_torch_vs_lrpfast": diff},
     }
     va = make_split("val", args.n_val, pools)

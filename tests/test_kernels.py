@@ -606,6 +606,7 @@ def _child_conv(q):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # Python >= 3.12, threads alive
 def test_fork_after_use():
     """A forked child must not wait for the parent's (nonexistent) pool threads."""
     x, w, b = conv_data(CONV_CASES[8])
@@ -659,6 +660,8 @@ W = np.zeros((6, 4, 3, 3), np.float32)
         (lambda: core.conv_forward(X, W, None, (1, 2, 3), 1, 1, 1), "pair"),
         (lambda: core.conv_forward(X, W, None, 1.5, 1, 1, 1), "integer"),
         (lambda: core.conv_forward(X, W, None, None, 1, 1, 1), "stride is required"),
+        (lambda: core.conv_forward(X, W, None, 1, 1, 1, None), "group is required"),
+        (lambda: core.lrn_forward(X, None, 1e-4, 0.75, 1.0, "across"), "local_size is required"),
         (lambda: core.conv_forward(X, W, np.zeros(5, np.float32), 1, 1, 1, 1), "b must have shape"),
         (
             lambda: core.conv_forward(X, W, np.zeros((6, 1), np.float32), 1, 1, 1, 1),

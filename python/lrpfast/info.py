@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 
 from ._loader import _core
 
@@ -39,6 +40,7 @@ def info() -> dict:
         "blas": _core.blas_name(),
         "blas_config": _core.blas_config(),
         "threads": get_num_threads(),
-        "cuda_compiled": bool(_core.cuda_compiled),
+        # the module file of lrpfast._cuda, found without loading it (nor cuBLAS)
+        "cuda_compiled": importlib.util.find_spec("lrpfast._cuda") is not None,
         "gpus": _gpu_count(),
     }

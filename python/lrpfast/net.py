@@ -32,7 +32,8 @@ class Net:
         prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef).
         weights: path of the caffemodel, or {layer name: [float32 arrays]}; None builds the
             structure only (forward then refuses).
-        device: "cpu" (the CUDA engine is a separate backend; "cuda" raises until it is built).
+        device: "cpu", or "cuda" (the CUDA engine, lrpfast.cuda; raises RuntimeError saying why
+            when it is not built, cuBLAS is missing, or there is no driver/GPU).
         fold_batchnorm: fold BatchNorm/Scale layers that follow a Convolution/InnerProduct into it
             for the relevance pass (canonisation); unfoldable ones act as per-channel linear layers.
         skip_unsupported: drop layers of unsupported types (and everything that depends on them)
@@ -42,9 +43,18 @@ class Net:
 
     def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
                  skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
+        if device == "cuda":  # the CUDA engine (lrpfast.cuda) is loaded only here, lazily
+            from . import cuda as _cuda_engine
+
+            if not _cuda_engine.compiled():
+                raise ValueError("device 'cuda' is not available: this build has the CPU engine "
+                                 "only (no CUDA compiler at build time, or LRPFAST_CUDA=OFF)")
+            _cuda_engine.require_gpu()  # RuntimeError naming why (no build / no driver / no GPU)
+            raise NotImplementedError(
+                "device='cuda': the CUDA kernels (lrpfast.cuda: DeviceArray and the GPU operators) "
+                "are available, but the whole-network GPU pass is not wired into Net yet (issue #6)")
         if device != "cpu":
-            raise ValueError(f"device {device!r} is not available: this build has the CPU engine "
-                             f"only (device='cpu')")
+            raise ValueError(f"device {device!r} is not available (known: 'cpu', 'cuda')")
         self.device = device
         self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)

@@ -73,6 +73,7 @@ const float* bias(const py::handle& obj, Input<float>& keep, i64 n) {
 }
 
 i64 to_index(const py::handle& v, const char* name) {
+  if (v.is_none()) fail(name, " is required, got None");
   if (py::isinstance<py::bool_>(v) || py::isinstance<py::float_>(v))
     fail(name, " must be an integer, got ", std::string(py::repr(v)));
   PyObject* idx = PyNumber_Index(v.ptr());
@@ -125,12 +126,12 @@ py::array_t<T> output(const std::vector<i64>& shape) {
 
 py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, const py::object& bo,
                                 const py::object& stride, const py::object& pad,
-                                const py::object& dilation, i64 group) {
+                                const py::object& dilation, const py::object& group) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
   const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
-                                         p[0], p[1], d[0], d[1], group);
+                                         p[0], p[1], d[0], d[1], to_index(group, "group"));
   Input<float> bk;
   const float* b = bias(bo, bk, g.O);
   auto y = output<float>({g.N, g.O, g.Ho, g.Wo});
@@ -145,13 +146,13 @@ py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, cons
 py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& wo,
                                       const py::object& in_shape, const py::object& stride,
                                       const py::object& pad, const py::object& dilation,
-                                      i64 group) {
+                                      const py::object& group) {
   auto dy = input<float>(dyo, "dy", 4, "(N,O,Ho,Wo)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
   const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
   const auto g = lrpfast::make_conv_geom(dy[0], in[0], in[1], in[2], w[0], w[1], w[2], w[3], s[0],
-                                         s[1], p[0], p[1], d[0], d[1], group);
+                                         s[1], p[0], p[1], d[0], d[1], to_index(group, "group"));
   require(dy[1] == g.O && dy[2] == g.Ho && dy[3] == g.Wo, "dy must have shape (N, ", g.O, ", ",
           g.Ho, ", ", g.Wo, ") for this convolution of an input (", in[0], ", ", in[1], ", ", in[2],
           "), got ", shape_str(dy.shape));
@@ -266,10 +267,11 @@ py::array_t<float> pool_backward(const py::object& dyo, const py::object& in_sha
   return dx;
 }
 
-py::tuple lrn_forward(const py::object& xo, i64 local_size, double alpha, double beta, double k,
-                      const std::string& region) {
+py::tuple lrn_forward(const py::object& xo, const py::object& local_size, double alpha, double beta,
+                      double k, const std::string& region) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
-  const auto p = lrpfast::make_lrn_params(local_size, alpha, beta, k, region.c_str());
+  const auto p =
+      lrpfast::make_lrn_params(to_index(local_size, "local_size"), alpha, beta, k, region.c_str());
   for (size_t i = 0; i < 4; ++i) lrpfast::checked_int(x[i], "lrn: dimension");
   auto y = output<float>(x.shape), sc = output<float>(x.shape);
   float* yp = y.mutable_data();
@@ -393,4 +395,37 @@ PYBIND11_MODULE(_core, m) {
         "Element-wise r / (z + eps*sign(z)) with sign(0) = +1 (eps >= 0). With zero_to_zero, a\n"
         "denominator that is exactly 0 gives 0 (LRP's 'zero denominator contributes nothing').\n"
         "r and z must have the same shape; returns a new float32 array of that shape.");
+
+  // The LRPFAST_HD index helpers of kernels/geometry.hpp shared by the CPU kernels and their CUDA
+  // twins, exposed so CPU tests (tests/test_cuda_geometry.py) check the CUDA index arithmetic.
+  auto geo = m.def_submodule("geometry", "host/device index helpers of geometry.hpp (for tests)");
+  geo.def("dilated_extent", &lrpfast::dilated_extent);
+  geo.def("conv_out_size", &lrpfast::conv_out_size);
+  geo.def("conv_in_coord", &lrpfast::conv_in_coord);
+  geo.def("conv_out_coord", &lrpfast::conv_out_coord);
+  geo.def("conv_valid_out_range", [](int in, int out, int k, int s, int p, int d) {
+    int lo, hi;
+    lrpfast::conv_valid_out_range(in, out, k, s, p, d, &lo, &hi);
+    return py::make_tuple(lo, hi);
+  });
+  geo.def("im2col_row_taps", [](int r, int kh, int kw) {
+    int c, ki, kj;
+    lrpfast::im2col_row_taps(r, kh, kw, &c, &ki, &kj);
+    return py::make_tuple(c, ki, kj);
+  });
+  geo.def("group_weight_offset", &lrpfast::group_weight_offset);
+  geo.def("group_in_offset", &lrpfast::group_in_offset);
+  geo.def("group_out_offset", &lrpfast::group_out_offset);
+  geo.def("pool_out_size", &lrpfast::pool_out_size);
+  geo.def("pool_window", [](int o, int in, int k, int s, int p) {
+    const auto w = lrpfast::pool_window(o, in, k, s, p);
+    return py::make_tuple(w.start, w.end, w.size);
+  });
+  geo.def("pool_out_range", [](int i, int k, int s, int p, int out) {
+    int lo, hi;
+    lrpfast::pool_out_range(i, k, s, p, out, &lo, &hi);
+    return py::make_tuple(lo, hi);
+  });
+  geo.def("plane_index", &lrpfast::plane_index);
+  geo.def("lrn_pre_pad", &lrpfast::lrn_pre_pad);
 }

@@ -49,6 +49,35 @@ LRPFAST_HD inline void conv_valid_out_range(int in, int out, int k, int stride, 
   *hi = h;
 }
 
+// Inverse of conv_in_coord for the CUDA col2im (a gather): the output coordinate o in [0, out) that
+// reads input coordinate `i` through tap `k` (conv_in_coord(o, k, ...) == i), or -1 when none does.
+LRPFAST_HD inline int conv_out_coord(int i, int k, int stride, int pad, int dilation, int out) {
+  const int t = i + pad - k * dilation;
+  if (t < 0 || t % stride != 0) return -1;
+  const int o = t / stride;
+  return o < out ? o : -1;
+}
+
+// Row r of the im2col matrix -> (channel c, tap ki, tap kj): r = (c*kh + ki)*kw + kj, the layout of
+// a Caffe weight row w[o, c, ki, kj].
+LRPFAST_HD inline void im2col_row_taps(int r, int kh, int kw, int* c, int* ki, int* kj) {
+  *c = r / (kh * kw);
+  *ki = (r / kw) % kh;
+  *kj = r % kw;
+}
+
+// Grouped convolution: where group `gi` starts in the weights (O, C/group, kh, kw), in one image of
+// the input (C, H, W) and of the output (O, Ho, Wo), in elements.
+LRPFAST_HD inline long long group_weight_offset(int gi, int cout_per_group, long long k_per_group) {
+  return (long long)gi * cout_per_group * k_per_group;
+}
+LRPFAST_HD inline long long group_in_offset(int gi, int cin_per_group, long long in_plane) {
+  return (long long)gi * cin_per_group * in_plane;
+}
+LRPFAST_HD inline long long group_out_offset(int gi, int cout_per_group, long long out_plane) {
+  return (long long)gi * cout_per_group * out_plane;
+}
+
 // ---- pooling (Caffe semantics) -----------------------------------------------------------------
 
 // Caffe's pooling output size. ceil_mode (Caffe's only mode): ceil((in + 2p - k)/s) + 1, then, when
@@ -81,6 +110,23 @@ LRPFAST_HD inline PoolWindow pool_window(int o, int in, int kernel, int stride, 
   w.end = end > in ? in : end;
   return w;
 }
+
+// Pooling's adjoint as a gather (CUDA pool backward): the half-open range [*lo, *hi) of output
+// coordinates along one axis whose (clipped) window contains input coordinate `i` in [0, in). Empty
+// when *lo >= *hi. Matches pool_window: o covers i iff o*stride - pad <= i < o*stride - pad + kernel.
+LRPFAST_HD inline void pool_out_range(int i, int kernel, int stride, int pad, int out, int* lo,
+                                      int* hi) {
+  const int t = i + pad;
+  int l = t < kernel ? 0 : (t - kernel) / stride + 1;
+  int h = t / stride + 1;
+  if (h > out) h = out;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+// Flat index of (h, w) inside an input plane of width W: the value MAX pooling stores as argmax.
+LRPFAST_HD inline int plane_index(int h, int w, int W) { return h * W + w; }
 
 // ---- local response normalisation --------------------------------------------------------------
 

@@ -68,31 +68,38 @@ bool spin_until(Pred pred) {
   return pred();
 }
 
+// Workers 1..size()-1 plus the calling thread 0. One job at a time (busy()). A job is published
+// as one atomic word (generation << 16 | thread count), so a worker never reads the task of a
+// generation it does not take part in, and run() waits only for the workers it uses.
 class Pool {
  public:
-  explicit Pool(int workers) {
-    threads_.reserve(size_t(workers));
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { work(i + 1); });
-  }
-  // Never destroyed (see pool()): workers block in wait() when the process exits.
+  Pool() = default;
+  // Never destroyed (see pool_for()): workers block in wait() when the process exits.
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  int size() const { return int(threads_.size()) + 1; }
   std::mutex& busy() { return busy_; }
+  int size() const { return int(threads_.size()) + 1; }  // caller holds busy()
 
-  // Caller holds busy(). Runs task on nt <= size() threads, the caller being thread 0.
+  // Caller holds busy(): no job is in flight.
+  void grow(int threads) {
+    const std::uint64_t now = state_.load(std::memory_order_acquire) >> kNtBits;
+    for (int id = size(); id < threads; ++id)
+      threads_.emplace_back([this, id, now] { work(id, now); });
+  }
+
+  // Caller holds busy(). Runs task on nt threads (2 <= nt <= size()), the caller being thread 0.
   void run(int nt, TaskRef task) {
     task_ = &task;
-    nt_ = nt;
     error_ = nullptr;
-    pending_.store(int(threads_.size()), std::memory_order_relaxed);
+    pending_.store(nt - 1, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lk(m_);
-      generation_.fetch_add(1, std::memory_order_release);
+      const std::uint64_t gen = (state_.load(std::memory_order_relaxed) >> kNtBits) + 1;
+      state_.store(gen << kNtBits | std::uint64_t(nt), std::memory_order_release);
     }
     start_.notify_all();
-    invoke(0);
+    invoke(0, nt);
     if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
       std::unique_lock<std::mutex> lk(m_);
       done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
@@ -102,29 +109,32 @@ class Pool {
   }
 
  private:
-  void invoke(int t) {
-    if (t >= nt_) return;
+  static constexpr int kNtBits = 16;  // thread counts are <= 4096
+
+  void invoke(int t, int nt) {
     try {
-      (*task_)(t, nt_);
+      (*task_)(t, nt);
     } catch (...) {
       std::lock_guard<std::mutex> lk(err_m_);
       if (!error_) error_ = std::current_exception();
     }
   }
 
-  void work(int id) {
+  void work(int id, std::uint64_t seen) {
     t_in_task = true;  // anything a task calls runs serially on this worker
-    std::uint64_t seen = 0;
+    bool spin = true;  // spin only after taking part (a sign that jobs come back to back)
     for (;;) {
-      auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen; };
-      if (!spin_until(changed)) {
+      auto changed = [&] { return (state_.load(std::memory_order_acquire) >> kNtBits) != seen; };
+      if (!(spin && spin_until(changed))) {
         std::unique_lock<std::mutex> lk(m_);
         start_.wait(lk, changed);
       }
-      seen = generation_.load(std::memory_order_acquire);
-      invoke(id);
-      // every worker checks in for every generation, so run() cannot hand out the next task while
-      // a worker still reads this one
+      const std::uint64_t st = state_.load(std::memory_order_acquire);
+      seen = st >> kNtBits;
+      const int nt = int(st & ((1u << kNtBits) - 1));
+      spin = id < nt;
+      if (!spin) continue;  // not part of this job: do not touch task_
+      invoke(id, nt);
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lk(m_);
         done_.notify_one();
@@ -136,40 +146,37 @@ class Pool {
   std::mutex busy_;  // one job at a time
   std::mutex m_;     // guards sleeping on start_/done_
   std::condition_variable start_, done_;
-  std::atomic<std::uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<std::uint64_t> state_{0};  // generation << kNtBits | threads of the current job
+  std::atomic<int> pending_{0};          // workers of the current job still running
   const TaskRef* task_ = nullptr;
-  int nt_ = 1;
   std::mutex err_m_;
   std::exception_ptr error_;
 };
 
-// The pool is created on first use with the current thread count and replaced when the count
-// changes; old pools and pools inherited through fork() are leaked on purpose (their threads are
-// parked or, after fork, do not exist; joining them could hang).
+// One pool per process, created on first use and grown (never shrunk: fewer threads simply take
+// part) when more threads are asked for. It is leaked on purpose, and forgotten in a fork()ed
+// child, where its threads do not exist.
 std::mutex g_pool_m;
 Pool* g_pool = nullptr;
 
 void forget_pool_in_child() {
   g_pool = nullptr;
-  new (&g_pool_m) std::mutex();
+  new (&g_pool_m) std::mutex();  // it may have been held by a thread that does not exist here
 }
 
-Pool* pool_for(int threads) {
+// The pool with at least `threads` threads, with its busy() lock taken; nullptr when another
+// thread is using it.
+Pool* pool_for(int threads, std::unique_lock<std::mutex>& busy) {
   static const bool registered = [] {
     pthread_atfork(nullptr, nullptr, forget_pool_in_child);
     return true;
   }();
   (void)registered;
   std::lock_guard<std::mutex> lk(g_pool_m);
-  if (!g_pool || g_pool->size() != threads) {
-    if (g_pool) {  // park the old pool's workers for good only if nobody uses it
-      std::unique_lock<std::mutex> busy(g_pool->busy(), std::try_to_lock);
-      if (!busy.owns_lock()) return nullptr;
-      busy.release();  // keep it locked forever: the old pool is retired
-    }
-    g_pool = new Pool(threads - 1);
-  }
+  if (!g_pool) g_pool = new Pool();
+  busy = std::unique_lock<std::mutex>(g_pool->busy(), std::try_to_lock);
+  if (!busy.owns_lock()) return nullptr;
+  if (g_pool->size() < threads) g_pool->grow(threads);
   return g_pool;
 }
 
@@ -189,10 +196,9 @@ void parallel_run(int max_threads, TaskRef task) {
     task(0, 1);
     return;
   }
-  Pool* p = pool_for(num_threads());
   std::unique_lock<std::mutex> busy;
-  if (p) busy = std::unique_lock<std::mutex>(p->busy(), std::try_to_lock);
-  if (!p || !busy.owns_lock()) {  // another thread is using the pool: run serially
+  Pool* p = pool_for(T, busy);
+  if (!p) {  // another thread is using the pool: run serially
     task(0, 1);
     return;
   }
@@ -200,7 +206,7 @@ void parallel_run(int max_threads, TaskRef task) {
   struct Reset {
     ~Reset() { t_in_task = false; }
   } reset;
-  p->run(std::min(T, p->size()), task);
+  p->run(T, task);
 }
 
 }  // namespace lrpfast

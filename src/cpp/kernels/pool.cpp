@@ -39,6 +39,7 @@ PoolGeom make_pool_geom(std::int64_t N, std::int64_t C, std::int64_t H, std::int
   g.H = int(H), g.W = int(W), g.kh = int(kh), g.kw = int(kw), g.sh = int(sh), g.sw = int(sw);
   g.ph = int(ph), g.pw = int(pw);
   checked_int(g.in_plane(), "pooling: input plane H*W");  // argmax is int32
+  checked_int(g.out_plane(), "pooling: output plane Ho*Wo");
   return g;
 }
 

@@ -1,0 +1,462 @@
+// lrpfast._cuda: the CUDA engine's Python module, separate from _core so that _core never depends
+// on CUDA libraries. Loaded lazily by lrpfast.cuda; importing it needs libcublas (RPATH to the
+// nvidia-cublas wheel) but no driver or GPU: the CUDA runtime is linked statically and finds the
+// driver at the first CUDA call, and device_count() reports its absence without throwing.
+//
+// DeviceArray owns device memory from the caching allocator (or wraps a foreign pointer taken from
+// __cuda_array_interface__, keeping the owner alive), C-contiguous float32 or int32. The kernel
+// functions mirror _core's (same names and arguments) with DeviceArray in place of numpy arrays;
+// validation happens on the host (make_*_geom) before any kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/check.hpp"
+#include "kernels/elementwise.hpp"
+#include "kernels/kernels.hpp"
+
+namespace py = pybind11;
+namespace cu = lrpfast::cuda;
+using lrpfast::fail;
+using lrpfast::require;
+using i64 = std::int64_t;
+
+namespace {
+
+std::string shape_str(const std::vector<i64>& s) {
+  std::ostringstream os;
+  os << '(';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+struct Block {  // owned device memory, returned to the cache when the last view dies
+  void* p = nullptr;
+  std::size_t bytes = 0;
+  explicit Block(std::size_t b) : bytes(b) { p = cu::alloc(b); }
+  ~Block() { cu::release(p, bytes); }
+};
+
+struct DeviceArray {
+  std::shared_ptr<Block> block;  // null for a foreign pointer
+  py::object foreign;            // the owner of a foreign pointer
+  void* ptr = nullptr;
+  std::vector<i64> shape;
+  bool is_int = false;  // int32 (argmax) instead of float32
+
+  i64 size() const {
+    i64 n = 1;
+    for (i64 d : shape) n *= d;
+    return n;
+  }
+  std::size_t nbytes() const { return std::size_t(size()) * 4; }
+  float* f() const {
+    require(!is_int, "expected a float32 device array, got int32");
+    return static_cast<float*>(ptr);
+  }
+  std::int32_t* i() const {
+    require(is_int, "expected an int32 device array, got float32");
+    return static_cast<std::int32_t*>(ptr);
+  }
+  i64 operator[](size_t k) const { return shape[k]; }
+};
+
+DeviceArray empty(const std::vector<i64>& shape, bool is_int = false) {
+  DeviceArray a;
+  a.shape = shape;
+  a.is_int = is_int;
+  for (i64 d : shape) require(d >= 0, "negative dimension in shape ", shape_str(shape));
+  a.block = std::make_shared<Block>(a.nbytes());
+  a.ptr = a.block->p;
+  return a;
+}
+
+DeviceArray from_host(const py::array& arr) {
+  const bool is_int = arr.dtype().kind() == 'i' || arr.dtype().kind() == 'u';
+  py::array c;
+  if (is_int)
+    c = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  else
+    c = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arr);
+  if (!c) fail("cannot convert the array to float32/int32");
+  DeviceArray d = empty(std::vector<i64>(c.shape(), c.shape() + c.ndim()), is_int);
+  cu::copy_to_device(d.ptr, c.data(), d.nbytes());
+  return d;
+}
+
+py::array to_host(const DeviceArray& d) {
+  std::vector<py::ssize_t> shp(d.shape.begin(), d.shape.end());
+  py::array out = d.is_int ? py::array(py::array_t<std::int32_t>(shp))
+                           : py::array(py::array_t<float>(shp));
+  {
+    py::gil_scoped_release nogil;
+    cu::copy_to_host(out.mutable_data(), d.ptr, d.nbytes());
+  }
+  return out;
+}
+
+py::dict cuda_array_interface(const DeviceArray& d) {
+  py::dict r;
+  r["shape"] = py::tuple(py::cast(d.shape));
+  r["typestr"] = d.is_int ? "<i4" : "<f4";
+  r["data"] = py::make_tuple(reinterpret_cast<std::uintptr_t>(d.ptr), false);
+  r["strides"] = py::none();
+  r["version"] = 3;
+  r["stream"] = 1;  // the legacy default stream, which every lrpfast kernel uses
+  return r;
+}
+
+// Wraps obj.__cuda_array_interface__ (C-contiguous float32/int32) without copying.
+DeviceArray from_cuda_array_interface(const py::object& obj) {
+  if (!py::hasattr(obj, "__cuda_array_interface__"))
+    fail("object of type ", std::string(py::str(py::type::of(obj).attr("__name__"))),
+         " has no __cuda_array_interface__");
+  py::dict cai = obj.attr("__cuda_array_interface__");
+  const std::string ts = py::str(cai["typestr"]);
+  require(ts == "<f4" || ts == "<i4", "__cuda_array_interface__: need float32 or int32, got '", ts,
+          "'");
+  DeviceArray d;
+  d.is_int = ts == "<i4";
+  for (auto v : py::tuple(cai["shape"])) d.shape.push_back(v.cast<i64>());
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    i64 expect = 4;
+    auto st = py::tuple(cai["strides"]);
+    for (size_t k = d.shape.size(); k-- > 0;) {
+      if (d.shape[k] != 1)
+        require(st[k].cast<i64>() == expect,
+                "__cuda_array_interface__: only C-contiguous arrays are supported");
+      expect *= d.shape[k];
+    }
+  }
+  d.ptr = reinterpret_cast<void*>(py::tuple(cai["data"])[0].cast<std::uintptr_t>());
+  d.foreign = obj;
+  return d;
+}
+
+DeviceArray reshape(const DeviceArray& a, const std::vector<i64>& shape) {
+  DeviceArray r = a;
+  i64 n = 1, neg = -1;
+  std::vector<i64> s = shape;
+  for (size_t k = 0; k < s.size(); ++k) {
+    if (s[k] == -1) {
+      require(neg < 0, "reshape: only one -1 allowed");
+      neg = i64(k);
+    } else {
+      n *= s[k];
+    }
+  }
+  if (neg >= 0) s[size_t(neg)] = n ? a.size() / n : 0, n *= s[size_t(neg)];
+  require(n == a.size(), "cannot reshape a device array of shape ", shape_str(a.shape), " into ",
+          shape_str(shape));
+  r.shape = s;
+  return r;
+}
+
+DeviceArray copy(const DeviceArray& a) {
+  DeviceArray r = empty(a.shape, a.is_int);
+  cu::copy_device(r.ptr, a.ptr, a.nbytes());
+  return r;
+}
+
+i64 to_index(const py::handle& v, const char* name) {
+  if (py::isinstance<py::bool_>(v) || py::isinstance<py::float_>(v))
+    fail(name, " must be an integer, got ", std::string(py::repr(v)));
+  return v.cast<i64>();
+}
+std::array<i64, 2> pair(const py::handle& obj, const char* name) {
+  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
+    auto seq = py::reinterpret_borrow<py::sequence>(obj);
+    if (seq.size() != 2) fail(name, " must be an int or an (h, w) pair");
+    return {to_index(seq[0], name), to_index(seq[1], name)};
+  }
+  const i64 v = to_index(obj, name);
+  return {v, v};
+}
+std::array<i64, 3> chw(const py::handle& obj) {
+  auto seq = py::reinterpret_borrow<py::sequence>(obj);
+  const size_t n = seq.size();
+  if (n != 3 && n != 4) fail("in_shape must be a tuple (C,H,W) or (N,C,H,W)");
+  const size_t o = n - 3;
+  return {to_index(seq[o], "in_shape"), to_index(seq[o + 1], "in_shape"),
+          to_index(seq[o + 2], "in_shape")};
+}
+void ndim(const DeviceArray& a, size_t n, const char* name, const char* layout) {
+  if (a.shape.size() != n)
+    fail(name, " must be ", n, "-D ", layout, ", got shape ", shape_str(a.shape));
+}
+const float* bias(const py::object& bo, i64 n) {
+  if (bo.is_none()) return nullptr;
+  const DeviceArray& b = bo.cast<const DeviceArray&>();
+  require(b.shape.size() == 1 && b[0] == n, "b must have shape (", n, ",), got ",
+          shape_str(b.shape));
+  return b.f();
+}
+
+// ---- kernels -----------------------------------------------------------------------------------
+
+DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::object& bo,
+                         const py::object& stride, const py::object& pad,
+                         const py::object& dilation, i64 group) {
+  ndim(x, 4, "x", "(N,C,H,W)");
+  ndim(w, 4, "w", "(O,C/group,kh,kw)");
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
+                                         p[0], p[1], d[0], d[1], group);
+  const float* b = bias(bo, g.O);
+  DeviceArray y = empty({g.N, g.O, g.Ho, g.Wo});
+  py::gil_scoped_release nogil;
+  cu::conv_forward(g, x.f(), w.f(), b, y.f());
+  return y;
+}
+
+DeviceArray conv_backward_data(const DeviceArray& dy, const DeviceArray& w,
+                               const py::object& in_shape, const py::object& stride,
+                               const py::object& pad, const py::object& dilation, i64 group) {
+  ndim(dy, 4, "dy", "(N,O,Ho,Wo)");
+  ndim(w, 4, "w", "(O,C/group,kh,kw)");
+  const auto in = chw(in_shape);
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  const auto g = lrpfast::make_conv_geom(dy[0], in[0], in[1], in[2], w[0], w[1], w[2], w[3], s[0],
+                                         s[1], p[0], p[1], d[0], d[1], group);
+  require(dy[1] == g.O && dy[2] == g.Ho && dy[3] == g.Wo, "dy must have shape (N, ", g.O, ", ",
+          g.Ho, ", ", g.Wo, "), got ", shape_str(dy.shape));
+  DeviceArray dx = empty({g.N, g.C, g.H, g.W});
+  py::gil_scoped_release nogil;
+  cu::conv_backward_data(g, dy.f(), w.f(), dx.f());
+  return dx;
+}
+
+DeviceArray linear_forward(const DeviceArray& x, const DeviceArray& w, const py::object& bo) {
+  ndim(x, 2, "x", "(N,K)");
+  ndim(w, 2, "w", "(O,K)");
+  const auto g = lrpfast::make_linear_geom(x[0], x[1], w[0], w[1]);
+  const float* b = bias(bo, g.O);
+  DeviceArray y = empty({g.N, g.O});
+  py::gil_scoped_release nogil;
+  cu::linear_forward(g, x.f(), w.f(), b, y.f());
+  return y;
+}
+
+DeviceArray linear_backward_data(const DeviceArray& dy, const DeviceArray& w) {
+  ndim(dy, 2, "dy", "(N,O)");
+  ndim(w, 2, "w", "(O,K)");
+  require(dy[1] == w[0], "dy has ", dy[1], " outputs per row but w has ", w[0], " rows");
+  const auto g = lrpfast::make_linear_geom(dy[0], w[1], w[0], w[1]);
+  DeviceArray dx = empty({g.N, g.K});
+  py::gil_scoped_release nogil;
+  cu::linear_backward_data(g, dy.f(), w.f(), dx.f());
+  return dx;
+}
+
+py::tuple pool_forward(const DeviceArray& x, const std::string& method, const py::object& kernel,
+                       const py::object& stride, const py::object& pad, bool ceil_mode) {
+  ndim(x, 4, "x", "(N,C,H,W)");
+  const auto m = lrpfast::parse_pool_method(method.c_str());
+  const auto k = pair(kernel, "kernel"), s = pair(stride, "stride"), p = pair(pad, "pad");
+  const auto g = lrpfast::make_pool_geom(x[0], x[1], x[2], x[3], k[0], k[1], s[0], s[1], p[0], p[1],
+                                         ceil_mode);
+  DeviceArray y = empty({g.N, g.C, g.Ho, g.Wo});
+  if (m == lrpfast::PoolMethod::Max) {
+    DeviceArray am = empty({g.N, g.C, g.Ho, g.Wo}, true);
+    {
+      py::gil_scoped_release nogil;
+      cu::pool_max_forward(g, x.f(), y.f(), am.i());
+    }
+    return py::make_tuple(y, am);
+  }
+  {
+    py::gil_scoped_release nogil;
+    cu::pool_ave_forward(g, x.f(), y.f());
+  }
+  return py::make_tuple(y, py::none());
+}
+
+DeviceArray pool_backward(const DeviceArray& dy, const py::object& in_shape,
+                          const std::string& method, const py::object& kernel,
+                          const py::object& stride, const py::object& pad, const py::object& amo,
+                          const py::object& ceil_mode) {
+  ndim(dy, 4, "dy", "(N,C,Ho,Wo)");
+  const auto m = lrpfast::parse_pool_method(method.c_str());
+  const auto in = chw(in_shape);
+  const auto k = pair(kernel, "kernel"), s = pair(stride, "stride"), p = pair(pad, "pad");
+  // ceil_mode None: the mode matching dy's shape (ceil first), as _core.pool_backward
+  auto g = lrpfast::make_pool_geom(dy[0], in[0], in[1], in[2], k[0], k[1], s[0], s[1], p[0], p[1],
+                                   ceil_mode.is_none() ? true : ceil_mode.cast<bool>());
+  if (ceil_mode.is_none() && (dy[2] != g.Ho || dy[3] != g.Wo))
+    g = lrpfast::make_pool_geom(dy[0], in[0], in[1], in[2], k[0], k[1], s[0], s[1], p[0], p[1],
+                                false);
+  require(dy[1] == g.C && dy[2] == g.Ho && dy[3] == g.Wo, "dy must have shape (N, ", g.C, ", ",
+          g.Ho, ", ", g.Wo, "), got ", shape_str(dy.shape));
+  DeviceArray dx = empty({g.N, g.C, g.H, g.W});
+  if (m == lrpfast::PoolMethod::Max) {
+    require(!amo.is_none(), "pool_backward: max pooling needs the argmax of the forward pass");
+    const DeviceArray& am = amo.cast<const DeviceArray&>();
+    require(am.shape == dy.shape, "argmax must have the shape of dy ", shape_str(dy.shape));
+    py::gil_scoped_release nogil;
+    cu::pool_max_backward(g, dy.f(), am.i(), dx.f());
+  } else {
+    py::gil_scoped_release nogil;
+    cu::pool_ave_backward(g, dy.f(), dx.f());
+  }
+  return dx;
+}
+
+py::tuple lrn_forward(const DeviceArray& x, i64 local_size, double alpha, double beta, double k,
+                      const std::string& region) {
+  ndim(x, 4, "x", "(N,C,H,W)");
+  const auto p = lrpfast::make_lrn_params(local_size, alpha, beta, k, region.c_str());
+  DeviceArray y = empty(x.shape), scale = empty(x.shape);
+  {
+    py::gil_scoped_release nogil;
+    cu::lrn_forward(p, int(x[0]), int(x[1]), int(x[2]), int(x[3]), x.f(), y.f(), scale.f());
+  }
+  return py::make_tuple(y, scale);
+}
+
+DeviceArray stabilized_divide(const DeviceArray& r, const DeviceArray& z, double eps,
+                              bool zero_to_zero) {
+  lrpfast::check_stabilizer(eps);
+  require(r.shape == z.shape, "stabilized_divide: r ", shape_str(r.shape), " and z ",
+          shape_str(z.shape), " must have the same shape");
+  DeviceArray out = empty(r.shape);
+  py::gil_scoped_release nogil;
+  cu::stabilized_divide(r.size(), r.f(), z.f(), float(eps), zero_to_zero, out.f());
+  return out;
+}
+
+// numpy broadcasting of a and b -> out shape and element strides (0 on broadcast axes).
+DeviceArray binary(int op, const DeviceArray& a, const DeviceArray& b) {
+  const size_t nd = std::max(a.shape.size(), b.shape.size());
+  require(nd <= size_t(cu::kMaxDims), "binary: at most ", cu::kMaxDims, " dimensions");
+  std::vector<i64> shape(nd), sa(nd), sb(nd);
+  i64 ra = 1, rb = 1;
+  for (size_t k = nd; k-- > 0;) {
+    const i64 da = k + a.shape.size() >= nd ? a.shape[k + a.shape.size() - nd] : 1;
+    const i64 db = k + b.shape.size() >= nd ? b.shape[k + b.shape.size() - nd] : 1;
+    require(da == db || da == 1 || db == 1, "operands could not be broadcast together with shapes ",
+            shape_str(a.shape), " ", shape_str(b.shape));
+    shape[k] = da == 1 ? db : da;
+    sa[k] = da == 1 ? 0 : ra;
+    sb[k] = db == 1 ? 0 : rb;
+    ra *= da;
+    rb *= db;
+  }
+  DeviceArray out = empty(shape);
+  py::gil_scoped_release nogil;
+  cu::binary(cu::BinaryOp(op), int(nd), shape.data(), a.f(), sa.data(), b.f(), sb.data(), out.f());
+  return out;
+}
+
+DeviceArray broadcast_to(const DeviceArray& a, const std::vector<i64>& shape) {
+  const size_t nd = shape.size();
+  require(nd >= a.shape.size() && nd <= size_t(cu::kMaxDims), "broadcast_to: bad shape ",
+          shape_str(shape));
+  std::vector<i64> sa(nd);
+  i64 ra = 1;
+  for (size_t k = nd; k-- > 0;) {
+    const i64 da = k + a.shape.size() >= nd ? a.shape[k + a.shape.size() - nd] : 1;
+    require(da == shape[k] || da == 1, "cannot broadcast ", shape_str(a.shape), " to ",
+            shape_str(shape));
+    sa[k] = da == 1 ? 0 : ra;
+    ra *= da;
+  }
+  DeviceArray out = empty(shape);
+  py::gil_scoped_release nogil;
+  cu::binary(cu::BinaryOp::First, int(nd), shape.data(), a.f(), sa.data(), nullptr, nullptr,
+             out.f());
+  return out;
+}
+
+DeviceArray binary_scalar(int op, const DeviceArray& a, double s, bool left) {
+  DeviceArray out = empty(a.shape);
+  py::gil_scoped_release nogil;
+  cu::binary_scalar(cu::BinaryOp(op), a.size(), a.f(), float(s), left, out.f());
+  return out;
+}
+
+DeviceArray unary(int op, const DeviceArray& a) {
+  DeviceArray out = empty(a.shape);
+  py::gil_scoped_release nogil;
+  cu::unary(cu::UnaryOp(op), a.size(), a.f(), out.f());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "lrpfast CUDA engine (loaded lazily by lrpfast.cuda)";
+  m.attr("__version__") = LRPFAST_VERSION;
+  m.def("device_count", [] {
+    std::string why;
+    const int n = cu::device_count(&why);
+    return py::make_tuple(n, why);
+  }, "(number of CUDA devices, reason when 0); never raises.");
+  m.def("device_name", &cu::device_name);
+  m.def("blas_name", &cu::blas_name);
+  m.def("synchronize", [] {
+    py::gil_scoped_release nogil;
+    cu::synchronize();
+  });
+  m.def("empty_cache", &cu::empty_cache, "Free the device blocks kept by the caching allocator.");
+  m.def("memory_stats", [] {
+    std::size_t a = 0, b = 0;
+    cu::memory_stats(&a, &b);
+    return py::make_tuple(a, b);
+  }, "(bytes in use, bytes cached)");
+
+  py::class_<DeviceArray>(m, "DeviceArray")
+      .def_property_readonly("shape", [](const DeviceArray& d) { return py::tuple(py::cast(d.shape)); })
+      .def_property_readonly("dtype", [](const DeviceArray& d) {
+        return py::dtype(d.is_int ? "int32" : "float32");
+      })
+      .def_property_readonly("size", &DeviceArray::size)
+      .def_property_readonly("nbytes", &DeviceArray::nbytes)
+      .def_property_readonly("ptr", [](const DeviceArray& d) {
+        return reinterpret_cast<std::uintptr_t>(d.ptr);
+      })
+      .def_property_readonly("__cuda_array_interface__", &cuda_array_interface)
+      .def("to_host", &to_host, "Copy to a new numpy array (synchronous).")
+      .def("reshape", &reshape, "A view with another shape (same memory).")
+      .def("copy", &copy);
+  m.def("from_host", &from_host, "Copy a numpy array to the device (float32, or int32 for ints).");
+  m.def("from_cuda_array_interface", &from_cuda_array_interface,
+        "Wrap an object exposing __cuda_array_interface__ (no copy; keeps it alive).");
+  m.def("empty", [](const std::vector<i64>& shape, bool is_int) { return empty(shape, is_int); },
+        py::arg("shape"), py::arg("is_int") = false);
+  m.def("zeros", [](const std::vector<i64>& shape) {
+    DeviceArray a = empty(shape);
+    cu::memset0(a.ptr, a.nbytes());
+    return a;
+  });
+
+  m.def("conv_forward", &conv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1);
+  m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1);
+  m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"));
+  m.def("linear_backward_data", &linear_backward_data, py::arg("dy"), py::arg("w"));
+  m.def("pool_forward", &pool_forward, py::arg("x"), py::arg("method"), py::arg("kernel"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("ceil_mode") = true);
+  m.def("pool_backward", &pool_backward, py::arg("dy"), py::arg("in_shape"), py::arg("method"),
+        py::arg("kernel"), py::arg("stride") = 1, py::arg("pad") = 0, py::arg("argmax") = py::none(),
+        py::arg("ceil_mode") = py::none());
+  m.def("lrn_forward", &lrn_forward, py::arg("x"), py::arg("local_size"), py::arg("alpha"),
+        py::arg("beta"), py::arg("k") = 1.0, py::arg("region") = "across");
+  m.def("stabilized_divide", &stabilized_divide, py::arg("r"), py::arg("z"), py::arg("eps"),
+        py::arg("zero_to_zero") = true);
+  m.def("binary", &binary, "op code (kernels.hpp BinaryOp), a, b with numpy broadcasting");
+  m.def("binary_scalar", &binary_scalar, py::arg("op"), py::arg("a"), py::arg("s"),
+        py::arg("scalar_left") = false);
+  m.def("unary", &unary);
+  m.def("broadcast_to", &broadcast_to);
+  m.def("count_nonzero", [](const DeviceArray& a) { return cu::count_nonzero(a.size(), a.f()); });
+  m.def("sum", [](const DeviceArray& a) { return cu::sum(a.size(), a.f()); });
+}

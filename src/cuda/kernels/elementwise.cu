@@ -1,0 +1,174 @@
+// CUDA twin of src/cpp/kernels/elementwise.cpp plus the element-wise arithmetic the rules do in
+// numpy (lrpfast.cuda.DeviceArray maps numpy ufuncs onto these): broadcasting binary operations,
+// positive/negative parts, squares, and two reductions.
+#include "kernels/common.cuh"
+#include "kernels/kernels.hpp"
+
+namespace lrpfast {
+namespace cuda {
+namespace {
+
+__global__ void stab_div(long long n, const float* __restrict__ r, const float* __restrict__ z,
+                         float eps, bool zero_to_zero, float* out) {
+  LRPFAST_GRID_LOOP(i, n) {
+    const float d = z[i] >= 0.f ? z[i] + eps : z[i] - eps;  // sign(0) = +1, as the CPU twin
+    out[i] = (zero_to_zero && d == 0.f) ? 0.f : r[i] / d;
+  }
+}
+
+__device__ __forceinline__ float apply(BinaryOp op, float a, float b) {
+  switch (op) {
+    case BinaryOp::Add: return a + b;
+    case BinaryOp::Sub: return a - b;
+    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Div: return a / b;
+    case BinaryOp::Max: return (a != a || b != b) ? a + b : (a > b ? a : b);  // NaN propagates
+    case BinaryOp::Min: return (a != a || b != b) ? a + b : (a < b ? a : b);
+    case BinaryOp::Greater: return a > b ? 1.f : 0.f;
+    case BinaryOp::Less: return a < b ? 1.f : 0.f;
+    case BinaryOp::GreaterEq: return a >= b ? 1.f : 0.f;
+    case BinaryOp::LessEq: return a <= b ? 1.f : 0.f;
+    case BinaryOp::Equal: return a == b ? 1.f : 0.f;
+    case BinaryOp::First: return a;
+  }
+  return 0.f;
+}
+
+struct Strides {
+  int ndim;
+  long long shape[kMaxDims], sa[kMaxDims], sb[kMaxDims];
+};
+
+__global__ void binary_kernel(BinaryOp op, long long n, Strides s, const float* __restrict__ a,
+                              const float* __restrict__ b, float* __restrict__ out) {
+  LRPFAST_GRID_LOOP(i, n) {
+    long long rem = i, ia = 0, ib = 0;
+    for (int d = s.ndim - 1; d >= 0; --d) {
+      const long long k = rem % s.shape[d];
+      rem /= s.shape[d];
+      ia += k * s.sa[d];
+      ib += k * s.sb[d];
+    }
+    out[i] = apply(op, a[ia], b ? b[ib] : 0.f);
+  }
+}
+
+__global__ void scalar_kernel(BinaryOp op, long long n, const float* __restrict__ a, float s,
+                              bool left, float* out) {
+  LRPFAST_GRID_LOOP(i, n) { out[i] = left ? apply(op, s, a[i]) : apply(op, a[i], s); }
+}
+
+__global__ void unary_kernel(UnaryOp op, long long n, const float* __restrict__ a, float* out) {
+  LRPFAST_GRID_LOOP(i, n) {
+    const float v = a[i];
+    float r = v;
+    switch (op) {
+      case UnaryOp::Neg: r = -v; break;
+      case UnaryOp::Abs: r = fabsf(v); break;
+      case UnaryOp::Square: r = v * v; break;
+      case UnaryOp::PosPart: r = v > 0.f ? v : 0.f; break;
+      case UnaryOp::NegPart: r = v < 0.f ? v : 0.f; break;
+      case UnaryOp::Sqrt: r = sqrtf(v); break;
+      case UnaryOp::Exp: r = expf(v); break;
+      case UnaryOp::Log: r = logf(v); break;
+    }
+    out[i] = r;
+  }
+}
+
+__global__ void count_kernel(long long n, const float* __restrict__ a,
+                             unsigned long long* count) {
+  unsigned long long local = 0;
+  LRPFAST_GRID_LOOP(i, n) { local += a[i] != 0.f; }
+  if (local) atomicAdd(count, local);
+}
+
+__global__ void sum_kernel(long long n, const float* __restrict__ a, double* out) {
+  __shared__ double part[kThreads];
+  double local = 0.0;
+  LRPFAST_GRID_LOOP(i, n) { local += a[i]; }
+  part[threadIdx.x] = local;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) atomicAdd(out, part[0]);
+}
+
+template <class T>
+T reduce_to_host(void (*launch)(long long, const float*, T*), long long n, const float* a) {
+  T* d = static_cast<T*>(alloc(sizeof(T)));
+  T h{};
+  try {
+    memset0(d, sizeof(T));
+    launch(n, a, d);
+    copy_to_host(&h, d, sizeof(T));
+  } catch (...) {
+    release(d, sizeof(T));
+    throw;
+  }
+  release(d, sizeof(T));
+  return h;
+}
+
+}  // namespace
+
+void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps, bool zero_to_zero,
+                       float* out) {
+  if (n <= 0) return;
+  stab_div<<<blocks_for(n), kThreads>>>(n, r, z, eps, zero_to_zero, out);
+  LRPFAST_CUDA_LAUNCHED("stabilized_divide");
+}
+
+void binary(BinaryOp op, int ndim, const std::int64_t* shape, const float* a,
+            const std::int64_t* sa, const float* b, const std::int64_t* sb, float* out) {
+  if (ndim > kMaxDims) throw std::invalid_argument("binary: too many dimensions (max 8)");
+  Strides s{};
+  s.ndim = ndim;
+  long long n = 1;
+  for (int d = 0; d < ndim; ++d) {
+    s.shape[d] = shape[d];
+    s.sa[d] = sa[d];
+    s.sb[d] = sb ? sb[d] : 0;
+    n *= shape[d];
+  }
+  if (n <= 0) return;
+  binary_kernel<<<blocks_for(n), kThreads>>>(op, n, s, a, b, out);
+  LRPFAST_CUDA_LAUNCHED("binary");
+}
+
+void binary_scalar(BinaryOp op, std::int64_t n, const float* a, float s, bool scalar_left,
+                   float* out) {
+  if (n <= 0) return;
+  scalar_kernel<<<blocks_for(n), kThreads>>>(op, n, a, s, scalar_left, out);
+  LRPFAST_CUDA_LAUNCHED("binary_scalar");
+}
+
+void unary(UnaryOp op, std::int64_t n, const float* a, float* out) {
+  if (n <= 0) return;
+  unary_kernel<<<blocks_for(n), kThreads>>>(op, n, a, out);
+  LRPFAST_CUDA_LAUNCHED("unary");
+}
+
+std::int64_t count_nonzero(std::int64_t n, const float* a) {
+  if (n <= 0) return 0;
+  auto launch = [](long long m, const float* p, unsigned long long* c) {
+    count_kernel<<<blocks_for(m), kThreads>>>(m, p, c);
+    LRPFAST_CUDA_LAUNCHED("count_nonzero");
+  };
+  return std::int64_t(reduce_to_host<unsigned long long>(launch, n, a));
+}
+
+double sum(std::int64_t n, const float* a) {
+  if (n <= 0) return 0.0;
+  auto launch = [](long long m, const float* p, double* c) {
+    const unsigned b = blocks_for(m) > 1024 ? 1024 : blocks_for(m);
+    sum_kernel<<<b, kThreads>>>(m, p, c);
+    LRPFAST_CUDA_LAUNCHED("sum");
+  };
+  return reduce_to_host<double>(launch, n, a);
+}
+
+}  // namespace cuda
+}  // namespace lrpfast

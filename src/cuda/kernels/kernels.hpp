@@ -1,0 +1,89 @@
+// The CUDA twins of the CPU kernels (src/cpp/kernels/*.hpp): same stems, same signatures, in
+// namespace lrpfast::cuda instead of lrpfast::cpu. Every pointer is a DEVICE pointer; geometry
+// structs (ConvGeom, PoolGeom, LinearGeom, LrnParams) are the validated host structs of the CPU
+// headers, and all index arithmetic goes through the LRPFAST_HD helpers of geometry.hpp.
+// Errors (CUDA or cuBLAS failures) throw std::runtime_error; calls are asynchronous on the
+// default stream except where noted. This header is plain C++ (the bindings are compiled by g++).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/conv.hpp"
+#include "kernels/linear.hpp"
+#include "kernels/lrn.hpp"
+#include "kernels/pool.hpp"
+
+namespace lrpfast {
+namespace cuda {
+
+// ---- runtime (memory.cu) ----------------------------------------------------------------------
+// Number of usable devices; 0 with `why` set when there is no driver or GPU (never throws).
+int device_count(std::string* why);
+std::string device_name(int device);
+// Caching allocator keyed by size: freed blocks are kept for reuse by the next request of the same
+// (rounded) size, so a net that runs the same shapes again allocates nothing.
+void* alloc(std::size_t bytes);
+void release(void* p, std::size_t bytes);
+void empty_cache();                                        // cudaFree every cached block
+void memory_stats(std::size_t* in_use, std::size_t* cached);  // bytes
+void copy_to_device(void* dst, const void* src, std::size_t bytes);
+void copy_to_host(void* dst, const void* src, std::size_t bytes);  // synchronous
+void copy_device(void* dst, const void* src, std::size_t bytes);
+void memset0(void* p, std::size_t bytes);
+void synchronize();  // waits and throws on an asynchronous kernel error
+
+// ---- gemm (gemm.cu): the one cuBLAS wrapper, same row-major contract as lrpfast::gemm ---------
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc);
+// `batch` products with A/B/C advanced by the given strides (stride 0: shared operand).
+void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                  int lda, long long stride_a, const float* B, int ldb, long long stride_b,
+                  float beta, float* C, int ldc, long long stride_c, int batch);
+std::string blas_name();
+
+// ---- im2col / col2im (im2col.cu) --------------------------------------------------------------
+void im2col(const ConvGeom& g, const float* x, int oh0, int oh1, float* col, std::int64_t ldcol);
+// Accumulates into dx like the CPU twin.
+void col2im(const ConvGeom& g, const float* col, std::int64_t ldcol, int oh0, int oh1, float* dx);
+// Batched helpers used by conv.cu: nb images, col (nb, K, Ho*Wo); col2im_batched overwrites dx.
+void im2col_batched(const ConvGeom& g, int nb, const float* x, float* col);
+void col2im_batched(const ConvGeom& g, int nb, const float* col, float* dx);
+
+// ---- conv (conv.cu), linear (linear.cu) -------------------------------------------------------
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
+void linear_forward(const LinearGeom& g, const float* x, const float* w, const float* b, float* y);
+void linear_backward_data(const LinearGeom& g, const float* dy, const float* w, float* dx);
+
+// ---- pool (pool.cu), lrn (lrn.cu) -------------------------------------------------------------
+void pool_max_forward(const PoolGeom& g, const float* x, float* y, std::int32_t* argmax);
+void pool_ave_forward(const PoolGeom& g, const float* x, float* y);
+// argmax values outside [0, H*W) contribute nothing (no check: checking would need a host copy).
+void pool_max_backward(const PoolGeom& g, const float* dy, const std::int32_t* argmax, float* dx);
+void pool_ave_backward(const PoolGeom& g, const float* dy, float* dx);
+void lrn_forward(const LrnParams& p, int N, int C, int H, int W, const float* x, float* y,
+                 float* scale);
+
+// ---- element-wise rule arithmetic (elementwise.cu) --------------------------------------------
+void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps, bool zero_to_zero,
+                       float* out);
+
+enum class BinaryOp : int { Add, Sub, Mul, Div, Max, Min, Greater, Less, GreaterEq, LessEq, Equal,
+                            First };
+constexpr int kMaxDims = 8;
+// out[i] = op(a[ia], b[ib]) over an output of `ndim` <= kMaxDims dims with broadcast strides (in
+// elements, 0 on broadcast axes) for a and b; comparisons give 1.0f / 0.0f. First copies a.
+void binary(BinaryOp op, int ndim, const std::int64_t* shape, const float* a,
+            const std::int64_t* sa, const float* b, const std::int64_t* sb, float* out);
+// out[i] = op(a[i], s) (scalar_left: op(s, a[i])), contiguous.
+void binary_scalar(BinaryOp op, std::int64_t n, const float* a, float s, bool scalar_left,
+                   float* out);
+enum class UnaryOp : int { Neg, Abs, Square, PosPart, NegPart, Sqrt, Exp, Log };
+void unary(UnaryOp op, std::int64_t n, const float* a, float* out);
+// Reductions (synchronous): number of non-zero elements; sum in double.
+std::int64_t count_nonzero(std::int64_t n, const float* a);
+double sum(std::int64_t n, const float* a);
+
+}  // namespace cuda
+}  // namespace lrpfast
