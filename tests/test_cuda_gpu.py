@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import seeded_rng
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import seeded_rng  # noqa: E402
 from lrpfast import cuda, ops, rules
 from lrpfast._loader import _core
 
@@ -153,8 +154,65 @@ def test_rule_layer_grid(rule, name, op, xshape):
     close(got, ref)
 
 
-def test_whole_network_not_wired_yet():
-    pytest.xfail("Net(device='cuda') whole-network pass is not wired yet (issue #6)")
+# ---- Net(device="cuda") against Net(device="cpu"): the rule x layer grid of test_rules_grid and
+# whole networks (the same comparisons tests/test_cuda_emulated.py runs on the host emulation)
+import cuda_cases as cc  # noqa: E402
+import lrpfast  # noqa: E402
+import nets  # noqa: E402
+
+
+@pytest.mark.parametrize("rule_id,case_id,N", [pytest.param(*g, id="-".join(map(str, g)))
+                                               for g in cc.GRID])
+def test_net_grid(rule_id, case_id, N):
+    got, want = cc.grid_case(rule_id, case_id, N)
+    assert cc.nmse(got, want) <= cc.tol(rule_id)
+
+
+@pytest.mark.parametrize("rules", ["epsilon", rules.AlphaBeta(2, 1), rules.Flat(),
+                                   rules.Gradient(), rules.GuidedBackprop(), "cmp_alpha2_flat"],
+                         ids=repr)
+def test_whole_network(rules):
+    rng = seeded_rng("cuda-gpu", "whole", repr(rules))
+    tn = cc.vgg_like(3, rng)
+    x = nets.random_input((3, 3, 12, 12), rng)
+    cpu = lrpfast.Net.from_text(tn.text, tn.weights)
+    dev = lrpfast.Net.from_text(tn.text, tn.weights, device="cuda")
+    assert cc.nmse(dev.forward(x), cpu.forward(x)) <= cc.NMSE_TOL
+    sets = [-1, [[0, 3]] * 3, -2, [4, 0, 6]]
+    assert cc.nmse(dev.relevance_multi(x, sets, rules), cpu.relevance_multi(x, sets, rules)) \
+        <= cc.NMSE_TOL
+    got = dev.relevance(cuda.to_device(x), 2, rules)          # device in -> device out
+    assert isinstance(got, cuda.DeviceArray)
+    assert cc.nmse(got, cpu.relevance(x, 2, rules)) <= cc.NMSE_TOL
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_whole_network_permute_normalize(across):
+    rng = seeded_rng("cuda-gpu", "ssd", across)
+    text, w = cc.ssdlike(2, across, rng)
+    x = nets.random_input((2, 3, 8, 7), rng)
+    cpu = lrpfast.Net.from_text(text, w)
+    dev = lrpfast.Net.from_text(text, w, device="cuda")
+    names = ["norm", "perm", "prob"]
+    want, got = cpu.forward(x, blobs=names), dev.forward(x, blobs=names)
+    for k in names:
+        assert cc.nmse(got[k], want[k]) <= cc.NMSE_TOL, k
+    assert cc.nmse(dev.relevance(x, -1), cpu.relevance(x, -1)) <= cc.NMSE_TOL
+
+
+def test_memory_reused_across_calls():
+    rng = seeded_rng("cuda-gpu", "memory")
+    tn = cc.vgg_like(4, rng)
+    x = nets.random_input((4, 3, 12, 12), rng)
+    dev = lrpfast.Net.from_text(tn.text, tn.weights, device="cuda")
+    dev.relevance(x, -1, "epsilon")
+    m = cuda._load()
+    m.synchronize()
+    used_cached = sum(m.memory_stats())
+    for _ in range(3):
+        dev.relevance(x, -1, "epsilon")
+    m.synchronize()
+    assert sum(m.memory_stats()) == used_cached      # the caching allocator: no growth
 
 
 def test_compute_sanitizer():

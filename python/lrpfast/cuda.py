@@ -68,6 +68,27 @@ def _load():
     return _mod
 
 
+_override = None   # a stand-in for lrpfast._cuda (tests: the host emulation), see set_backend
+
+
+def set_backend(module):
+    """Replace ``lrpfast._cuda`` by ``module`` (same Python-visible API), e.g. the host emulation
+    of tests/cuda_emulation.py that runs the whole device path on the CPU; ``None`` restores the
+    real module. Returns the previous override. Device arrays of one backend must not meet
+    another's; the device constant caches are emptied."""
+    global _mod, _override
+    old = _override
+    _override = module
+    _mod = module
+    _CONSTS.clear()
+    return old
+
+
+def emulated() -> bool:
+    """True while a stand-in backend (set_backend) replaces lrpfast._cuda."""
+    return _override is not None
+
+
 def available() -> tuple[bool, str]:
     """(usable, reason when not): compiled, loadable, and a driver reporting >= 1 GPU."""
     try:
@@ -91,25 +112,66 @@ def require_gpu():
 
 # ---------------------------------------------------------------- DeviceArray
 # BinaryOp / UnaryOp codes of src/cuda/kernels/kernels.hpp
+_ADD, _SUB, _MUL, _DIV, _MAX, _MIN, _EQ = 0, 1, 2, 3, 4, 5, 10
 _BIN = {np.add: 0, np.subtract: 1, np.multiply: 2, np.true_divide: 3, np.maximum: 4,
         np.minimum: 5, np.greater: 6, np.less: 7, np.greater_equal: 8, np.less_equal: 9,
-        np.equal: 10}
-_SWAP = {0: 0, 2: 2, 4: 4, 5: 5, 6: 7, 7: 6, 8: 9, 9: 8, 10: 10}  # op(s, a) == op'(a, s)
+        np.equal: 10,
+        # 0/1 float masks (what the comparisons give): logic as arithmetic
+        np.logical_and: 2, np.bitwise_and: 2, np.logical_or: 4, np.bitwise_or: 4}
 _UN = {np.negative: 0, np.absolute: 1, np.square: 2, np.sqrt: 5, np.exp: 6, np.log: 7}
+_CONSTS: dict = {}       # small host constants uploaded once (content-keyed), see _const
+_CONST_MAX = 1 << 16     # elements
+
+
+def _const(a: np.ndarray) -> "DeviceArray":
+    """A small host array on the device, uploaded once per content (selection matrices, ZBox
+    bounds, seeds masks): constants never cost a transfer twice."""
+    a = np.ascontiguousarray(a, dtype=np.int32 if a.dtype == np.int32 else np.float32)
+    if a.size > _CONST_MAX:
+        return DeviceArray(_load().from_host(a))
+    key = (a.dtype.str, a.shape, a.tobytes())
+    d = _CONSTS.get(key)
+    if d is None:
+        d = _CONSTS[key] = DeviceArray(_load().from_host(a))
+    return d
+
+
+def _prod(s) -> int:
+    n = 1
+    for d in s:
+        n *= int(d)
+    return n
+
+
+class _View:
+    """A ``__cuda_array_interface__`` for a contiguous range of a device array (keeps it alive)."""
+
+    __slots__ = ("__cuda_array_interface__", "_owner")
+
+    def __init__(self, raw, offset: int, shape):
+        cai = raw.__cuda_array_interface__
+        self.__cuda_array_interface__ = {
+            "shape": tuple(int(d) for d in shape), "typestr": cai["typestr"],
+            "data": (int(cai["data"][0]) + 4 * int(offset), False), "strides": None,
+            "version": 3}
+        self._owner = raw
 
 
 class DeviceArray:
     """A float32 (or int32) C-contiguous array in GPU memory.
 
     numpy ufuncs add, subtract, multiply, true_divide, maximum, minimum, the comparisons (which
-    give float32 0/1 masks rather than bool, so ``R * (x > 0)`` works) and negative/absolute/
-    square/sqrt/exp/log run on the device, with numpy broadcasting; scalars stay scalars. Anything
-    else raises TypeError instead of silently copying to the host. ``np.asarray(d)`` copies to the
-    host explicitly.
+    give float32 0/1 masks rather than bool, so ``R * (x > 0)`` works; ``&``, ``|``, ``~`` act on
+    such masks) and negative/absolute/square/sqrt/exp/log run on the device, with numpy
+    broadcasting; scalars stay scalars. The numpy functions the engine uses (where, concatenate,
+    split, zeros_like, ones_like, full_like, broadcast_to, copy, reshape, transpose, sum, max)
+    dispatch to device code through ``__array_function__``; anything else raises TypeError
+    instead of silently copying to the host. ``np.asarray(d)`` copies to the host explicitly.
     """
 
     __slots__ = ("_a",)
     __array_priority__ = 100
+    _lrpfast_device = True
 
     def __init__(self, raw):
         self._a = raw
@@ -120,6 +182,12 @@ class DeviceArray:
     size = property(lambda self: int(self._a.size))
     dtype = property(lambda self: self._a.dtype)
     __cuda_array_interface__ = property(lambda self: self._a.__cuda_array_interface__)
+    T = property(lambda self: self.transpose())
+
+    @property
+    def _lrpfast_kernels(self):
+        """The twin of ``lrpfast._core`` for device arrays (what rules/layers call)."""
+        return KERNELS
 
     def __len__(self):
         return self.shape[0]
@@ -150,16 +218,73 @@ class DeviceArray:
     def any(self) -> bool:
         return bool(_load().count_nonzero(self._a) > 0)
 
-    def sum(self) -> float:
-        return float(_load().sum(self._a))
+    def sum(self, axis=None, keepdims=False, dtype=None):
+        """The sum (a float, in double) or, along one axis, a device array (a GEMM with ones)."""
+        if axis is None:
+            return float(_load().sum(self._a))
+        outer, L, inner, shape = self._axis_split(axis, keepdims)
+        ones = _const(np.ones((1, L, 1, 1), np.float32))
+        y = _load().conv_forward(self._a.reshape([outer, L, inner, 1]), ones._a, None, 1, 0, 1, 1)
+        return DeviceArray(y).reshape(shape)
+
+    def max(self, axis=None, keepdims=False):
+        """The maximum along one axis (a max-pooling window spanning it)."""
+        if axis is None:
+            return self.reshape(1, -1).max(axis=1).to_host().reshape(()).item()
+        outer, L, inner, shape = self._axis_split(axis, keepdims)
+        y, _ = _load().pool_forward(self._a.reshape([outer, 1, L, inner]), "max", (L, 1), 1, 0,
+                                    True)
+        return DeviceArray(y).reshape(shape)
+
+    def _axis_split(self, axis, keepdims):
+        if not isinstance(axis, (int, np.integer)):
+            raise TypeError("DeviceArray: reductions over one axis only")
+        s = self.shape
+        ax = int(axis) + len(s) if axis < 0 else int(axis)
+        out = s[:ax] + ((1,) if keepdims else ()) + s[ax + 1:]
+        return _prod(s[:ax]), s[ax], _prod(s[ax + 1:]), out
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        axes = tuple(int(a) % self.ndim for a in axes) or tuple(reversed(range(self.ndim)))
+        return _transpose(self, axes)
+
+    def _view(self, offset: int, shape) -> "DeviceArray":
+        return DeviceArray(_load().from_cuda_array_interface(_View(self._a, offset, shape)))
+
+    def __getitem__(self, key):
+        """Views along the first axis: ``d[i]`` and ``d[a:b]`` (contiguous, no copy)."""
+        n = self.shape[0]
+        row = _prod(self.shape[1:])
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {key} out of range for axis 0 of size {n}")
+            return self._view(i * row, self.shape[1:])
+        if isinstance(key, slice):
+            a, b, st = key.indices(n)
+            if st != 1:
+                raise TypeError("DeviceArray: only contiguous slices (step 1) of the first axis")
+            b = max(a, b)
+            return self._view(a * row, (b - a,) + self.shape[1:])
+        raise TypeError(f"DeviceArray: indexing supports d[i] and d[a:b] on the first axis, "
+                        f"got {key!r}")
 
     # -- ufuncs
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kw):
         m = _load()
         if method != "__call__" or kw:
             return NotImplemented
+        if out is not None and not all(isinstance(o, DeviceArray) for o in out):
+            raise TypeError(f"DeviceArray: numpy.{ufunc.__name__} cannot write device results "
+                            f"into a host array (copy with .to_host() first)")
         if ufunc in _UN and len(inputs) == 1:
             res = DeviceArray(m.unary(_UN[ufunc], inputs[0]._a))
+        elif ufunc in (np.logical_not, np.invert) and len(inputs) == 1:  # 0/1 mask -> 1 - mask
+            res = DeviceArray(m.binary_scalar(_SUB, inputs[0]._a, 1.0, True))
+        elif ufunc is np.not_equal and len(inputs) == 2:
+            res = 1.0 - np.equal(*inputs)
         elif ufunc in _BIN and len(inputs) == 2:
             a, b = inputs
             op = _BIN[ufunc]
@@ -169,9 +294,9 @@ class DeviceArray:
                 res = DeviceArray(m.binary_scalar(op, a._a, float(b), False))
             elif isinstance(b, DeviceArray) and np.ndim(a) == 0:
                 res = DeviceArray(m.binary_scalar(op, b._a, float(a), True))
-            else:  # a host array operand: copy it once, explicitly
-                a = a if isinstance(a, DeviceArray) else to_device(a)
-                b = b if isinstance(b, DeviceArray) else to_device(b)
+            else:  # a host array operand: uploaded once (small constants cached by content)
+                a = a if isinstance(a, DeviceArray) else _host_operand(a)
+                b = b if isinstance(b, DeviceArray) else _host_operand(b)
                 res = DeviceArray(m.binary(op, a._a, b._a))
         else:
             raise TypeError(f"DeviceArray: numpy.{ufunc.__name__} is not supported on the GPU "
@@ -180,6 +305,13 @@ class DeviceArray:
             out[0]._a = res._a
             return out[0]
         return res
+
+    def __array_function__(self, func, types, args, kwargs):
+        impl = _FUNCS.get(func)
+        if impl is None:
+            raise TypeError(f"DeviceArray: numpy.{func.__name__} is not supported on the GPU "
+                            f"(supported: {', '.join(sorted(f.__name__ for f in _FUNCS))})")
+        return impl(*args, **kwargs)
 
     def __add__(self, o): return np.add(self, o)
     def __radd__(self, o): return np.add(o, self)
@@ -190,13 +322,32 @@ class DeviceArray:
     def __truediv__(self, o): return np.true_divide(self, o)
     def __rtruediv__(self, o): return np.true_divide(o, self)
     def __neg__(self): return np.negative(self)
+    def __abs__(self): return np.absolute(self)
     def __gt__(self, o): return np.greater(self, o)
     def __lt__(self, o): return np.less(self, o)
     def __ge__(self, o): return np.greater_equal(self, o)
     def __le__(self, o): return np.less_equal(self, o)
+    def __eq__(self, o): return np.equal(self, o)
+    def __ne__(self, o): return np.not_equal(self, o)
+    def __and__(self, o): return np.multiply(self, o)
+    def __rand__(self, o): return np.multiply(o, self)
+    def __or__(self, o): return np.maximum(self, o)
+    def __ror__(self, o): return np.maximum(o, self)
+    def __invert__(self): return np.logical_not(self)
     def __iadd__(self, o): return np.add(self, o, out=(self,))
     def __isub__(self, o): return np.subtract(self, o, out=(self,))
     def __imul__(self, o): return np.multiply(self, o, out=(self,))
+    def __itruediv__(self, o): return np.true_divide(self, o, out=(self,))
+    def __iand__(self, o): return np.multiply(self, o, out=(self,))
+    def __ior__(self, o): return np.maximum(self, o, out=(self,))
+    __hash__ = None
+
+
+def _host_operand(a) -> DeviceArray:
+    a = np.asarray(a)
+    if a.dtype == bool:
+        a = a.astype(np.float32)
+    return _const(a)
 
 
 def to_device(a) -> DeviceArray:
@@ -217,12 +368,220 @@ def from_cuda(obj) -> DeviceArray:
     return DeviceArray(_load().from_cuda_array_interface(obj))
 
 
+def is_device_array(a) -> bool:
+    """A DeviceArray or any object exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA)."""
+    return isinstance(a, DeviceArray) or hasattr(a, "__cuda_array_interface__")
+
+
+def all_finite(a: DeviceArray) -> bool:
+    """No NaN/inf, with one reduction: sum(a * 0) is NaN exactly when one element is not finite."""
+    return bool(np.isfinite(_load().sum(np.multiply(a, 0.0)._a)))
+
+
 def broadcast_to(a: DeviceArray, shape) -> DeviceArray:
-    return DeviceArray(_load().broadcast_to(a._a, [int(s) for s in shape]))
+    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if not isinstance(a, DeviceArray):
+        a = _host_operand(a)
+    if a.shape == shape:
+        return a
+    return DeviceArray(_load().broadcast_to(a._a, list(shape)))
 
 
 def stabilized_divide(r, z, eps: float, zero_to_zero: bool = True) -> DeviceArray:
+    if not isinstance(z, DeviceArray):
+        z = _host_operand(z)
     return DeviceArray(_load().stabilized_divide(r._a, z._a, float(eps), bool(zero_to_zero)))
+
+
+# ---------------------------------------------------------------- numpy functions on the device
+def _zeros_like(a, dtype=None, **kw):
+    return DeviceArray(_load().zeros(list(a.shape)))
+
+
+def _full_like(a, fill_value, dtype=None, **kw):
+    return DeviceArray(_load().binary_scalar(_ADD, _load().zeros(list(a.shape)),
+                                             float(fill_value), False))
+
+
+def _ones_like(a, dtype=None, **kw):
+    return _full_like(a, 1.0)
+
+
+def _where(cond, a, b):
+    """cond: a 0/1 float mask. cond*a + (1-cond)*b: exact for finite values."""
+    if not isinstance(cond, DeviceArray):
+        cond = _host_operand(cond)
+    first = cond * a
+    if np.ndim(b) == 0 and float(b) == 0.0:
+        return first if isinstance(first, DeviceArray) else broadcast_to(first, cond.shape)
+    res = first + (1.0 - cond) * b
+    return res
+
+
+def _selector(rows: int, cols: int, off_r: int, off_c: int, n: int) -> DeviceArray:
+    """(rows, cols, 1, 1) 0/1 matrix with ones at (off_r + i, off_c + i), i < n (a 1x1 conv that
+    moves channel blocks: concatenation and its split, exact)."""
+    e = np.zeros((rows, cols, 1, 1), np.float32)
+    i = np.arange(n)
+    e[off_r + i, off_c + i, 0, 0] = 1.0
+    return _const(e)
+
+
+def _norm_axis(axis, nd):
+    axis = int(axis)
+    if not -nd <= axis < nd:
+        raise ValueError(f"axis {axis} out of range for {nd} dimensions")
+    return axis + nd if axis < 0 else axis
+
+
+def _concatenate(arrays, axis=0, out=None, **kw):
+    arrays = [a if isinstance(a, DeviceArray) else to_device(a) for a in arrays]
+    if len(arrays) == 1:
+        return arrays[0].copy()
+    s0 = arrays[0].shape
+    ax = _norm_axis(axis, len(s0))
+    outer, inner = _prod(s0[:ax]), _prod(s0[ax + 1:])
+    lens = [a.shape[ax] for a in arrays]
+    L = sum(lens)
+    m = _load()
+    y, off = None, 0
+    for a, lk in zip(arrays, lens):
+        if a.shape[:ax] != s0[:ax] or a.shape[ax + 1:] != s0[ax + 1:]:
+            raise ValueError(f"concatenate: shapes {[x.shape for x in arrays]} differ outside "
+                             f"axis {ax}")
+        part = DeviceArray(m.conv_forward(a._a.reshape([outer, lk, inner, 1]),
+                                          _selector(L, lk, off, 0, lk)._a, None, 1, 0, 1, 1))
+        y = part if y is None else y + part
+        off += lk
+    return y.reshape(s0[:ax] + (L,) + s0[ax + 1:])
+
+
+def _split(a, indices_or_sections, axis=0):
+    s = a.shape
+    ax = _norm_axis(axis, len(s))
+    L = s[ax]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        k = int(indices_or_sections)
+        if L % k:
+            raise ValueError("array split does not result in an equal division")
+        cuts = [L // k * i for i in range(1, k)]
+    else:
+        cuts = [int(c) for c in indices_or_sections]
+    bounds = [0] + cuts + [L]
+    outer, inner = _prod(s[:ax]), _prod(s[ax + 1:])
+    m = _load()
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        lk = max(hi - lo, 0)
+        shape = s[:ax] + (lk,) + s[ax + 1:]
+        if ax == 0:
+            out.append(a[lo:hi].copy())
+        else:
+            y = m.conv_forward(a._a.reshape([outer, L, inner, 1]), _selector(lk, L, 0, lo, lk)._a,
+                               None, 1, 0, 1, 1)
+            out.append(DeviceArray(y).reshape(shape))
+    return out
+
+
+def _swap(x: DeviceArray, outer: int, A: int, B: int, inner: int) -> DeviceArray:
+    """(outer, A, B, inner) -> (outer, B, A, inner), exactly, as one grouped transposed 1x1
+    convolution: x is the weight (outer*A, B, 1, inner), an identity (1, outer*A, A, 1) the
+    output gradient, so dx[g, b, a, i] = x[g, a, b, i]."""
+    eye = _const(np.eye(A, dtype=np.float32))
+    dy = broadcast_to(eye.reshape(1, A, A), (outer, A, A)).reshape(1, outer * A, A, 1)
+    dx = _load().conv_backward_data(dy._a, x._a.reshape([outer * A, B, 1, inner]),
+                                    (outer * B, A, inner), (1, inner), 0, 1, outer)
+    return DeviceArray(dx).reshape(outer, B, A, inner)
+
+
+def _transpose(a: DeviceArray, order) -> DeviceArray:
+    """Any axis permutation as at most ndim-1 block swaps (each an exact GEMM)."""
+    order = [int(o) for o in order]
+    if sorted(order) != list(range(a.ndim)):
+        raise ValueError(f"axes {order} are not a permutation of {a.ndim} axes")
+    shape, cur, x = list(a.shape), list(range(a.ndim)), a
+    for i, want in enumerate(order):
+        j = cur.index(want)
+        if j > i:
+            A, B = _prod(shape[i:j]), shape[j]
+            if A > 1 and B > 1:
+                x = _swap(x, _prod(shape[:i]), A, B, _prod(shape[j + 1:]))
+            cur = cur[:i] + [cur[j]] + cur[i:j] + cur[j + 1:]
+            shape = shape[:i] + [shape[j]] + shape[i:j] + shape[j + 1:]
+    return x.reshape(shape)
+
+
+def _np_transpose(a, axes=None):
+    return a.transpose() if axes is None else a.transpose(axes)
+
+
+def _ascontiguous(a, dtype=None, **kw):
+    return a
+
+
+_FUNCS = {
+    np.where: _where, np.concatenate: _concatenate, np.split: _split,
+    np.zeros_like: _zeros_like, np.ones_like: _ones_like, np.full_like: _full_like,
+    np.broadcast_to: lambda a, shape, subok=False: broadcast_to(a, shape),
+    np.copy: lambda a, *args, **kw: a.copy(),
+    np.reshape: lambda a, shape=None, *args, **kw: a.reshape(shape),
+    np.transpose: _np_transpose,
+    np.sum: lambda a, axis=None, dtype=None, out=None, keepdims=False, **kw:
+        a.sum(axis=axis, keepdims=keepdims),
+    np.max: lambda a, axis=None, out=None, keepdims=False, **kw: a.max(axis=axis,
+                                                                       keepdims=keepdims),
+    np.amax: lambda a, axis=None, out=None, keepdims=False, **kw: a.max(axis=axis,
+                                                                        keepdims=keepdims),
+    np.any: lambda a, *args, **kw: a.any(),
+    np.ndim: lambda a: a.ndim, np.shape: lambda a: a.shape, np.size: lambda a, axis=None:
+        a.size if axis is None else a.shape[axis],
+}
+
+
+# ---------------------------------------------------------------- the _core twin for devices
+class _Kernels:
+    """What :mod:`lrpfast.layers` and :mod:`lrpfast.rules` call on ``_core``, for DeviceArrays
+    (same names and arguments); ``DeviceArray._lrpfast_kernels`` returns this."""
+
+    @staticmethod
+    def stabilized_divide(r, z, eps, zero_to_zero=True):
+        return stabilized_divide(r, z, eps, zero_to_zero)
+
+    @staticmethod
+    def pool_forward(x, method, kernel, stride=1, pad=0, ceil_mode=True):
+        y, am = _load().pool_forward(x._a, method, kernel, stride, pad, ceil_mode)
+        return DeviceArray(y), (None if am is None else DeviceArray(am))
+
+    @staticmethod
+    def pool_backward(dy, in_shape, method, kernel, stride=1, pad=0, argmax=None,
+                      ceil_mode=None):
+        am = argmax._a if isinstance(argmax, DeviceArray) else None
+        return DeviceArray(_load().pool_backward(dy._a, tuple(in_shape), method, kernel, stride,
+                                                 pad, am, ceil_mode))
+
+    @staticmethod
+    def lrn_forward(x, local_size, alpha, beta, k=1.0, region="across"):
+        y, scale = _load().lrn_forward(x._a, local_size, alpha, beta, k, region)
+        return DeviceArray(y), DeviceArray(scale)
+
+    @staticmethod
+    def normalize_forward(x, across_spatial, eps, scale):
+        """SSD's Normalize in float32: x / sqrt(sum x^2 + eps) * scale (per pixel across
+        channels, or over the whole sample); the sums are GEMMs with ones."""
+        N, C, H, W = x.shape
+        sq = x * x
+        if across_spatial:
+            s = sq.reshape(N, 1, C * H * W).sum(axis=2, keepdims=True).reshape(N, 1, 1, 1)
+        else:
+            s = sq.sum(axis=1, keepdims=True)
+        y = x / np.sqrt(s + float(eps))
+        scale = np.asarray(scale, np.float32)
+        if scale.size == 1:
+            return y * float(scale.reshape(-1)[0])
+        return y * _const(scale.reshape(1, -1, 1, 1))
+
+
+KERNELS = _Kernels()
 
 
 # ---------------------------------------------------------------- operators (twins of ops.py)

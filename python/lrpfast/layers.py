@@ -15,6 +15,7 @@ import numpy as np
 from . import ops
 from ._loader import _core
 from .rules import Epsilon, stabilized_divide
+from .rules import kernels as _kernels  # _core, or its device twin for device arrays
 
 
 class LayerError(ValueError):
@@ -358,7 +359,7 @@ class Pooling(Layer):
         return [(s[0], Ho, Wo)]
 
     def forward(self, xs):
-        y, argmax = _core.pool_forward(xs[0], self.method, self.kernel, self.stride, self.pad,
+        y, argmax = _kernels(xs[0]).pool_forward(xs[0], self.method, self.kernel, self.stride, self.pad,
                                        self.ceil_mode)
         return [y], {"argmax": argmax}
 
@@ -370,7 +371,7 @@ class Pooling(Layer):
                 return [out]
         if self.method == "max" and (ctx.gradient_like or ctx.maxpool == "wta"):
             # winner-take-all: all relevance (or gradient) to the first maximum of each window
-            return [_core.pool_backward(R, x.shape, "max", self.kernel, self.stride, self.pad,
+            return [_kernels(R).pool_backward(R, x.shape, "max", self.kernel, self.stride, self.pad,
                                         state["argmax"])]
         if ctx.gradient_like:
             return [self.avg_op.bwd(R, "w")]
@@ -427,7 +428,7 @@ class LRN(_PassThrough):
         return [in_shapes[0]]
 
     def forward(self, xs):
-        y, scale = _core.lrn_forward(xs[0], self.size, self.alpha, self.beta, self.k, self.region)
+        y, scale = _kernels(xs[0]).lrn_forward(xs[0], self.size, self.alpha, self.beta, self.k, self.region)
         return [y], {"scale": scale}
 
     def relevance(self, xs, ys, state, Rs, ctx):
@@ -459,6 +460,9 @@ class Normalize(_PassThrough):
     def forward(self, xs):
         self.require_weights()
         x = xs[0]
+        if not isinstance(x, np.ndarray):   # a device array: the float32 twin
+            return [_kernels(x).normalize_forward(x, self.across_spatial, self.eps,
+                                                  self.blobs[0])], {}
         x64 = x.astype(np.float64)
         if self.across_spatial:
             norm = np.sqrt((x64 * x64).sum(axis=(1, 2, 3), keepdims=True) + self.eps)
@@ -535,10 +539,10 @@ class Eltwise(Layer):
             s = stabilized_divide(R, y, ctx.eps)
             return [np.float32(c) * x * s for c, x in zip(self.coeffs, xs)]
         if self.op_name == "max":
-            out, taken = [], np.zeros(y.shape, dtype=bool)
+            out, taken = [], None
             for x in xs:  # the first operand holding the maximum wins
-                win = (x == y) & ~taken
-                taken |= win
+                win = (x == y) if taken is None else (x == y) & ~taken
+                taken = win if taken is None else taken | win
                 out.append(np.where(win, R, np.float32(0)))
             return out
         out = []
@@ -579,7 +583,7 @@ class Concat(Layer):
         return [np.concatenate(xs, axis=self.axis)], {}
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        return [np.ascontiguousarray(r) for r in np.split(Rs[0], self.sections, axis=self.axis)]
+        return [_contiguous(r) for r in np.split(Rs[0], self.sections, axis=self.axis)]
 
 
 class Split(Layer):
@@ -673,10 +677,15 @@ class Permute(Layer):
         return [tuple(full[a] for a in order[1:])]
 
     def forward(self, xs):
-        return [np.ascontiguousarray(xs[0].transpose(self.order))], {}
+        return [_contiguous(xs[0].transpose(self.order))], {}
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        return [np.ascontiguousarray(Rs[0].transpose(self.inverse))]
+        return [_contiguous(Rs[0].transpose(self.inverse))]
+
+
+def _contiguous(a):
+    """np.ascontiguousarray for host arrays; device arrays are always contiguous."""
+    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
 
 
 LAYER_TYPES = {cls.type: cls for cls in (

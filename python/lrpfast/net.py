@@ -46,19 +46,17 @@ class Net:
         if device == "cuda":  # the CUDA engine (lrpfast.cuda) is loaded only here, lazily
             from . import cuda as _cuda_engine
 
-            if not _cuda_engine.compiled():
+            if not _cuda_engine.compiled() and not _cuda_engine.emulated():
                 raise ValueError("device 'cuda' is not available: this build has the CPU engine "
                                  "only (no CUDA compiler at build time, or LRPFAST_CUDA=OFF)")
             _cuda_engine.require_gpu()  # RuntimeError naming why (no build / no driver / no GPU)
-            raise NotImplementedError(
-                "device='cuda': the CUDA kernels (lrpfast.cuda: DeviceArray and the GPU operators) "
-                "are available, but the whole-network GPU pass is not wired into Net yet (issue #6)")
-        if device != "cpu":
+        elif device != "cpu":
             raise ValueError(f"device {device!r} is not available (known: 'cpu', 'cuda')")
         self.device = device
         self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
         self._last_input = None            # the input of the last forward(), for backward_relevance
+        self._device_io = False            # cuda: the last call's inputs were device arrays
         netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
             wdict, self.weights_source = weights, "<arrays>"
@@ -73,6 +71,8 @@ class Net:
             raise LayerError(f"{self.source}: {e}") from None
         if fold_batchnorm and wdict is not None:
             self._fold_affine()
+        if device == "cuda":
+            self._ops_to_device()
 
     @classmethod
     def from_text(cls, text: str, weights=None, **kw) -> "Net":
@@ -155,6 +155,50 @@ class Net:
                 top = aff.tops[0]
             layer.z_top = top if top != layer.tops[0] else None
 
+    def _ops_to_device(self):
+        """device='cuda': every layer's operators become their GPU twins (lrpfast.cuda), which
+        upload their weights (and derived weights) once, at first use, and keep them."""
+        from . import cuda
+
+        twins: dict[int, object] = {}
+        for layer in self.layers:
+            for attr in ("op", "rel_op", "avg_op"):
+                op = layer.__dict__.get(attr)
+                if op is not None:
+                    if id(op) not in twins:
+                        twins[id(op)] = cuda.make_cuda_op(op)
+                    setattr(layer, attr, twins[id(op)])
+
+    def _check_device_input(self, name, a, shape):
+        """device='cuda': a device array input (DeviceArray, CuPy, PyTorch CUDA tensor...) is
+        wrapped without a copy and checked on the device."""
+        from . import cuda
+
+        try:
+            a = cuda.to_device(a)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"input {name!r}: {e}") from None
+        if a.dtype != np.float32:
+            raise ValueError(f"input {name!r}: a device input must be float32, got {a.dtype}")
+        if a.ndim == len(shape):
+            a = a.reshape((1,) + a.shape)
+        if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != shape:
+            raise ValueError(f"input {name!r} expects shape (N, {', '.join(map(str, shape))}), "
+                             f"got {tuple(a.shape)}")
+        if a.shape[0] == 0:
+            raise ValueError(f"input {name!r} is an empty batch")
+        if not cuda.all_finite(a):
+            raise ValueError(f"input {name!r} contains NaN or infinity")
+        return a
+
+    def _out(self, v):
+        """device='cuda': results go back to the host unless the inputs were device arrays."""
+        if self.device != "cuda" or self._device_io:
+            return v
+        if isinstance(v, dict):
+            return {k: self._out(a) for k, a in v.items()}
+        return v.to_host() if hasattr(v, "to_host") else v
+
     # ------------------------------------------------------------------ helpers
     def _ssa(self, name: str) -> str:
         """User blob name (its final version) or SSA name -> SSA name."""
@@ -187,10 +231,21 @@ class Net:
                 raise ValueError(f"this net has inputs {list(self.inputs)}; pass a dict")
             x = {next(iter(self.inputs)): x}
         out, n = {}, None
+        dev = self.device == "cuda"
+        if dev:
+            from . import cuda
+            self._device_io = any(cuda.is_device_array(v) for v in x.values())
         for name, shape in self.inputs.items():
             if name not in x:
                 raise ValueError(f"missing input {name!r}")
             a = x[name]
+            if dev and cuda.is_device_array(a):
+                a = self._check_device_input(name, a, shape)
+                if n is not None and a.shape[0] != n:
+                    raise ValueError("all inputs need the same batch size")
+                n = a.shape[0]
+                out[name] = a
+                continue
             if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray) and not hasattr(a, "__array__"):
                 a = np.from_dlpack(a)
             a = np.asarray(a)
@@ -209,7 +264,7 @@ class Net:
             if n is not None and a.shape[0] != n:
                 raise ValueError("all inputs need the same batch size")
             n = a.shape[0]
-            out[name] = a
+            out[name] = cuda.to_device(a) if dev else a   # cuda: host -> device at entry
         return out
 
     def _chunks(self, n: int):
@@ -249,8 +304,9 @@ class Net:
                 parts[w].append(vals[w])
         res = {w: np.concatenate(p) if len(p) > 1 else p[0] for w, p in parts.items()}
         if blobs is not None:
-            return {name: res[self._ssa(name)] for name in blobs}
-        return res[wanted[0]] if len(wanted) == 1 else {w.split("#")[0]: v for w, v in res.items()}
+            return self._out({name: res[self._ssa(name)] for name in blobs})
+        return self._out(res[wanted[0]] if len(wanted) == 1
+                         else {w.split("#")[0]: v for w, v in res.items()})
 
     # ------------------------------------------------------------------ relevance
     def top_layer(self, top=None) -> Layer:
@@ -286,6 +342,10 @@ class Net:
                              f"'{end}', or load the net with fold_batchnorm=False")
         rules = composite.assign(self.layers, net=self)
         caffe_hooks = getattr(composite, "caffe", None)   # caffe mode (RelPropOpts) only
+        if caffe_hooks is not None and self.device == "cuda":
+            raise ValueError(f"{composite!r}: the toolbox's caffe-mode pooling/LRN treatment runs "
+                             f"on the CPU engine only; use Net(..., device='cpu'), or mode="
+                             f"'lrpfast' options, on device='cuda'")
         # blobs from which the top is reachable: only those carry relevance
         live = {top_layer.tops[0]}
         plan = []
@@ -327,7 +387,18 @@ class Net:
 
     def _seed(self, top_val: np.ndarray, classes, n: int) -> np.ndarray:
         """Initial relevance: the top output at the selected class(es), zero elsewhere."""
+        if not isinstance(top_val, np.ndarray):
+            return self._seed_device(top_val, classes, n)
         flat = top_val.reshape(n, -1)
+        R = np.zeros_like(flat)
+        for i, idx in enumerate(self._seed_indices(flat, classes, n)):
+            for k in idx:
+                R[i, k] += flat[i, k]
+        return R.reshape(top_val.shape)
+
+    @staticmethod
+    def _seed_indices(flat: np.ndarray, classes, n: int) -> list[list[int]]:
+        """The selected output indices of each image (flat: the top output (n, m) on the host)."""
         m = flat.shape[1]
         if isinstance(classes, (int, np.integer)):
             specs = [int(classes)] * n
@@ -336,7 +407,7 @@ class Net:
             if len(specs) != n:
                 raise ValueError(f"classes: need one entry per image ({n}), got {len(specs)}; "
                                  f"an int applies to all images, a list per image is summed")
-        R = np.zeros_like(flat)
+        out = []
         for i, c in enumerate(specs):
             if isinstance(c, (int, np.integer)) and c == -1:
                 idx = [int(np.argmax(flat[i]))]
@@ -350,9 +421,22 @@ class Net:
                 if bad:
                     raise ValueError(f"classes[{i}]: class {bad[0]} out of range 0..{m - 1} "
                                      f"(-1 = top-1, -2 = top-5)")
+            out.append(idx)
+        return out
+
+    def _seed_device(self, top_val, classes, n: int):
+        """_seed for a device top output: the same selection as a count mask built on the host
+        (the logits are downloaded only for -1/-2, which need them) times the output on the
+        device (count * value = the CPU's repeated sums, exactly)."""
+        specs = [classes] if isinstance(classes, (int, np.integer)) else list(classes)
+        needs = any(isinstance(c, (int, np.integer)) and c in (-1, -2) for c in specs)
+        m = int(np.prod(top_val.shape[1:]))
+        flat = top_val.to_host().reshape(n, m) if needs else np.zeros((n, m), np.float32)
+        mask = np.zeros((n, m), np.float32)
+        for i, idx in enumerate(self._seed_indices(flat, classes, n)):
             for k in idx:
-                R[i, k] += flat[i, k]
-        return R.reshape(top_val.shape)
+                mask[i, k] += 1.0
+        return top_val * mask.reshape(top_val.shape)
 
     def relevance(self, x, classes=-1, rules="epsilon", *, top=None, readout=None,
                   progress: bool | None = None):
@@ -394,16 +478,24 @@ class Net:
     def propagate(self, x, R_top, *, top, rules="epsilon", readout=None):
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
         ``readout`` (default: the input blob). Same return convention as ``relevance``."""
-        R_top = np.asarray(R_top, dtype=np.float32)
+        on_dev = False
+        if self.device == "cuda":
+            from . import cuda
+            on_dev = cuda.is_device_array(R_top)
+        R_top = cuda.to_device(R_top) if on_dev else np.asarray(R_top, dtype=np.float32)
         layer = self.top_layer(top)
         exp = (next(iter(self._check_input(x).values())).shape[0],) + self.shapes[layer.tops[0]]
         if R_top.shape != exp:
             raise ValueError(f"R_top must have the shape of layer '{layer.name}''s output {exp}, "
                              f"got {R_top.shape}")
-        if not np.all(np.isfinite(R_top)):
+        if not (cuda.all_finite(R_top) if on_dev else np.all(np.isfinite(R_top))):
             raise ValueError("R_top contains NaN or infinity")
+        if self.device == "cuda" and not on_dev:
+            R_top = cuda.to_device(R_top)   # host -> device at entry
 
         def seeds(top_val, a, b, n):
+            if self.device == "cuda":
+                return [R_top[a:b]]
             return [np.ascontiguousarray(R_top[a:b])]
         out = self._propagate_impl(x, seeds, rules, top, readout, False, 1)
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
@@ -419,26 +511,49 @@ class Net:
         plan = self._plan(top_layer, comp, ssa_out)
         n = next(iter(xin.values())).shape[0]
         chunks = self._chunks(n)
-        results = {r: np.zeros((K, n) + self.shapes[r], np.float32) for r in ssa_out}
+        dev = self.device == "cuda"
+        if dev:   # device arrays cannot be written in slices: parts per (readout, k, chunk)
+            parts = {r: [[None] * len(chunks) for _ in range(K)] for r in ssa_out}
+        else:
+            results = {r: np.zeros((K, n) + self.shapes[r], np.float32) for r in ssa_out}
         bar = _Progress(len(chunks), "relevance", progress)
-        for a, b in chunks:
+        for ci, (a, b) in enumerate(chunks):
             blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
                                               stop=top_layer.index)
             for k, R0 in enumerate(seeds(blobs[top_layer.tops[0]], a, b, n)):
-                if top_layer.tops[0] in ssa_out:
-                    results[top_layer.tops[0]][k, a:b] += R0
-
-                def sink(bt, layer, rin, k=k, a=a, b=b):
+                def sink(bt, layer, rin, k=k, a=a, b=b, ci=ci):
                     if bt in ssa_out:
-                        results[bt][k, a:b] += rin
+                        if dev:
+                            p = parts[bt][k][ci]
+                            parts[bt][k][ci] = rin if p is None else p + rin
+                        else:
+                            results[bt][k, a:b] += rin
+                if top_layer.tops[0] in ssa_out:
+                    sink(top_layer.tops[0], top_layer, R0)
                 self._backward(plan, top_layer, blobs, states, R0, sink)
             bar.update()
         bar.close()
+        if dev:
+            results = {r: self._assemble_device(parts[r], chunks, self.shapes[r])
+                       for r in ssa_out}
         if hasattr(comp, "postprocess"):   # e.g. toolbox code 99: sensitivity = |gradient|
             results = {r: comp.postprocess(v) for r, v in results.items()}
         if isinstance(readout, list):
-            return {name: results[s] for name, s in zip(names, ssa_out)}
-        return results[ssa_out[0]]
+            return self._out({name: results[s] for name, s in zip(names, ssa_out)})
+        return self._out(results[ssa_out[0]])
+
+    @staticmethod
+    def _assemble_device(parts, chunks, shape):
+        """(K, n, ...) on the device from the relevance parts [k][chunk] (None: no relevance)."""
+        from . import cuda
+
+        rows = []
+        for per_chunk in parts:
+            cs = [cuda.DeviceArray(cuda._load().zeros([b - a, *shape])) if p is None else p
+                  for p, (a, b) in zip(per_chunk, chunks)]
+            rows.append(cs[0] if len(cs) == 1 else np.concatenate(cs))
+        rows = [r.reshape((1,) + r.shape) for r in rows]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def _backward(self, plan, top_layer, blobs, states, R0, sink, stop_after=None):
         """One relevance pass over ``plan`` from the seed ``R0`` at ``top_layer``'s output;
@@ -460,7 +575,8 @@ class Net:
             for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
                 if rin is None:
                     continue
-                rin = np.asarray(rin, dtype=np.float32)
+                if not getattr(rin, "_lrpfast_device", False):
+                    rin = np.asarray(rin, dtype=np.float32)
                 sink(bt, layer, rin)
                 rel[bt] = rin if bt not in rel else rel[bt] + rin
             if layer is stop_after:
@@ -469,13 +585,22 @@ class Net:
     # ------------------------------------------------------------------ toolbox (SPEC 4)
     def backward_relevance(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance`` after ``forward(x)``; see lrpfast.compat."""
+        self._toolbox_on_cpu()
         from .compat import backward_relevance
         return backward_relevance(self, classinds, opts)
 
     def backward_relevance_multi(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance_multi`` (one class list per image); see lrpfast.compat."""
+        self._toolbox_on_cpu()
         from .compat import backward_relevance_multi
         return backward_relevance_multi(self, classinds, opts)
+
+    def _toolbox_on_cpu(self):
+        if self.device == "cuda":
+            raise NotImplementedError(
+                "backward_relevance (the toolbox API, lrpfast.compat) runs on the CPU engine only; "
+                "on device='cuda' use net.relevance(x, classes, rules=RelPropOpts(...)) with "
+                "mode='lrpfast' options, or load the net with device='cpu'")
 
     def __repr__(self) -> str:
         lines = [f"lrpfast.Net '{self.name}' ({self.source}), inputs "

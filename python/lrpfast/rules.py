@@ -24,14 +24,20 @@ __all__ = [
 ]
 
 
+def kernels(a):
+    """The kernel module for an array: ``_core`` for host arrays, the device twin (same names
+    and arguments) for arrays that carry one (``lrpfast.cuda.DeviceArray``)."""
+    return _core if isinstance(a, np.ndarray) else getattr(a, "_lrpfast_kernels", _core)
+
+
 def stabilized_divide(r: np.ndarray, z: np.ndarray, eps: float) -> np.ndarray:
     """r / (z + eps*sign(z)) with sign(0) = +1; an exactly-zero denominator gives 0."""
-    return _core.stabilized_divide(r, z, float(eps), True)
+    return kernels(r).stabilized_divide(r, z, float(eps), True)
 
 
 def safe_divide(r: np.ndarray, z: np.ndarray) -> np.ndarray:
     """r / z where z != 0, else 0 (the 'zero denominator contributes nothing' convention)."""
-    return _core.stabilized_divide(r, z, 0.0, True)
+    return kernels(r).stabilized_divide(r, z, 0.0, True)
 
 
 class Rule:
@@ -164,6 +170,8 @@ class ZBox(Rule):
             raise ValueError(f"ZBox: {v.shape[0]} per-channel bounds do not fit an input of shape "
                              f"{x.shape[1:]}")
         shape = (1, -1) + (1,) * (x.ndim - 2)
+        if not isinstance(x, np.ndarray):   # a device array: the (C,) bounds, uploaded once
+            return np.zeros_like(x) + v.reshape(shape)
         return np.broadcast_to(v.reshape(shape), x.shape).astype(np.float32, copy=True)
 
     def linear(self, op, x, R, z=None):
