@@ -783,3 +783,34 @@ def test_module_metadata():
     assert isinstance(core.cuda_compiled, bool)
     assert "openblas" in core.blas_name().lower()
     assert isinstance(core.blas_config(), str)
+
+
+# ---------------------------------------------------------------- alphabeta_signal
+# Float32 division on both sides; the reference divides in float64, so allow float32 rounding.
+AB_SIGNAL_RTOL = 1e-5
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (2.0, 1.0), (3.0, 2.0)])
+def test_alphabeta_signal_matches_numpy(groups, alpha, beta):
+    rng = np.random.default_rng(100 * groups + int(alpha))
+    n, c, h, w = 2, 2 * groups, 3, 4
+    r = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    zp = np.abs(rng.normal(size=(n, c, h, w))).astype(np.float32)
+    z = (zp - np.abs(rng.normal(size=(n, c, h, w)))).astype(np.float32)
+    zp[0, 0, 0, 0] = 0.0            # zero z+ -> 0
+    z[1, -1, 2, 3] = zp[1, -1, 2, 3]  # zero z- = z - z+ -> 0
+    got = core.alphabeta_signal(r, z, zp, alpha, beta, groups)
+    cg = c // groups
+    r64, z64, zp64 = (a.astype(np.float64) for a in (r, z, zp))
+    zn = z64 - zp64
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sp = np.where(zp64 != 0, alpha * r64 / zp64, 0.0)
+        sn = np.where(zn != 0, -beta * r64 / zn, 0.0)
+    parts = []
+    for g in range(groups):
+        parts += [sp[:, g * cg:(g + 1) * cg], sn[:, g * cg:(g + 1) * cg]]
+    want = np.concatenate(parts, axis=1)
+    assert got.shape == (n, 2 * c, h, w)
+    np.testing.assert_allclose(got, want, rtol=AB_SIGNAL_RTOL, atol=1e-6)
+    assert got[0, 0, 0, 0] == 0.0

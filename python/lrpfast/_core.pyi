@@ -105,3 +105,9 @@ def stabilized_divide(
     r: ArrayLike, z: ArrayLike, eps: float, zero_to_zero: bool = True
 ) -> FloatArray:
     """r / (z + eps*sign(z)), sign(0) = +1; 0 where that denominator is exactly 0 (zero_to_zero)."""
+
+def alphabeta_signal(
+    r: ArrayLike, z: ArrayLike, zp: ArrayLike, alpha: float, beta: float, groups: int = 1
+) -> FloatArray:
+    """(N, C, ...) -> (N, 2C, ...): per group [alpha*r/zp ; -beta*r/(z-zp)], 0 where a
+    denominator is exactly 0 (the alpha-beta signal for x >= 0, for the stacked weights [W+; W-])."""

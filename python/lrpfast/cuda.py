@@ -548,6 +548,17 @@ class _Kernels:
         return stabilized_divide(r, z, eps, zero_to_zero)
 
     @staticmethod
+    def alphabeta_signal(r, z, zp, alpha, beta, groups=1):
+        """_core.alphabeta_signal from the device primitives: (N, C, ...) -> (N, 2C, ...),
+        per group [alpha*r/zp ; -beta*r/(z-zp)], a zero denominator giving 0."""
+        sp = stabilized_divide(r, zp, 0.0, True) * float(alpha)
+        sn = stabilized_divide(r, z - zp, 0.0, True) * float(-beta)
+        n, c = r.shape[0], r.shape[1]
+        split = (n, int(groups), 1, (c // int(groups)) * _prod(r.shape[2:]))
+        out = np.concatenate([sp.reshape(split), sn.reshape(split)], axis=2)
+        return out.reshape((n, 2 * c) + tuple(r.shape[2:]))
+
+    @staticmethod
     def pool_forward(x, method, kernel, stride=1, pad=0, ceil_mode=True):
         y, am = _load().pool_forward(x._a, method, kernel, stride, pad, ceil_mode)
         return DeviceArray(y), (None if am is None else DeviceArray(am))

@@ -5,6 +5,9 @@ need. Each operator offers
   (kind: "w" = W, "pos" = W+, "neg" = W-, "sq" = W**2, "ones" = all-ones of W's shape) plus
   the bias variant (None, "b" = b, "pos" = b+, "neg" = b-);
 * ``bwd(s, kind)``: the transposed product (gradient w.r.t. the input) with that variant;
+* ``pm_signal(R, z, zp, alpha, beta)`` (Convolution/InnerProduct, ``stacked_pm`` True): the
+  alpha-beta signal [alpha*R/z+ ; -beta*R/(z - z+)] laid out for ``bwd(s, "pm")``, the transposed
+  product with the stacked weights [W+; W-] (per group): both halves of alpha-beta in ONE gemm;
 * ``fwd_count(x_shape, kind)``: ``fwd(ones, kind, None)`` for one sample, cached, broadcast to
   the batch: the per-output normaliser of the flat and w^2 rules (padding excluded).
 
@@ -16,7 +19,12 @@ import numpy as np
 
 from ._loader import _core
 
-_KINDS = ("w", "pos", "neg", "sq", "ones")
+_KINDS = ("w", "pos", "neg", "sq", "ones", "pm")
+
+
+def _kernels(a):
+    from .rules import kernels
+    return kernels(a)
 
 
 def _variant(w: np.ndarray, kind: str) -> np.ndarray:
@@ -36,6 +44,10 @@ def _variant(w: np.ndarray, kind: str) -> np.ndarray:
 class LinearOp:
     """Base: caches weight/bias variants and the flat/w^2 normalisers."""
 
+    #: offers the stacked weights "pm" = [W+; W-] (per group) and ``pm_signal``
+    stacked_pm = False
+    group = 1
+
     def __init__(self, w: np.ndarray, b: np.ndarray | None, in_shape: tuple):
         self.in_shape = tuple(int(d) for d in in_shape)  # per-sample input shape, no batch axis
         self.w = np.ascontiguousarray(w, dtype=np.float32)
@@ -46,8 +58,24 @@ class LinearOp:
 
     def weights(self, kind: str) -> np.ndarray:
         if kind not in self._w_cache:
-            self._w_cache[kind] = np.ascontiguousarray(_variant(self.w, kind))
+            if self.stacked_pm and kind in ("pos", "neg", "pm"):
+                self._stack_pm()
+            else:
+                self._w_cache[kind] = np.ascontiguousarray(_variant(self.w, kind))
         return self._w_cache[kind]
+
+    def _stack_pm(self):
+        """"pm": W+ and W- stacked along the output axis within each group, shape (2*O, ...).
+        With one group, "pos" and "neg" are views of its two halves (no extra memory)."""
+        w, g = self.w, self.group
+        o = w.shape[0]
+        pos, neg = np.maximum(w, 0), np.minimum(w, 0)
+        split = (g, o // g) + w.shape[1:]
+        pm = np.stack([pos.reshape(split), neg.reshape(split)], axis=1).reshape((2 * o,) + w.shape[1:])
+        self._w_cache["pm"] = pm = np.ascontiguousarray(pm)
+        if g == 1:
+            pos, neg = pm[:o], pm[o:]
+        self._w_cache["pos"], self._w_cache["neg"] = pos, neg
 
     def bias(self, kind: str | None) -> np.ndarray | None:
         if kind is None or self.b is None:
@@ -70,6 +98,8 @@ class LinearOp:
 class ConvOp(LinearOp):
     """Convolution, x (N,C,H,W) -> (N,O,Ho,Wo); w (O, C/group, kh, kw)."""
 
+    stacked_pm = True
+
     def __init__(self, w, b, in_shape, stride, pad, dilation, group):
         super().__init__(w, b, in_shape)
         self.stride, self.pad, self.dilation, self.group = stride, pad, dilation, group
@@ -82,10 +112,15 @@ class ConvOp(LinearOp):
         return _core.conv_backward_data(s, self.weights(kind), self.in_shape, self.stride,
                                         self.pad, self.dilation, self.group)
 
+    def pm_signal(self, R, z, zp, alpha, beta):
+        return _kernels(R).alphabeta_signal(R, z, zp, float(alpha), float(beta), self.group)
+
 
 class InnerProductOp(LinearOp):
     """InnerProduct (Caffe ``axis``): the per-sample input (..., K) -> (..., O), with K the
     product of the axes from ``axis`` on; w (O, K). ``lead`` = axes kept before ``axis``."""
+
+    stacked_pm = True
 
     def __init__(self, w, b, in_shape, lead: int = 0):
         super().__init__(w, b, in_shape)
@@ -100,6 +135,12 @@ class InnerProductOp(LinearOp):
         w = self.weights(kind)
         dx = _core.linear_backward_data(s.reshape(-1, w.shape[0]), w)
         return dx.reshape((s.shape[0],) + self.in_shape)
+
+    def pm_signal(self, R, z, zp, alpha, beta):
+        o = self.w.shape[0]
+        s = _kernels(R).alphabeta_signal(R.reshape(-1, o), z.reshape(-1, o), zp.reshape(-1, o),
+                                         float(alpha), float(beta), 1)
+        return s.reshape(tuple(R.shape[:-1]) + (2 * o,))
 
 
 class DiagOp(LinearOp):

@@ -104,8 +104,19 @@ class AlphaBeta(Rule):
         self.name = f"alpha{alpha:g}beta{beta:g}"
 
     def linear(self, op, x, R, z=None):
-        xp = np.maximum(x, 0)
         has_neg = bool((x < 0).any())
+        if not has_neg and z is not None and op.stacked_pm:
+            # x >= 0 (e.g. after a ReLU): z+ = x W+ + b+ is one forward product, and
+            # z- = z - z+ (b = b+ + b-) comes from the stored layer output z; both halves then
+            # go through ONE transposed product with the stacked weights [W+; W-]
+            zp = op.fwd(x, "pos", "pos")
+            if self.beta == 0.0:
+                s = safe_divide(R, zp)
+                if self.alpha != 1.0:
+                    s *= np.float32(self.alpha)
+                return x * op.bwd(s, "pos")
+            return x * op.bwd(op.pm_signal(R, z, zp, self.alpha, self.beta), "pm")
+        xp = np.maximum(x, 0)
         xn = np.minimum(x, 0) if has_neg else None
 
         def part(w_same, w_other, bias):

@@ -299,6 +299,30 @@ py::array_t<float> stabilized_divide(const py::object& ro, const py::object& zo,
   return out;
 }
 
+py::array_t<float> alphabeta_signal(const py::object& ro, const py::object& zo,
+                                    const py::object& zpo, double alpha, double beta, i64 groups) {
+  auto r = input<float>(ro, "r", -1, "");
+  auto z = input<float>(zo, "z", -1, "");
+  auto zp = input<float>(zpo, "zp", -1, "");
+  require(r.shape == z.shape && r.shape == zp.shape, "r, z and zp must have the same shape, got ",
+          shape_str(r.shape), ", ", shape_str(z.shape), " and ", shape_str(zp.shape));
+  require(r.shape.size() >= 2, "r must be (N, C, ...), got ", shape_str(r.shape));
+  const i64 N = r.shape[0], C = r.shape[1];
+  require(groups >= 1 && C % groups == 0, "groups ", groups, " must divide the channels ", C);
+  i64 P = 1;
+  for (size_t d = 2; d < r.shape.size(); ++d) P *= r.shape[d];
+  std::vector<i64> oshape(r.shape.begin(), r.shape.end());
+  oshape[1] = 2 * C;
+  auto out = output<float>(oshape);
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::alphabeta_signal(N, groups, C / groups, P, r.data(), z.data(), zp.data(),
+                                   float(alpha), float(beta), op);
+  }
+  return out;
+}
+
 void set_num_threads(i64 n) {
   require(n >= 1 && n <= 4096, "number of threads must be in 1..4096, got ", n);
   lrpfast::set_num_threads(int(n));
@@ -395,6 +419,13 @@ PYBIND11_MODULE(_core, m) {
         "Element-wise r / (z + eps*sign(z)) with sign(0) = +1 (eps >= 0). With zero_to_zero, a\n"
         "denominator that is exactly 0 gives 0 (LRP's 'zero denominator contributes nothing').\n"
         "r and z must have the same shape; returns a new float32 array of that shape.");
+
+  m.def("alphabeta_signal", &alphabeta_signal, py::arg("r"), py::arg("z"), py::arg("zp"),
+        py::arg("alpha"), py::arg("beta"), py::arg("groups") = 1,
+        "The alpha-beta signal for inputs x >= 0: r, z (layer output), zp (its positive part)\n"
+        "(N, C, ...) -> (N, 2C, ...) laid out per group g as [alpha*r/zp ; -beta*r/(z-zp)] over\n"
+        "that group's C/groups channels (a zero denominator gives 0), for one transposed product\n"
+        "with the stacked weights [W+; W-] (ops weight kind 'pm').");
 
   // The LRPFAST_HD index helpers of kernels/geometry.hpp shared by the CPU kernels and their CUDA
   // twins, exposed so CPU tests (tests/test_cuda_geometry.py) check the CUDA index arithmetic.
