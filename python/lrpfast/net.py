@@ -267,10 +267,19 @@ class Net:
             out[name] = cuda.to_device(a) if dev else a   # cuda: host -> device at entry
         return out
 
+    def _bytes_per_sample(self) -> int:
+        """Activations of one image plus room for the relevance pass (x3), in bytes."""
+        return max(1, sum(int(np.prod(s)) for s in self.shapes.values()) * 4 * 3)
+
     def _chunks(self, n: int):
-        per_sample = sum(int(np.prod(s)) for s in self.shapes.values()) * 4 * 3
-        size = max(1, min(n, self.memory_limit // max(per_sample, 1)))
+        size = max(1, min(n, self.memory_limit // self._bytes_per_sample()))
         return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def _class_groups(self, K: int, m: int):
+        """Split K class selections of a chunk of m images into groups whose tiled activations
+        fit the memory limit (see _chunks)."""
+        g = max(1, min(K, self.memory_limit // (self._bytes_per_sample() * m)))
+        return [(k, min(k + g, K)) for k in range(0, K, g)]
 
     def _run_forward(self, xin: dict, stop: int | None = None) -> tuple[dict, dict]:
         if not self.has_weights:
@@ -520,17 +529,34 @@ class Net:
         for ci, (a, b) in enumerate(chunks):
             blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
                                               stop=top_layer.index)
-            for k, R0 in enumerate(seeds(blobs[top_layer.tops[0]], a, b, n)):
-                def sink(bt, layer, rin, k=k, a=a, b=b, ci=ci):
-                    if bt in ssa_out:
-                        if dev:
+            R0s = seeds(blobs[top_layer.tops[0]], a, b, n)
+            if dev:
+                for k, R0 in enumerate(R0s):
+                    def sink(bt, layer, rin, k=k, ci=ci):
+                        if bt in ssa_out:
                             p = parts[bt][k][ci]
                             parts[bt][k][ci] = rin if p is None else p + rin
-                        else:
-                            results[bt][k, a:b] += rin
-                if top_layer.tops[0] in ssa_out:
-                    sink(top_layer.tops[0], top_layer, R0)
-                self._backward(plan, top_layer, blobs, states, R0, sink)
+                    if top_layer.tops[0] in ssa_out:
+                        sink(top_layer.tops[0], top_layer, R0)
+                    self._backward(plan, top_layer, blobs, states, R0, sink)
+            else:
+                # several class selections share one backward pass: the chunk's activations are
+                # tiled along the batch axis (in groups that fit memory_limit), so the products
+                # of all selections run as one larger GEMM
+                m = b - a
+                for k0, k1 in self._class_groups(K, m):
+                    g = k1 - k0
+                    tb = {name: _tile(v, g, m) for name, v in blobs.items()}
+                    ts = {ln: {key: _tile(v, g, m) for key, v in st.items()}
+                          for ln, st in states.items()}
+                    R0 = R0s[k0] if g == 1 else np.concatenate(R0s[k0:k1])
+
+                    def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):
+                        if bt in ssa_out:
+                            results[bt][k0:k1, a:b] += rin.reshape((k1 - k0, m) + rin.shape[1:])
+                    if top_layer.tops[0] in ssa_out:
+                        sink(top_layer.tops[0], top_layer, R0)
+                    self._backward(plan, top_layer, tb, ts, R0, sink)
             bar.update()
         bar.close()
         if dev:
@@ -612,6 +638,13 @@ class Net:
         if self.skipped:
             lines.append("skipped: " + ", ".join(self.skipped))
         return "\n".join(lines)
+
+
+def _tile(v, g: int, m: int):
+    """Repeat a batch-leading array (blob or layer state) g times along the batch axis."""
+    if g == 1 or not isinstance(v, np.ndarray) or v.ndim == 0 or v.shape[0] != m:
+        return v
+    return np.concatenate([v] * g)
 
 
 def _family_rule(rules: dict):
