@@ -48,11 +48,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 RULES = ("z", "alpha1beta0", "alpha2beta1", "cmp_alpha1", "cmp_alpha2", "cmp_alpha1_flat",
-         "cmp_alpha2_flat", "guided_backprop")
+         "cmp_alpha2_flat", "cmp_alpha2_box", "guided_backprop")
 
 LABELS = {"z": "LRP-z", "alpha1beta0": "LRP α1β0", "alpha2beta1": "LRP α2β1",
           "cmp_alpha1": "LRP CMP α1", "cmp_alpha2": "LRP CMP α2",
           "cmp_alpha1_flat": "LRP CMP α1 + flat", "cmp_alpha2_flat": "LRP CMP α2 + flat",
+          "cmp_alpha2_box": "LRP CMP α2 + z^B",
           "guided_backprop": "Guided backprop", "baseline": "uniform baseline"}
 
 #: The paper's Table 1 mu_w (SPEC section 6). "CMP α2+b" is the composite with flat (box /
@@ -66,6 +67,7 @@ PAPER_CAFFENET_VOC = {"cmp_alpha2_flat": 2.716, "cmp_alpha1": 2.664, "z": 2.128,
 COLOURS = {"z": (120, 120, 120), "alpha1beta0": (31, 119, 180), "alpha2beta1": (23, 190, 207),
            "cmp_alpha1": (255, 127, 14), "cmp_alpha2": (214, 39, 40),
            "cmp_alpha1_flat": (188, 189, 34), "cmp_alpha2_flat": (148, 103, 189),
+           "cmp_alpha2_box": (227, 119, 194),
            "guided_backprop": (44, 160, 44), "baseline": (0, 0, 0)}
 
 
@@ -83,9 +85,8 @@ def _find_image(root: Path, iid: str) -> Path:
 def _preprocess_rgb(rgb: np.ndarray, size: int, base: int):
     """Resize (long side = base, aspect kept, toolbox rounding), centre crop / edge pad to
     size x size. Returns uint8 (size, size, 3) and the geometry's arguments."""
-    from PIL import Image
-
     from lrpfast.boxes import preprocess_geometry
+    from PIL import Image
 
     H, W = rgb.shape[:2]
     g = preprocess_geometry((W, H), base, size)
@@ -112,9 +113,8 @@ def load_voc(root, image_set: str, class_names, size: int, base: int | None = No
 
     Returns (rgb uint8 (N, size, size, 3), labels int (N,), masks bool (N, size, size), ids,
     skipped: {reason: count})."""
-    from PIL import Image
-
     from lrpfast.boxes import class_mask, read_voc
+    from PIL import Image
 
     root = Path(root)
     lst = root / "ImageSets" / "Main" / f"{image_set}.txt"
@@ -169,14 +169,28 @@ def generate_bundled(folder: Path, n: int) -> dict:
 # ============================================================================================
 # evaluation
 
-def evaluate(net, x, labels, masks, rules, top, log=print):
+def make_rule(name: str, info: dict):
+    """A composite by name; ``cmp_alpha2_box`` = cmp_alpha2 with the z^B rule on the first
+    layer, bounded by the input range (0..255 minus the mean)."""
+    import lrpfast
+
+    if name == "cmp_alpha2_box":
+        mean = np.asarray(info["input"]["mean_bgr"], np.float32)
+        c = lrpfast.composite("cmp_alpha2")
+        c.first = (1, lrpfast.rules.ZBox(-mean, 255.0 - mean))
+        c.name = name
+        return c
+    return name
+
+
+def evaluate(net, x, labels, masks, rules, top, info, log=print):
     """Per-rule per-sample mu / mu_w (lrpfast.metrics.evaluate) and timings."""
     from lrpfast import metrics
 
     res = {}
     for rule in rules:
         t0 = time.perf_counter()
-        R = net.relevance(x, [int(c) for c in labels], rules=rule, top=top)
+        R = net.relevance(x, [int(c) for c in labels], rules=make_rule(rule, info), top=top)
         dt = time.perf_counter() - t0
         ev = metrics.evaluate(R.sum(axis=1), masks)
         row = metrics.table_row(ev["mu"], ev["mu_w"], ev["box_fraction"])
@@ -386,17 +400,37 @@ def markdown(res, rules, occ, meta) -> str:
          f"{int(np.sum(fr <= 0.5))} with ≤ 50 %). Model: {meta['model']}; accuracy on these "
          f"samples {meta['accuracy']:.1%}. Heatmaps for the true class; relevance summed over "
          f"colour channels; positive relevance only (SPEC §6).", "",
-         "| method | μ_w | μ≤0.25 | μ≤0.5 | μ | paper μ_w (VGG-16, ImageNet) | "
+         "| method | μ_w (± s.e.) | μ≤0.25 | μ≤0.5 | μ | paper μ_w (VGG-16, ImageNet) | "
          "paper μ_w (CaffeNet, VOC07) |", "|---|---:|---:|---:|---:|---:|---:|"]
 
     def fmt(v):
         return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
+    def sem(r):
+        if r == "baseline":
+            return ""
+        v = res[r]["mu_w"][np.isfinite(res[r]["mu_w"])]
+        return f" ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}" if len(v) > 1 else ""
+
     for r in rows + ["baseline"]:
         row = base if r == "baseline" else res[r]["row"]
-        L.append(f"| {LABELS[r]} (`{r}`) | {fmt(row['mu_w'])} | {fmt(row['mu_le_025'])} | "
+        L.append(f"| {LABELS[r]} (`{r}`) | {fmt(row['mu_w'])}{sem(r)} | {fmt(row['mu_le_025'])} | "
                  f"{fmt(row['mu_le_05'])} | {fmt(row['mu'])} | {fmt(PAPER_VGG16.get(r))} | "
                  f"{fmt(PAPER_CAFFENET_VOC.get(r))} |")
+    pairs = list(zip(rows[:-1], rows[1:]))
+    for a, b in (("cmp_alpha2", "alpha2beta1"), ("cmp_alpha1", "alpha1beta0"),
+                 ("cmp_alpha2_flat", "cmp_alpha2"), ("cmp_alpha1_flat", "cmp_alpha1")):
+        if a in rules and b in rules and (a, b) not in pairs and (b, a) not in pairs:
+            pairs.append((a, b))
+    L += ["", "Paired differences of μ_w (same samples; mean ± standard error; samples where "
+          "either is undefined left out):", ""]
+    for a, b in pairs:
+        d = res[a]["mu_w"] - res[b]["mu_w"]
+        d = d[np.isfinite(d)]
+        if len(d) > 1:
+            se = d.std(ddof=1) / np.sqrt(len(d))
+            L.append(f"* `{a}` − `{b}`: {d.mean():+.3f} ± {se:.3f}"
+                     + ("" if abs(d.mean()) > 2 * se else " (within 2 s.e.: a tie)"))
     ours = {r: res[r]["row"]["mu_w"] for r in rules}
     tau1, k1 = _kendall(ours, PAPER_VGG16)
     tau2, k2 = _kendall(ours, PAPER_CAFFENET_VOC)
@@ -419,6 +453,10 @@ def markdown(res, rules, occ, meta) -> str:
     return "\n".join(L) + "\n"
 
 
+def _r4(a):
+    return [None if not np.isfinite(v) else round(float(v), 4) for v in a]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -426,7 +464,7 @@ def main(argv=None) -> int:
                      help="generate the bundled task's held-out split (needs scikit-learn)")
     src.add_argument("--voc", help="a PASCAL-VOC-layout folder")
     ap.add_argument("--image-set", default="test", help="ImageSets/Main/<set>.txt (test)")
-    ap.add_argument("--n", type=int, default=600, help="--bundled: number of scenes (600)")
+    ap.add_argument("--n", type=int, default=2000, help="--bundled: number of scenes (2000)")
     ap.add_argument("--limit", type=int, default=None, help="--voc: use the first N images")
     ap.add_argument("--model", default=None, help="model JSON (default: the bundled model.json)")
     ap.add_argument("--base-size", type=int, default=None,
@@ -435,6 +473,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--tag", default=None, help="file name tag (default: bundled / voc)")
     ap.add_argument("--keep", default=None, help="--bundled: write the VOC folder here and keep it")
+    ap.add_argument("--per-sample", action="store_true",
+                    help="also store per-sample mu / mu_w / occlusion in the JSON")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "python"))
@@ -480,7 +520,7 @@ def main(argv=None) -> int:
     print(f"{len(labels)} samples loaded in {time.perf_counter() - t0:.1f} s; "
           f"accuracy {acc:.1%}")
 
-    res = evaluate(net, x, labels, masks, rules, top)
+    res = evaluate(net, x, labels, masks, rules, top, info)
     occ = occlusion(net, x, labels, masks, top)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -493,11 +533,14 @@ def main(argv=None) -> int:
     md = markdown(res, rules, occ, meta)
     md += f"\n![Fig. 3]({os.path.relpath(f3, out)})\n\n![Fig. 2]({os.path.relpath(f2, out)})\n"
     (out / f"eval_{tag}.md").write_text(md)
-    js = {"meta": meta, "ids": ids, "labels": labels.tolist(),
-          "rules": {r: {"row": res[r]["row"], "mu": res[r]["mu"].tolist(),
-                        "mu_w": res[r]["mu_w"].tolist(), "seconds": res[r]["seconds"]}
-                    for r in rules},
-          "box_fraction": next(iter(res.values()))["fraction"].tolist(), "occlusion": occ}
+    js = {"meta": meta, "rules": {r: {"row": res[r]["row"], "seconds": res[r]["seconds"],
+                                      "n_undefined": res[r]["n_undefined"]} for r in rules}}
+    if args.per_sample:
+        js.update({"ids": ids, "labels": labels.tolist(),
+                   "box_fraction": _r4(next(iter(res.values()))["fraction"]),
+                   "occlusion": [{k: round(v, 4) for k, v in o.items()} for o in occ]})
+        for r in rules:
+            js["rules"][r].update(mu=_r4(res[r]["mu"]), mu_w=_r4(res[r]["mu_w"]))
     (out / f"eval_{tag}.json").write_text(json.dumps(js, allow_nan=True) + "\n")
     print()
     print(md)

@@ -20,6 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("info", help="print version, BLAS, threads and CUDA status")
     s.set_defaults(func=_cmd_info)
+    s = sub.add_parser("demo", help="explain the bundled images with the bundled model under "
+                       "several rules; write heatmap PNGs and print mu / mu_w scores")
+    from .demo import add_arguments as _demo_arguments, run_from_args as _demo_run
+    _demo_arguments(s)
+    s.set_defaults(func=_demo_run)
     from .explain import add_subcommands as _explain_subcommands   # explain, heatmaps
     _explain_subcommands(sub)
     return p

@@ -26,8 +26,16 @@ import numpy as np
 from . import boxes as _boxes
 from . import metrics, render
 
-__all__ = ["DEMO_RULES", "data_dir", "model_info", "load_bundled_model", "preprocess",
-           "load_bundled_images", "run", "main"]
+__all__ = [
+    "DEMO_RULES",
+    "data_dir",
+    "load_bundled_images",
+    "load_bundled_model",
+    "main",
+    "model_info",
+    "preprocess",
+    "run",
+]
 
 #: Rules and composites the demo shows (a uniform rule, two uniform alpha-beta rules, LRP_CMP).
 DEMO_RULES = ("epsilon", "alpha1beta0", "alpha2beta1", "cmp_alpha1", "cmp_alpha2_flat")
@@ -188,8 +196,11 @@ def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = "b
     say(f"  {'rule':<18} {'mean mu':>8} {'mean mu_w':>10}   (uniform map: mu_w = 1)")
     for rule in rules:
         say(f"  {rule:<18} {scores[rule]['mu']:>8.3f} {scores[rule]['mu_w']:>10.3f}")
+    colours = {"bwr": "red = positive relevance, blue = negative",
+               "toolbox": "yellow = positive relevance, blue = negative"}.get(
+        cmap, f"colour map {cmap}, zero relevance in the middle")
     say(f"  wrote {len(files)} PNG files to {out.resolve()}  (overview: {f.name}; "
-        f"red = positive relevance, blue = negative; box = ground truth)")
+        f"{colours}; box = ground truth)")
     say(f"  done in {seconds:.2f} s")
     return {"files": files, "scores": scores, "predictions": preds, "labels": labels,
             "seconds": seconds}
