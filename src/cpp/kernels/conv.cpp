@@ -101,6 +101,24 @@ void add_bias(const float* b, int O, int cols, float* y, std::int64_t ldy) {
   });
 }
 
+// Moves nb images' (O, P) planes between image-major storage (nb, O, P) at `images` and the
+// channel-major gemm layout (O, nb*P) with row stride ld at `rows`, in the direction asked
+// (`images` is only read when to_rows).
+void swap_image_channel(float* images, float* rows, int nb, int O, std::int64_t P,
+                        std::int64_t ld, bool to_rows) {
+  parallel_for(std::int64_t(nb) * O, std::int64_t(O) * nb * P, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t i = t / O, o = t % O;
+      float* img = images + (i * O + o) * P;
+      float* row = rows + o * ld + i * P;
+      if (to_rows)
+        std::memcpy(row, img, sizeof(float) * P);
+      else
+        std::memcpy(img, row, sizeof(float) * P);
+    }
+  });
+}
+
 }  // namespace
 
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
@@ -133,12 +151,7 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
         gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, col.get() + gr * Kg * ld,
              int(ld), 0.f, tmp.get() + std::int64_t(gr) * Og * ld, int(ld));
       if (b) add_bias(b, g.O, cols, tmp.get(), ld);
-      parallel_for(nb * g.O, std::int64_t(g.O) * cols, [&](std::int64_t t0, std::int64_t t1) {
-        for (std::int64_t t = t0; t < t1; ++t) {  // (o, i, p) -> (i, o, p)
-          const std::int64_t i = t / g.O, o = t % g.O;
-          std::memcpy(y + ((n0 + i) * g.O + o) * P, tmp.get() + o * ld + i * P, sizeof(float) * P);
-        }
-      });
+      swap_image_channel(y + std::int64_t(n0) * g.O * P, tmp.get(), nb, g.O, P, ld, false);
     }
     return;
   }
@@ -188,12 +201,8 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
     for (int n0 = 0; n0 < g.N; n0 += bl.images) {
       const int nb = std::min(bl.images, g.N - n0);
       const int cols = int(nb * P);
-      parallel_for(nb * g.O, std::int64_t(g.O) * cols, [&](std::int64_t t0, std::int64_t t1) {
-        for (std::int64_t t = t0; t < t1; ++t) {  // (i, o, p) -> (o, i, p)
-          const std::int64_t i = t / g.O, o = t % g.O;
-          std::memcpy(tmp.get() + o * ld + i * P, dy + ((n0 + i) * g.O + o) * P, sizeof(float) * P);
-        }
-      });
+      swap_image_channel(const_cast<float*>(dy) + std::int64_t(n0) * g.O * P, tmp.get(), nb, g.O, P,
+                         ld, true);
       for (int gr = 0; gr < g.group; ++gr)
         gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg, tmp.get() + gr * Og * ld,
              int(ld), 0.f, col.get() + std::int64_t(gr) * Kg * ld, int(ld));
