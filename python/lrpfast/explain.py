@@ -312,6 +312,16 @@ def resized_size(w: int, h: int, base: int) -> tuple[int, int]:
     return max(1, int(math.floor(w * base / h + 0.5))), base
 
 
+def _load_image(path: str, base: int, size: tuple[int, int], mean):
+    """preprocess() of an image file, or the message saying why it cannot be used."""
+    if not os.path.isfile(path):
+        return "image file not found"
+    try:
+        return preprocess(path, base, size, mean)
+    except Exception as e:   # Pillow raises many types for bad files
+        return f"cannot read image: {e}"
+
+
 def preprocess(image, base: int, size: tuple[int, int], mean=None):
     """One image -> (crop uint8 (H, W, 3) RGB, x float32 (3, H, W) BGR minus the mean).
 
@@ -527,18 +537,13 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
             failed += 1
             bar.step()
             continue
-        if not os.path.isfile(path):
-            _err(f"{where}: image file not found")
+        loaded = _load_image(path, cfg.baseimgsize, size, mean)
+        if isinstance(loaded, str):
+            _err(f"{where}: {loaded}")
             failed += 1
             bar.step()
             continue
-        try:
-            crop, x = preprocess(path, cfg.baseimgsize, size, mean)
-        except Exception as e:   # Pillow raises many types for bad files
-            _err(f"{where}: cannot read image: {e}")
-            failed += 1
-            bar.step()
-            continue
+        crop, x = loaded
         base = os.path.join(cfg.standalone_outpath, os.path.splitext(rel)[0])
         pending.append((path, cls, crop, x, base, line))
         if len(pending) >= batch:
@@ -682,18 +687,13 @@ def run_heatmaps(args) -> int:
             failed += 1
             bar.step()
             continue
-        if not os.path.isfile(path):
-            _err(f"{path}: image file not found")
+        loaded = _load_image(path, base_size, size, mean)
+        if isinstance(loaded, str):
+            _err(f"{path}: {loaded}")
             failed += 1
             bar.step()
             continue
-        try:
-            crop, x = preprocess(path, base_size, size, mean)
-        except Exception as e:
-            _err(f"{path}: cannot read image: {e}")
-            failed += 1
-            bar.step()
-            continue
+        crop, x = loaded
         stems.add(stem)
         pending.append((path, crop, x, stem))
         if len(pending) >= args.batch:
