@@ -39,7 +39,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_load import VGG16_CONVS, VGG16_FCS, vgg16_prototxt  # noqa: E402
+from bench_load import vgg16_prototxt  # noqa: E402
 
 COMPOSITES = [  # (lrpfast composite, zennit composite, label)
     ("epsilon", "Epsilon", "uniform eps"),

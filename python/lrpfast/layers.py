@@ -8,8 +8,6 @@ pooling and Eltwise SUM, identity for LRN/Dropout/Normalize, slicing for Concat,
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import ops
@@ -643,10 +641,9 @@ class Reshape(Flatten):
             else:
                 new.append(int(d))
         shape = list(full[:axis]) + new + list(full[end:])
-        if shape.count(-1) == 0 or shape[0] != -1 or shape[1:].count(-1) > 1:
-            if shape[0] != -1:
-                raise ValueError("Reshape must keep the batch axis (use 0 as its first dim)")
-        rest = [d for d in shape[1:]]
+        if shape[0] != -1:
+            raise ValueError("Reshape must keep the batch axis (use 0 as its first dim)")
+        rest = list(shape[1:])
         total = int(np.prod(in_shapes[0]))
         if rest.count(-1) == 1:
             known = int(np.prod([d for d in rest if d != -1]))
