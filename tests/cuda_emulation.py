@@ -12,6 +12,12 @@ machine without a GPU:
 "Device memory" is host memory owned by an opaque array (no ``__array__``: numpy cannot read it
 by accident); ``__cuda_array_interface__`` gives its real address, and
 ``from_cuda_array_interface`` wraps such an address without a copy, as the real module does.
+
+DLPack (``__dlpack__``, ``__dlpack_device__``, ``from_dlpack``) is not re-implemented here: the
+capsules are packed and unpacked by the real C++ code of ``lrpfast._cuda`` (its
+``dlpack_testing`` entries, which take the device as a parameter), on this host memory tagged
+as CUDA device 0, so the checks, capsule renaming and deleter calls under test are the GPU's.
+That needs ``lrpfast._cuda`` importable (it is wherever it was built: no driver is needed).
 """
 from __future__ import annotations
 
@@ -67,6 +73,19 @@ class DeviceArray:
 
     def reshape(self, shape):
         return DeviceArray(self._h.reshape([int(s) for s in shape]), self._owner)
+
+    def __dlpack__(self, stream=None, *, max_version=None, dl_device=None, copy=None):
+        if stream is not None and int(stream) == 0:
+            raise ValueError("__dlpack__: stream 0 is ambiguous for CUDA")
+        if dl_device is not None and tuple(dl_device) != (2, 0):
+            raise BufferError(f"__dlpack__: can only export to the array's own device (2, 0), "
+                              f"got {dl_device}")
+        h = self._h.copy() if copy else self._h
+        versioned = max_version is not None and int(max_version[0]) >= 1
+        return dlpack_impl().to_dlpack(h, 2, 0, versioned, self)
+
+    def __dlpack_device__(self):
+        return (2, 0)
 
     def copy(self):
         return _new(self._h.copy())
@@ -144,6 +163,31 @@ def from_cuda_array_interface(obj) -> DeviceArray:
     return DeviceArray(h, owner=obj)
 
 
+def dlpack_impl():
+    """The C++ DLPack packing/unpacking of the real lrpfast._cuda (module dlpack_testing)."""
+    try:
+        from lrpfast import _cuda
+    except ImportError:
+        cuda._preload_cublas()
+        try:
+            from lrpfast import _cuda
+        except ImportError as e:
+            raise RuntimeError(f"emulated DLPack needs lrpfast._cuda importable ({e})") from None
+    return _cuda.dlpack_testing
+
+
+def from_dlpack(capsule) -> DeviceArray:
+    d = dlpack_impl().from_dlpack(capsule, 2, 0)   # checks, renames, owns the deleter
+    shape = tuple(d.shape)
+    n = int(np.prod(shape)) if shape else 1
+    if n == 0:
+        return DeviceArray(np.empty(shape, d.dtype), owner=d)
+    ct = ctypes.c_int32 if d.dtype == np.int32 else ctypes.c_float
+    h = np.ctypeslib.as_array((ct * n).from_address(d.ptr)).reshape(shape)
+    _live[d.ptr] = h                               # views of it may be re-wrapped (slicing)
+    return DeviceArray(h, owner=(d, h))            # d's last reference runs the deleter
+
+
 def empty(shape, is_int=False):
     return _new(np.empty(shape, np.int32 if is_int else np.float32))
 
@@ -197,6 +241,15 @@ def stabilized_divide(r, z, eps, zero_to_zero=True):
         raise ValueError(f"stabilized_divide: r {r.shape} and z {z.shape} must have the same "
                          f"shape")
     return _new(_core.stabilized_divide(_h(r), _h(z), float(eps), bool(zero_to_zero)))
+
+
+def eltwise_forward(xs, operation, coeffs=None):
+    y, am = _core.eltwise_forward([_h(x) for x in xs], operation, coeffs)
+    return _new(y), (None if am is None else _new(am))
+
+
+def channel_affine(x, scale, bias=None):
+    return _new(_core.channel_affine(_h(x), _h(scale), _b(bias)))
 
 
 _BINOPS = [np.add, np.subtract, np.multiply, np.true_divide, np.maximum, np.minimum, np.greater,

@@ -128,6 +128,78 @@ def test_kernels_elementwise():
     assert abs((dr).sum() - float(r.astype(np.float64).sum())) < 1e-3
 
 
+@pytest.mark.parametrize("op", ["sum", "prod", "max"])
+def test_kernels_eltwise_affine(op):
+    """Same float32 operations in the same order without FMA: bit-identical to _core."""
+    m = cuda._load()
+    for k in (1, 2, 4, 11):                    # 11 inputs: two launches of up to 8
+        xs = [rnd(f"elt{i}", (2, 5, 7, 9)) for i in range(k)]
+        if op == "max":                        # ties: the first input holding the maximum wins
+            for x in xs[1:]:
+                x.reshape(-1)[::3] = xs[0].reshape(-1)[::3]
+        coeffs = np.linspace(-1.5, 2.0, k).tolist() if op == "sum" else None
+        y, am = _core.eltwise_forward(xs, op, coeffs)
+        gy, gam = m.eltwise_forward([cuda.to_device(x)._a for x in xs], op, coeffs)
+        np.testing.assert_array_equal(gy.to_host(), y)
+        if op == "max":
+            np.testing.assert_array_equal(gam.to_host(), am)
+        else:
+            assert gam is None
+    x, sc, b = rnd("ax", (3, 6, 5, 7)), rnd("as", (6,)), rnd("ab", (6,))
+    for bias in (b, None):
+        got = m.channel_affine(cuda.to_device(x)._a, cuda.to_device(sc)._a,
+                               None if bias is None else cuda.to_device(bias)._a)
+        np.testing.assert_array_equal(got.to_host(), _core.channel_affine(x, sc, bias))
+
+
+def _ptr(d):
+    return d.__cuda_array_interface__["data"][0]
+
+
+def test_kernels_dlpack():
+    x = rnd("dl", (2, 3, 4, 5))
+    xd = cuda.to_device(x)
+    assert xd.__dlpack_device__()[0] == 2
+    for kw in ({}, {"stream": 1}, {"stream": 2}, {"stream": -1}, {"max_version": (1, 0)}):
+        back = cuda.from_dlpack(xd.__dlpack__(**kw))
+        assert _ptr(back) == _ptr(xd)
+        np.testing.assert_array_equal(back.to_host(), x)
+    cp = cuda.from_dlpack(xd.__dlpack__(copy=True))
+    assert _ptr(cp) != _ptr(xd)
+    np.testing.assert_array_equal(cp.to_host(), x)
+    with pytest.raises(ValueError, match="stream 0"):
+        xd.__dlpack__(stream=0)
+    with pytest.raises(ValueError, match="the CPU"):
+        cuda.from_dlpack(x)
+
+
+def test_dlpack_torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch without CUDA")
+    x = rnd("dlt", (2, 3, 12, 12))
+    xd = cuda.to_device(x)
+    t = torch.from_dlpack(xd)                               # lrpfast -> PyTorch, same memory
+    assert t.is_cuda and t.data_ptr() == _ptr(xd)
+    np.testing.assert_array_equal(t.cpu().numpy(), x)
+    with torch.cuda.stream(torch.cuda.Stream()):            # a non-default consumer stream
+        t2 = torch.from_dlpack(xd) * 2
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(t2.cpu().numpy(), 2 * x)
+    tt = torch.from_numpy(x).cuda()
+    d = cuda.from_dlpack(tt)                                # PyTorch -> lrpfast, same memory
+    assert _ptr(d) == tt.data_ptr()
+    np.testing.assert_array_equal(d.to_host(), x)
+    rng = seeded_rng("cuda-gpu", "dlpack-net")
+    tn = cc.vgg_like(2, rng)
+    cpu = lrpfast.Net.from_text(tn.text, tn.weights)
+    dev = lrpfast.Net.from_text(tn.text, tn.weights, device="cuda")
+    got = dev.relevance(tt, 3, "epsilon")                  # torch in -> DeviceArray out
+    assert isinstance(got, cuda.DeviceArray)
+    assert cc.nmse(torch.from_dlpack(got).cpu().numpy(), cpu.relevance(x, 3, "epsilon")) \
+        <= cc.NMSE_TOL
+
+
 # ---- the rule x layer grid: each rule of rules.py over GPU twins of each operator type --------
 RULES = [rules.Zero(), rules.Epsilon(0.01), rules.AlphaBeta(1, 0), rules.AlphaBeta(2, 1),
          rules.Flat(), rules.WSquare(), rules.ZBox(-1.0, 1.0), rules.Gamma(0.25),

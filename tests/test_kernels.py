@@ -814,3 +814,126 @@ def test_alphabeta_signal_matches_numpy(groups, alpha, beta):
     assert got.shape == (n, 2 * c, h, w)
     np.testing.assert_allclose(got, want, rtol=AB_SIGNAL_RTOL, atol=1e-6)
     assert got[0, 0, 0, 0] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Eltwise and the per-channel affine map (BatchNorm/Scale after folding)
+# ---------------------------------------------------------------------------------------------
+# odd sizes, 1..5-D, one large enough to run threaded, one empty
+ELT_SHAPES = [(7,), (2, 3), (3, 5, 7), (2, 3, 5, 9), (1, 1, 1, 1), (4, 16, 33, 17), (0, 4)]
+
+
+def ref_eltwise(xs, op, coeffs):
+    x64 = np.stack([np.asarray(x, np.float64) for x in xs])
+    if op == "sum":
+        c = np.asarray(coeffs if coeffs is not None else [1.0] * len(xs), np.float64)
+        return np.tensordot(c, x64, axes=1), None
+    if op == "prod":
+        return np.prod(x64, axis=0), None
+    return x64.max(axis=0), np.argmax(x64, axis=0)  # argmax: the first maximum
+
+
+def numpy_eltwise_f32(xs, op, coeffs):
+    """The float32 numpy loop layers.Eltwise ran before the kernel (the kernel must match it
+    bit for bit)."""
+    if op == "sum":
+        y = np.zeros_like(xs[0])
+        for c, x in zip(coeffs if coeffs is not None else [1.0] * len(xs), xs):
+            y += np.float32(c) * x
+        return y
+    y = xs[0].copy()
+    for x in xs[1:]:
+        if op == "prod":
+            y *= x
+        else:
+            np.maximum(y, x, out=y)
+    return y
+
+
+@pytest.mark.parametrize("shape", ELT_SHAPES, ids=str)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("op", ["sum", "prod", "max"])
+def test_eltwise_forward(op, k, shape):
+    rng = np.random.default_rng([k, len(shape), int(np.prod(shape)), len(op)])
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(k)]
+    if op == "max" and k > 1:  # ties: the first input holding the maximum wins
+        for x in xs[1:]:
+            x.reshape(-1)[::3] = xs[0].reshape(-1)[::3]
+    coeffs = rng.uniform(-2, 2, k).tolist() if op == "sum" else None
+    y, am = core.eltwise_forward(xs, op, coeffs)
+    want, want_am = ref_eltwise(xs, op, coeffs)
+    assert y.dtype == np.float32 and y.shape == shape
+    assert_close(y, want)
+    np.testing.assert_array_equal(y, numpy_eltwise_f32(xs, op, coeffs))
+    if op == "max":
+        assert am.dtype == np.int32 and am.shape == shape
+        np.testing.assert_array_equal(am, want_am)
+    else:
+        assert am is None
+    if op == "sum":  # no coeffs = all ones
+        np.testing.assert_array_equal(core.eltwise_forward(xs, "sum")[0],
+                                      numpy_eltwise_f32(xs, "sum", None))
+
+
+def test_eltwise_max_nan_and_conversion():
+    a = np.array([1.0, np.nan, 2.0, -1.0], np.float32)
+    b = np.array([np.nan, 3.0, 1.0, -1.0], np.float32)
+    y, am = core.eltwise_forward([a, b], "max")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(np.maximum(a, b)))  # NaN propagates
+    np.testing.assert_array_equal(am, [1, 0, 0, 0])
+    # float64 / non-contiguous inputs are converted; the result is float32
+    x = np.arange(24, dtype=np.float64).reshape(4, 6)
+    y, _ = core.eltwise_forward((x.T, x.T), "sum", np.array([0.5, 2.0]))
+    np.testing.assert_array_equal(y, (2.5 * x.T).astype(np.float32))
+
+
+CA_SHAPES = [(2, 3), (2, 3, 5), (1, 4, 7, 9), (3, 5, 2, 3, 4), (2, 40, 33, 17), (0, 3, 2)]
+
+
+@pytest.mark.parametrize("shape", CA_SHAPES, ids=str)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_channel_affine(shape, with_bias):
+    rng = np.random.default_rng([len(shape), int(np.prod(shape)), with_bias])
+    x = rng.standard_normal(shape).astype(np.float32)
+    s = rng.standard_normal(shape[1]).astype(np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32) if with_bias else None
+    bc = (1, -1) + (1,) * (len(shape) - 2)
+    y = core.channel_affine(x, s, b)
+    want = x.astype(np.float64) * s.reshape(bc)
+    if b is not None:
+        want = want + b.astype(np.float64).reshape(bc)
+    assert y.dtype == np.float32 and y.shape == shape
+    assert_close(y, want)
+    f32 = x * s.reshape(bc)  # numpy's float32 x*s + b, which DiagOp computed before
+    np.testing.assert_array_equal(y, f32 if b is None else f32 + b.reshape(bc))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: core.eltwise_forward([], "sum"), "xs must be a non-empty sequence"),
+        (lambda: core.eltwise_forward(None, "sum"), "xs must be"),
+        (lambda: core.eltwise_forward(X, "sum"), None),  # an array is a sequence of arrays
+        (lambda: core.eltwise_forward([X, X[:1]], "sum"), r"xs\[1\] must have the shape of xs\[0\]"),
+        (lambda: core.eltwise_forward([X, X, X[..., :1]], "max"), r"xs\[2\] must have the shape"),
+        (lambda: core.eltwise_forward([X, "a"], "prod"), r"xs\[1\] must be an array of float32"),
+        (lambda: core.eltwise_forward([X, X], "min"), "operation must be 'sum', 'prod' or 'max'"),
+        (lambda: core.eltwise_forward([X, X], "sum", [1.0]), "coeffs must have one value per input"),
+        (lambda: core.eltwise_forward([X, X], "max", [1.0, 1.0]), "coeffs are only defined"),
+        (lambda: core.eltwise_forward([X, X], "sum", "ab"), "coeffs must be a sequence"),
+        (lambda: core.eltwise_forward([X, X], "sum", [1.0, "a"]), "coeffs must be a sequence"),
+        (lambda: core.channel_affine(X[0, 0, 0], np.ones(8, np.float32)), "x must be"),
+        (lambda: core.channel_affine(None, np.ones(4, np.float32)), "x is required"),
+        (lambda: core.channel_affine(X, np.ones(3, np.float32)), r"scale must have shape \(4,\)"),
+        (lambda: core.channel_affine(X, np.ones((4, 1), np.float32)), "scale must be 1-D"),
+        (lambda: core.channel_affine(X, np.ones(4, np.float32), np.ones(5, np.float32)),
+         r"bias must have shape \(4,\)"),
+    ],
+)
+def test_eltwise_affine_errors(call, match):
+    if match is None:  # X (2, 4, 8, 8) as xs: two inputs of shape (4, 8, 8)
+        y, _ = call()
+        np.testing.assert_array_equal(y, X[0] + X[1])
+        return
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -111,3 +111,20 @@ def alphabeta_signal(
 ) -> FloatArray:
     """(N, C, ...) -> (N, 2C, ...): per group [alpha*r/zp ; -beta*r/(z-zp)], 0 where a
     denominator is exactly 0 (the alpha-beta signal for x >= 0, for the stacked weights [W+; W-])."""
+
+def eltwise_forward(
+    xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (no broadcasting)
+    operation: str,  # "sum", "prod" or "max"
+    coeffs: Sequence[float] | None = None,  # "sum" only: one per input (None = all 1)
+) -> tuple[FloatArray, Int32Array | None]:
+    """Caffe's Eltwise -> (y, argmax), y of the inputs' shape, evaluated per element in input
+    order in float32 (bit-identical to the numpy loop): sum_k coeffs[k]*xs[k], the product, or
+    the maximum with argmax (int32) = the index of the first input holding it; argmax is None
+    except for "max"."""
+
+def channel_affine(
+    x: ArrayLike,  # (N, C, ...)
+    scale: ArrayLike,  # (C,)
+    bias: ArrayLike | None = None,  # (C,) or None
+) -> FloatArray:  # (N, C, ...) = x * scale[c] + bias[c], rounded as numpy's x*s + b
+    """The per-channel affine map of BatchNorm/Scale (after folding) and ops.DiagOp."""

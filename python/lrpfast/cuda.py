@@ -11,8 +11,23 @@ at the first use. Layout: C-contiguous float32 (int32 for max-pooling argmax), N
     y = np.maximum(x, 0) * x                 # runs on the GPU (DeviceArray.__array_ufunc__)
     y.to_host()                              # device -> host
 
-Interop: ``DeviceArray.__cuda_array_interface__`` (CuPy, Numba, PyTorch ``torch.as_tensor``) and
-:func:`from_cuda` for objects exposing it (no copy).
+Interop (no copies; inputs and outputs may stay on the GPU):
+
+* DLPack both ways: ``DeviceArray.__dlpack__`` / ``__dlpack_device__`` (kDLCUDA = 2), so
+  ``torch.from_dlpack(d)``, ``cupy.from_dlpack(d)``, ``jax.dlpack.from_dlpack(d)`` work; and
+  :func:`from_dlpack` wraps any object with ``__dlpack__`` (or a raw "dltensor" /
+  "dltensor_versioned" capsule): C-contiguous float32 (int32) on the current CUDA device, the
+  producer kept alive and its deleter called when the last view is freed.
+* ``DeviceArray.__cuda_array_interface__`` (CuPy, Numba, ``torch.as_tensor``) and :func:`from_cuda`
+  for objects exposing it.
+
+:func:`to_device` and ``Net(device="cuda")`` accept both kinds of input; an object offering both
+(a PyTorch CUDA tensor, CuPy) goes through DLPack, whose stream hand-over orders the producer's
+pending work before lrpfast's kernels (``__cuda_array_interface__``'s stream is not consulted).
+
+    t = torch.randn(8, 3, 227, 227, device="cuda")
+    R = net.relevance(t, -1)                 # a DeviceArray, never copied to the host
+    torch.from_dlpack(R)                     # back to PyTorch, same memory
 """
 from __future__ import annotations
 
@@ -198,6 +213,15 @@ class DeviceArray:
     def to_host(self) -> np.ndarray:
         return self._a.to_host()
 
+    def __dlpack__(self, stream=None, *, max_version=None, dl_device=None, copy=None):
+        """DLPack export (no copy unless ``copy=True``): see ``lrpfast._cuda.DeviceArray``."""
+        return self._a.__dlpack__(stream, max_version=max_version, dl_device=dl_device,
+                                  copy=copy)
+
+    def __dlpack_device__(self):
+        """(2, device id): kDLCUDA."""
+        return self._a.__dlpack_device__()
+
     def __array__(self, dtype=None, copy=None):
         a = self._a.to_host()
         return a if dtype is None else a.astype(dtype)
@@ -350,10 +374,19 @@ def _host_operand(a) -> DeviceArray:
     return _const(a)
 
 
+def _dev(a) -> DeviceArray:
+    """A device operand: DeviceArrays as they are, host arrays as (cached) constants."""
+    return a if isinstance(a, DeviceArray) else _host_operand(a)
+
+
 def to_device(a) -> DeviceArray:
-    """numpy (or anything np.asarray accepts) -> DeviceArray; ints become float32 except int32."""
+    """numpy (or anything np.asarray accepts) -> DeviceArray (a copy; ints become float32 except
+    int32). Device arrays are wrapped without a copy: a CUDA DLPack producer or capsule through
+    :func:`from_dlpack` (preferred), else ``__cuda_array_interface__`` through :func:`from_cuda`."""
     if isinstance(a, DeviceArray):
         return a
+    if _dlpack_on_cuda(a) or _is_capsule(a):
+        return from_dlpack(a)
     if hasattr(a, "__cuda_array_interface__"):
         return from_cuda(a)
     a = np.asarray(a)
@@ -368,9 +401,56 @@ def from_cuda(obj) -> DeviceArray:
     return DeviceArray(_load().from_cuda_array_interface(obj))
 
 
+KDLCUDA = 2  # DLPack's device type of CUDA device memory
+_DL_DEVICES = {1: "the CPU", 2: "CUDA", 3: "CUDA host (pinned) memory", 13: "CUDA managed memory"}
+
+
+def _is_capsule(a) -> bool:
+    return type(a).__name__ == "PyCapsule"
+
+
+def _dlpack_on_cuda(a) -> bool:
+    """a speaks DLPack and says its memory is CUDA device memory (numpy arrays and CPU tensors,
+    which speak it too, do not)."""
+    if not (hasattr(a, "__dlpack__") and hasattr(a, "__dlpack_device__")):
+        return False
+    try:
+        return int(a.__dlpack_device__()[0]) == KDLCUDA
+    except Exception:  # noqa: BLE001 - a broken producer is simply not a device array
+        return False
+
+
+def from_dlpack(obj) -> DeviceArray:
+    """Wrap a DLPack tensor without a copy: any object with ``__dlpack__`` (PyTorch CUDA tensor,
+    CuPy, JAX, a DeviceArray) or a raw "dltensor"/"dltensor_versioned" capsule (consumed).
+    The tensor must be C-contiguous float32 (or int32) on the current CUDA device (ValueError
+    otherwise); the producer stays alive and its deleter runs once, when the last view of the
+    result is freed. The producer is asked for stream 1 (the legacy default stream every lrpfast
+    kernel runs on), so its pending work is ordered before ours."""
+    if isinstance(obj, DeviceArray):
+        return obj
+    m = _load()
+    if not _is_capsule(obj):
+        if not hasattr(obj, "__dlpack__"):
+            raise TypeError(f"from_dlpack: {type(obj).__name__} has no __dlpack__")
+        if hasattr(obj, "__dlpack_device__"):
+            kind = int(obj.__dlpack_device__()[0])
+            if kind != KDLCUDA:
+                raise ValueError(f"from_dlpack: the tensor is on "
+                                 f"{_DL_DEVICES.get(kind, f'DLPack device type {kind}')}, not "
+                                 f"on a CUDA device (copy it with cuda.to_device instead)")
+        try:
+            obj = obj.__dlpack__(stream=1, max_version=(1, 0))
+        except TypeError:  # a producer predating DLPack 1.0 (no max_version)
+            obj = obj.__dlpack__(stream=1)
+    return DeviceArray(m.from_dlpack(obj))
+
+
 def is_device_array(a) -> bool:
-    """A DeviceArray or any object exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA)."""
-    return isinstance(a, DeviceArray) or hasattr(a, "__cuda_array_interface__")
+    """A DeviceArray, an object exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA) or a
+    DLPack producer on a CUDA device."""
+    return (isinstance(a, DeviceArray) or hasattr(a, "__cuda_array_interface__")
+            or _dlpack_on_cuda(a))
 
 
 def all_finite(a: DeviceArray) -> bool:
@@ -559,6 +639,22 @@ class _Kernels:
         return out.reshape((n, 2 * c) + tuple(r.shape[2:]))
 
     @staticmethod
+    def eltwise_forward(xs, operation, coeffs=None):
+        """Caffe's Eltwise ("sum" with coeffs, "prod", "max"): K device arrays of one shape ->
+        (y, argmax), argmax (int32, shape of y: the first input holding the maximum) for "max",
+        else None. Bit-identical to _core.eltwise_forward."""
+        y, am = _load().eltwise_forward([_dev(x)._a for x in xs], operation,
+                                        None if coeffs is None else [float(c) for c in coeffs])
+        return DeviceArray(y), (None if am is None else DeviceArray(am))
+
+    @staticmethod
+    def channel_affine(x, scale, bias=None):
+        """x (N, C, ...), scale (C,), bias (C,) or None -> x * scale[c] + bias[c] (the forward
+        of BatchNorm/Scale); host scale/bias are uploaded once (content-keyed)."""
+        return DeviceArray(_load().channel_affine(_dev(x)._a, _dev(scale)._a,
+                                                  None if bias is None else _dev(bias)._a))
+
+    @staticmethod
     def pool_forward(x, method, kernel, stride=1, pad=0, ceil_mode=True):
         y, am = _load().pool_forward(x._a, method, kernel, stride, pad, ceil_mode)
         return DeviceArray(y), (None if am is None else DeviceArray(am))
@@ -656,16 +752,12 @@ def make_cuda_op(op):
         cls = CudaInnerProductOp
     elif isinstance(op, ops.DiagOp):
         class CudaDiagOp(_CudaOpMixin, ops.DiagOp):
-            def _bc(self, v, ndim):
-                return DeviceArray(v).reshape((1, -1) + (1,) * (ndim - 2))
-
             def fwd(self, x, kind="w", bias="b"):
-                y = x * self._bc(self.dweights(kind), x.ndim)
-                bb = self.dbias(bias)
-                return y if bb is None else y + self._bc(bb, x.ndim)
+                return DeviceArray(m.channel_affine(_dev(x)._a, self.dweights(kind),
+                                                    self.dbias(bias)))
 
             def bwd(self, s, kind="w"):
-                return s * self._bc(self.dweights(kind), s.ndim)
+                return DeviceArray(m.channel_affine(_dev(s)._a, self.dweights(kind), None))
         cls = CudaDiagOp
     elif isinstance(op, ops.AvgPoolOp):
         class CudaAvgPoolOp(_CudaOpMixin, ops.AvgPoolOp):

@@ -508,19 +508,9 @@ class Eltwise(Layer):
         return [in_shapes[0]]
 
     def forward(self, xs):
-        if self.op_name == "sum":
-            y = np.zeros_like(xs[0])
-            for c, x in zip(self.coeffs, xs):
-                y += x if c == 1.0 else np.float32(c) * x
-            return [y], {}
-        if self.op_name == "prod":
-            y = xs[0].copy()
-            for x in xs[1:]:
-                y *= x
-            return [y], {}
-        y = xs[0].copy()
-        for x in xs[1:]:
-            np.maximum(y, x, out=y)
+        # one kernel (CPU or CUDA twin): in input order, float32, as the numpy loop would
+        y, _ = _kernels(xs[0]).eltwise_forward(
+            list(xs), self.op_name, self.coeffs if self.op_name == "sum" else None)
         return [y], {}
 
     def check_relevance(self, ctx):

@@ -171,12 +171,15 @@ class Net:
 
     def _check_device_input(self, name, a, shape):
         """device='cuda': a device array input (DeviceArray, CuPy, PyTorch CUDA tensor...) is
-        wrapped without a copy and checked on the device."""
+        wrapped without a copy and checked on the device. DLPack producers on a CUDA device
+        (``__dlpack__``) are taken through DLPack, preferred when an object also exposes
+        ``__cuda_array_interface__`` (the DLPack stream hand-over orders the producer's pending
+        work before ours); other objects through ``__cuda_array_interface__`` (cuda.to_device)."""
         from . import cuda
 
         try:
             a = cuda.to_device(a)
-        except (TypeError, ValueError, RuntimeError) as e:
+        except (TypeError, ValueError, RuntimeError, BufferError) as e:
             raise ValueError(f"input {name!r}: {e}") from None
         if a.dtype != np.float32:
             raise ValueError(f"input {name!r}: a device input must be float32, got {a.dtype}")

@@ -144,20 +144,14 @@ class InnerProductOp(LinearOp):
 
 
 class DiagOp(LinearOp):
-    """Per-channel affine map y = a_c x + c_c (an unfolded BatchNorm/Scale), x (N, C, ...)."""
-
-    def _bc(self, v, ndim):
-        return v.reshape((1, -1) + (1,) * (ndim - 2))
+    """Per-channel affine map y = a_c x + c_c (an unfolded BatchNorm/Scale), x (N, C, ...);
+    w = a (C,), b = c (C,). Both products are the ``channel_affine`` kernel."""
 
     def fwd(self, x, kind="w", bias="b"):
-        y = x * self._bc(self.weights(kind), x.ndim)
-        bb = self.bias(bias)
-        if bb is not None:
-            y = y + self._bc(bb, x.ndim)
-        return y.astype(np.float32, copy=False)
+        return _kernels(x).channel_affine(x, self.weights(kind), self.bias(bias))
 
     def bwd(self, s, kind="w"):
-        return (s * self._bc(self.weights(kind), s.ndim)).astype(np.float32, copy=False)
+        return _kernels(s).channel_affine(s, self.weights(kind), None)
 
 
 class AvgPoolOp(LinearOp):

@@ -323,6 +323,83 @@ py::array_t<float> alphabeta_signal(const py::object& ro, const py::object& zo,
   return out;
 }
 
+// (y, argmax): Caffe's Eltwise over the arrays of `xs` (one shape); argmax (int32, shape of y)
+// for "max", None otherwise.
+py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
+                          const py::object& coeffso) {
+  const auto op = lrpfast::parse_eltwise_op(operation.c_str());
+  if (xso.is_none() || !py::isinstance<py::sequence>(xso) || py::isinstance<py::str>(xso) ||
+      py::len(xso) == 0)
+    fail("xs must be a non-empty sequence of arrays");
+  auto seq = py::reinterpret_borrow<py::sequence>(xso);
+  const size_t K = seq.size();
+  require(K <= size_t(INT32_MAX), "xs: too many inputs");
+  std::vector<Input<float>> xs;
+  std::vector<const float*> ptrs;
+  for (size_t k = 0; k < K; ++k) {
+    const std::string name = "xs[" + std::to_string(k) + "]";
+    xs.push_back(input<float>(seq[k], name.c_str(), -1, ""));
+    require(xs[k].shape == xs[0].shape, name, " must have the shape of xs[0] ",
+            shape_str(xs[0].shape), ", got ", shape_str(xs[k].shape));
+    ptrs.push_back(xs[k].data());
+  }
+  std::vector<float> coeffs;
+  if (!coeffso.is_none()) {
+    require(op == lrpfast::EltwiseOp::Sum, "coeffs are only defined for operation 'sum'");
+    if (!py::isinstance<py::sequence>(coeffso) || py::isinstance<py::str>(coeffso))
+      fail("coeffs must be a sequence of numbers or None, got ", std::string(py::repr(coeffso)));
+    try {
+      for (auto c : coeffso) coeffs.push_back(float(c.cast<double>()));
+    } catch (const py::cast_error&) {
+      fail("coeffs must be a sequence of numbers, got ", std::string(py::repr(coeffso)));
+    }
+    require(coeffs.size() == K, "coeffs must have one value per input (", K, "), got ",
+            coeffs.size());
+  }
+  auto y = output<float>(xs[0].shape);
+  float* yp = y.mutable_data();
+  py::object am = py::none();
+  std::int32_t* ap = nullptr;
+  if (op == lrpfast::EltwiseOp::Max) {
+    auto a = output<std::int32_t>(xs[0].shape);
+    ap = a.mutable_data();
+    am = a;
+  }
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::eltwise_forward(op, int(K), ptrs.data(), coeffs.empty() ? nullptr : coeffs.data(),
+                                  xs[0].size(), yp, ap);
+  }
+  return py::make_tuple(y, am);
+}
+
+py::array_t<float> channel_affine(const py::object& xo, const py::object& so,
+                                  const py::object& bo) {
+  auto x = input<float>(xo, "x", -1, "");
+  require(x.shape.size() >= 2, "x must be (N, C, ...) with at least 2 dimensions, got shape ",
+          shape_str(x.shape));
+  const i64 N = x[0], C = x[1];
+  i64 P = 1;
+  for (size_t d = 2; d < x.shape.size(); ++d) P *= x[d];
+  auto s = input<float>(so, "scale", 1, "(C)");
+  require(s[0] == C, "scale must have shape (", C, ",) (one value per channel), got ",
+          shape_str(s.shape));
+  Input<float> bk;
+  if (!bo.is_none()) {
+    bk = input<float>(bo, "bias", 1, "(C)");
+    require(bk[0] == C, "bias must have shape (", C, ",) (one value per channel), got ",
+            shape_str(bk.shape));
+  }
+  auto y = output<float>(x.shape);
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::channel_affine(N, C, P, x.data(), s.data(), bo.is_none() ? nullptr : bk.data(),
+                                 yp);
+  }
+  return y;
+}
+
 void set_num_threads(i64 n) {
   require(n >= 1 && n <= 4096, "number of threads must be in 1..4096, got ", n);
   lrpfast::set_num_threads(int(n));
@@ -426,6 +503,18 @@ PYBIND11_MODULE(_core, m) {
         "(N, C, ...) -> (N, 2C, ...) laid out per group g as [alpha*r/zp ; -beta*r/(z-zp)] over\n"
         "that group's C/groups channels (a zero denominator gives 0), for one transposed product\n"
         "with the stacked weights [W+; W-] (ops weight kind 'pm').");
+
+  m.def("eltwise_forward", &eltwise_forward, py::arg("xs"), py::arg("operation"),
+        py::arg("coeffs") = py::none(),
+        "Caffe's Eltwise: xs, a sequence of K >= 1 arrays of one shape -> (y, argmax), y of that\n"
+        "shape, evaluated per element in input order in float32 (bit-identical to the numpy\n"
+        "loop). operation 'sum': y = sum_k coeffs[k] * xs[k] (coeffs: K values, None = all 1);\n"
+        "'prod': the product; 'max': the maximum, argmax (int32, shape of y) the index k of the\n"
+        "first input holding it. argmax is None except for 'max'.");
+  m.def("channel_affine", &channel_affine, py::arg("x"), py::arg("scale"),
+        py::arg("bias") = py::none(),
+        "Per-channel affine map (BatchNorm/Scale after folding): x (N, C, ...), scale (C,), bias\n"
+        "(C,) or None -> y (N, C, ...) = x * scale[c] + bias[c], rounded as numpy's x*s + b.");
 
   // The LRPFAST_HD index helpers of kernels/geometry.hpp shared by the CPU kernels and their CUDA
   // twins, exposed so CPU tests (tests/test_cuda_geometry.py) check the CUDA index arithmetic.

@@ -1,6 +1,7 @@
 #include "kernels/elementwise.hpp"
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/check.hpp"
 #include "kernels/parallel.hpp"
@@ -9,6 +10,13 @@ namespace lrpfast {
 
 void check_stabilizer(double eps) {
   require(std::isfinite(eps) && eps >= 0, "stabilizer eps must be finite and >= 0, got ", eps);
+}
+
+EltwiseOp parse_eltwise_op(const char* name) {
+  if (std::strcmp(name, "prod") == 0) return EltwiseOp::Prod;
+  if (std::strcmp(name, "sum") == 0) return EltwiseOp::Sum;
+  if (std::strcmp(name, "max") == 0) return EltwiseOp::Max;
+  fail("operation must be 'sum', 'prod' or 'max', got '", name, "'");
 }
 
 namespace cpu {
@@ -48,6 +56,65 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
         const float zpi = pp[i], zni = zz[i] - pp[i];
         op[i] = zpi == 0.f ? 0.f : alpha * (rr[i] / zpi);
         on[i] = zni == 0.f ? 0.f : -beta * (rr[i] / zni);
+      }
+    }
+  });
+}
+
+void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* coeffs,
+                     std::int64_t n, float* y, std::int32_t* argmax) {
+  // Blocks of elements, inputs in the inner loop over a block: each input is streamed once.
+  constexpr std::int64_t kBlock = 4096;
+  const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+  parallel_for(blocks, n * K, [&](std::int64_t b0, std::int64_t b1) {
+    const std::int64_t lo = b0 * kBlock, hi = b1 * kBlock < n ? b1 * kBlock : n;
+    float* yy = y + lo;
+    const std::int64_t m = hi - lo;
+    if (op == EltwiseOp::Sum) {
+      for (std::int64_t i = 0; i < m; ++i) yy[i] = 0.f;
+      for (int k = 0; k < K; ++k) {
+        const float c = coeffs ? coeffs[k] : 1.f, *x = xs[k] + lo;
+        for (std::int64_t i = 0; i < m; ++i) yy[i] = yy[i] + c * x[i];
+      }
+    } else if (op == EltwiseOp::Prod) {
+      std::memcpy(yy, xs[0] + lo, sizeof(float) * m);
+      for (int k = 1; k < K; ++k) {
+        const float* x = xs[k] + lo;
+        for (std::int64_t i = 0; i < m; ++i) yy[i] = yy[i] * x[i];
+      }
+    } else {
+      std::memcpy(yy, xs[0] + lo, sizeof(float) * m);
+      std::int32_t* am = argmax ? argmax + lo : nullptr;
+      if (am)
+        for (std::int64_t i = 0; i < m; ++i) am[i] = 0;
+      for (int k = 1; k < K; ++k) {
+        const float* x = xs[k] + lo;
+        for (std::int64_t i = 0; i < m; ++i) {
+          if (x[i] > yy[i] || (x[i] != x[i] && yy[i] == yy[i])) {
+            yy[i] = x[i];
+            if (am) am[i] = k;
+          }
+        }
+      }
+    }
+  });
+}
+
+void channel_affine(std::int64_t N, std::int64_t C, std::int64_t P, const float* x,
+                    const float* scale, const float* bias, float* y) {
+  const std::int64_t rows = N * C;  // one (n, c) channel plane per row
+  parallel_for(rows, rows * P, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t t = lo; t < hi; ++t) {
+      const float s = scale[t % C], b = bias ? bias[t % C] : 0.f;
+      const float* xx = x + t * P;
+      float* yy = y + t * P;
+      if (bias) {
+        for (std::int64_t i = 0; i < P; ++i) {
+          const float p = xx[i] * s;  // rounded before the addition (no FMA in the default build)
+          yy[i] = p + b;
+        }
+      } else {
+        for (std::int64_t i = 0; i < P; ++i) yy[i] = xx[i] * s;
       }
     }
   });

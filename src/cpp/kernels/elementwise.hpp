@@ -7,6 +7,11 @@ namespace lrpfast {
 // Checks eps (finite, >= 0); throws std::invalid_argument.
 void check_stabilizer(double eps);
 
+// Caffe's EltwiseParameter operations (same codes).
+enum class EltwiseOp : int { Prod = 0, Sum = 1, Max = 2 };
+// "prod", "sum" or "max" -> EltwiseOp; throws std::invalid_argument otherwise.
+EltwiseOp parse_eltwise_op(const char* name);
+
 namespace cpu {
 // out[i] = r[i] / (z[i] + eps * sign(z[i])), sign(0) = +1 (so -0.0 counts as +).
 // zero_to_zero: where that denominator is exactly 0, out[i] = 0 (LRP: "a zero denominator
@@ -23,5 +28,22 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,
                       const float* r, const float* z, const float* zp, float alpha, float beta,
                       float* out);
+
+// Caffe's Eltwise forward over K >= 1 inputs xs[0..K) of n elements each (the same shape),
+// evaluated per element in input order with float32 rounding after every step, so the result is
+// bit-identical to the obvious numpy loop (and to the CUDA twin):
+//   Sum:  y = ((0 + c[0]*x0) + c[1]*x1) + ...   (coeffs: K values; nullptr = all 1)
+//   Prod: y = (x0 * x1) * ...                   (coeffs ignored)
+//   Max:  y = max_k xk; argmax[i] = the FIRST k holding it (strictly greater wins; a NaN input
+//         wins over a number, so NaN propagates as in np.maximum). argmax may be nullptr.
+void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* coeffs,
+                     std::int64_t n, float* y, std::int32_t* argmax);
+
+// The forward of BatchNorm/Scale after folding (a per-channel affine map), x and y (N, C, P):
+// y[n,c,p] = x[n,c,p] * scale[c] + bias[c], rounded after the product and after the sum (as
+// numpy's x * scale + bias; the default build emits no fused multiply-add). bias nullptr: y = x * scale.
+// y may alias x.
+void channel_affine(std::int64_t N, std::int64_t C, std::int64_t P, const float* x,
+                    const float* scale, const float* bias, float* y);
 }  // namespace cpu
 }  // namespace lrpfast

@@ -4,26 +4,32 @@
 // driver at the first CUDA call, and device_count() reports its absence without throwing.
 //
 // DeviceArray owns device memory from the caching allocator (or wraps a foreign pointer taken from
-// __cuda_array_interface__, keeping the owner alive), C-contiguous float32 or int32. The kernel
+// __cuda_array_interface__ or a DLPack capsule, keeping the owner alive), C-contiguous float32 or
+// int32. DLPack both ways: DeviceArray.__dlpack__ / __dlpack_device__ export, from_dlpack imports
+// (the "dltensor" capsule of DLPack 0.x and the "dltensor_versioned" one of 1.x, bindings/dlpack.hpp). The kernel
 // functions mirror _core's (same names and arguments) with DeviceArray in place of numpy arrays;
 // validation happens on the host (make_*_geom) before any kernel runs.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "bindings/dlpack.hpp"
 #include "kernels/check.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/kernels.hpp"
 
 namespace py = pybind11;
 namespace cu = lrpfast::cuda;
+namespace dl = lrpfast::dlpack;
 using lrpfast::fail;
 using lrpfast::require;
 using i64 = std::int64_t;
@@ -200,6 +206,214 @@ const float* bias(const py::object& bo, i64 n) {
   return b.f();
 }
 
+// ---- DLPack ------------------------------------------------------------------------------------
+// Export: a capsule owning a ManagedTensor whose manager_ctx holds a view of the array (so the
+// memory outlives the DeviceArray if needed); the deleter frees both, from any thread. Import: the
+// capsule is checked, renamed "used_..." and its ManagedTensor owned by a Python object that the
+// DeviceArray (and every view of it) keeps: the producer's deleter runs once, with the last view.
+template <class M>
+struct Names;
+template <>
+struct Names<dl::ManagedTensor> {
+  static constexpr const char* name = "dltensor";
+  static constexpr const char* used = "used_dltensor";
+};
+template <>
+struct Names<dl::ManagedTensorVersioned> {
+  static constexpr const char* name = "dltensor_versioned";
+  static constexpr const char* used = "used_dltensor_versioned";
+};
+
+struct ExportCtx {
+  DeviceArray keep;                      // holds the block (or the foreign owner) alive
+  std::vector<std::int64_t> shape, strides;  // what dl_tensor.shape / .strides point to
+};
+
+template <class M>
+void delete_exported(M* m) {  // the deleter handed to consumers: any thread, GIL or not
+  if (!m) return;
+  auto* ctx = static_cast<ExportCtx*>(m->manager_ctx);
+  delete m;
+  if (!Py_IsInitialized()) return;  // interpreter gone: leak the view rather than crash
+  py::gil_scoped_acquire gil;       // the view may own Python objects
+  delete ctx;
+}
+
+template <class M>
+void capsule_destructor(PyObject* cap) {  // a capsule nobody consumed deletes its tensor
+  if (!PyCapsule_IsValid(cap, Names<M>::name)) return;  // consumed: renamed "used_..."
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  auto* m = static_cast<M*>(PyCapsule_GetPointer(cap, Names<M>::name));
+  if (m && m->deleter) m->deleter(m);
+  PyErr_Restore(type, value, tb);
+}
+
+template <class M>
+py::capsule export_dlpack(const DeviceArray& a, dl::Device device, std::uint64_t flags) {
+  auto ctx = std::make_unique<ExportCtx>();
+  ctx->keep = a;
+  ctx->shape = a.shape;
+  ctx->strides.assign(a.shape.size(), 1);  // C-contiguous, in elements
+  for (size_t k = a.shape.size(); k-- > 1;)
+    ctx->strides[k - 1] = ctx->strides[k] * std::max<i64>(a.shape[k], 1);
+  auto m = std::make_unique<M>();  // zero-initialised
+  dl::Tensor& t = m->dl_tensor;
+  t.data = a.ptr;
+  t.device = device;
+  t.ndim = std::int32_t(a.shape.size());
+  t.dtype = a.is_int ? dl::DataType{dl::kDLInt, 32, 1} : dl::DataType{dl::kDLFloat, 32, 1};
+  t.shape = ctx->shape.data();
+  t.strides = ctx->strides.data();
+  t.byte_offset = 0;
+  m->manager_ctx = ctx.get();
+  m->deleter = &delete_exported<M>;
+  if constexpr (std::is_same<M, dl::ManagedTensorVersioned>::value) {
+    m->version = {1, 0};
+    m->flags = flags;
+  }
+  PyObject* cap = PyCapsule_New(m.get(), Names<M>::name, &capsule_destructor<M>);
+  if (!cap) throw py::error_already_set();
+  ctx.release();
+  m.release();
+  return py::reinterpret_steal<py::capsule>(cap);
+}
+
+std::string device_str(std::int32_t type) {
+  switch (type) {
+    case dl::kDLCPU: return "CPU";
+    case dl::kDLCUDA: return "CUDA";
+    case dl::kDLCUDAHost: return "CUDA host (pinned) memory";
+    case dl::kDLCUDAManaged: return "CUDA managed memory";
+  }
+  return "device type " + std::to_string(type);
+}
+
+std::string dtype_str(dl::DataType d) {
+  static const char* names[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
+  std::string s = d.code < 7 ? names[d.code] : "code" + std::to_string(d.code) + "_";
+  s += std::to_string(d.bits);
+  if (d.lanes != 1) s += "x" + std::to_string(d.lanes);
+  return s;
+}
+
+// A DeviceArray view of a DLTensor on `want` (device type and id), float32 or int32, C-contiguous.
+DeviceArray dlpack_view(const dl::Tensor& t, dl::Device want) {
+  require(t.device.device_type == want.device_type, "DLPack: the tensor is on ",
+          device_str(t.device.device_type), ", expected ", device_str(want.device_type),
+          " (DLPack device type ", want.device_type, ")");
+  require(t.device.device_id == want.device_id, "DLPack: the tensor is on ",
+          device_str(t.device.device_type), " device ", t.device.device_id,
+          " but lrpfast runs on device ", want.device_id);
+  const bool f32 = t.dtype.code == dl::kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1;
+  const bool i32 = t.dtype.code == dl::kDLInt && t.dtype.bits == 32 && t.dtype.lanes == 1;
+  require(f32 || i32, "DLPack: need a float32 (or int32) tensor, got ", dtype_str(t.dtype));
+  require(t.ndim >= 0 && (t.ndim == 0 || t.shape), "DLPack: invalid ndim ", t.ndim);
+  DeviceArray d;
+  d.is_int = i32;
+  d.shape.assign(t.shape, t.shape + t.ndim);
+  for (i64 s : d.shape) require(s >= 0, "DLPack: negative dimension in shape ", shape_str(d.shape));
+  if (t.strides && d.size() > 0) {
+    const std::vector<i64> st(t.strides, t.strides + t.ndim);
+    i64 expect = 1;
+    for (size_t k = d.shape.size(); k-- > 0;) {
+      require(d.shape[k] == 1 || st[k] == expect,
+              "DLPack: only C-contiguous tensors are supported, got strides ", shape_str(st),
+              " (elements) for shape ", shape_str(d.shape));
+      expect *= d.shape[k];
+    }
+  }
+  char* p = static_cast<char*>(t.data) + t.byte_offset;
+  require(d.size() == 0 || (t.data && reinterpret_cast<std::uintptr_t>(p) % 4 == 0),
+          "DLPack: null or misaligned data pointer");
+  d.ptr = p;
+  return d;
+}
+
+template <class M>
+DeviceArray take_dlpack(PyObject* cap, dl::Device want) {
+  auto* m = static_cast<M*>(PyCapsule_GetPointer(cap, Names<M>::name));
+  if (!m) throw py::error_already_set();
+  if constexpr (std::is_same<M, dl::ManagedTensorVersioned>::value) {
+    require(m->version.major == 1, "DLPack: version ", m->version.major, ".", m->version.minor,
+            " is not supported (1.x is)");
+    require(!(m->flags & dl::kFlagReadOnly),
+            "DLPack: read-only tensors are not supported (device arrays are writable)");
+  }
+  DeviceArray d = dlpack_view(m->dl_tensor, want);  // throws before anything changes hands
+  if (PyCapsule_SetName(cap, Names<M>::used) != 0) throw py::error_already_set();
+  d.foreign = py::capsule(m, [](void* p) {
+    auto* mm = static_cast<M*>(p);
+    if (mm->deleter) mm->deleter(mm);
+  });
+  return d;
+}
+
+// Consumes a "dltensor" or "dltensor_versioned" capsule describing memory on `want`. A capsule
+// that fails a check stays unconsumed (its own destructor then calls the producer's deleter).
+DeviceArray import_dlpack(const py::object& obj, dl::Device want) {
+  PyObject* cap = obj.ptr();
+  if (!PyCapsule_CheckExact(cap))
+    fail("DLPack: expected a 'dltensor' capsule, got ",
+         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  const char* cname = PyCapsule_GetName(cap);
+  const std::string name = cname ? cname : "";
+  if (name == Names<dl::ManagedTensor>::name) return take_dlpack<dl::ManagedTensor>(cap, want);
+  if (name == Names<dl::ManagedTensorVersioned>::name)
+    return take_dlpack<dl::ManagedTensorVersioned>(cap, want);
+  require(name.rfind("used_", 0) != 0, "DLPack: this capsule was already consumed ('", name, "')");
+  fail("DLPack: expected a 'dltensor' or 'dltensor_versioned' capsule, got '", name, "'");
+}
+
+// DeviceArray.__dlpack__: a legacy capsule, or a versioned one when max_version >= (1, 0). stream:
+// the consumer's stream (None or 1: the legacy default stream our kernels run on, -1: no
+// synchronisation); any other stream is made to wait for our queued work.
+py::capsule dunder_dlpack(const DeviceArray& a, const py::object& stream,
+                          const py::object& max_version, const py::object& dl_device,
+                          const py::object& copy_flag) {
+  const dl::Device device{dl::kDLCUDA, cu::current_device()};
+  if (!dl_device.is_none()) {
+    auto t = py::reinterpret_borrow<py::sequence>(dl_device);
+    if (t.size() != 2 || t[0].cast<i64>() != device.device_type ||
+        t[1].cast<i64>() != device.device_id)
+      throw py::buffer_error("__dlpack__: can only export to the array's own device (2, " +
+                             std::to_string(device.device_id) + "), got " +
+                             std::string(py::repr(dl_device)));
+  }
+  const bool want_copy = !copy_flag.is_none() && copy_flag.cast<bool>();
+  const DeviceArray src = want_copy ? copy(a) : a;
+  if (!stream.is_none()) {
+    const i64 s = to_index(stream, "stream");
+    require(s != 0, "__dlpack__: stream 0 is ambiguous for CUDA; pass 1 (legacy default stream), "
+            "2 (per-thread default stream) or a stream handle");
+    if (s != 1 && s != -1) {
+      py::gil_scoped_release nogil;
+      cu::stream_wait(std::uintptr_t(s));
+    }
+  }
+  const bool versioned = !max_version.is_none() &&
+                         py::reinterpret_borrow<py::sequence>(max_version)[0].cast<i64>() >= 1;
+  if (versioned)
+    return export_dlpack<dl::ManagedTensorVersioned>(src, device,
+                                                     want_copy ? dl::kFlagIsCopied : 0);
+  return export_dlpack<dl::ManagedTensor>(src, device, 0);
+}
+
+// Test entry (module dlpack_testing): a C-contiguous float32/int32 HOST array as a DeviceArray
+// view, so export_dlpack/import_dlpack run on host memory with any device type.
+DeviceArray host_view(const py::array& arr, const py::object& owner) {
+  const bool f32 = arr.dtype().kind() == 'f' && arr.itemsize() == 4;
+  const bool i32 = arr.dtype().kind() == 'i' && arr.itemsize() == 4;
+  require(f32 || i32, "arr must be float32 or int32");
+  require(arr.flags() & py::array::c_style, "arr must be C-contiguous");
+  DeviceArray d;
+  d.is_int = i32;
+  d.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+  d.ptr = const_cast<void*>(arr.data());
+  d.foreign = py::make_tuple(arr, owner);
+  return d;
+}
+
 // ---- kernels -----------------------------------------------------------------------------------
 
 DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::object& bo,
@@ -332,6 +546,81 @@ DeviceArray stabilized_divide(const DeviceArray& r, const DeviceArray& z, double
   return out;
 }
 
+// Twins of _core.eltwise_forward / _core.channel_affine (same arguments, checks and results).
+py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
+                          const py::object& coeffso) {
+  const auto op = lrpfast::parse_eltwise_op(operation.c_str());
+  if (xso.is_none() || !py::isinstance<py::sequence>(xso) || py::isinstance<py::str>(xso) ||
+      py::len(xso) == 0)
+    fail("xs must be a non-empty sequence of device arrays");
+  auto seq = py::reinterpret_borrow<py::sequence>(xso);
+  const size_t K = seq.size();
+  require(K <= size_t(INT32_MAX), "xs: too many inputs");
+  std::vector<DeviceArray> xs;
+  std::vector<const float*> ptrs;
+  for (size_t k = 0; k < K; ++k) {
+    const std::string name = "xs[" + std::to_string(k) + "]";
+    try {
+      xs.push_back(seq[k].cast<DeviceArray>());
+    } catch (const py::cast_error&) {
+      fail(name, " must be a device array, got ",
+           std::string(py::str(py::type::of(seq[k]).attr("__name__"))));
+    }
+    require(!xs[k].is_int, name, " must be float32, got int32");
+    require(xs[k].shape == xs[0].shape, name, " must have the shape of xs[0] ",
+            shape_str(xs[0].shape), ", got ", shape_str(xs[k].shape));
+    ptrs.push_back(xs[k].f());
+  }
+  std::vector<float> coeffs;
+  if (!coeffso.is_none()) {
+    require(op == lrpfast::EltwiseOp::Sum, "coeffs are only defined for operation 'sum'");
+    if (!py::isinstance<py::sequence>(coeffso) || py::isinstance<py::str>(coeffso))
+      fail("coeffs must be a sequence of numbers or None, got ", std::string(py::repr(coeffso)));
+    try {
+      for (auto c : coeffso) coeffs.push_back(float(c.cast<double>()));
+    } catch (const py::cast_error&) {
+      fail("coeffs must be a sequence of numbers, got ", std::string(py::repr(coeffso)));
+    }
+    require(coeffs.size() == K, "coeffs must have one value per input (", K, "), got ",
+            coeffs.size());
+  }
+  DeviceArray y = empty(xs[0].shape);
+  py::object am = py::none();
+  std::int32_t* ap = nullptr;
+  if (op == lrpfast::EltwiseOp::Max) {
+    DeviceArray a = empty(xs[0].shape, true);
+    ap = a.i();
+    am = py::cast(a);
+  }
+  {
+    py::gil_scoped_release nogil;
+    cu::eltwise_forward(op, int(K), ptrs.data(), coeffs.empty() ? nullptr : coeffs.data(),
+                        y.size(), y.f(), ap);
+  }
+  return py::make_tuple(y, am);
+}
+
+DeviceArray channel_affine(const DeviceArray& x, const DeviceArray& scale, const py::object& bo) {
+  require(x.shape.size() >= 2, "x must be (N, C, ...) with at least 2 dimensions, got shape ",
+          shape_str(x.shape));
+  const i64 N = x[0], C = x[1];
+  i64 P = 1;
+  for (size_t d = 2; d < x.shape.size(); ++d) P *= x[d];
+  require(scale.shape.size() == 1 && scale[0] == C, "scale must have shape (", C,
+          ",) (one value per channel), got ", shape_str(scale.shape));
+  const float* b = nullptr;
+  if (!bo.is_none()) {
+    const DeviceArray& bias = bo.cast<const DeviceArray&>();
+    require(bias.shape.size() == 1 && bias[0] == C, "bias must have shape (", C,
+            ",) (one value per channel), got ", shape_str(bias.shape));
+    b = bias.f();
+  }
+  DeviceArray y = empty(x.shape);
+  py::gil_scoped_release nogil;
+  cu::channel_affine(N, C, P, x.f(), scale.f(), b, y.f());
+  return y;
+}
+
 // numpy broadcasting of a and b -> out shape and element strides (0 on broadcast axes).
 DeviceArray binary(int op, const DeviceArray& a, const DeviceArray& b) {
   const size_t nd = std::max(a.shape.size(), b.shape.size());
@@ -423,12 +712,49 @@ PYBIND11_MODULE(_cuda, m) {
         return reinterpret_cast<std::uintptr_t>(d.ptr);
       })
       .def_property_readonly("__cuda_array_interface__", &cuda_array_interface)
+      .def("__dlpack__", &dunder_dlpack, py::arg("stream") = py::none(), py::kw_only(),
+           py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
+           py::arg("copy") = py::none(),
+           "DLPack export (no copy unless copy=True): a 'dltensor' capsule, or a\n"
+           "'dltensor_versioned' one when max_version >= (1, 0). stream: the consumer's CUDA\n"
+           "stream (None/1 legacy default, 2 per-thread default, -1 no synchronisation, or a\n"
+           "handle, made to wait for the work queued on the array).")
+      .def("__dlpack_device__", [](const DeviceArray&) {
+        return py::make_tuple(int(dl::kDLCUDA), cu::current_device());
+      }, "(2, device id): kDLCUDA")
       .def("to_host", &to_host, "Copy to a new numpy array (synchronous).")
       .def("reshape", &reshape, "A view with another shape (same memory).")
       .def("copy", &copy);
   m.def("from_host", &from_host, "Copy a numpy array to the device (float32, or int32 for ints).");
   m.def("from_cuda_array_interface", &from_cuda_array_interface,
         "Wrap an object exposing __cuda_array_interface__ (no copy; keeps it alive).");
+  m.def("from_dlpack", [](const py::object& cap) {
+    return import_dlpack(cap, {dl::kDLCUDA, cu::current_device()});
+  }, py::arg("capsule"),
+        "Wrap a DLPack capsule ('dltensor' or 'dltensor_versioned') of a C-contiguous float32 or\n"
+        "int32 tensor on the current CUDA device (no copy): the capsule is consumed and the\n"
+        "producer's deleter runs once when the last view of the returned array is freed.");
+  auto dt = m.def_submodule(
+      "dlpack_testing",
+      "The DLPack packing/unpacking of __dlpack__ and from_dlpack with the device as a parameter,\n"
+      "over HOST arrays: lets CPU tests (and the host emulation of tests/cuda_emulation.py) run\n"
+      "the very code the GPU path runs. Not for general use.");
+  dt.def("to_dlpack", [](const py::array& arr, std::int32_t device_type, std::int32_t device_id,
+                         bool versioned, const py::object& owner) {
+    const DeviceArray d = host_view(arr, owner);
+    const dl::Device dev{device_type, device_id};
+    return versioned ? export_dlpack<dl::ManagedTensorVersioned>(d, dev, 0)
+                     : export_dlpack<dl::ManagedTensor>(d, dev, 0);
+  }, py::arg("arr"), py::arg("device_type") = int(dl::kDLCPU), py::arg("device_id") = 0,
+         py::arg("versioned") = false, py::arg("owner") = py::none(),
+         "A capsule describing the host array arr (float32/int32, C-contiguous) as on\n"
+         "(device_type, device_id); arr and owner stay alive until the deleter runs.");
+  dt.def("from_dlpack", [](const py::object& cap, std::int32_t device_type,
+                           std::int32_t device_id) {
+    return import_dlpack(cap, {device_type, device_id});
+  }, py::arg("capsule"), py::arg("device_type") = int(dl::kDLCPU), py::arg("device_id") = 0,
+         "from_dlpack expecting (device_type, device_id): a DeviceArray whose ptr is the\n"
+         "tensor's address (read it with ctypes; to_host would copy from the GPU).");
   m.def("empty", [](const std::vector<i64>& shape, bool is_int) { return empty(shape, is_int); },
         py::arg("shape"), py::arg("is_int") = false);
   m.def("zeros", [](const std::vector<i64>& shape) {
@@ -452,6 +778,10 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("beta"), py::arg("k") = 1.0, py::arg("region") = "across");
   m.def("stabilized_divide", &stabilized_divide, py::arg("r"), py::arg("z"), py::arg("eps"),
         py::arg("zero_to_zero") = true);
+  m.def("eltwise_forward", &eltwise_forward, py::arg("xs"), py::arg("operation"),
+        py::arg("coeffs") = py::none());
+  m.def("channel_affine", &channel_affine, py::arg("x"), py::arg("scale"),
+        py::arg("bias") = py::none());
   m.def("binary", &binary, "op code (kernels.hpp BinaryOp), a, b with numpy broadcasting");
   m.def("binary_scalar", &binary_scalar, py::arg("op"), py::arg("a"), py::arg("s"),
         py::arg("scalar_left") = false);

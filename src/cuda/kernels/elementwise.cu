@@ -1,4 +1,5 @@
-// CUDA twin of src/cpp/kernels/elementwise.cpp plus the element-wise arithmetic the rules do in
+// CUDA twin of src/cpp/kernels/elementwise.cpp (stabilized_divide, eltwise_forward,
+// channel_affine: the same float32 operations in the same order, never contracted to FMA) plus the element-wise arithmetic the rules do in
 // numpy (lrpfast.cuda.DeviceArray maps numpy ufuncs onto these): broadcasting binary operations,
 // positive/negative parts, squares, and two reductions.
 #include "kernels/common.cuh"
@@ -13,6 +14,54 @@ __global__ void stab_div(long long n, const float* __restrict__ r, const float* 
   LRPFAST_GRID_LOOP(i, n) {
     const float d = z[i] >= 0.f ? z[i] + eps : z[i] - eps;  // sign(0) = +1, as the CPU twin
     out[i] = (zero_to_zero && d == 0.f) ? 0.f : r[i] / d;
+  }
+}
+
+constexpr int kEltwiseChunk = 8;  // inputs per launch, passed by value
+struct EltwiseChunk {
+  const float* x[kEltwiseChunk];
+  float c[kEltwiseChunk];
+  int count;  // inputs in this chunk
+  int base;   // index of its first input among all K
+};
+
+// One chunk of inputs folded into y (and argmax): the first chunk starts from input 0, later
+// ones continue from the partial result in y, so the order of operations is the CPU's.
+__global__ void eltwise_kernel(EltwiseOp op, long long n, EltwiseChunk ch, float* __restrict__ y,
+                               std::int32_t* __restrict__ argmax) {
+  LRPFAST_GRID_LOOP(i, n) {
+    int k = 0, idx = 0;
+    float acc;
+    if (ch.base == 0) {
+      acc = op == EltwiseOp::Sum ? __fadd_rn(0.f, __fmul_rn(ch.c[0], ch.x[0][i])) : ch.x[0][i];
+      k = 1;
+    } else {
+      acc = y[i];
+      if (argmax) idx = argmax[i];
+    }
+    for (; k < ch.count; ++k) {
+      const float v = ch.x[k][i];
+      if (op == EltwiseOp::Sum) {
+        acc = __fadd_rn(acc, __fmul_rn(ch.c[k], v));
+      } else if (op == EltwiseOp::Prod) {
+        acc = __fmul_rn(acc, v);
+      } else if (v > acc || (v != v && acc == acc)) {  // first maximum wins; NaN propagates
+        acc = v;
+        idx = ch.base + k;
+      }
+    }
+    y[i] = acc;
+    if (argmax) argmax[i] = idx;
+  }
+}
+
+__global__ void affine_kernel(long long n, long long C, long long P, const float* __restrict__ x,
+                              const float* __restrict__ scale, const float* __restrict__ bias,
+                              float* y) {
+  LRPFAST_GRID_LOOP(i, n) {
+    const long long c = (i / P) % C;
+    const float p = __fmul_rn(x[i], scale[c]);
+    y[i] = bias ? __fadd_rn(p, bias[c]) : p;
   }
 }
 
@@ -119,6 +168,31 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
   if (n <= 0) return;
   stab_div<<<blocks_for(n), kThreads>>>(n, r, z, eps, zero_to_zero, out);
   LRPFAST_CUDA_LAUNCHED("stabilized_divide");
+}
+
+void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* coeffs,
+                     std::int64_t n, float* y, std::int32_t* argmax) {
+  if (n <= 0 || K <= 0) return;
+  if (op != EltwiseOp::Max) argmax = nullptr;
+  for (int base = 0; base < K; base += kEltwiseChunk) {
+    EltwiseChunk ch{};
+    ch.base = base;
+    ch.count = K - base < kEltwiseChunk ? K - base : kEltwiseChunk;
+    for (int k = 0; k < ch.count; ++k) {
+      ch.x[k] = xs[base + k];
+      ch.c[k] = coeffs ? coeffs[base + k] : 1.f;
+    }
+    eltwise_kernel<<<blocks_for(n), kThreads>>>(op, n, ch, y, argmax);
+    LRPFAST_CUDA_LAUNCHED("eltwise_forward");
+  }
+}
+
+void channel_affine(std::int64_t N, std::int64_t C, std::int64_t P, const float* x,
+                    const float* scale, const float* bias, float* y) {
+  const std::int64_t n = N * C * P;
+  if (n <= 0) return;
+  affine_kernel<<<blocks_for(n), kThreads>>>(n, C, P, x, scale, bias, y);
+  LRPFAST_CUDA_LAUNCHED("channel_affine");
 }
 
 void binary(BinaryOp op, int ndim, const std::int64_t* shape, const float* a,

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "kernels/conv.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/linear.hpp"
 #include "kernels/lrn.hpp"
 #include "kernels/pool.hpp"
@@ -32,6 +33,10 @@ void copy_to_host(void* dst, const void* src, std::size_t bytes);  // synchronou
 void copy_device(void* dst, const void* src, std::size_t bytes);
 void memset0(void* p, std::size_t bytes);
 void synchronize();  // waits and throws on an asynchronous kernel error
+int current_device();
+// Makes `stream` (a cudaStream_t as an integer, e.g. a DLPack consumer's) wait for all work queued
+// so far on the legacy default stream, where every lrpfast kernel runs (no host synchronisation).
+void stream_wait(std::uintptr_t stream);
 
 // ---- gemm (gemm.cu): the one cuBLAS wrapper, same row-major contract as lrpfast::gemm ---------
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -68,6 +73,14 @@ void lrn_forward(const LrnParams& p, int N, int C, int H, int W, const float* x,
 // ---- element-wise rule arithmetic (elementwise.cu) --------------------------------------------
 void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps, bool zero_to_zero,
                        float* out);
+// Twins of cpu::eltwise_forward and cpu::channel_affine (kernels/elementwise.hpp): same arguments,
+// the same float32 operations in the same order without FMA contraction (__fmul_rn/__fadd_rn), so
+// the results are bit-identical to the CPU's. xs and coeffs are HOST arrays (of K device pointers
+// and K values); the inputs are consumed up to 8 per launch.
+void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* coeffs,
+                     std::int64_t n, float* y, std::int32_t* argmax);
+void channel_affine(std::int64_t N, std::int64_t C, std::int64_t P, const float* x,
+                    const float* scale, const float* bias, float* y);
 
 enum class BinaryOp : int { Add, Sub, Mul, Div, Max, Min, Greater, Less, GreaterEq, LessEq, Equal,
                             First };

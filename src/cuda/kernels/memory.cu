@@ -111,5 +111,20 @@ void memset0(void* p, std::size_t bytes) {
 }
 void synchronize() { LRPFAST_CUDA_CHECK(cudaDeviceSynchronize()); }
 
+int current_device() {
+  int d = 0;
+  LRPFAST_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+void stream_wait(std::uintptr_t stream) {
+  cudaEvent_t ev;
+  LRPFAST_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  cudaError_t e = cudaEventRecord(ev, 0);  // the legacy default stream of our kernels
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(reinterpret_cast<cudaStream_t>(stream), ev, 0);
+  cudaEventDestroy(ev);  // released once the wait has been satisfied
+  check_cuda(e, "stream_wait");
+}
+
 }  // namespace cuda
 }  // namespace lrpfast
