@@ -113,8 +113,10 @@ def build_model(kind: str, out_dir: str):
     return prefix + ".prototxt", prefix + ".caffemodel"
 
 
-def min_flops(net, n: int) -> tuple[float, dict]:
-    """(forward FLOPs, {composite: relevance FLOPs incl. the forward}) for a batch of n."""
+def min_flops(net, n: int, shared: bool = False):
+    """(forward FLOPs, {composite: relevance FLOPs incl. the forward}) for a batch of n; with
+    shared=True also {composite: the part that does not depend on the explained class} (the
+    forward and the z+ products), which relevance_multi computes once for all classes."""
     macs = []   # per linear layer, in net order
     for layer in net.layers:
         if layer.type == "Convolution":
@@ -126,18 +128,21 @@ def min_flops(net, n: int) -> tuple[float, dict]:
     is_conv = [layer.type == "Convolution" for layer in net.layers
                if layer.type in ("Convolution", "InnerProduct")]
     fwd = 2.0 * sum(macs)
-    rel = {}
+    rel, common = {}, {}
     for comp, _, _ in COMPOSITES:
-        extra = 0.0
+        extra, zplus = 0.0, 0.0
         for i, (m, conv) in enumerate(zip(macs, is_conv)):
             if comp == "epsilon" or not conv or i == 0:   # eps (dense), flat (first layer)
                 extra += 2.0 * m
             elif comp == "cmp_alpha1_flat":               # z+ product + W+^T s
                 extra += 2.0 * m * 2
+                zplus += 2.0 * m
             else:                                         # z+ product + [W+ W-]^T [s+; s-]
                 extra += 2.0 * m * 3
+                zplus += 2.0 * m
         rel[comp] = fwd + extra
-    return fwd, rel
+        common[comp] = fwd + zplus
+    return (fwd, rel, common) if shared else (fwd, rel)
 
 
 # ----------------------------------------------------------------------------- torch / zennit
@@ -351,13 +356,20 @@ def bench_net(kind, batch, args, peak, rows, extra):
     if kind == "vgg16":   # ten classes of one image: one forward pass vs ten calls
         x1 = x[:1]
         cls10 = [int(c) for c in np.argsort(-logits[0].ravel())[:10]]
-        t_multi, r_multi, _ = timed(lambda: net.relevance_multi(x1, cls10, "cmp_alpha2_flat"), R)
-        t_sep, r_sep, _ = timed(lambda: [net.relevance(x1, c, "cmp_alpha2_flat") for c in cls10], R)
-        same = max(float(np.abs(r_multi[k] - r_sep[k]).max() / np.abs(r_sep[k]).max())
-                   for k in range(10))
-        extra.append(f"| {label}, 1 image, 10 classes, cmp_alpha2_flat | relevance_multi "
-                     f"{t_multi:.3f} s | 10 x relevance {t_sep:.3f} s | "
-                     f"{t_sep / t_multi:.2f}x (target >= 2x; max diff {same:.1e}) |")
+        f1, rel1, shared1 = min_flops(net, 1, shared=True)
+        for comp, _, lab in COMPOSITES:
+            t_multi, r_multi, _ = timed(lambda: net.relevance_multi(x1, cls10, comp), R)
+            t_sep, r_sep, _ = timed(lambda: [net.relevance(x1, c, comp) for c in cls10], R)
+            same = max(float(np.abs(r_multi[k] - r_sep[k]).max() / np.abs(r_sep[k]).max())
+                       for k in range(10))
+            # FLOP-count bound on the ratio: ten calls cost 10 x rel, one multi call costs the
+            # class-independent part (forward, z+ products) once and the rest ten times
+            per_class = rel1[comp] - shared1[comp]
+            bound = 10 * rel1[comp] / (shared1[comp] + 10 * per_class)
+            extra.append(f"| {label}, 1 image, 10 classes, {lab} | relevance_multi "
+                         f"{t_multi:.3f} s | 10 x relevance {t_sep:.3f} s | "
+                         f"{t_sep / t_multi:.2f}x (target >= 2x; FLOP bound {bound:.2f}x; "
+                         f"max diff {same:.1e}) |")
     # threads: throughput of 1 vs args.threads on the epsilon composite
     n_t = lrpfast.get_num_threads()
     lrpfast.set_num_threads(1)
@@ -393,6 +405,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default="vgg16,caffenet")
     ap.add_argument("--big", action="store_true", help="also VGG-16 at batch 256 (slow)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--conv-algo", default="auto", choices=["auto", "direct", "winograd"],
+                    help="lrpfast's algorithm for 3x3 stride-1 convolutions (default auto: "
+                         "Winograd F(2x2,3x3) for layers with >= 16 channels)")
     args = ap.parse_args(argv)
 
     import torch
@@ -402,11 +417,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     lrpfast.set_num_threads(args.threads)
+    from lrpfast._loader import _core
+    _core.set_conv_algorithm(args.conv_algo)
     info = lrpfast.info()
     peak = gemm_peak()
     tpeak = torch_gemm_peak()
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
-    print(f"lrpfast {info['version']}, BLAS {info['blas']}, {args.threads} threads; torch "
+    print(f"lrpfast {info['version']}, BLAS {info['blas']}, {args.threads} threads, 3x3 conv "
+          f"algorithm {_core.get_conv_algorithm()}; torch "
           f"{torch.__version__}, zennit {zennit.__version__ if hasattr(zennit, '__version__') else ''}"
           f"; OPENBLAS_* env: {env or 'none'}")
     print(f"sgemm 2048^3 peak ({args.threads} threads): lrpfast's gemm {peak:.0f} GFLOP/s, "

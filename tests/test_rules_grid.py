@@ -90,6 +90,11 @@ CONV_GEOMS = {
     "k3x2-s1x2-p2x1": (3, 4, 7, 9, (3, 2), (1, 2), (2, 1), 1, 1, True),
     "k1": (5, 3, 6, 7, 1, 1, 0, 1, 1, True),
     "k4-s3-p1-g2-nobias": (6, 4, 10, 11, 4, 3, 1, 1, 2, False),
+    # >= 16 channels per group: 3x3 stride-1 kernels take the Winograd path (forward, z+ and the
+    # transposed products), odd planes, pads 0..2, groups
+    "k3-p1-winograd": (16, 17, 9, 7, 3, 1, 1, 1, 1, True),
+    "k3-p0-g2-winograd-nobias": (32, 34, 6, 5, 3, 1, 0, 1, 2, False),
+    "k3-p2-winograd": (18, 16, 3, 8, 3, 1, 2, 1, 1, True),
 }
 
 

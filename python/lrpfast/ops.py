@@ -109,8 +109,22 @@ class ConvOp(LinearOp):
                                   self.dilation, self.group)
 
     def bwd(self, s, kind="w"):
+        if kind == "ones":
+            return self._bwd_ones(s)
         return _core.conv_backward_data(s, self.weights(kind), self.in_shape, self.stride,
                                         self.pad, self.dilation, self.group)
+
+    def _bwd_ones(self, s):
+        """bwd(s, "ones") without the all-ones product: every input channel of a group receives
+        the same sum, so sum s over the group's output channels (N, group, Ho, Wo), spread it
+        back through one (kh, kw) box per group, and repeat it over the group's channels.
+        Costs O(N*O*Ho*Wo + N*group*H*W*kh*kw) instead of a gemm with C*kh*kw-long rows."""
+        n, g = s.shape[0], self.group
+        ssum = np.ascontiguousarray(s.reshape((n, g, -1) + s.shape[2:]).sum(axis=2))
+        box = np.ones((g, 1) + self.w.shape[2:], dtype=np.float32)
+        d = _core.conv_backward_data(ssum, box, (g,) + self.in_shape[1:], self.stride, self.pad,
+                                     self.dilation, g)
+        return np.repeat(d, self.in_shape[0] // g, axis=1)
 
     def pm_signal(self, R, z, zp, alpha, beta):
         return _kernels(R).alphabeta_signal(R, z, zp, float(alpha), float(beta), self.group)
@@ -132,6 +146,10 @@ class InnerProductOp(LinearOp):
         return y.reshape((x.shape[0],) + self.lead_shape + (w.shape[0],))
 
     def bwd(self, s, kind="w"):
+        if kind == "ones":  # every input receives the sum of s over the outputs
+            tot = s.reshape(-1, self.w.shape[0]).sum(axis=1, keepdims=True)
+            dx = np.broadcast_to(tot, (tot.shape[0], self.w.shape[1]))
+            return np.ascontiguousarray(dx).reshape((s.shape[0],) + self.in_shape)
         w = self.weights(kind)
         dx = _core.linear_backward_data(s.reshape(-1, w.shape[0]), w)
         return dx.reshape((s.shape[0],) + self.in_shape)

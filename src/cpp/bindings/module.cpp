@@ -20,6 +20,7 @@
 #include "kernels/lrn.hpp"
 #include "kernels/parallel.hpp"
 #include "kernels/pool.hpp"
+#include "kernels/winograd.hpp"
 
 namespace py = pybind11;
 using lrpfast::fail;
@@ -426,6 +427,27 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &lrpfast::num_threads,
         "Number of threads lrpfast computes with (BLAS itself always runs single-threaded).");
 
+  m.def(
+      "set_conv_algorithm",
+      [](const std::string& name) {
+        using lrpfast::cpu::ConvAlgo;
+        if (name == "auto") return lrpfast::cpu::set_conv_algo(ConvAlgo::Auto);
+        if (name == "direct") return lrpfast::cpu::set_conv_algo(ConvAlgo::Direct);
+        if (name == "winograd") return lrpfast::cpu::set_conv_algo(ConvAlgo::Winograd);
+        throw py::value_error("set_conv_algorithm: algorithm must be 'auto', 'direct' or "
+                              "'winograd', got '" + name + "'");
+      },
+      py::arg("algorithm"),
+      "Algorithm for 3x3 stride-1 convolutions (process-wide): 'auto' (default; Winograd\n"
+      "F(2x2,3x3) when both channel counts per group are >= 16), 'direct' (im2col + gemm) or\n"
+      "'winograd' (wherever it applies). Default from $LRPFAST_CONV_ALGO.");
+  m.def(
+      "get_conv_algorithm",
+      [] {
+        static const char* names[] = {"auto", "direct", "winograd"};
+        return std::string(names[int(lrpfast::cpu::conv_algo())]);
+      },
+      "The algorithm set by set_conv_algorithm.");
   m.def(
       "conv_out_size",
       [](i64 in, i64 kernel, i64 stride, i64 pad, i64 dilation) {

@@ -8,6 +8,7 @@
 #include "kernels/gemm.hpp"
 #include "kernels/im2col.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/winograd.hpp"
 
 namespace lrpfast {
 
@@ -122,6 +123,7 @@ void swap_image_channel(float* images, float* rows, int nb, int O, std::int64_t 
 }  // namespace
 
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
+  if (winograd_applies(g, false)) return winograd_forward(g, x, w, b, y);
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
@@ -175,6 +177,7 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
 }
 
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
+  if (winograd_applies(g, true)) return winograd_backward_data(g, dy, w, dx);
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;

@@ -47,10 +47,10 @@ void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float
 }  // namespace
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc) {
+          const float* B, int ldb, float beta, float* C, int ldc, bool threaded) {
   (void)g_blas_single_threaded;
   if (M <= 0 || N <= 0) return;
-  const int T = num_threads();
+  const int T = threaded ? num_threads() : 1;
   const bool split_n = N >= M;  // slice the longer side of C
   const int len = split_n ? N : M, align = split_n ? kAlignN : kAlignM;
   const int parts = std::min(T, std::max(1, len / kMinSlice));

@@ -1,0 +1,296 @@
+#include "kernels/winograd.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/gemm.hpp"
+#include "kernels/parallel.hpp"
+
+namespace lrpfast {
+namespace cpu {
+
+namespace {
+
+std::atomic<int> g_algo{-1};
+
+ConvAlgo algo_from_env() {
+  const char* s = std::getenv("LRPFAST_CONV_ALGO");
+  if (!s) return ConvAlgo::Auto;
+  const std::string v(s);
+  if (v == "direct") return ConvAlgo::Direct;
+  if (v == "winograd") return ConvAlgo::Winograd;
+  return ConvAlgo::Auto;
+}
+
+// Below this many channels per group (input or output) the 16 gemms are too thin to beat im2col.
+constexpr int kMinChannels = 16;
+
+// One convolution in Winograd form: x (N, C, H, W) -> y (N, K, Ho, Wo), 3x3 taps at offset -pad,
+// U (group, 16, Kg, Cg) the transformed kernels, b (K) or nullptr.
+struct Problem {
+  int N, C, H, W, K, Ho, Wo, ph, pw, group;
+  int Cg() const { return C / group; }
+  int Kg() const { return K / group; }
+  int th() const { return (Ho + 1) / 2; }
+  int tw() const { return (Wo + 1) / 2; }
+};
+
+// A block of tile rows [r0, r1) (row r = image r / th, tile row r % th) and its gemm columns:
+// tile (r, tx) sits in column col(r) + tx. A block never splits a tile row; when it holds several
+// images each starts at a multiple of `stride` columns (a multiple of 16, zero-padded), so a tile's
+// column -- and with it the BLAS arithmetic that produces it -- does not depend on the batch.
+struct Block {
+  int r0, r1;
+  int th, tw, stride;
+  std::int64_t cols;
+  std::int64_t col(int r) const {
+    return std::int64_t(r / th - r0 / th) * stride + std::int64_t(r % th - r0 % th) * tw;
+  }
+};
+
+// u (4x4, row-major) = G g G^T for a 3x3 kernel g (row-major); flip: use g rotated by 180 deg.
+void kernel_transform(const float* g, bool flip, float* u) {
+  float k[9];
+  for (int i = 0; i < 9; ++i) k[i] = flip ? g[8 - i] : g[i];
+  float t[12];  // G g: 4x3
+  for (int j = 0; j < 3; ++j) {
+    const float a = k[j], b = k[3 + j], c = k[6 + j];
+    t[j] = a;
+    t[3 + j] = 0.5f * (a + b + c);
+    t[6 + j] = 0.5f * (a - b + c);
+    t[9 + j] = c;
+  }
+  for (int i = 0; i < 4; ++i) {  // (G g) G^T: 4x4
+    const float a = t[3 * i], b = t[3 * i + 1], c = t[3 * i + 2];
+    u[4 * i] = a;
+    u[4 * i + 1] = 0.5f * (a + b + c);
+    u[4 * i + 2] = 0.5f * (a - b + c);
+    u[4 * i + 3] = c;
+  }
+}
+
+// U for the forward (w: (K, Cg, 3, 3)) or, transposed, for the adjoint (w: (O, Cg, 3, 3) read as
+// the kernels of a convolution from O to C channels with flipped taps).
+std::unique_ptr<float[]> transform_kernels(const float* w, int O, int Cg, int group, bool adjoint) {
+  const int Og = O / group;
+  const int rows = adjoint ? Cg : Og, cols = adjoint ? Og : Cg;  // U[xi] is rows x cols
+  const std::int64_t mat = std::int64_t(rows) * cols;
+  std::unique_ptr<float[]> U(new float[size_t(16) * O * Cg]);
+  float* up = U.get();
+  // one U row at a time, so the 16 output streams are written contiguously
+  parallel_for(std::int64_t(group) * rows, std::int64_t(O) * Cg * 64,
+               [&](std::int64_t t0, std::int64_t t1) {
+    float u[16];
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t gr = t / rows, r = t % rows;
+      float* dst = up + gr * 16 * mat + r * cols;
+      for (int col = 0; col < cols; ++col) {
+        const std::int64_t o = gr * Og + (adjoint ? col : r), c = adjoint ? r : col;
+        kernel_transform(w + (o * Cg + c) * 9, adjoint, u);
+        for (int xi = 0; xi < 16; ++xi) dst[xi * mat + col] = u[xi];
+      }
+    }
+  });
+  return U;
+}
+
+// Input transform of a block, channels [c0, c0 + Cg) of x: V[xi][c][blk.col(r) + tx], row stride
+// blk.cols.
+void input_transform(const Problem& p, const float* x, int c0, const Block& blk, float* V) {
+  const int Cg = p.Cg(), th = p.th(), tw = p.tw(), Wp = 2 * tw + 2, r0 = blk.r0, r1 = blk.r1;
+  const std::int64_t ldv = blk.cols;
+  const std::int64_t HW = std::int64_t(p.H) * p.W;
+  parallel_for(Cg, std::int64_t(Cg) * (r1 - r0) * tw * 16, [&](std::int64_t ca, std::int64_t cb) {
+    std::vector<float> buf(size_t(8) * Wp);
+    float* d[4] = {buf.data(), buf.data() + Wp, buf.data() + 2 * Wp, buf.data() + 3 * Wp};
+    float* t[4] = {buf.data() + 4 * Wp, buf.data() + 5 * Wp, buf.data() + 6 * Wp,
+                   buf.data() + 7 * Wp};
+    // input columns [-pw, -pw + Wp) of the padded row; the valid part is [0, W)
+    const int x_lo = std::min(Wp, std::max(0, p.pw)), x_hi = std::max(x_lo, std::min(Wp, p.W + p.pw));
+    for (std::int64_t c = ca; c < cb; ++c) {
+      for (int r = r0; r < r1; ++r) {
+        const int n = r / th, ty = r % th;
+        const float* plane = x + (std::int64_t(n) * p.C + c0 + c) * HW;
+        for (int i = 0; i < 4; ++i) {  // the 4 input rows of this tile row, zero outside
+          const int iy = 2 * ty - p.ph + i;
+          float* row = d[i];
+          if (iy < 0 || iy >= p.H) {
+            std::memset(row, 0, sizeof(float) * Wp);
+            continue;
+          }
+          std::memset(row, 0, sizeof(float) * x_lo);
+          std::memcpy(row + x_lo, plane + std::int64_t(iy) * p.W + (x_lo - p.pw),
+                      sizeof(float) * (x_hi - x_lo));
+          std::memset(row + x_hi, 0, sizeof(float) * (Wp - x_hi));
+        }
+        for (int j = 0; j < Wp; ++j) {  // B^T d, on whole rows
+          t[0][j] = d[0][j] - d[2][j];
+          t[1][j] = d[1][j] + d[2][j];
+          t[2][j] = d[2][j] - d[1][j];
+          t[3][j] = d[1][j] - d[3][j];
+        }
+        const std::int64_t tbase = blk.col(r);
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B, tile by tile
+          const float* s = t[i];
+          float* v0 = V + ((4 * i + 0) * std::int64_t(Cg) + c) * ldv + tbase;
+          float* v1 = V + ((4 * i + 1) * std::int64_t(Cg) + c) * ldv + tbase;
+          float* v2 = V + ((4 * i + 2) * std::int64_t(Cg) + c) * ldv + tbase;
+          float* v3 = V + ((4 * i + 3) * std::int64_t(Cg) + c) * ldv + tbase;
+          for (int tx = 0; tx < tw; ++tx) {
+            const float a = s[2 * tx], b = s[2 * tx + 1], e = s[2 * tx + 2], f = s[2 * tx + 3];
+            v0[tx] = a - e;
+            v1[tx] = b + e;
+            v2[tx] = e - b;
+            v3[tx] = b - f;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Output transform: M[xi][k][t] -> y channels [k0, k0 + Kg) (+ bias), clipped to (Ho, Wo).
+void output_transform(const Problem& p, const float* M, const float* b, int k0, const Block& blk,
+                      float* y) {
+  const int Kg = p.Kg(), th = p.th(), tw = p.tw(), r0 = blk.r0, r1 = blk.r1;
+  const std::int64_t ldm = blk.cols;
+  const std::int64_t P = std::int64_t(p.Ho) * p.Wo;
+  parallel_for(Kg, std::int64_t(Kg) * (r1 - r0) * tw * 16, [&](std::int64_t ka, std::int64_t kb) {
+    std::vector<float> buf(size_t(4) * tw + 4);
+    float* y0 = buf.data();
+    float* y1 = buf.data() + 2 * tw + 2;
+    for (std::int64_t k = ka; k < kb; ++k) {
+      const float bias = b ? b[k0 + k] : 0.f;
+      for (int r = r0; r < r1; ++r) {
+        const int n = r / th, ty = r % th;
+        const std::int64_t tbase = blk.col(r);
+        const float* m[16];
+        for (int xi = 0; xi < 16; ++xi) m[xi] = M + (xi * std::int64_t(Kg) + k) * ldm + tbase;
+        for (int tx = 0; tx < tw; ++tx) {  // A^T m A
+          float s0[4], s1[4];
+          for (int j = 0; j < 4; ++j) {
+            s0[j] = m[j][tx] + m[4 + j][tx] + m[8 + j][tx];
+            s1[j] = m[4 + j][tx] - m[8 + j][tx] - m[12 + j][tx];
+          }
+          y0[2 * tx] = s0[0] + s0[1] + s0[2] + bias;
+          y0[2 * tx + 1] = s0[1] - s0[2] - s0[3] + bias;
+          y1[2 * tx] = s1[0] + s1[1] + s1[2] + bias;
+          y1[2 * tx + 1] = s1[1] - s1[2] - s1[3] + bias;
+        }
+        float* out = y + (std::int64_t(n) * p.K + k0 + k) * P + std::int64_t(2 * ty) * p.Wo;
+        std::memcpy(out, y0, sizeof(float) * p.Wo);
+        if (2 * ty + 1 < p.Ho) std::memcpy(out + p.Wo, y1, sizeof(float) * p.Wo);
+      }
+    }
+  });
+}
+
+// One block of every group: transform, 16 gemms, transform back. V, M: scratch of
+// 16 * Cg * cols and 16 * Kg * cols floats.
+void run_block(const Problem& p, const float* x, const float* U, const float* b, const Block& blk,
+               float* V, float* M, float* y) {
+  const int Cg = p.Cg(), Kg = p.Kg();
+  const std::int64_t n = blk.cols;
+  for (int gr = 0; gr < p.group; ++gr) {
+    input_transform(p, x, gr * Cg, blk, V);
+    const float* Ug = U + std::int64_t(gr) * 16 * Kg * Cg;
+    // the 16 products spread over the pool, each single-threaded: every element of M comes from
+    // the same BLAS call whatever the thread count or scheme
+    parallel_for(16, 16 * n * Kg * Cg, [&](std::int64_t x0, std::int64_t x1) {
+      for (std::int64_t xi = x0; xi < x1; ++xi)
+        gemm(false, false, Kg, int(n), Cg, 1.f, Ug + xi * Kg * Cg, Cg, V + xi * Cg * n, int(n),
+             0.f, M + xi * Kg * n, int(n), /*threaded=*/false);
+    });
+    output_transform(p, M, b, gr * Kg, blk, y);
+  }
+}
+
+void run(const Problem& p, const float* x, const float* U, const float* b, float* y) {
+  if (p.N == 0) return;
+  const int th = p.th(), tw = p.tw(), Cg = p.Cg(), Kg = p.Kg();
+  // Tiles per block: enough gemm columns to amortise packing U[xi] (K x C), few enough that the
+  // transformed block stays near L2 for thin layers (measured on VGG-16's layers, 2 threads).
+  const std::int64_t target = std::clamp<std::int64_t>(std::max(Cg, Kg) / 2, 64, 1024);
+  const std::int64_t per_image = std::int64_t(th) * tw;
+  // whole images per block (small planes) or tile rows of one image per block
+  const bool whole = per_image < target;
+  const int stride = int((per_image + 15) / 16 * 16);
+  const int span = whole ? int(std::clamp<std::int64_t>((target + stride / 2) / stride, 1, p.N))
+                         : int(std::clamp<std::int64_t>((target + tw / 2) / tw, 1, th));
+  const int per_n = whole ? 1 : (th + span - 1) / span;  // blocks per image (rows mode)
+  const int nblocks = whole ? (p.N + span - 1) / span : p.N * per_n;
+  const std::int64_t max_cols = whole ? std::int64_t(span) * stride : std::int64_t(span) * tw;
+  auto block = [&](int i) {
+    Block blk{0, 0, th, tw, stride, 0};
+    if (whole) {
+      const int n0 = i * span, n1 = std::min(p.N, n0 + span);
+      blk.r0 = n0 * th, blk.r1 = n1 * th, blk.cols = std::int64_t(n1 - n0) * stride;
+    } else {
+      const int n = i / per_n, j = i % per_n;
+      blk.r0 = n * th + j * span, blk.r1 = std::min(blk.r0 + span, (n + 1) * th);
+      blk.cols = std::int64_t(blk.r1 - blk.r0) * tw;
+    }
+    return blk;
+  };
+  auto scratch = [&](std::int64_t floats) {  // zeroed once: padding columns stay 0
+    std::unique_ptr<float[]> a(new float[size_t(floats)]());
+    return a;
+  };
+  const int T = num_threads();
+  if (T > 1 && nblocks >= 2 * T) {  // blocks in parallel, everything inside single-threaded
+    std::atomic<int> next{0};
+    auto task = [&](int, int) {
+      auto V = scratch(16 * Cg * max_cols), M = scratch(16 * Kg * max_cols);
+      for (int i; (i = next.fetch_add(1)) < nblocks;) run_block(p, x, U, b, block(i), V.get(), M.get(), y);
+    };
+    parallel_run(T, TaskRef(task));
+    return;
+  }
+  auto V = scratch(16 * Cg * max_cols), M = scratch(16 * Kg * max_cols);
+  for (int i = 0; i < nblocks; ++i)  // few blocks: the pool works inside each
+    run_block(p, x, U, b, block(i), V.get(), M.get(), y);
+}
+
+}  // namespace
+
+void set_conv_algo(ConvAlgo a) { g_algo.store(int(a)); }
+
+ConvAlgo conv_algo() {
+  int a = g_algo.load();
+  if (a < 0) {
+    a = int(algo_from_env());
+    g_algo.store(a);
+  }
+  return ConvAlgo(a);
+}
+
+bool winograd_applies(const ConvGeom& g, bool backward) {
+  const ConvAlgo a = conv_algo();
+  if (a == ConvAlgo::Direct) return false;
+  const bool shape = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
+                     (!backward || (g.ph <= 2 && g.pw <= 2));
+  if (!shape || g.N == 0) return false;
+  if (a == ConvAlgo::Winograd) return true;
+  return g.cin_per_group() >= kMinChannels && g.cout_per_group() >= kMinChannels;
+}
+
+void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
+  const auto U = transform_kernels(w, g.O, g.cin_per_group(), g.group, false);
+  const Problem p{g.N, g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw, g.group};
+  run(p, x, U.get(), b, y);
+}
+
+void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
+  // dx = conv(dy, w flipped and transposed, pad 2 - pad): from O channels to C channels
+  const auto U = transform_kernels(w, g.O, g.cin_per_group(), g.group, true);
+  const Problem p{g.N, g.O, g.Ho, g.Wo, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw, g.group};
+  run(p, dy, U.get(), nullptr, dx);
+}
+
+}  // namespace cpu
+}  // namespace lrpfast

@@ -1,0 +1,41 @@
+// Winograd F(2x2, 3x3) convolution for 3x3 / stride 1 / dilation 1 kernels (any pad, any group):
+// the CPU engine's fast path for both conv_forward and conv_backward_data (the transposed product
+// of a 3x3 stride-1 convolution is itself a 3x3 stride-1 convolution with the kernel flipped and
+// its channel axes swapped, padded by 2 - pad).
+//
+// Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks" (arXiv:1509.09308):
+// every 2x2 output tile is Y = A^T [ (G g G^T) (.) (B^T d B) ] A, with d the 4x4 input tile and g
+// the 3x3 kernel; summed over input channels, the 16 element-wise products become 16 matrix
+// products U[xi] (K x C) * V[xi] (C x tiles), 2.25x fewer multiplications than the direct method.
+// F(2x2,3x3) keeps float32 accuracy (its transforms only add, subtract and halve); the larger
+// F(4x4,3x3) would not, so it is not used.
+//
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+//   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+//   A^T = [1 1 1 0; 0 1 -1 -1]
+//
+// Work is done in blocks of whole tile rows: input transform of a block -> 16 gemms -> output
+// transform, so the transformed tiles stay in cache. Many blocks run concurrently, one per pool
+// thread (single-threaded gemm inside); few blocks run one after another with the pool inside.
+#pragma once
+
+#include "kernels/conv.hpp"
+
+namespace lrpfast {
+namespace cpu {
+
+// Which algorithm conv_forward / conv_backward_data use for 3x3 stride-1 kernels.
+enum class ConvAlgo { Auto = 0, Direct = 1, Winograd = 2 };
+void set_conv_algo(ConvAlgo a);  // process-wide; Winograd forces it wherever it applies
+ConvAlgo conv_algo();            // default Auto, or LRPFAST_CONV_ALGO=direct|winograd|auto
+
+// True when the call should take the Winograd path (geometry applies and, under Auto, the
+// channel counts make its 16 gemms efficient). backward: the transposed product (needs pad <= 2).
+bool winograd_applies(const ConvGeom& g, bool backward);
+
+// Same contracts as conv_forward / conv_backward_data (outputs overwritten).
+void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
+
+}  // namespace cpu
+}  // namespace lrpfast

@@ -1,0 +1,178 @@
+"""The Winograd F(2x2,3x3) path of the CPU convolution (src/cpp/kernels/winograd.cpp) against
+float64 references written here with explicit loops over the 3x3 taps (no im2col, no engine
+indexing): forward and transposed product, pads 0..3, groups, odd and tiny planes, batches; plus
+its invariances (batch composition, thread count) and the algorithm switch.
+
+Tolerance: an F(2x2,3x3) output is the direct sum re-associated through transforms that only
+add, subtract and halve, so its error stays a small multiple of float32 rounding of the terms'
+magnitude sum_i |w_i x_i| (measured here: <= 4e-7 of it); WINO_TOL leaves ~25x headroom.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from lrpfast._loader import _core
+
+WINO_TOL = 1e-5   # |engine - float64| <= WINO_TOL * (sum of |terms|) per output element
+
+
+def rng_for(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+@pytest.fixture
+def algo():
+    """Sets the process-wide algorithm for one test, restoring 'auto' after it."""
+    yield _core.set_conv_algorithm
+    _core.set_conv_algorithm("auto")
+
+
+def ref_forward(x, w, b, pad, group, absolute=False):
+    """y[n, o, i, j] = b[o] + sum_{c in group(o), u, v} w[o, c, u, v] x[n, c, i + u - p, j + v - p]
+    in float64 (absolute: the same sum over |terms|, for the error scale)."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    if absolute:
+        x, w = np.abs(x), np.abs(w)
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    Ho, Wo = H + 2 * pad - 2, W + 2 * pad - 2
+    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad))
+    xp[:, :, pad:pad + H, pad:pad + W] = x
+    y = np.zeros((N, O, Ho, Wo))
+    cg, og = C // group, O // group
+    for g in range(group):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for u in range(3):
+            for v in range(3):
+                patch = xs[:, :, u:u + Ho, v:v + Wo]               # (N, cg, Ho, Wo)
+                y[:, g * og:(g + 1) * og] += np.einsum("ncij,oc->noij", patch,
+                                                       w[g * og:(g + 1) * og, :, u, v])
+    if b is not None and not absolute:
+        y += b.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def ref_backward(dy, w, in_chw, pad, group, absolute=False):
+    """dx = the adjoint of ref_forward: every output's dy scattered back along its 3x3 taps."""
+    dy, w = dy.astype(np.float64), w.astype(np.float64)
+    if absolute:
+        dy, w = np.abs(dy), np.abs(w)
+    N, O, Ho, Wo = dy.shape
+    C, H, W = in_chw
+    dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad))
+    cg, og = C // group, O // group
+    for g in range(group):
+        for u in range(3):
+            for v in range(3):
+                dxp[:, g * cg:(g + 1) * cg, u:u + Ho, v:v + Wo] += np.einsum(
+                    "noij,oc->ncij", dy[:, g * og:(g + 1) * og], w[g * og:(g + 1) * og, :, u, v])
+    return dxp[:, :, pad:pad + H, pad:pad + W]
+
+
+# (N, C, O, H, W, pad, group, bias): odd/even/tiny planes (1 output row or column, planes smaller
+# than a tile), pads 0..3, 1..3 groups, 1..3 images
+CASES = [
+    (1, 16, 16, 8, 8, 1, 1, True),
+    (2, 5, 7, 9, 11, 1, 1, True),
+    (3, 6, 4, 7, 5, 0, 2, False),
+    (1, 3, 9, 3, 3, 0, 3, True),      # one output pixel
+    (2, 4, 4, 1, 1, 1, 1, True),      # 1x1 input, pad 1
+    (1, 8, 6, 2, 13, 2, 2, False),
+    (2, 4, 6, 6, 4, 3, 2, True),      # pad 3: forward only takes Winograd
+    (1, 2, 3, 17, 3, 1, 1, True),
+    (3, 32, 16, 14, 14, 1, 1, True),  # whole images per block
+    (1, 16, 32, 40, 30, 1, 2, False), # tile rows per block
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("which", ["winograd", "direct", "auto"])
+def test_forward_and_adjoint_vs_float64(case, which, algo):
+    N, C, O, H, W, pad, group, bias = case
+    rng = rng_for("wino", case)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C // group, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32) if bias else None
+    algo(which)
+    y = _core.conv_forward(x, w, b, 1, pad, 1, group)
+    want = ref_forward(x, w, b, pad, group)
+    scale = ref_forward(x, w, None, pad, group, absolute=True) + 1e-30
+    assert y.shape == want.shape
+    assert np.max(np.abs(y - want) / scale) <= WINO_TOL
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = _core.conv_backward_data(dy, w, (C, H, W), 1, pad, 1, group)
+    want = ref_backward(dy, w, (C, H, W), pad, group)
+    scale = ref_backward(dy, w, (C, H, W), pad, group, absolute=True) + 1e-30
+    assert dx.shape == want.shape
+    assert np.max(np.abs(dx - want) / scale) <= WINO_TOL
+
+
+def _pair(C, O, H, seed):
+    rng = rng_for("inv", C, O, H, seed)
+    x = rng.standard_normal((5, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((O, C, 3, 3)).astype(np.float32)
+    return x, w
+
+
+@pytest.mark.parametrize("C,O,H", [(96, 128, 28), (32, 32, 13), (16, 24, 57), (64, 16, 6)])
+def test_batch_and_thread_invariance(C, O, H, algo):
+    """An image's output is bit-identical whatever else is in the batch and however many threads
+    run (the blocks keep every tile in the same gemm column)."""
+    algo("winograd")
+    x, w = _pair(C, O, H, 0)
+    dy = np.random.default_rng(1).standard_normal((5, O, H, H)).astype(np.float32)
+    threads = _core.get_num_threads()
+    try:
+        full = _core.conv_forward(x, w, None, 1, 1, 1, 1)
+        back = _core.conv_backward_data(dy, w, (C, H, H), 1, 1, 1, 1)
+        for lo, hi in [(0, 1), (1, 3), (2, 5), (4, 5)]:
+            np.testing.assert_array_equal(_core.conv_forward(x[lo:hi], w, None, 1, 1, 1, 1),
+                                          full[lo:hi])
+            np.testing.assert_array_equal(
+                _core.conv_backward_data(dy[lo:hi], w, (C, H, H), 1, 1, 1, 1), back[lo:hi])
+        for t in (1, 2, 3):
+            _core.set_num_threads(t)
+            np.testing.assert_array_equal(_core.conv_forward(x, w, None, 1, 1, 1, 1), full)
+            np.testing.assert_array_equal(_core.conv_backward_data(dy, w, (C, H, H), 1, 1, 1, 1),
+                                          back)
+    finally:
+        _core.set_num_threads(threads)
+
+
+def test_auto_picks_winograd_for_wide_layers_only(algo):
+    """'auto' equals forced Winograd (bitwise) when both channel counts are >= 16 and the
+    direct method otherwise; the two methods round differently, so the choice is observable."""
+    x, w = _pair(16, 16, 20, 2)
+    outs = {}
+    for a in ("auto", "winograd", "direct"):
+        algo(a)
+        outs[a] = _core.conv_forward(x, w, None, 1, 1, 1, 1)
+    np.testing.assert_array_equal(outs["auto"], outs["winograd"])
+    assert not np.array_equal(outs["winograd"], outs["direct"])
+    x, w = x[:, :15], w[:, :15]
+    for a in ("auto", "direct"):
+        algo(a)
+        outs[a] = _core.conv_forward(x, w, None, 1, 1, 1, 1)
+    np.testing.assert_array_equal(outs["auto"], outs["direct"])
+
+
+def test_algorithm_switch(algo):
+    for a in ("direct", "winograd", "auto"):
+        algo(a)
+        assert _core.get_conv_algorithm() == a
+    with pytest.raises(ValueError, match="'auto', 'direct' or 'winograd'"):
+        _core.set_conv_algorithm("fft")
+
+
+def test_algorithm_from_environment():
+    code = "from lrpfast._loader import _core; print(_core.get_conv_algorithm())"
+    for v in ("direct", "winograd"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "LRPFAST_CONV_ALGO": v}, check=True)
+        assert out.stdout.strip() == v
