@@ -1,6 +1,8 @@
 #include "kernels/conv.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <utility>
 #include <cstring>
 #include <memory>
 
@@ -87,8 +89,40 @@ Blocking plan(const ConvGeom& g) {
   return b;
 }
 
-std::unique_ptr<float[]> alloc(std::int64_t n) {
-  return std::unique_ptr<float[]>(new float[size_t(n)]);
+// Per-thread scratch buffers, allocated at first use and reused for every unit of a call.
+class Scratch {
+ public:
+  float* get(int slot, std::int64_t n) {
+    auto& b = bufs_[slot];
+    if (b.second < n) b = {std::unique_ptr<float[]>(new float[size_t(n)]), n};
+    return b.first.get();
+  }
+
+ private:
+  std::pair<std::unique_ptr<float[]>, std::int64_t> bufs_[2];
+};
+
+// Runs body(n0, nb, scratch) over the call's units: groups of bl.images images (nb of them, the
+// last group may be smaller) or single images (nb = 1). With enough units for every thread, the
+// units are spread over the pool and each runs single-threaded inside (whole-image gemms, no
+// per-slice synchronisation); otherwise they run in order with the pool inside each.
+template <class F>
+void for_units(const ConvGeom& g, const Blocking& bl, F&& body) {
+  const int per = std::max(1, bl.images);
+  const int units = (g.N + per - 1) / per;
+  auto unit = [&](int u, Scratch& sc) { body(u * per, std::min(per, g.N - u * per), sc); };
+  const int T = num_threads();
+  if (T > 1 && units >= 2 * T) {
+    std::atomic<int> next{0};
+    auto task = [&](int, int) {
+      Scratch sc;
+      for (int u; (u = next.fetch_add(1)) < units;) unit(u, sc);
+    };
+    parallel_run(T, TaskRef(task));
+    return;
+  }
+  Scratch sc;
+  for (int u = 0; u < units; ++u) unit(u, sc);
 }
 
 // y[o, j] += b[o] for o < O, j < cols (row stride ldy)
@@ -142,38 +176,36 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
   const std::int64_t K = g.k_total();
   if (bl.images > 1) {  // several small images side by side: col (K, nb*P) -> tmp (O, nb*P)
     const std::int64_t ld = std::int64_t(bl.images) * P;
-    auto col = alloc(K * ld);
-    auto tmp = alloc(std::int64_t(g.O) * ld);
-    for (int n0 = 0; n0 < g.N; n0 += bl.images) {
-      const int nb = std::min(bl.images, g.N - n0);
+    for_units(g, bl, [&](int n0, int nb, Scratch& sc) {
+      float* col = sc.get(0, K * ld);
+      float* tmp = sc.get(1, std::int64_t(g.O) * ld);
       const int cols = int(nb * P);
       for (int i = 0; i < nb; ++i)
-        im2col(g, x + std::int64_t(n0 + i) * g.C * HW, 0, g.Ho, col.get() + i * P, ld);
+        im2col(g, x + std::int64_t(n0 + i) * g.C * HW, 0, g.Ho, col + i * P, ld);
       for (int gr = 0; gr < g.group; ++gr)
-        gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, col.get() + gr * Kg * ld,
-             int(ld), 0.f, tmp.get() + std::int64_t(gr) * Og * ld, int(ld));
-      if (b) add_bias(b, g.O, cols, tmp.get(), ld);
-      swap_image_channel(y + std::int64_t(n0) * g.O * P, tmp.get(), nb, g.O, P, ld, false);
-    }
+        gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, col + gr * Kg * ld, int(ld),
+             0.f, tmp + std::int64_t(gr) * Og * ld, int(ld));
+      if (b) add_bias(b, g.O, cols, tmp, ld);
+      swap_image_channel(y + std::int64_t(n0) * g.O * P, tmp, nb, g.O, P, ld, false);
+    });
     return;
   }
   // one image at a time, bl.rows output rows per gemm, written straight into y
-  auto col = alloc(K * std::int64_t(bl.rows) * g.Wo);
-  for (int n = 0; n < g.N; ++n) {
+  for_units(g, bl, [&](int n, int, Scratch& sc) {
+    float* col = sc.get(0, K * std::int64_t(bl.rows) * g.Wo);
     const float* xn = x + std::int64_t(n) * g.C * HW;
     float* yn = y + std::int64_t(n) * g.O * P;
     for (int oh0 = 0; oh0 < g.Ho; oh0 += bl.rows) {
       const int oh1 = std::min(g.Ho, oh0 + bl.rows);
       const int cols = (oh1 - oh0) * g.Wo;
-      im2col(g, xn, oh0, oh1, col.get(), cols);
+      im2col(g, xn, oh0, oh1, col, cols);
       float* yblk = yn + std::int64_t(oh0) * g.Wo;
       for (int gr = 0; gr < g.group; ++gr)
         gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg,
-             col.get() + std::int64_t(gr) * Kg * cols, cols, 0.f, yblk + std::int64_t(gr) * Og * P,
-             Ip);
+             col + std::int64_t(gr) * Kg * cols, cols, 0.f, yblk + std::int64_t(gr) * Og * P, Ip);
       if (b) add_bias(b, g.O, cols, yblk, P);
     }
-  }
+  });
 }
 
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
@@ -199,23 +231,22 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
   const std::int64_t K = g.k_total();
   if (bl.images > 1) {  // gather dy of nb images into (O, nb*P), one gemm per group, col2im each
     const std::int64_t ld = std::int64_t(bl.images) * P;
-    auto col = alloc(K * ld);
-    auto tmp = alloc(std::int64_t(g.O) * ld);
-    for (int n0 = 0; n0 < g.N; n0 += bl.images) {
-      const int nb = std::min(bl.images, g.N - n0);
+    for_units(g, bl, [&](int n0, int nb, Scratch& sc) {
+      float* col = sc.get(0, K * ld);
+      float* tmp = sc.get(1, std::int64_t(g.O) * ld);
       const int cols = int(nb * P);
-      swap_image_channel(const_cast<float*>(dy) + std::int64_t(n0) * g.O * P, tmp.get(), nb, g.O, P,
-                         ld, true);
+      swap_image_channel(const_cast<float*>(dy) + std::int64_t(n0) * g.O * P, tmp, nb, g.O, P, ld,
+                         true);
       for (int gr = 0; gr < g.group; ++gr)
-        gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg, tmp.get() + gr * Og * ld,
-             int(ld), 0.f, col.get() + std::int64_t(gr) * Kg * ld, int(ld));
+        gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg, tmp + gr * Og * ld, int(ld),
+             0.f, col + std::int64_t(gr) * Kg * ld, int(ld));
       for (int i = 0; i < nb; ++i)
-        col2im(g, col.get() + i * P, ld, 0, g.Ho, dx + std::int64_t(n0 + i) * g.C * HW);
-    }
+        col2im(g, col + i * P, ld, 0, g.Ho, dx + std::int64_t(n0 + i) * g.C * HW);
+    });
     return;
   }
-  auto col = alloc(K * std::int64_t(bl.rows) * g.Wo);
-  for (int n = 0; n < g.N; ++n) {
+  for_units(g, bl, [&](int n, int, Scratch& sc) {
+    float* col = sc.get(0, K * std::int64_t(bl.rows) * g.Wo);
     const float* dyn = dy + std::int64_t(n) * g.O * P;
     float* dxn = dx + std::int64_t(n) * g.C * HW;
     for (int oh0 = 0; oh0 < g.Ho; oh0 += bl.rows) {
@@ -224,11 +255,10 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
       const float* dyblk = dyn + std::int64_t(oh0) * g.Wo;
       for (int gr = 0; gr < g.group; ++gr)
         gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg,
-             dyblk + std::int64_t(gr) * Og * P, Ip, 0.f, col.get() + std::int64_t(gr) * Kg * cols,
-             cols);
-      col2im(g, col.get(), cols, oh0, oh1, dxn);
+             dyblk + std::int64_t(gr) * Og * P, Ip, 0.f, col + std::int64_t(gr) * Kg * cols, cols);
+      col2im(g, col, cols, oh0, oh1, dxn);
     }
-  }
+  });
 }
 
 }  // namespace cpu
