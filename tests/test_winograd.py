@@ -168,11 +168,13 @@ def test_auto_picks_winograd_for_wide_layers_only(algo):
 
 
 def test_algorithm_switch(algo):
+    import lrpfast
     for a in ("direct", "winograd", "auto"):
-        algo(a)
-        assert _core.get_conv_algorithm() == a
+        lrpfast.set_conv_algorithm(a)
+        assert _core.get_conv_algorithm() == lrpfast.get_conv_algorithm() == a
+        assert lrpfast.info()["conv_algorithm"] == a
     with pytest.raises(ValueError, match="'auto', 'direct' or 'winograd'"):
-        _core.set_conv_algorithm("fft")
+        lrpfast.set_conv_algorithm("fft")
 
 
 def test_algorithm_from_environment():

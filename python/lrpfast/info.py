@@ -19,6 +19,20 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+def set_conv_algorithm(name: str) -> None:
+    """Algorithm of the CPU engine's 3x3 stride-1 convolutions (process-wide):
+    "auto" (default: Winograd F(2x2,3x3), Lavin & Gray 2016, where it saves >= 1.6x of the
+    multiplications, i.e. >= 16 channels per group and planes of ~14x14 and up), "direct"
+    (im2col + gemm everywhere) or "winograd" (wherever the geometry allows). Both agree to
+    float32 rounding; an image's result never depends on the rest of its batch under Winograd.
+    The default comes from $LRPFAST_CONV_ALGO."""
+    _core.set_conv_algorithm(str(name))
+
+
+def get_conv_algorithm() -> str:
+    return str(_core.get_conv_algorithm())
+
+
 def _gpu_count() -> int:
     """Number of CUDA devices the driver reports (0 without a driver); loads nothing else."""
     for name in ("libcuda.so.1", "libcuda.so"):
@@ -34,10 +48,11 @@ def _gpu_count() -> int:
 
 
 def info() -> dict:
-    """{'version', 'blas', 'blas_config', 'threads', 'cuda_compiled', 'gpus'}."""
+    """{'version', 'blas', 'blas_config', 'threads', 'conv_algorithm', 'cuda_compiled', 'gpus'}."""
     return {
         "version": _core.__version__,
         "blas": _core.blas_name(),
+        "conv_algorithm": get_conv_algorithm(),
         "blas_config": _core.blas_config(),
         "threads": get_num_threads(),
         # the module file of lrpfast._cuda, found without loading it (nor cuBLAS)
