@@ -131,16 +131,24 @@ class FakeCudaTensor:
         self.__cuda_array_interface__ = dev.__cuda_array_interface__
 
 
-def test_device_inputs_give_device_outputs(emu):
-    rng = seeded_rng("cuda-emu", "devio")
+def _warm_pair(tag):
+    """A small VGG-like net on the CPU and on the (emulated) device, its input on the host and
+    on the device, the CPU's epsilon map, after one device call (the weights are uploaded once)
+    and with the transfer counters reset."""
+    rng = seeded_rng("cuda-emu", tag)
     tn = cc.vgg_like(2, rng)
     x = nets.random_input((2, 3, 12, 12), rng)
     cpu = lrpfast.Net.from_text(tn.text, tn.weights)
     dev = lrpfast.Net.from_text(tn.text, tn.weights, device="cuda")
     want = cpu.relevance(x, 3, "epsilon")
     xd = cuda.to_device(x)
-    dev.relevance(xd, 3, "epsilon")                 # warm: the weights are uploaded once
+    dev.relevance(xd, 3, "epsilon")
     cuda_emulation.reset_stats()
+    return x, xd, cpu, dev, want
+
+
+def test_device_inputs_give_device_outputs(emu):
+    x, xd, cpu, dev, want = _warm_pair("devio")
     got = dev.relevance(FakeCudaTensor(xd), 3, "epsilon")
     assert isinstance(got, cuda.DeviceArray) and got.shape == want.shape
     assert emu.stats["h2d_bytes"] == 0 and emu.stats["d2h"] == 0     # nothing crossed
@@ -499,15 +507,7 @@ def test_dlpack_layout_against_numpy_and_torch(dlp):
 
 
 def test_dlpack_net_inputs_and_outputs(emu, dlp):
-    rng = seeded_rng("cuda-emu", "dlpack-net")
-    tn = cc.vgg_like(2, rng)
-    x = nets.random_input((2, 3, 12, 12), rng)
-    cpu = lrpfast.Net.from_text(tn.text, tn.weights)
-    dev = lrpfast.Net.from_text(tn.text, tn.weights, device="cuda")
-    want = cpu.relevance(x, 3, "epsilon")
-    xd = cuda.to_device(x)
-    dev.relevance(xd, 3, "epsilon")                   # warm: weights uploaded
-    cuda_emulation.reset_stats()
+    x, xd, cpu, dev, want = _warm_pair("dlpack-net")
     got = dev.relevance(DLPackOnly(xd), 3, "epsilon")  # a DLPack-only device input
     assert isinstance(got, cuda.DeviceArray)
     assert emu.stats["h2d_bytes"] == 0 and emu.stats["d2h"] == 0     # nothing crossed

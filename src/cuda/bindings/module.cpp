@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bindings/dlpack.hpp"
+#include "bindings/args.hpp"
 #include "kernels/check.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/kernels.hpp"
@@ -571,19 +572,7 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
             shape_str(xs[0].shape), ", got ", shape_str(xs[k].shape));
     ptrs.push_back(xs[k].f());
   }
-  std::vector<float> coeffs;
-  if (!coeffso.is_none()) {
-    require(op == lrpfast::EltwiseOp::Sum, "coeffs are only defined for operation 'sum'");
-    if (!py::isinstance<py::sequence>(coeffso) || py::isinstance<py::str>(coeffso))
-      fail("coeffs must be a sequence of numbers or None, got ", std::string(py::repr(coeffso)));
-    try {
-      for (auto c : coeffso) coeffs.push_back(float(c.cast<double>()));
-    } catch (const py::cast_error&) {
-      fail("coeffs must be a sequence of numbers, got ", std::string(py::repr(coeffso)));
-    }
-    require(coeffs.size() == K, "coeffs must have one value per input (", K, "), got ",
-            coeffs.size());
-  }
+  const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, op, K);
   DeviceArray y = empty(xs[0].shape);
   py::object am = py::none();
   std::int32_t* ap = nullptr;
