@@ -937,3 +937,24 @@ def test_eltwise_affine_errors(call, match):
         return
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, -0.5, 2.0])
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 5, 4, 9), (2, 40000)])
+def test_relu_forward_matches_numpy_bitwise(slope, shape):
+    """Caffe's ReLU: x > 0 ? x : slope*x, bit-identical to numpy's expressions, including signed
+    zeros (slope 0 gives +0 like np.maximum), NaN and infinities, on the threaded kernel too."""
+    rng = np.random.default_rng(abs(hash((slope, shape))) % 2**32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    special = np.array([-0.0, 0.0, np.nan, np.inf, -np.inf], np.float32)
+    flat[:min(flat.size, 5)] = special[:min(flat.size, 5)]
+    got = core.relu_forward(x, slope)
+    want = np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, np.float32(slope) * x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_relu_forward_rejects_bad_slope():
+    with pytest.raises(ValueError, match="negative_slope"):
+        core.relu_forward(np.ones(3, np.float32), float("nan"))

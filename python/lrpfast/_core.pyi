@@ -122,6 +122,12 @@ def eltwise_forward(
     the maximum with argmax (int32) = the index of the first input holding it; argmax is None
     except for "max"."""
 
+def relu_forward(
+    x: ArrayLike,  # any shape
+    negative_slope: float = 0.0,
+) -> FloatArray:  # x > 0 ? x : slope * x (slope 0: +0 where x <= 0, NaN kept)
+    """Caffe's ReLU forward, threaded."""
+
 def channel_affine(
     x: ArrayLike,  # (N, C, ...)
     scale: ArrayLike,  # (C,)

@@ -628,6 +628,12 @@ class _Kernels:
         return stabilized_divide(r, z, eps, zero_to_zero)
 
     @staticmethod
+    def relu_forward(x, negative_slope=0.0):
+        if negative_slope == 0.0:
+            return np.maximum(x, 0)
+        return np.where(x > 0, x, np.float32(negative_slope) * x)
+
+    @staticmethod
     def alphabeta_signal(r, z, zp, alpha, beta, groups=1):
         """_core.alphabeta_signal from the device primitives: (N, C, ...) -> (N, 2C, ...),
         per group [alpha*r/zp ; -beta*r/(z-zp)], a zero denominator giving 0."""
@@ -695,6 +701,11 @@ KERNELS = _Kernels()
 class _CudaOpMixin:
     """Makes an ops.LinearOp run on the GPU: the weight variants are computed on the host once
     (ops.LinearOp.weights caches them), uploaded once and kept on the device."""
+
+    def bwd_signal(self, R, kind="w", **fused):
+        """The unfused sequence of device kernels (ConvOp's override calls the CPU engine)."""
+        from . import ops
+        return ops.LinearOp.bwd_signal(self, R, kind, **fused)
 
     def _dev_init(self):
         self._dw: dict = {}

@@ -390,10 +390,7 @@ class ReLU(Layer):
         return [in_shapes[0]]
 
     def forward(self, xs):
-        x = xs[0]
-        if self.slope == 0.0:
-            return [np.maximum(x, 0)], {}
-        return [np.where(x > 0, x, np.float32(self.slope) * x)], {}
+        return [_kernels(xs[0]).relu_forward(xs[0], self.slope)], {}
 
     def relevance(self, xs, ys, state, Rs, ctx):
         R, x = Rs[0], xs[0]

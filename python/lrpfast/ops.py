@@ -92,6 +92,15 @@ class LinearOp:
         n = self._count_cache[key]
         return np.broadcast_to(n, (x_shape[0],) + n.shape[1:])
 
+    def bwd_signal(self, R, kind="w", *, z=None, eps=0.0, times=None):
+        """The tail every LRP rule shares: ``times * bwd(stabilized_divide(R, z, eps), kind)``,
+        each step only when its argument is given (z: the denominators, shaped like R; times:
+        shaped like the input). Operators with a fused kernel (ConvOp) override it; the result
+        is bit-identical either way."""
+        s = R if z is None else _kernels(R).stabilized_divide(R, z, float(eps), True)
+        c = self.bwd(s, kind)
+        return c if times is None else times * c
+
     # subclasses: fwd(x, kind, bias), bwd(s, kind)
 
 
@@ -113,6 +122,15 @@ class ConvOp(LinearOp):
             return self._bwd_ones(s)
         return _core.conv_backward_data(s, self.weights(kind), self.in_shape, self.stride,
                                         self.pad, self.dilation, self.group)
+
+    def bwd_signal(self, R, kind="w", *, z=None, eps=0.0, times=None):
+        """LinearOp.bwd_signal in one native call: the quotient and the product are computed
+        inside the transposed convolution, block by block, never stored whole."""
+        if kind == "ones":
+            return super().bwd_signal(R, kind, z=z, eps=eps, times=times)
+        return _core.conv_backward_data(R, self.weights(kind), self.in_shape, self.stride,
+                                        self.pad, self.dilation, self.group, z=z, eps=float(eps),
+                                        times=times)
 
     def _bwd_ones(self, s):
         """bwd(s, "ones") without the all-ones product: every input channel of a group receives

@@ -78,8 +78,7 @@ class Epsilon(Rule):
     def linear(self, op, x, R, z=None):
         if z is None:
             z = op.fwd(x, "w", "b")
-        s = stabilized_divide(R, z, self.eps)
-        return x * op.bwd(s, "w")
+        return op.bwd_signal(R, "w", z=z, eps=self.eps, times=x)   # x * W^T (R / z_eps)
 
 
 class Zero(Epsilon):
@@ -110,12 +109,9 @@ class AlphaBeta(Rule):
             # z- = z - z+ (b = b+ + b-) comes from the stored layer output z; both halves then
             # go through ONE transposed product with the stacked weights [W+; W-]
             zp = op.fwd(x, "pos", "pos")
-            if self.beta == 0.0:
-                s = safe_divide(R, zp)
-                if self.alpha != 1.0:
-                    s *= np.float32(self.alpha)
-                return x * op.bwd(s, "pos")
-            return x * op.bwd(op.pm_signal(R, z, zp, self.alpha, self.beta), "pm")
+            if self.beta == 0.0:   # then alpha = 1: x * W+^T (R / z+)
+                return op.bwd_signal(R, "pos", z=zp, eps=0.0, times=x)
+            return op.bwd_signal(op.pm_signal(R, z, zp, self.alpha, self.beta), "pm", times=x)
         xp = np.maximum(x, 0)
         xn = np.minimum(x, 0) if has_neg else None
 

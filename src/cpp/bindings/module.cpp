@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -148,7 +149,8 @@ py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, cons
 py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& wo,
                                       const py::object& in_shape, const py::object& stride,
                                       const py::object& pad, const py::object& dilation,
-                                      const py::object& group) {
+                                      const py::object& group, const py::object& zo, double eps,
+                                      const py::object& timeso) {
   auto dy = input<float>(dyo, "dy", 4, "(N,O,Ho,Wo)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
@@ -158,11 +160,26 @@ py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& w
   require(dy[1] == g.O && dy[2] == g.Ho && dy[3] == g.Wo, "dy must have shape (N, ", g.O, ", ",
           g.Ho, ", ", g.Wo, ") for this convolution of an input (", in[0], ", ", in[1], ", ", in[2],
           "), got ", shape_str(dy.shape));
+  lrpfast::cpu::BackwardFusion f;
+  Input<float> z, times;
+  if (!zo.is_none()) {
+    z = input<float>(zo, "z", 4, "(N,O,Ho,Wo)");
+    require(z.shape == dy.shape, "z must have the shape of dy ", shape_str(dy.shape), ", got ",
+            shape_str(z.shape));
+    lrpfast::check_stabilizer(eps);
+    f.z = z.data(), f.eps = float(eps);
+  }
   auto dx = output<float>({g.N, g.C, g.H, g.W});
+  if (!timeso.is_none()) {
+    times = input<float>(timeso, "times", 4, "(N,C,H,W)");
+    require(times.shape == std::vector<i64>{g.N, g.C, g.H, g.W}, "times must have the shape of dx (",
+            g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), got ", shape_str(times.shape));
+    f.times = times.data();
+  }
   float* dxp = dx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    lrpfast::cpu::conv_backward_data(g, dy.data(), w.data(), dxp);
+    lrpfast::cpu::conv_backward_data(g, dy.data(), w.data(), dxp, f);
   }
   return dx;
 }
@@ -363,6 +380,18 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   return py::make_tuple(y, am);
 }
 
+py::array_t<float> relu_forward(const py::object& xo, double slope) {
+  auto x = input<float>(xo, "x", -1, "");
+  require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
+  auto y = output<float>(x.shape);
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::relu_forward(x.size(), x.data(), float(slope), yp);
+  }
+  return y;
+}
+
 py::array_t<float> channel_affine(const py::object& xo, const py::object& so,
                                   const py::object& bo) {
   auto x = input<float>(xo, "x", -1, "");
@@ -468,9 +497,13 @@ PYBIND11_MODULE(_core, m) {
         "Computed as im2col + one gemm per group (1x1/stride 1/pad 0 kernels skip im2col).");
   m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        py::kw_only(), py::arg("z") = py::none(), py::arg("eps") = 0.0,
+        py::arg("times") = py::none(),
         "Gradient of conv_forward w.r.t. its input (the transposed convolution).\n\n"
         "dy (N,O,Ho,Wo), w (O,C/group,kh,kw), in_shape (C,H,W) or (N,C,H,W) (N is taken from dy)\n"
-        "-> dx (N,C,H,W) = col2im(W^T dy). Bias plays no part.");
+        "-> dx (N,C,H,W) = col2im(W^T dy). Bias plays no part.\n"
+        "Fused rule steps (bit-identical to doing them apart): z (N,O,Ho,Wo) replaces dy by\n"
+        "stabilized_divide(dy, z, eps); times (N,C,H,W) multiplies the result element-wise.");
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"),
         "Fully connected layer: x (N,K), w (O,K), b (O,) or None -> y (N,O) = x w^T + b.");
   m.def("linear_backward_data", &linear_backward_data, py::arg("dy"), py::arg("w"),
@@ -522,6 +555,9 @@ PYBIND11_MODULE(_core, m) {
         "loop). operation 'sum': y = sum_k coeffs[k] * xs[k] (coeffs: K values, None = all 1);\n"
         "'prod': the product; 'max': the maximum, argmax (int32, shape of y) the index k of the\n"
         "first input holding it. argmax is None except for 'max'.");
+  m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,
+        "Caffe's ReLU: x > 0 ? x : negative_slope * x (any shape), rounded as numpy's\n"
+        "np.where(x > 0, x, slope * x); slope 0 gives +0 where x <= 0, as np.maximum(x, 0).");
   m.def("channel_affine", &channel_affine, py::arg("x"), py::arg("scale"),
         py::arg("bias") = py::none(),
         "Per-channel affine map (BatchNorm/Scale after folding): x (N, C, ...), scale (C,), bias\n"

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "kernels/check.hpp"
+#include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/im2col.hpp"
 #include "kernels/parallel.hpp"
@@ -154,6 +155,40 @@ void swap_image_channel(float* images, float* rows, int nb, int O, std::int64_t 
   });
 }
 
+// dst[r*ldd + j] = stabilized_quotient(src[r*lds + j], z[r*lds + j], eps) for r < rows, j < cols.
+void signal_rows(const float* src, const float* z, float eps, int rows, std::int64_t cols,
+                 std::int64_t lds, float* dst, std::int64_t ldd) {
+  parallel_for(rows, rows * cols, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const float* a = src + r * lds;
+      const float* zz = z + r * lds;
+      float* d = dst + r * ldd;
+      for (std::int64_t j = 0; j < cols; ++j) d[j] = stabilized_quotient(a[j], zz[j], eps);
+    }
+  });
+}
+
+// nb images' (O, P) planes of dy (its signal when z is given) into the gemm layout (O, nb*P).
+void gather_signal(const float* dy, const float* z, float eps, int nb, int O, std::int64_t P,
+                   float* rows, std::int64_t ld) {
+  if (!z) return swap_image_channel(const_cast<float*>(dy), rows, nb, O, P, ld, true);
+  for (int i = 0; i < nb; ++i)
+    signal_rows(dy + std::int64_t(i) * O * P, z + std::int64_t(i) * O * P, eps, O, P, P,
+                rows + i * P, ld);
+}
+
+void scale_by(float* a, const float* t, std::int64_t n) {
+  parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t i = lo; i < hi; ++i) a[i] *= t[i];
+  });
+}
+
+void zero(float* a, std::int64_t n) {
+  parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
+    std::memset(a + lo, 0, sizeof(float) * size_t(hi - lo));
+  });
+}
+
 }  // namespace
 
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
@@ -208,25 +243,33 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
   });
 }
 
-void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
-  if (winograd_applies(g, true)) return winograd_backward_data(g, dy, w, dx);
+void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
+                        const BackwardFusion& f) {
+  if (winograd_applies(g, true)) return winograd_backward_data(g, dy, w, dx, f);
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
+  const std::int64_t in_img = std::int64_t(g.C) * HW, out_img = std::int64_t(g.O) * P;
+  auto finish = [&](int n) {  // the fused product with `times`, while the image is in cache
+    if (f.times) scale_by(dx + n * in_img, f.times + n * in_img, in_img);
+  };
   if (g.pointwise()) {  // dx plane = W^T dy directly
+    Scratch sc;
     for (int n = 0; n < g.N; ++n) {
-      const float* dyn = dy + std::int64_t(n) * g.O * P;
-      float* dxn = dx + std::int64_t(n) * g.C * HW;
+      const float* sig = dy + n * out_img;
+      if (f.z) {
+        float* s = sc.get(0, out_img);
+        signal_rows(sig, f.z + n * out_img, f.eps, 1, out_img, out_img, s, out_img);
+        sig = s;
+      }
+      float* dxn = dx + n * in_img;
       for (int gr = 0; gr < g.group; ++gr)
-        gemm(true, false, Kg, Ip, Og, 1.f, w + gr * wg_stride, Kg, dyn + std::int64_t(gr) * Og * P,
+        gemm(true, false, Kg, Ip, Og, 1.f, w + gr * wg_stride, Kg, sig + std::int64_t(gr) * Og * P,
              Ip, 0.f, dxn + std::int64_t(gr) * Kg * HW, Ip);
+      finish(n);
     }
     return;
   }
-  const std::int64_t total = std::int64_t(g.N) * g.C * HW;
-  parallel_for(total, total, [&](std::int64_t lo, std::int64_t hi) {
-    std::memset(dx + lo, 0, sizeof(float) * size_t(hi - lo));
-  });
   const Blocking bl = plan(g);
   const std::int64_t K = g.k_total();
   if (bl.images > 1) {  // gather dy of nb images into (O, nb*P), one gemm per group, col2im each
@@ -235,29 +278,40 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
       float* col = sc.get(0, K * ld);
       float* tmp = sc.get(1, std::int64_t(g.O) * ld);
       const int cols = int(nb * P);
-      swap_image_channel(const_cast<float*>(dy) + std::int64_t(n0) * g.O * P, tmp, nb, g.O, P, ld,
-                         true);
+      gather_signal(dy + n0 * out_img, f.z ? f.z + n0 * out_img : nullptr, f.eps, nb, g.O, P,
+                    tmp, ld);
       for (int gr = 0; gr < g.group; ++gr)
         gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg, tmp + gr * Og * ld, int(ld),
              0.f, col + std::int64_t(gr) * Kg * ld, int(ld));
-      for (int i = 0; i < nb; ++i)
-        col2im(g, col + i * P, ld, 0, g.Ho, dx + std::int64_t(n0 + i) * g.C * HW);
+      zero(dx + n0 * in_img, nb * in_img);
+      for (int i = 0; i < nb; ++i) {
+        col2im(g, col + i * P, ld, 0, g.Ho, dx + (n0 + i) * in_img);
+        finish(n0 + i);
+      }
     });
     return;
   }
   for_units(g, bl, [&](int n, int, Scratch& sc) {
     float* col = sc.get(0, K * std::int64_t(bl.rows) * g.Wo);
-    const float* dyn = dy + std::int64_t(n) * g.O * P;
-    float* dxn = dx + std::int64_t(n) * g.C * HW;
+    const float* dyn = dy + n * out_img;
+    float* dxn = dx + n * in_img;
+    zero(dxn, in_img);
     for (int oh0 = 0; oh0 < g.Ho; oh0 += bl.rows) {
       const int oh1 = std::min(g.Ho, oh0 + bl.rows);
       const int cols = (oh1 - oh0) * g.Wo;
-      const float* dyblk = dyn + std::int64_t(oh0) * g.Wo;
+      const float* sig = dyn + std::int64_t(oh0) * g.Wo;
+      std::int64_t ld = P;
+      if (f.z) {  // this block's signal, (O, cols)
+        float* s = sc.get(1, std::int64_t(g.O) * cols);
+        signal_rows(sig, f.z + n * out_img + std::int64_t(oh0) * g.Wo, f.eps, g.O, cols, P, s, cols);
+        sig = s, ld = cols;
+      }
       for (int gr = 0; gr < g.group; ++gr)
-        gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg,
-             dyblk + std::int64_t(gr) * Og * P, Ip, 0.f, col + std::int64_t(gr) * Kg * cols, cols);
+        gemm(true, false, Kg, cols, Og, 1.f, w + gr * wg_stride, Kg, sig + gr * Og * ld, int(ld),
+             0.f, col + std::int64_t(gr) * Kg * cols, cols);
       col2im(g, col, cols, oh0, oh1, dxn);
     }
+    finish(n);
   });
 }
 

@@ -49,8 +49,20 @@ namespace cpu {
 // x (N,C,H,W), w (O,C/group,kh,kw), b (O) or nullptr -> y (N,O,Ho,Wo) (overwritten).
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
 
+// Element-wise steps of an LRP rule fused into conv_backward_data, so the signal and the
+// product never make a round trip through memory (both optional, each as its own kernel would
+// compute it, so the result is bit-identical to the unfused sequence):
+//   z (N,O,Ho,Wo): the signal is stabilized_quotient(dy, z, eps) instead of dy;
+//   times (N,C,H,W): the result is multiplied by it element-wise.
+struct BackwardFusion {
+  const float* z = nullptr;
+  float eps = 0.f;
+  const float* times = nullptr;
+};
+
 // dy (N,O,Ho,Wo), w (O,C/group,kh,kw) -> dx (N,C,H,W) (overwritten) = conv_forward's adjoint.
-void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
+void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
+                        const BackwardFusion& f = {});
 
 }  // namespace cpu
 }  // namespace lrpfast

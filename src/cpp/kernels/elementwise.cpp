@@ -25,10 +25,7 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
                        float* out) {
   if (zero_to_zero) {
     parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t i = lo; i < hi; ++i) {
-        const float d = z[i] >= 0.f ? z[i] + eps : z[i] - eps;
-        out[i] = d == 0.f ? 0.f : r[i] / d;
-      }
+      for (std::int64_t i = lo; i < hi; ++i) out[i] = stabilized_quotient(r[i], z[i], eps);
     });
   } else {
     parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
@@ -38,6 +35,19 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
       }
     });
   }
+}
+
+void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
+  parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
+    if (slope == 0.f) {
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const float v = x[i];
+        y[i] = v > 0.f ? v : (v == v ? 0.f : v);
+      }
+    } else {
+      for (std::int64_t i = lo; i < hi; ++i) y[i] = x[i] > 0.f ? x[i] : slope * x[i];
+    }
+  });
 }
 
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,

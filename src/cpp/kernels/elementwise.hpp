@@ -12,6 +12,17 @@ enum class EltwiseOp : int { Prod = 0, Sum = 1, Max = 2 };
 // "prod", "sum" or "max" -> EltwiseOp; throws std::invalid_argument otherwise.
 EltwiseOp parse_eltwise_op(const char* name);
 
+// r / (z + eps * sign(z)), sign(0) = +1, and 0 where that denominator is exactly 0: the one
+// definition of the stabilised quotient (stabilized_divide, and fused into conv_backward_data).
+// Written branch-free (the division never sees the zero it would be masked for), so loops over
+// it vectorise: GCC will not if-convert a division that could trap.
+inline float stabilized_quotient(float r, float z, float eps) {
+  const float d = z + (z >= 0.f ? eps : -eps);
+  const bool zero = d == 0.f;
+  const float q = r / (zero ? 1.f : d);
+  return zero ? 0.f : q;
+}
+
 namespace cpu {
 // out[i] = r[i] / (z[i] + eps * sign(z[i])), sign(0) = +1 (so -0.0 counts as +).
 // zero_to_zero: where that denominator is exactly 0, out[i] = 0 (LRP: "a zero denominator
@@ -28,6 +39,10 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,
                       const float* r, const float* z, const float* zp, float alpha, float beta,
                       float* out);
+
+// Caffe's ReLU forward, y = x > 0 ? x : slope * x, rounded as numpy's np.where(x > 0, x, slope*x);
+// slope 0 gives +0 for x <= 0 (as np.maximum(x, 0)), NaN staying NaN.
+void relu_forward(std::int64_t n, const float* x, float slope, float* y);
 
 // Caffe's Eltwise forward over K >= 1 inputs xs[0..K) of n elements each (the same shape),
 // evaluated per element in input order with float32 rounding after every step, so the result is

@@ -6,8 +6,10 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/parallel.hpp"
 
@@ -39,6 +41,7 @@ constexpr std::int64_t kMaxBlockTiles = 1024;
 // U (group, 16, Kg, Cg) the transformed kernels, b (K) or nullptr.
 struct Problem {
   int N, C, H, W, K, Ho, Wo, ph, pw, group;
+  BackwardFusion fuse;  // z (like x): transform x's signal; times (like y): multiply the result
   int Cg() const { return C / group; }
   int Kg() const { return K / group; }
   int th() const { return (Ho + 1) / 2; }
@@ -117,22 +120,37 @@ void input_transform(const Problem& p, const float* x, int c0, const Block& blk,
                    buf.data() + 7 * Wp};
     // input columns [-pw, -pw + Wp) of the padded row; the valid part is [0, W)
     const int x_lo = std::min(Wp, std::max(0, p.pw)), x_hi = std::max(x_lo, std::min(Wp, p.W + p.pw));
+    // fills `row` with padded input row iy (its signal when fused), zero outside the plane
+    auto load = [&](const float* plane, const float* zplane, int iy, float* row) {
+      if (iy < 0 || iy >= p.H) {
+        std::memset(row, 0, sizeof(float) * Wp);
+        return;
+      }
+      std::memset(row, 0, sizeof(float) * x_lo);
+      const std::int64_t at = std::int64_t(iy) * p.W + (x_lo - p.pw);
+      if (zplane) {
+        const float* a = plane + at;
+        const float* z = zplane + at;
+        float* o = row + x_lo;
+        const float eps = p.fuse.eps;
+        for (int j = 0; j < x_hi - x_lo; ++j) o[j] = stabilized_quotient(a[j], z[j], eps);
+      } else {
+        std::memcpy(row + x_lo, plane + at, sizeof(float) * (x_hi - x_lo));
+      }
+      std::memset(row + x_hi, 0, sizeof(float) * (Wp - x_hi));
+    };
     for (std::int64_t c = ca; c < cb; ++c) {
       for (int r = r0; r < r1; ++r) {
         const int n = r / th, ty = r % th;
         const float* plane = x + (std::int64_t(n) * p.C + c0 + c) * HW;
-        for (int i = 0; i < 4; ++i) {  // the 4 input rows of this tile row, zero outside
-          const int iy = 2 * ty - p.ph + i;
-          float* row = d[i];
-          if (iy < 0 || iy >= p.H) {
-            std::memset(row, 0, sizeof(float) * Wp);
-            continue;
-          }
-          std::memset(row, 0, sizeof(float) * x_lo);
-          std::memcpy(row + x_lo, plane + std::int64_t(iy) * p.W + (x_lo - p.pw),
-                      sizeof(float) * (x_hi - x_lo));
-          std::memset(row + x_hi, 0, sizeof(float) * (Wp - x_hi));
+        const float* zplane = p.fuse.z ? p.fuse.z + (plane - x) : nullptr;
+        // the 4 input rows 2*ty - ph + i; the previous tile row of this plane loaded the first two
+        const bool reuse = r > r0 && ty > 0;
+        if (reuse) {
+          std::swap(d[0], d[2]);
+          std::swap(d[1], d[3]);
         }
+        for (int i = reuse ? 2 : 0; i < 4; ++i) load(plane, zplane, 2 * ty - p.ph + i, d[i]);
         for (int j = 0; j < Wp; ++j) {  // B^T d, on whole rows
           t[0][j] = d[0][j] - d[2][j];
           t[1][j] = d[1][j] + d[2][j];
@@ -187,9 +205,16 @@ void output_transform(const Problem& p, const float* M, const float* b, int k0, 
           y1[2 * tx] = s1[0] + s1[1] + s1[2] + bias;
           y1[2 * tx + 1] = s1[1] - s1[2] - s1[3] + bias;
         }
-        float* out = y + (std::int64_t(n) * p.K + k0 + k) * P + std::int64_t(2 * ty) * p.Wo;
-        std::memcpy(out, y0, sizeof(float) * p.Wo);
-        if (2 * ty + 1 < p.Ho) std::memcpy(out + p.Wo, y1, sizeof(float) * p.Wo);
+        const std::int64_t at = (std::int64_t(n) * p.K + k0 + k) * P + std::int64_t(2 * ty) * p.Wo;
+        const int nrows = 2 * ty + 1 < p.Ho ? 2 : 1;
+        if (p.fuse.times) {
+          const float* t = p.fuse.times + at;
+          for (int j = 0; j < p.Wo; ++j) y0[j] *= t[j];
+          if (nrows == 2)
+            for (int j = 0; j < p.Wo; ++j) y1[j] *= t[p.Wo + j];
+        }
+        std::memcpy(y + at, y0, sizeof(float) * p.Wo);
+        if (nrows == 2) std::memcpy(y + at + p.Wo, y1, sizeof(float) * p.Wo);
       }
     }
   });
@@ -292,14 +317,15 @@ bool winograd_applies(const ConvGeom& g, bool backward) {
 
 void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
   const auto U = transform_kernels(w, g.O, g.cin_per_group(), g.group, false);
-  const Problem p{g.N, g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw, g.group};
+  const Problem p{g.N, g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw, g.group, {}};
   run(p, x, U.get(), b, y);
 }
 
-void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {
+void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
+                            const BackwardFusion& f) {
   // dx = conv(dy, w flipped and transposed, pad 2 - pad): from O channels to C channels
   const auto U = transform_kernels(w, g.O, g.cin_per_group(), g.group, true);
-  const Problem p{g.N, g.O, g.Ho, g.Wo, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw, g.group};
+  const Problem p{g.N, g.O, g.Ho, g.Wo, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw, g.group, f};
   run(p, dy, U.get(), nullptr, dx);
 }
 

@@ -35,7 +35,8 @@ bool winograd_applies(const ConvGeom& g, bool backward);
 
 // Same contracts as conv_forward / conv_backward_data (outputs overwritten).
 void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
-void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
+void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
+                            const BackwardFusion& f = {});
 
 }  // namespace cpu
 }  // namespace lrpfast

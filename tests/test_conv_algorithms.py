@@ -1,7 +1,9 @@
-"""The Winograd F(2x2,3x3) path of the CPU convolution (src/cpp/kernels/winograd.cpp) against
-float64 references written here with explicit loops over the 3x3 taps (no im2col, no engine
-indexing): forward and transposed product, pads 0..3, groups, odd and tiny planes, batches; plus
-its invariances (batch composition, thread count) and the algorithm switch.
+"""The CPU convolution's algorithms and fused paths: the Winograd F(2x2,3x3) path
+(src/cpp/kernels/winograd.cpp) against float64 references written here with explicit loops over
+the 3x3 taps (no im2col, no engine indexing) -- forward and transposed product, pads 0..3, groups,
+odd and tiny planes, batches; its invariances (batch composition, thread count); the algorithm
+switch; and the rule steps fused into conv_backward_data (z/eps/times), which must be
+bit-identical to the unfused sequence on every code path.
 
 Tolerance: an F(2x2,3x3) output is the direct sum re-associated through transforms that only
 add, subtract and halve, so its error stays a small multiple of float32 rounding of the terms'
@@ -183,3 +185,53 @@ def test_algorithm_from_environment():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "LRPFAST_CONV_ALGO": v}, check=True)
         assert out.stdout.strip() == v
+
+
+# (N, C, O, H, W, k, stride, pad, group, algorithm): every conv_backward_data code path --
+# Winograd, 1x1 (pointwise), small planes batched per gemm, large planes in row blocks, strided
+FUSED_CASES = [
+    (3, 16, 32, 12, 10, 3, 1, 1, 1, "winograd"),
+    (2, 6, 4, 9, 7, 3, 1, 0, 2, "winograd"),
+    (3, 8, 12, 5, 6, 1, 1, 0, 1, "direct"),
+    (5, 6, 9, 7, 5, 3, 2, 1, 3, "direct"),
+    (2, 3, 8, 45, 40, 5, 1, 2, 1, "direct"),
+    (1, 4, 6, 30, 33, 3, 1, 1, 2, "direct"),
+    (6, 4, 8, 34, 34, 5, 1, 2, 2, "direct"),     # row blocks, images spread over threads
+    (4, 16, 16, 14, 14, 3, 1, 1, 1, "auto"),
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=[str(c) for c in FUSED_CASES])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_fused_backward_is_the_unfused_sequence(case, eps, algo):
+    N, C, O, H, W, k, stride, pad, group, which = case
+    rng = rng_for("fused", case, eps)
+    algo(which)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C // group, k, k)).astype(np.float32)
+    z = _core.conv_forward(x, w, None, stride, pad, 1, group)
+    z.reshape(-1)[::7] = 0.0                       # exact zeros: the quotient is 0 there
+    R = rng.standard_normal(z.shape).astype(np.float32)
+    args = ((C, H, W), stride, pad, 1, group)
+    s = _core.stabilized_divide(R, z, eps, True)
+    want = x * _core.conv_backward_data(s, w, *args)
+    np.testing.assert_array_equal(_core.conv_backward_data(R, w, *args, z=z, eps=eps, times=x),
+                                  want)
+    np.testing.assert_array_equal(_core.conv_backward_data(R, w, *args, z=z, eps=eps),
+                                  _core.conv_backward_data(s, w, *args))
+    np.testing.assert_array_equal(_core.conv_backward_data(R, w, *args, times=x),
+                                  x * _core.conv_backward_data(R, w, *args))
+
+
+def test_fused_backward_argument_errors():
+    x = np.ones((2, 3, 6, 6), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    R = np.ones((2, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="z must have the shape of dy"):
+        _core.conv_backward_data(R, w, (3, 6, 6), z=R[:1])
+    with pytest.raises(ValueError, match="times must have the shape of dx"):
+        _core.conv_backward_data(R, w, (3, 6, 6), times=x[:, :2])
+    with pytest.raises(ValueError, match="eps"):
+        _core.conv_backward_data(R, w, (3, 6, 6), z=R, eps=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        _core.conv_backward_data(R, w, (3, 6, 6), z=R, eps=float("nan"))
