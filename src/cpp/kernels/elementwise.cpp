@@ -39,16 +39,36 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
 
 void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
   parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
-    if (slope == 0.f) {
+    if (slope == 0.f) {  // (selects written branch-free, so the loops vectorise)
       for (std::int64_t i = lo; i < hi; ++i) {
         const float v = x[i];
-        y[i] = v > 0.f ? v : (v == v ? 0.f : v);
+        const bool keep = (v > 0.f) | (v != v);  // positive or NaN
+        y[i] = keep ? v : 0.f;
       }
     } else {
-      for (std::int64_t i = lo; i < hi; ++i) y[i] = x[i] > 0.f ? x[i] : slope * x[i];
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const float v = x[i], neg = slope * v;
+        y[i] = v > 0.f ? v : neg;
+      }
     }
   });
 }
+
+namespace {
+// One channel plane of alphabeta_signal (restrict + safe divisors: the loop vectorises).
+void alphabeta_row(std::int64_t P, const float* __restrict rr, const float* __restrict zz,
+                   const float* __restrict pp, float alpha, float beta, float* __restrict op,
+                   float* __restrict on) {
+  for (std::int64_t i = 0; i < P; ++i) {
+    const float zpi = pp[i], zni = zz[i] - pp[i];
+    const bool p0 = zpi == 0.f, n0 = zni == 0.f;
+    const float qp = alpha * (rr[i] / (p0 ? 1.f : zpi));
+    const float qn = -beta * (rr[i] / (n0 ? 1.f : zni));
+    op[i] = p0 ? 0.f : qp;
+    on[i] = n0 ? 0.f : qn;
+  }
+}
+}  // namespace
 
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,
                       const float* r, const float* z, const float* zp, float alpha, float beta,
@@ -62,11 +82,7 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
       const float* pp = zp + t * P;
       float* op = out + (ng * 2 * Og + o) * P;  // (n, g, 0, o, :)
       float* on = op + Og * P;                  // (n, g, 1, o, :)
-      for (std::int64_t i = 0; i < P; ++i) {
-        const float zpi = pp[i], zni = zz[i] - pp[i];
-        op[i] = zpi == 0.f ? 0.f : alpha * (rr[i] / zpi);
-        on[i] = zni == 0.f ? 0.f : -beta * (rr[i] / zni);
-      }
+      alphabeta_row(P, rr, zz, pp, alpha, beta, op, on);
     }
   });
 }

@@ -107,6 +107,39 @@ std::unique_ptr<float[]> transform_kernels(const float* w, int O, int Cg, int gr
   return U;
 }
 
+// The transforms' inner loops, over whole rows of tiles (restrict: they vectorise).
+// B^T d for the 4 input rows d0..d3 of a tile row, n columns.
+void bt_rows(int n, const float* __restrict d0, const float* __restrict d1,
+             const float* __restrict d2, const float* __restrict d3, float* __restrict t0,
+             float* __restrict t1, float* __restrict t2, float* __restrict t3) {
+  for (int j = 0; j < n; ++j) {
+    t0[j] = d0[j] - d2[j];
+    t1[j] = d1[j] + d2[j];
+    t2[j] = d2[j] - d1[j];
+    t3[j] = d1[j] - d3[j];
+  }
+}
+
+// A^T m for one column of every tile: rows 0..3 of m -> the 2 output rows.
+void at_rows(int tw, const float* __restrict m0, const float* __restrict m1,
+             const float* __restrict m2, const float* __restrict m3, float* __restrict s0,
+             float* __restrict s1) {
+  for (int t = 0; t < tw; ++t) {
+    s0[t] = m0[t] + m1[t] + m2[t];
+    s1[t] = m1[t] - m2[t] - m3[t];
+  }
+}
+
+// (A^T m) A for one output row: columns a..d of every tile -> y[2t], y[2t + 1] (+ bias).
+void at_cols(int tw, const float* __restrict a, const float* __restrict b,
+             const float* __restrict c, const float* __restrict d, float bias,
+             float* __restrict y) {
+  for (int t = 0; t < tw; ++t) {
+    y[2 * t] = a[t] + b[t] + c[t] + bias;
+    y[2 * t + 1] = b[t] - c[t] - d[t] + bias;
+  }
+}
+
 // Input transform of a block, channels [c0, c0 + Cg) of x: V[xi][c][blk.col(r) + tx], row stride
 // blk.cols.
 void input_transform(const Problem& p, const float* x, int c0, const Block& blk, float* V) {
@@ -151,12 +184,7 @@ void input_transform(const Problem& p, const float* x, int c0, const Block& blk,
           std::swap(d[1], d[3]);
         }
         for (int i = reuse ? 2 : 0; i < 4; ++i) load(plane, zplane, 2 * ty - p.ph + i, d[i]);
-        for (int j = 0; j < Wp; ++j) {  // B^T d, on whole rows
-          t[0][j] = d[0][j] - d[2][j];
-          t[1][j] = d[1][j] + d[2][j];
-          t[2][j] = d[2][j] - d[1][j];
-          t[3][j] = d[1][j] - d[3][j];
-        }
+        bt_rows(Wp, d[0], d[1], d[2], d[3], t[0], t[1], t[2], t[3]);  // B^T d, whole rows
         const std::int64_t tbase = blk.col(r);
         for (int i = 0; i < 4; ++i) {  // (B^T d) B, tile by tile
           const float* s = t[i];
@@ -184,9 +212,10 @@ void output_transform(const Problem& p, const float* M, const float* b, int k0, 
   const std::int64_t ldm = blk.cols;
   const std::int64_t P = std::int64_t(p.Ho) * p.Wo;
   parallel_for(Kg, std::int64_t(Kg) * (r1 - r0) * tw * 16, [&](std::int64_t ka, std::int64_t kb) {
-    std::vector<float> buf(size_t(4) * tw + 4);
+    std::vector<float> buf(size_t(12) * tw + 4);
     float* y0 = buf.data();
     float* y1 = buf.data() + 2 * tw + 2;
+    float* u = buf.data() + 4 * tw + 4;  // A^T m: u[j] (row 0) and u[4 + j] (row 1), tw each
     for (std::int64_t k = ka; k < kb; ++k) {
       const float bias = b ? b[k0 + k] : 0.f;
       for (int r = r0; r < r1; ++r) {
@@ -194,17 +223,10 @@ void output_transform(const Problem& p, const float* M, const float* b, int k0, 
         const std::int64_t tbase = blk.col(r);
         const float* m[16];
         for (int xi = 0; xi < 16; ++xi) m[xi] = M + (xi * std::int64_t(Kg) + k) * ldm + tbase;
-        for (int tx = 0; tx < tw; ++tx) {  // A^T m A
-          float s0[4], s1[4];
-          for (int j = 0; j < 4; ++j) {
-            s0[j] = m[j][tx] + m[4 + j][tx] + m[8 + j][tx];
-            s1[j] = m[4 + j][tx] - m[8 + j][tx] - m[12 + j][tx];
-          }
-          y0[2 * tx] = s0[0] + s0[1] + s0[2] + bias;
-          y0[2 * tx + 1] = s0[1] - s0[2] - s0[3] + bias;
-          y1[2 * tx] = s1[0] + s1[1] + s1[2] + bias;
-          y1[2 * tx + 1] = s1[1] - s1[2] - s1[3] + bias;
-        }
+        for (int j = 0; j < 4; ++j)  // A^T m, column j of every tile
+          at_rows(tw, m[j], m[4 + j], m[8 + j], m[12 + j], u + j * tw, u + (4 + j) * tw);
+        at_cols(tw, u, u + tw, u + 2 * tw, u + 3 * tw, bias, y0);  // (A^T m) A, output row 0
+        at_cols(tw, u + 4 * tw, u + 5 * tw, u + 6 * tw, u + 7 * tw, bias, y1);  // row 1
         const std::int64_t at = (std::int64_t(n) * p.K + k0 + k) * P + std::int64_t(2 * ty) * p.Wo;
         const int nrows = 2 * ty + 1 < p.Ho ? 2 : 1;
         if (p.fuse.times) {
