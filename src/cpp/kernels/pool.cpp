@@ -1,5 +1,6 @@
 #include "kernels/pool.hpp"
 
+#include <atomic>
 #include <cctype>
 #include <string>
 
@@ -70,11 +71,11 @@ void pool_max_forward(const PoolGeom& g, const float* x, float* y, std::int32_t*
           float m = xp[best];
           for (int h = wh.start; h < wh.end; ++h) {
             const float* row = xp + std::int64_t(h) * g.W;
-            for (int w = ww.start; w < ww.end; ++w) {
-              if (row[w] > m) {
-                m = row[w];
-                best = h * g.W + w;
-              }
+            for (int w = ww.start; w < ww.end; ++w) {  // selects, not branches: data decide
+              const float v = row[w];
+              const bool gt = v > m;
+              m = gt ? v : m;
+              best = gt ? h * g.W + w : best;
             }
           }
           yp[oh * g.Wo + ow] = m;
@@ -109,19 +110,27 @@ void pool_ave_forward(const PoolGeom& g, const float* x, float* y) {
 
 void pool_max_backward(const PoolGeom& g, const float* dy, const std::int32_t* argmax, float* dx) {
   const std::int64_t ip = g.in_plane(), op = g.out_plane(), ny = g.planes() * op;
-  for (std::int64_t i = 0; i < ny; ++i)
-    if (argmax[i] < 0 || argmax[i] >= ip)
-      fail("pool_backward: argmax[", i, "] = ", argmax[i], " is outside the input plane [0, ", ip,
-           ")");
+  std::atomic<bool> bad{false};  // an argmax outside its plane: that plane is not scattered
   parallel_for(g.planes(), g.planes() * ip, [&](std::int64_t pl0, std::int64_t pl1) {
     for (std::int64_t pl = pl0; pl < pl1; ++pl) {
       float* dxp = dx + pl * ip;
       const float* dyp = dy + pl * op;
       const std::int32_t* ap = argmax + pl * op;
       for (std::int64_t i = 0; i < ip; ++i) dxp[i] = 0.f;
+      bool ok = true;
+      for (std::int64_t j = 0; j < op; ++j) ok &= ap[j] >= 0 && ap[j] < ip;
+      if (!ok) {
+        bad.store(true);
+        continue;
+      }
       for (std::int64_t j = 0; j < op; ++j) dxp[ap[j]] += dyp[j];
     }
   });
+  if (bad.load())
+    for (std::int64_t i = 0; i < ny; ++i)
+      if (argmax[i] < 0 || argmax[i] >= ip)
+        fail("pool_backward: argmax[", i, "] = ", argmax[i], " is outside the input plane [0, ",
+             ip, ")");
 }
 
 void pool_ave_backward(const PoolGeom& g, const float* dy, float* dx) {
