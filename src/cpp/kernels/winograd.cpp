@@ -327,6 +327,9 @@ bool winograd_applies(const ConvGeom& g, bool backward) {
   const bool shape = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
                      (!backward || (g.ph <= 2 && g.pw <= 2));
   if (!shape || g.N == 0) return false;
+  // a block holds at least one whole tile row: keep its scratch (16 * C * tiles) bounded
+  const std::int64_t row_tiles = ((backward ? g.W : g.Wo) + 1) / 2;
+  if (row_tiles > kMaxBlockTiles * 4) return false;
   if (a == ConvAlgo::Winograd) return true;
   if (g.cin_per_group() < kMinChannels || g.cout_per_group() < kMinChannels) return false;
   // multiplication saving over the direct method on the plane it produces, counting the odd
