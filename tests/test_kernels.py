@@ -958,3 +958,15 @@ def test_relu_forward_matches_numpy_bitwise(slope, shape):
 def test_relu_forward_rejects_bad_slope():
     with pytest.raises(ValueError, match="negative_slope"):
         core.relu_forward(np.ones(3, np.float32), float("nan"))
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.3])
+def test_lrn_power_within_a_few_ulp(beta):
+    """y = x * scale^-beta: beta = 0.75 takes two square roots instead of pow (vectorised);
+    either way y is within 4 float32 ulp of the float64 value for the scale it returns."""
+    rng = np.random.default_rng(int(beta * 100))
+    x = (rng.standard_normal((3, 10, 9, 7)) * 30).astype(np.float32)
+    y, scale = core.lrn_forward(x, 5, 1e-3, beta, 1.0, "across")
+    want = x.astype(np.float64) * scale.astype(np.float64) ** -beta
+    ulp4 = 4 * 2.0 ** -23
+    assert np.all(np.abs(y - want) <= ulp4 * np.abs(want) + 1e-30)

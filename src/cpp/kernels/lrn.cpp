@@ -33,8 +33,20 @@ LrnParams make_lrn_params(std::int64_t local_size, double alpha, double beta, do
 namespace cpu {
 namespace {
 
+// y = x * scale^-beta. beta = 0.75 (every Caffe zoo net) as x / (r * sqrt(r)), r = sqrt(scale):
+// two correctly rounded square roots instead of pow, within 2 ulp of it, and a loop that
+// vectorises (pow does not).
 void finish(const LrnParams& p, std::int64_t n, const float* x, float* y, const float* scale) {
   const float nb = -p.beta;
+  if (p.beta == 0.75f) {
+    parallel_for(n, n * 2, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const float r = std::sqrt(scale[i]);
+        y[i] = x[i] / (r * std::sqrt(r));
+      }
+    });
+    return;
+  }
   parallel_for(n, n * 8, [&](std::int64_t lo, std::int64_t hi) {  // pow: ~8 element-costs
     for (std::int64_t i = lo; i < hi; ++i) y[i] = x[i] * std::pow(scale[i], nb);
   });
