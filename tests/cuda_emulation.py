@@ -205,9 +205,14 @@ def conv_forward(x, w, b, stride=1, pad=0, dilation=1, group=1):
     return _new(_core.conv_forward(_h(x), _h(w), _b(b), stride, pad, dilation, group))
 
 
-def conv_backward_data(dy, w, in_shape, stride=1, pad=0, dilation=1, group=1):
+def conv_backward_data(dy, w, in_shape, stride=1, pad=0, dilation=1, group=1, *, z=None,
+                       eps=0.0, times=None):
     return _new(_core.conv_backward_data(_h(dy), _h(w), tuple(in_shape)[-3:], stride, pad,
-                                         dilation, group))
+                                         dilation, group, z=_b(z), eps=eps, times=_b(times)))
+
+
+def relu_forward(x, negative_slope=0.0):
+    return _new(_core.relu_forward(_h(x), negative_slope))
 
 
 def linear_forward(x, w, b):

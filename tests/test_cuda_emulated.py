@@ -265,6 +265,30 @@ def test_eltwise_affine_kernels(emu, op):
         cuda.KERNELS.channel_affine(cuda.to_device(x), s[:3])
 
 
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_and_fused_conv_backward_twins(emu, slope):
+    """The device's relu_forward and fused conv_backward_data (CudaConvOp.bwd_signal) take the
+    CPU engine's arguments and give its results."""
+    from lrpfast import ops
+    from lrpfast._loader import _core
+    rng = seeded_rng("cuda-emu", "fused", slope)
+    x = rng.normal(size=(2, 4, 7, 6)).astype(np.float32)
+    np.testing.assert_array_equal(cuda.KERNELS.relu_forward(cuda.to_device(x), slope).to_host(),
+                                  _core.relu_forward(x, slope))
+    w = rng.normal(size=(6, 4, 3, 3)).astype(np.float32)
+    op_ = ops.ConvOp(w, None, (4, 7, 6), (1, 1), (1, 1), (1, 1), 1)
+    twin = cuda.make_cuda_op(op_)
+    z = op_.fwd(x, "w", None)
+    R = rng.normal(size=z.shape).astype(np.float32)
+    for kind in ("w", "pos", "ones"):
+        got = twin.bwd_signal(cuda.to_device(R), kind, z=cuda.to_device(z), eps=1e-3,
+                              times=cuda.to_device(x))
+        np.testing.assert_array_equal(got.to_host(),
+                                      op_.bwd_signal(R, kind, z=z, eps=1e-3, times=x))
+    with pytest.raises(ValueError, match="times must have the shape of dx"):
+        twin.bwd_signal(cuda.to_device(R), "w", times=cuda.to_device(x[:1]))
+
+
 # ---- DLPack ------------------------------------------------------------------------------------
 # An independent ctypes rendering of the DLPack ABI (from the spec, not from lrpfast's header),
 # for producers the tests control: odd dtypes, devices, strides, versions and a counted deleter.

@@ -73,6 +73,23 @@ def test_kernels_conv(case):
                                                            g)), dx)
 
 
+@pytest.mark.parametrize("case", CONV)
+def test_kernels_conv_fused_backward(case):
+    """conv_backward_data(dy, ..., z=, eps=, times=) on the device against the CPU engine's fused
+    call; relu_forward too."""
+    xs, ws, s, p, d, g = case
+    x, w = rnd("x", xs), rnd("w", ws)
+    z = _core.conv_forward(x, w, None, s, p, d, g)
+    dy = rnd("dy", z.shape)
+    want = _core.conv_backward_data(dy, w, xs[1:], s, p, d, g, z=z, eps=1e-3, times=x)
+    dev = cuda.to_device
+    got = cuda._load().conv_backward_data(dev(dy)._a, dev(w)._a, xs[1:], s, p, d, g,
+                                          z=dev(z)._a, eps=1e-3, times=dev(x)._a)
+    close(cuda.DeviceArray(got), want)
+    np.testing.assert_array_equal(cuda.DeviceArray(cuda._load().relu_forward(dev(x)._a)).to_host(),
+                                  _core.relu_forward(x))
+
+
 def test_kernels_linear():
     m = cuda._load()
     x, w, b = rnd("x", (5, 300)), rnd("w", (40, 300)), rnd("b", (40,))

@@ -629,9 +629,7 @@ class _Kernels:
 
     @staticmethod
     def relu_forward(x, negative_slope=0.0):
-        if negative_slope == 0.0:
-            return np.maximum(x, 0)
-        return np.where(x > 0, x, np.float32(negative_slope) * x)
+        return DeviceArray(_load().relu_forward(_dev(x)._a, float(negative_slope)))
 
     @staticmethod
     def alphabeta_signal(r, z, zp, alpha, beta, groups=1):
@@ -747,6 +745,15 @@ def make_cuda_op(op):
                 return DeviceArray(m.conv_backward_data(s._a, self.dweights(kind), self.in_shape,
                                                         self.stride, self.pad, self.dilation,
                                                         self.group))
+
+            def bwd_signal(self, R, kind="w", *, z=None, eps=0.0, times=None):
+                """ops.ConvOp.bwd_signal's twin: the same fused call on the device."""
+                if kind == "ones":
+                    return ops.LinearOp.bwd_signal(self, R, kind, z=z, eps=eps, times=times)
+                return DeviceArray(m.conv_backward_data(
+                    R._a, self.dweights(kind), self.in_shape, self.stride, self.pad,
+                    self.dilation, self.group, z=None if z is None else _dev(z)._a,
+                    eps=float(eps), times=None if times is None else _dev(times)._a))
         cls = CudaConvOp
     elif isinstance(op, ops.InnerProductOp):
         class CudaInnerProductOp(_CudaOpMixin, ops.InnerProductOp):

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -432,9 +433,12 @@ DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::o
   return y;
 }
 
+// Twin of _core.conv_backward_data, fused steps included (here as separate launches: the
+// signal stabilized_divide(dy, z, eps) before, the product with `times` after).
 DeviceArray conv_backward_data(const DeviceArray& dy, const DeviceArray& w,
                                const py::object& in_shape, const py::object& stride,
-                               const py::object& pad, const py::object& dilation, i64 group) {
+                               const py::object& pad, const py::object& dilation, i64 group,
+                               const py::object& zo, double eps, const py::object& timeso) {
   ndim(dy, 4, "dy", "(N,O,Ho,Wo)");
   ndim(w, 4, "w", "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
@@ -443,10 +447,40 @@ DeviceArray conv_backward_data(const DeviceArray& dy, const DeviceArray& w,
                                          s[1], p[0], p[1], d[0], d[1], group);
   require(dy[1] == g.O && dy[2] == g.Ho && dy[3] == g.Wo, "dy must have shape (N, ", g.O, ", ",
           g.Ho, ", ", g.Wo, "), got ", shape_str(dy.shape));
+  const float* sig = dy.f();
+  DeviceArray signal;
+  if (!zo.is_none()) {
+    const DeviceArray& z = zo.cast<const DeviceArray&>();
+    require(z.shape == dy.shape, "z must have the shape of dy ", shape_str(dy.shape), ", got ",
+            shape_str(z.shape));
+    lrpfast::check_stabilizer(eps);
+    signal = empty(dy.shape);
+    cu::stabilized_divide(dy.size(), dy.f(), z.f(), float(eps), true, signal.f());
+    sig = signal.f();
+  }
+  const float* times = nullptr;
+  if (!timeso.is_none()) {
+    const DeviceArray& t = timeso.cast<const DeviceArray&>();
+    require(t.shape == std::vector<i64>{g.N, g.C, g.H, g.W}, "times must have the shape of dx (",
+            g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), got ", shape_str(t.shape));
+    times = t.f();
+  }
   DeviceArray dx = empty({g.N, g.C, g.H, g.W});
   py::gil_scoped_release nogil;
-  cu::conv_backward_data(g, dy.f(), w.f(), dx.f());
+  cu::conv_backward_data(g, sig, w.f(), dx.f());
+  if (times) {
+    const std::int64_t n = dx.size(), one = 1;
+    cu::binary(cu::BinaryOp::Mul, 1, &n, times, &one, dx.f(), &one, dx.f());
+  }
   return dx;
+}
+
+DeviceArray relu_forward(const DeviceArray& x, double slope) {
+  require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
+  DeviceArray y = empty(x.shape);
+  py::gil_scoped_release nogil;
+  cu::relu_forward(x.size(), x.f(), float(slope), y.f());
+  return y;
 }
 
 DeviceArray linear_forward(const DeviceArray& x, const DeviceArray& w, const py::object& bo) {
@@ -755,7 +789,10 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("conv_forward", &conv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1);
   m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
-        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1);
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        py::kw_only(), py::arg("z") = py::none(), py::arg("eps") = 0.0,
+        py::arg("times") = py::none());
+  m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0);
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"));
   m.def("linear_backward_data", &linear_backward_data, py::arg("dy"), py::arg("w"));
   m.def("pool_forward", &pool_forward, py::arg("x"), py::arg("method"), py::arg("kernel"),

@@ -1,4 +1,4 @@
-// CUDA twin of src/cpp/kernels/elementwise.cpp (stabilized_divide, eltwise_forward,
+// CUDA twin of src/cpp/kernels/elementwise.cpp (stabilized_divide, relu_forward, eltwise_forward,
 // channel_affine: the same float32 operations in the same order, never contracted to FMA) plus the element-wise arithmetic the rules do in
 // numpy (lrpfast.cuda.DeviceArray maps numpy ufuncs onto these): broadcasting binary operations,
 // positive/negative parts, squares, and two reductions.
@@ -14,6 +14,17 @@ __global__ void stab_div(long long n, const float* __restrict__ r, const float* 
   LRPFAST_GRID_LOOP(i, n) {
     const float d = z[i] >= 0.f ? z[i] + eps : z[i] - eps;  // sign(0) = +1, as the CPU twin
     out[i] = (zero_to_zero && d == 0.f) ? 0.f : r[i] / d;
+  }
+}
+
+__global__ void relu_kernel(long long n, const float* __restrict__ x, float slope,
+                            float* __restrict__ y) {
+  LRPFAST_GRID_LOOP(i, n) {
+    const float v = x[i];
+    if (slope == 0.f)
+      y[i] = (v > 0.f || v != v) ? v : 0.f;  // +0 for v <= 0, NaN kept (as np.maximum(x, 0))
+    else
+      y[i] = v > 0.f ? v : __fmul_rn(slope, v);
   }
 }
 
@@ -185,6 +196,12 @@ void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* c
     eltwise_kernel<<<blocks_for(n), kThreads>>>(op, n, ch, y, argmax);
     LRPFAST_CUDA_LAUNCHED("eltwise_forward");
   }
+}
+
+void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
+  if (n <= 0) return;
+  relu_kernel<<<blocks_for(n), kThreads>>>(n, x, slope, y);
+  LRPFAST_CUDA_LAUNCHED("relu_forward");
 }
 
 void channel_affine(std::int64_t N, std::int64_t C, std::int64_t P, const float* x,

@@ -71,6 +71,8 @@ void lrn_forward(const LrnParams& p, int N, int C, int H, int W, const float* x,
                  float* scale);
 
 // ---- element-wise rule arithmetic (elementwise.cu) --------------------------------------------
+// Twin of cpu::relu_forward: x > 0 ? x : slope * x (slope 0: +0 where x <= 0, NaN kept).
+void relu_forward(std::int64_t n, const float* x, float slope, float* y);
 void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps, bool zero_to_zero,
                        float* out);
 // Twins of cpu::eltwise_forward and cpu::channel_affine (kernels/elementwise.hpp): same arguments,
