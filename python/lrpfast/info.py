@@ -48,13 +48,14 @@ def _gpu_count() -> int:
 
 
 def info() -> dict:
-    """{'version', 'blas', 'blas_config', 'threads', 'conv_algorithm', 'cuda_compiled', 'gpus'}."""
+    """{'version', 'blas', 'blas_config', 'threads', 'conv_algorithm', 'cuda_compiled', 'gpus'}
+    (conv_algorithm: see set_conv_algorithm)."""
     return {
         "version": _core.__version__,
         "blas": _core.blas_name(),
-        "conv_algorithm": get_conv_algorithm(),
         "blas_config": _core.blas_config(),
         "threads": get_num_threads(),
+        "conv_algorithm": get_conv_algorithm(),
         # the module file of lrpfast._cuda, found without loading it (nor cuBLAS)
         "cuda_compiled": importlib.util.find_spec("lrpfast._cuda") is not None,
         "gpus": _gpu_count(),
