@@ -2,9 +2,10 @@
 //   forward:       y[n, o] = b[o] + sum_{c in group(o), ki, kj} w[o, c', ki, kj] * x[n, c, ih, iw]
 //   backward_data: dx = the adjoint (transposed convolution) of the forward's linear part.
 // Each image is im2col + one gemm per group, computed in blocks of output rows so the column
-// buffer stays cache-sized; images with small output planes are batched into one gemm; 1x1 /
-// stride 1 / pad 0 kernels skip im2col; 3x3 stride-1 kernels take the Winograd path
-// (winograd.hpp). The CUDA twin (src/cuda/kernels/conv.cu) shares ConvGeom.
+// buffer stays cache-sized; images with small output planes are batched into one gemm; with at
+// least two such units per thread they run concurrently, each single-threaded. 1x1 / stride 1 /
+// pad 0 kernels skip im2col; 3x3 stride-1 kernels take the Winograd path (winograd.hpp). The CUDA
+// twin (src/cuda/kernels/conv.cu) shares ConvGeom.
 #pragma once
 #include <cstdint>
 

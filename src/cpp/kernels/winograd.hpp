@@ -16,7 +16,11 @@
 //
 // Work is done in blocks of whole tile rows: input transform of a block -> 16 gemms -> output
 // transform, so the transformed tiles stay in cache. Many blocks run concurrently, one per pool
-// thread (single-threaded gemm inside); few blocks run one after another with the pool inside.
+// thread; few blocks run one after another with the pool inside (the 16 gemms spread over it).
+// Every gemm is single-threaded and a tile's gemm column depends only on its image (whole small
+// images start at 16-column boundaries), so an image's result does not depend on the rest of the
+// batch or on the thread count. The backward can fuse an LRP rule's quotient (into the input
+// transform) and product (into the output transform): see BackwardFusion in conv.hpp.
 #pragma once
 
 #include "kernels/conv.hpp"
