@@ -705,6 +705,11 @@ class _CudaOpMixin:
         from . import ops
         return ops.LinearOp.bwd_signal(self, R, kind, **fused)
 
+    def bwd_flat(self, R, x_shape):
+        """The generic order on the device (ConvOp's override calls the CPU engine)."""
+        from . import ops
+        return ops.LinearOp.bwd_flat(self, R, x_shape)
+
     def _dev_init(self):
         self._dw: dict = {}
         self._db: dict = {}

@@ -101,6 +101,12 @@ class LinearOp:
         c = self.bwd(s, kind)
         return c if times is None else times * c
 
+    def bwd_flat(self, R, x_shape):
+        """The flat rule's transposed product bwd(R / n, "ones"), n = fwd_count(x_shape, "ones")
+        (the non-padded inputs of each output). ConvOp overrides it with a cheaper order."""
+        n = self.fwd_count(x_shape, "ones")
+        return self.bwd(_kernels(R).stabilized_divide(R, n, 0.0, True), "ones")
+
     # subclasses: fwd(x, kind, bias), bwd(s, kind)
 
 
@@ -132,13 +138,30 @@ class ConvOp(LinearOp):
                                         self.pad, self.dilation, self.group, z=z, eps=float(eps),
                                         times=times)
 
+    def bwd_flat(self, R, x_shape):
+        """LinearOp.bwd_flat summing first: n is the same for every output channel of a group
+        (all-ones weights), so sum_o R_o / n = (sum_o R_o) / n -- one division per group and
+        position instead of per channel; equal to float32 rounding."""
+        N, g = R.shape[0], self.group
+        n = self.fwd_count(x_shape, "ones")[:1]                  # (1, O, Ho, Wo)
+        n_g = np.ascontiguousarray(n.reshape((1, g, -1) + n.shape[2:])[:, :, 0])  # (1, g, Ho, Wo)
+        ssum = np.ascontiguousarray(R.reshape((N, g, -1) + R.shape[2:]).sum(axis=2))
+        sig = _core.stabilized_divide(ssum, np.broadcast_to(n_g, ssum.shape), 0.0, True)
+        return self._spread_groups(sig)
+
     def _bwd_ones(self, s):
         """bwd(s, "ones") without the all-ones product: every input channel of a group receives
         the same sum, so sum s over the group's output channels (N, group, Ho, Wo), spread it
         back through one (kh, kw) box per group, and repeat it over the group's channels.
         Costs O(N*O*Ho*Wo + N*group*H*W*kh*kw) instead of a gemm with C*kh*kw-long rows."""
         n, g = s.shape[0], self.group
-        ssum = np.ascontiguousarray(s.reshape((n, g, -1) + s.shape[2:]).sum(axis=2))
+        return self._spread_groups(np.ascontiguousarray(s.reshape((n, g, -1) + s.shape[2:])
+                                                        .sum(axis=2)))
+
+    def _spread_groups(self, ssum):
+        """(N, group, Ho, Wo) per-group sums -> (N, C, H, W): each through one all-ones box,
+        repeated over the group's channels."""
+        g = self.group
         box = np.ones((g, 1) + self.w.shape[2:], dtype=np.float32)
         d = _core.conv_backward_data(ssum, box, (g,) + self.in_shape[1:], self.stride, self.pad,
                                      self.dilation, g)
