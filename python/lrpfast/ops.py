@@ -9,7 +9,11 @@ need. Each operator offers
   alpha-beta signal [alpha*R/z+ ; -beta*R/(z - z+)] laid out for ``bwd(s, "pm")``, the transposed
   product with the stacked weights [W+; W-] (per group): both halves of alpha-beta in ONE gemm;
 * ``fwd_count(x_shape, kind)``: ``fwd(ones, kind, None)`` for one sample, cached, broadcast to
-  the batch: the per-output normaliser of the flat and w^2 rules (padding excluded).
+  the batch: the per-output normaliser of the flat and w^2 rules (padding excluded);
+* ``bwd_signal(R, kind, z=, eps=, times=)``: ``times * bwd(R / z_eps, kind)``, the tail every
+  LRP rule shares (fused into one native call for convolutions, bit-identical either way);
+* ``bwd_flat(R, x_shape)``: the flat rule's ``bwd(R / fwd_count(.., "ones"), "ones")``
+  (convolutions sum over output channels first and skip the all-ones gemm).
 
 Derived weights are computed once per operator (once per net), never per call.
 """
