@@ -416,6 +416,34 @@ def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypat
     np.testing.assert_array_equal(multi2["data"], multi)
 
 
+@pytest.mark.parametrize("rules", ["cmp_alpha1_flat", "cmp_alpha2_flat"])
+def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules):
+    """z+ depends on the activations only: relevance_multi computes it once per layer for all
+    class selections (not once per selection) and still equals separate calls bit for bit.
+    (These composites give the mixed-sign input layer flat; alpha-beta there -- the x < 0
+    path -- still computes its products per selection.)"""
+    from lrpfast import ops
+    net, _, x = small
+    sets = [3, [1, 6], -1, 0]
+    sep = np.stack([net.relevance(x, c, rules=rules) for c in sets])
+    calls = []
+    for cls in (ops.ConvOp, ops.InnerProductOp):
+        orig = cls.fwd
+
+        def counting(self, xx, kind="w", bias="b", _orig=orig):
+            if kind == "pos":
+                calls.append(xx.shape[0])
+            return _orig(self, xx, kind, bias)
+        monkeypatch.setattr(cls, "fwd", counting)
+    multi = net.relevance_multi(x, sets, rules=rules)
+    np.testing.assert_array_equal(multi, sep)
+    assert calls and all(n == x.shape[0] for n in calls), calls   # never on the tiled batch
+    single_calls = len(calls)
+    calls.clear()
+    net.relevance(x, 3, rules=rules)
+    assert len(calls) == single_calls    # as many z+ products as one selection needs
+
+
 def test_chunking_matches_one_chunk(small, monkeypatch):
     _, w, _ = small
     x = images("chunks", n=5)

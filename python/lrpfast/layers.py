@@ -152,6 +152,8 @@ class _RuleLayer(Layer):
         if ctx.gradient_like:
             return [op.bwd(Rs[0], "w")]
         z = state.get("z", ys[0])
+        if "zp" in state:   # z+ shared by several class selections (Net.relevance_multi)
+            return [ctx.rule.linear(op, xs[0], Rs[0], z=z, zp=state["zp"])]
         return [ctx.rule.linear(op, xs[0], Rs[0], z=z)]
 
     def fold(self, a: np.ndarray, c: np.ndarray):

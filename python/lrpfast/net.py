@@ -21,6 +21,7 @@ import numpy as np
 from . import caffe
 from .composites import Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
+from .rules import AlphaBeta
 
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 
@@ -552,6 +553,9 @@ class Net:
                     tb = {name: _tile(v, g, m) for name, v in blobs.items()}
                     ts = {ln: {key: _tile(v, g, m) for key, v in st.items()}
                           for ln, st in states.items()}
+                    if g > 1:   # class-independent products: computed once, then tiled
+                        for ln, zp in self._shared_zplus(plan, top_layer, blobs).items():
+                            ts[ln] = dict(ts[ln], zp=_tile(zp, g, m))
                     R0 = R0s[k0] if g == 1 else np.concatenate(R0s[k0:k1])
 
                     def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):
@@ -570,6 +574,21 @@ class Net:
         if isinstance(readout, list):
             return self._out({name: results[s] for name, s in zip(names, ssa_out)})
         return self._out(results[ssa_out[0]])
+
+    @staticmethod
+    def _shared_zplus(plan, top_layer, blobs) -> dict:
+        """{layer name: z+} for the alpha-beta layers of ``plan`` that take the x >= 0 path: z+
+        depends on the activations only, so relevance_multi computes it once per chunk instead
+        of once per explained class (the rule then uses it from the layer state)."""
+        out = {}
+        for layer, ctx in plan:
+            if not (isinstance(ctx.rule, AlphaBeta) and isinstance(layer, _RuleLayer)):
+                continue
+            op = layer.op if layer is top_layer else layer.rel_op
+            x = blobs[layer.bottoms[0]]
+            if op.stacked_pm and not bool((x < 0).any()):
+                out[layer.name] = op.fwd(x, "pos", "pos")
+        return out
 
     @staticmethod
     def _assemble_device(parts, chunks, shape):

@@ -102,13 +102,16 @@ class AlphaBeta(Rule):
         self.alpha, self.beta = alpha, beta
         self.name = f"alpha{alpha:g}beta{beta:g}"
 
-    def linear(self, op, x, R, z=None):
+    def linear(self, op, x, R, z=None, zp=None):
+        """zp: z+ already computed for this x (x >= 0 path only), e.g. shared by the classes of
+        Net.relevance_multi."""
         has_neg = bool((x < 0).any())
         if not has_neg and z is not None and op.stacked_pm:
             # x >= 0 (e.g. after a ReLU): z+ = x W+ + b+ is one forward product, and
             # z- = z - z+ (b = b+ + b-) comes from the stored layer output z; both halves then
             # go through ONE transposed product with the stacked weights [W+; W-]
-            zp = op.fwd(x, "pos", "pos")
+            if zp is None:
+                zp = op.fwd(x, "pos", "pos")
             if self.beta == 0.0:   # then alpha = 1: x * W+^T (R / z+)
                 return op.bwd_signal(R, "pos", z=zp, eps=0.0, times=x)
             return op.bwd_signal(op.pm_signal(R, z, zp, self.alpha, self.beta), "pm", times=x)
