@@ -1,10 +1,7 @@
 #include "kernels/conv.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <utility>
 #include <cstring>
-#include <memory>
 
 #include "kernels/check.hpp"
 #include "kernels/elementwise.hpp"
@@ -90,40 +87,13 @@ Blocking plan(const ConvGeom& g) {
   return b;
 }
 
-// Per-thread scratch buffers, allocated at first use and reused for every unit of a call.
-class Scratch {
- public:
-  float* get(int slot, std::int64_t n) {
-    auto& b = bufs_[slot];
-    if (b.second < n) b = {std::unique_ptr<float[]>(new float[size_t(n)]), n};
-    return b.first.get();
-  }
-
- private:
-  std::pair<std::unique_ptr<float[]>, std::int64_t> bufs_[2];
-};
-
-// Runs body(n0, nb, scratch) over the call's units: groups of bl.images images (nb of them, the
-// last group may be smaller) or single images (nb = 1). With enough units for every thread, the
-// units are spread over the pool and each runs single-threaded inside (whole-image gemms, no
-// per-slice synchronisation); otherwise they run in order with the pool inside each.
+// body(n0, nb, scratch) over the call's units (see parallel_units): groups of bl.images images
+// (nb of them, the last group may be smaller) or single images (nb = 1).
 template <class F>
 void for_units(const ConvGeom& g, const Blocking& bl, F&& body) {
   const int per = std::max(1, bl.images);
-  const int units = (g.N + per - 1) / per;
-  auto unit = [&](int u, Scratch& sc) { body(u * per, std::min(per, g.N - u * per), sc); };
-  const int T = num_threads();
-  if (T > 1 && units >= 2 * T) {
-    std::atomic<int> next{0};
-    auto task = [&](int, int) {
-      Scratch sc;
-      for (int u; (u = next.fetch_add(1)) < units;) unit(u, sc);
-    };
-    parallel_run(T, TaskRef(task));
-    return;
-  }
-  Scratch sc;
-  for (int u = 0; u < units; ++u) unit(u, sc);
+  parallel_units((g.N + per - 1) / per,
+                 [&](int u, Scratch& sc) { body(u * per, std::min(per, g.N - u * per), sc); });
 }
 
 // y[o, j] += b[o] for o < O, j < cols (row stride ldy)

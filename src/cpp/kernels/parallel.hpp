@@ -17,7 +17,10 @@
 // The body must not throw (kernels validate before computing); if it does, the exception is
 // rethrown on the calling thread after all threads finished.
 #pragma once
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <utility>
 
 namespace lrpfast {
@@ -60,6 +63,44 @@ void parallel_for(std::int64_t n, std::int64_t work, F&& body) {
     if (lo < hi) body(lo, hi);
   };
   parallel_run(n < T ? int(n) : T, TaskRef(task));
+}
+
+// Scratch buffers of one thread for parallel_units: allocated at first use (zeroed when asked,
+// once), reused by every unit that thread runs in one call.
+class Scratch {
+ public:
+  float* get(int slot, std::int64_t n, bool zeroed = false) {
+    auto& b = bufs_[slot];
+    if (b.second < n) {
+      b = {std::unique_ptr<float[]>(zeroed ? new float[std::size_t(n)]()
+                                           : new float[std::size_t(n)]),
+           n};
+    }
+    return b.first.get();
+  }
+
+ private:
+  std::pair<std::unique_ptr<float[]>, std::int64_t> bufs_[2];
+};
+
+// body(u, scratch) for every unit u in [0, units) of independent work. With at least two units
+// per thread they are spread over the pool in dynamic order, each running single-threaded inside
+// (its gemm and parallel_for calls see a pool task); otherwise they run in order on the calling
+// thread with the pool available inside each. Either way a unit's arithmetic is the same.
+template <class F>
+void parallel_units(int units, F&& body) {
+  const int T = num_threads();
+  if (T > 1 && units >= 2 * T) {
+    std::atomic<int> next{0};
+    auto task = [&](int, int) {
+      Scratch sc;
+      for (int u; (u = next.fetch_add(1)) < units;) body(u, sc);
+    };
+    parallel_run(T, TaskRef(task));
+    return;
+  }
+  Scratch sc;
+  for (int u = 0; u < units; ++u) body(u, sc);
 }
 
 }  // namespace lrpfast

@@ -289,23 +289,11 @@ void run(const Problem& p, const float* x, const float* U, const float* b, float
     }
     return blk;
   };
-  auto scratch = [&](std::int64_t floats) {  // zeroed once: padding columns stay 0
-    std::unique_ptr<float[]> a(new float[size_t(floats)]());
-    return a;
-  };
-  const int T = num_threads();
-  if (T > 1 && nblocks >= 2 * T) {  // blocks in parallel, everything inside single-threaded
-    std::atomic<int> next{0};
-    auto task = [&](int, int) {
-      auto V = scratch(16 * Cg * max_cols), M = scratch(16 * Kg * max_cols);
-      for (int i; (i = next.fetch_add(1)) < nblocks;) run_block(p, x, U, b, block(i), V.get(), M.get(), y);
-    };
-    parallel_run(T, TaskRef(task));
-    return;
-  }
-  auto V = scratch(16 * Cg * max_cols), M = scratch(16 * Kg * max_cols);
-  for (int i = 0; i < nblocks; ++i)  // few blocks: the pool works inside each
-    run_block(p, x, U, b, block(i), V.get(), M.get(), y);
+  parallel_units(nblocks, [&](int i, Scratch& sc) {
+    // V zeroed once: its padding columns are never written and must stay finite
+    run_block(p, x, U, b, block(i), sc.get(0, 16 * Cg * max_cols, /*zeroed=*/true),
+              sc.get(1, 16 * Kg * max_cols), y);
+  });
 }
 
 }  // namespace
