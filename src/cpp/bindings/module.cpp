@@ -25,21 +25,17 @@
 #include "kernels/winograd.hpp"
 
 namespace py = pybind11;
+using lrpfast::chw;
 using lrpfast::fail;
+using lrpfast::pair;
 using lrpfast::require;
+using lrpfast::shape_str;
+using lrpfast::to_index;
 using i64 = std::int64_t;
 
 namespace {
 
 constexpr auto kIn = py::array::c_style | py::array::forcecast;
-
-std::string shape_str(const std::vector<i64>& s) {
-  std::ostringstream os;
-  os << '(';
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
-}
 
 // An input converted to a C-contiguous array of T (a copy only when needed), with its shape
 // checked: `ndim` dimensions (-1: any), described to the user as `layout` (e.g. "(N,C,H,W)").
@@ -73,51 +69,6 @@ const float* bias(const py::handle& obj, Input<float>& keep, i64 n) {
   require(keep[0] == n, "b must have shape (", n, ",) (one value per output), got ",
           shape_str(keep.shape));
   return keep.data();
-}
-
-i64 to_index(const py::handle& v, const char* name) {
-  if (v.is_none()) fail(name, " is required, got None");
-  if (py::isinstance<py::bool_>(v) || py::isinstance<py::float_>(v))
-    fail(name, " must be an integer, got ", std::string(py::repr(v)));
-  PyObject* idx = PyNumber_Index(v.ptr());
-  if (!idx) {
-    PyErr_Clear();
-    fail(name, " must be an integer, got ", std::string(py::repr(v)));
-  }
-  const i64 r = PyLong_AsLongLong(idx);
-  Py_DECREF(idx);
-  if (r == -1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    fail(name, " is too large");
-  }
-  return r;
-}
-
-// An int or a (h, w) pair.
-std::array<i64, 2> pair(const py::handle& obj, const char* name) {
-  if (obj.is_none()) fail(name, " is required, got None");
-  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
-    auto seq = py::reinterpret_borrow<py::sequence>(obj);
-    if (seq.size() != 2)
-      fail(name, " must be an int or an (h, w) pair, got ", std::string(py::repr(obj)));
-    return {to_index(seq[0], name), to_index(seq[1], name)};
-  }
-  const i64 v = to_index(obj, name);
-  return {v, v};
-}
-
-// in_shape (C,H,W) or (N,C,H,W) -> (C,H,W); N is taken from the gradient.
-std::array<i64, 3> chw(const py::handle& obj) {
-  if (obj.is_none()) fail("in_shape is required, got None");
-  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
-    fail("in_shape must be a tuple (C,H,W) or (N,C,H,W), got ", std::string(py::repr(obj)));
-  auto seq = py::reinterpret_borrow<py::sequence>(obj);
-  const size_t n = seq.size();
-  if (n != 3 && n != 4)
-    fail("in_shape must be a tuple (C,H,W) or (N,C,H,W), got ", std::string(py::repr(obj)));
-  const size_t o = n - 3;
-  return {to_index(seq[o], "in_shape"), to_index(seq[o + 1], "in_shape"),
-          to_index(seq[o + 2], "in_shape")};
 }
 
 template <class T>
@@ -172,8 +123,9 @@ py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& w
   auto dx = output<float>({g.N, g.C, g.H, g.W});
   if (!timeso.is_none()) {
     times = input<float>(timeso, "times", 4, "(N,C,H,W)");
-    require(times.shape == std::vector<i64>{g.N, g.C, g.H, g.W}, "times must have the shape of dx (",
-            g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), got ", shape_str(times.shape));
+    require(times.shape == std::vector<i64>{g.N, g.C, g.H, g.W},
+            "times must have the shape of dx (", g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), got ",
+            shape_str(times.shape));
     f.times = times.data();
   }
   float* dxp = dx.mutable_data();
@@ -347,21 +299,12 @@ py::array_t<float> alphabeta_signal(const py::object& ro, const py::object& zo,
 py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
                           const py::object& coeffso) {
   const auto op = lrpfast::parse_eltwise_op(operation.c_str());
-  if (xso.is_none() || !py::isinstance<py::sequence>(xso) || py::isinstance<py::str>(xso) ||
-      py::len(xso) == 0)
-    fail("xs must be a non-empty sequence of arrays");
-  auto seq = py::reinterpret_borrow<py::sequence>(xso);
-  const size_t K = seq.size();
-  require(K <= size_t(INT32_MAX), "xs: too many inputs");
-  std::vector<Input<float>> xs;
+  const auto xs = lrpfast::eltwise_inputs(xso, "arrays", [](py::handle h, const std::string& n) {
+    return input<float>(h, n.c_str(), -1, "");
+  });
+  const size_t K = xs.size();
   std::vector<const float*> ptrs;
-  for (size_t k = 0; k < K; ++k) {
-    const std::string name = "xs[" + std::to_string(k) + "]";
-    xs.push_back(input<float>(seq[k], name.c_str(), -1, ""));
-    require(xs[k].shape == xs[0].shape, name, " must have the shape of xs[0] ",
-            shape_str(xs[0].shape), ", got ", shape_str(xs[k].shape));
-    ptrs.push_back(xs[k].data());
-  }
+  for (const auto& x : xs) ptrs.push_back(x.data());
   const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, op, K);
   auto y = output<float>(xs[0].shape);
   float* yp = y.mutable_data();

@@ -32,19 +32,15 @@
 namespace py = pybind11;
 namespace cu = lrpfast::cuda;
 namespace dl = lrpfast::dlpack;
+using lrpfast::chw;
 using lrpfast::fail;
+using lrpfast::pair;
 using lrpfast::require;
+using lrpfast::shape_str;
+using lrpfast::to_index;
 using i64 = std::int64_t;
 
 namespace {
-
-std::string shape_str(const std::vector<i64>& s) {
-  std::ostringstream os;
-  os << '(';
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
-}
 
 struct Block {  // owned device memory, returned to the cache when the last view dies
   void* p = nullptr;
@@ -174,28 +170,6 @@ DeviceArray copy(const DeviceArray& a) {
   return r;
 }
 
-i64 to_index(const py::handle& v, const char* name) {
-  if (py::isinstance<py::bool_>(v) || py::isinstance<py::float_>(v))
-    fail(name, " must be an integer, got ", std::string(py::repr(v)));
-  return v.cast<i64>();
-}
-std::array<i64, 2> pair(const py::handle& obj, const char* name) {
-  if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
-    auto seq = py::reinterpret_borrow<py::sequence>(obj);
-    if (seq.size() != 2) fail(name, " must be an int or an (h, w) pair");
-    return {to_index(seq[0], name), to_index(seq[1], name)};
-  }
-  const i64 v = to_index(obj, name);
-  return {v, v};
-}
-std::array<i64, 3> chw(const py::handle& obj) {
-  auto seq = py::reinterpret_borrow<py::sequence>(obj);
-  const size_t n = seq.size();
-  if (n != 3 && n != 4) fail("in_shape must be a tuple (C,H,W) or (N,C,H,W)");
-  const size_t o = n - 3;
-  return {to_index(seq[o], "in_shape"), to_index(seq[o + 1], "in_shape"),
-          to_index(seq[o + 2], "in_shape")};
-}
 void ndim(const DeviceArray& a, size_t n, const char* name, const char* layout) {
   if (a.shape.size() != n)
     fail(name, " must be ", n, "-D ", layout, ", got shape ", shape_str(a.shape));
@@ -585,27 +559,21 @@ DeviceArray stabilized_divide(const DeviceArray& r, const DeviceArray& z, double
 py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
                           const py::object& coeffso) {
   const auto op = lrpfast::parse_eltwise_op(operation.c_str());
-  if (xso.is_none() || !py::isinstance<py::sequence>(xso) || py::isinstance<py::str>(xso) ||
-      py::len(xso) == 0)
-    fail("xs must be a non-empty sequence of device arrays");
-  auto seq = py::reinterpret_borrow<py::sequence>(xso);
-  const size_t K = seq.size();
-  require(K <= size_t(INT32_MAX), "xs: too many inputs");
-  std::vector<DeviceArray> xs;
-  std::vector<const float*> ptrs;
-  for (size_t k = 0; k < K; ++k) {
-    const std::string name = "xs[" + std::to_string(k) + "]";
+  const auto xs = lrpfast::eltwise_inputs(xso, "device arrays", [](py::handle h,
+                                                                   const std::string& n) {
+    DeviceArray a;
     try {
-      xs.push_back(seq[k].cast<DeviceArray>());
+      a = h.cast<DeviceArray>();
     } catch (const py::cast_error&) {
-      fail(name, " must be a device array, got ",
-           std::string(py::str(py::type::of(seq[k]).attr("__name__"))));
+      fail(n, " must be a device array, got ",
+           std::string(py::str(py::type::of(h).attr("__name__"))));
     }
-    require(!xs[k].is_int, name, " must be float32, got int32");
-    require(xs[k].shape == xs[0].shape, name, " must have the shape of xs[0] ",
-            shape_str(xs[0].shape), ", got ", shape_str(xs[k].shape));
-    ptrs.push_back(xs[k].f());
-  }
+    require(!a.is_int, n, " must be float32, got int32");
+    return a;
+  });
+  const size_t K = xs.size();
+  std::vector<const float*> ptrs;
+  for (const auto& x : xs) ptrs.push_back(x.f());
   const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, op, K);
   DeviceArray y = empty(xs[0].shape);
   py::object am = py::none();
