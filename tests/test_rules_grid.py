@@ -286,11 +286,8 @@ def test_grid(rule_id, case_id, N):
 FWD_TOL = 1e-5   # float32 forward of ≤ a few hundred-term sums vs float64: ~1e-7 typical
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_forward(case_id):
-    layers, chw, _top, _ = CASES[case_id]()
-    rng = seeded("forward", case_id)
-    shape = (2,) + chw
+def check_forward(layers, shape, rng):
+    """Every blob of the engine's forward pass against the float64 reference."""
     tn = nets.build(layers, shape, rng)
     x = nets.random_input(shape, rng)
     net = lrpfast.Net.from_text(tn.text, tn.weights)
@@ -299,6 +296,12 @@ def test_forward(case_id):
     got = net.forward(x, blobs=blobs)
     for b in blobs:
         assert ref.is_close_rel(got[b], want[b]) <= FWD_TOL, b
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_forward(case_id):
+    layers, chw, _top, _ = CASES[case_id]()
+    check_forward(layers, (2,) + chw, seeded("forward", case_id))
 
 
 FORWARD_ONLY = {
@@ -313,16 +316,7 @@ FORWARD_ONLY = {
 @pytest.mark.parametrize("case_id", list(FORWARD_ONLY))
 def test_forward_other_layers(case_id):
     layers, chw = FORWARD_ONLY[case_id]()
-    rng = seeded("forward-only", case_id)
-    shape = (3,) + chw
-    tn = nets.build(layers, shape, rng)
-    x = nets.random_input(shape, rng)
-    net = lrpfast.Net.from_text(tn.text, tn.weights)
-    want = tn.ref.forward(x)
-    blobs = sorted({t for l in layers for t in l.tops})
-    got = net.forward(x, blobs=blobs)
-    for b in blobs:
-        assert ref.is_close_rel(got[b], want[b]) <= FWD_TOL, b
+    check_forward(layers, (3,) + chw, seeded("forward-only", case_id))
 
 
 def test_batchnorm_zero_scale_factor_forward():
