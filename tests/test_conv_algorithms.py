@@ -235,3 +235,72 @@ def test_fused_backward_argument_errors():
         _core.conv_backward_data(R, w, (3, 6, 6), z=R, eps=-1.0)
     with pytest.raises(ValueError, match="eps"):
         _core.conv_backward_data(R, w, (3, 6, 6), z=R, eps=float("nan"))
+
+
+# (N, C, O, H, W, k, stride, pad, dilation, group, bias, algorithm): every conv_forward code path
+# for a stacked pair -- im2col in row blocks (one or several images per thread), small planes
+# batched per gemm, 1x1 (pointwise), strided, dilated, grouped, and Winograd (split afterwards);
+# O counts one weight set's outputs
+PAIR_CASES = [
+    (2, 3, 8, 45, 40, 5, 1, 2, 1, 1, True, "direct"),     # row blocks
+    (6, 4, 8, 34, 34, 5, 1, 2, 1, 2, True, "direct"),     # row blocks, images over threads
+    (5, 6, 9, 7, 5, 3, 2, 1, 1, 3, False, "direct"),      # small planes batched, strided
+    (3, 4, 6, 11, 13, 3, 1, 2, 2, 2, True, "direct"),     # dilated
+    (3, 8, 12, 5, 6, 1, 1, 0, 1, 1, True, "direct"),      # pointwise
+    (2, 6, 4, 9, 7, 1, 1, 0, 1, 2, False, "direct"),      # pointwise, groups
+    (1, 3, 5, 30, 30, 11, 4, 0, 1, 1, True, "direct"),    # CaffeNet-like first layer
+    (3, 16, 16, 12, 10, 3, 1, 1, 1, 1, True, "winograd"),
+    (2, 16, 32, 14, 14, 3, 1, 1, 1, 2, True, "auto"),
+]
+
+
+@pytest.mark.parametrize("case", PAIR_CASES, ids=[str(c) for c in PAIR_CASES])
+def test_forward_pair(case, algo):
+    """conv_forward_pair(x, [W; V] per group) = (conv(x, W) + b_W, conv(x, V) + b_V): against
+    float64, bit-identical to the stacked convolution split per group, and -- on the direct
+    paths, where each output is the same gemm dot product either way -- to two separate calls
+    (the alpha-beta rule's z and z+ therefore do not change when the net computes them in one
+    pass)."""
+    from reference import conv_forward as ref_conv
+    N, C, O, H, W, k, stride, pad, dil, group, bias, which = case
+    rng = rng_for("pair", case)
+    algo(which)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C // group, k, k)).astype(np.float32)
+    v = np.maximum(w, 0) if group != 2 else rng.standard_normal(w.shape).astype(np.float32)
+    bw = rng.standard_normal(O).astype(np.float32) if bias else None
+    bv = np.abs(bw) if bias else None
+    og = O // group
+    stack = lambda a, c: np.concatenate(   # noqa: E731
+        [np.concatenate([a[i * og:(i + 1) * og], c[i * og:(i + 1) * og]]) for i in range(group)])
+    ws, bs = stack(w, v), (stack(bw, bv) if bias else None)
+    args = (stride, pad, dil, group)
+    y, y2 = _core.conv_forward_pair(x, ws, bs, *args)
+    full = _core.conv_forward(x, ws, bs, *args)
+    full = full.reshape((N, group, 2, og) + full.shape[2:])
+    assert y.shape == y2.shape == (N, O) + full.shape[4:]
+    np.testing.assert_array_equal(y, full[:, :, 0].reshape(y.shape))
+    np.testing.assert_array_equal(y2, full[:, :, 1].reshape(y.shape))
+    for got, wt, bt in ((y, w, bw), (y2, v, bv)):
+        want = ref_conv(x, wt, bt, stride, pad, dil, group)
+        scale = ref_conv(np.abs(x), np.abs(wt), None, stride, pad, dil, group) + 1e-30
+        assert np.max(np.abs(got - want) / scale) <= WINO_TOL
+        if _core.conv_forward_algorithm(x, ws, *args) != "winograd":
+            np.testing.assert_array_equal(got, _core.conv_forward(x, wt, bt, *args))
+
+
+def test_forward_pair_argument_errors_and_algorithm_names(algo):
+    x = np.ones((2, 4, 9, 9), np.float32)
+    with pytest.raises(ValueError, match="even number of output channels per group"):
+        _core.conv_forward_pair(x, np.ones((6, 2, 3, 3), np.float32), None, 1, 1, 1, 2)
+    with pytest.raises(ValueError, match="b must have shape"):
+        _core.conv_forward_pair(x, np.ones((4, 4, 3, 3), np.float32), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="input channels per group"):
+        _core.conv_forward_pair(x, np.ones((4, 3, 3, 3), np.float32), None)
+    x16 = np.ones((1, 16, 20, 20), np.float32)
+    algo("auto")
+    assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 3, 3), np.float32), 1, 1) == "winograd"
+    assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 1, 1), np.float32)) == "pointwise"
+    assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 5, 5), np.float32), 1, 2) == "im2col"
+    algo("direct")
+    assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 3, 3), np.float32), 1, 1) == "im2col"

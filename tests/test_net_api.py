@@ -435,6 +435,14 @@ def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules):
                 calls.append(xx.shape[0])
             return _orig(self, xx, kind, bias)
         monkeypatch.setattr(cls, "fwd", counting)
+    orig_pair = ops.ConvOp.fwd_zplus
+
+    def counting_pair(self, xx):   # z+ computed with z in the forward pass
+        r = orig_pair(self, xx)
+        if r is not None:
+            calls.append(xx.shape[0])
+        return r
+    monkeypatch.setattr(ops.ConvOp, "fwd_zplus", counting_pair)
     multi = net.relevance_multi(x, sets, rules=rules)
     np.testing.assert_array_equal(multi, sep)
     assert calls and all(n == x.shape[0] for n in calls), calls   # never on the tiled batch
@@ -442,6 +450,34 @@ def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules):
     calls.clear()
     net.relevance(x, 3, rules=rules)
     assert len(calls) == single_calls    # as many z+ products as one selection needs
+
+
+@pytest.mark.parametrize("rules", ["cmp_alpha1_flat", "cmp_alpha2_flat", "alpha1beta0"])
+def test_zplus_comes_with_the_forward_pass(small, monkeypatch, rules):
+    """The forward pass computes an alpha-beta convolution's z+ together with z (one im2col,
+    ops.ConvOp.fwd_zplus) where its input is >= 0, and the relevance is bit-identical to
+    computing z+ in the relevance pass; mixed-sign inputs (the data layer under alpha1beta0)
+    keep the two-sided path."""
+    from lrpfast import ops
+    net, _, x = small
+    states_seen = []
+    orig = net._run_forward
+
+    def capture(xin, *a, **k):
+        blobs, states = orig(xin, *a, **k)
+        states_seen.append(states)
+        return blobs, states
+    monkeypatch.setattr(net, "_run_forward", capture)
+    fused = net.relevance(x, [3, 5], rules=rules)
+    st = states_seen[-1]
+    assert "zp" in st["conv2"]
+    xin = np.maximum(net.forward(x, blobs=["pool1"])["pool1"], 0)
+    np.testing.assert_array_equal(st["conv2"]["zp"], net.layer("conv2").op.fwd(xin, "pos", "pos"))
+    assert "zp" not in st["conv1"]          # flat, or alpha-beta on the mixed-sign image
+    monkeypatch.setattr(ops.ConvOp, "fwd_zplus", lambda self, xx: None)
+    apart = net.relevance(x, [3, 5], rules=rules)
+    assert "zp" not in states_seen[-1]["conv2"]
+    np.testing.assert_array_equal(fused, apart)
 
 
 def test_chunking_matches_one_chunk(small, monkeypatch):

@@ -50,6 +50,25 @@ def conv_forward(
     group: int = 1,
 ) -> FloatArray:  # (N, O, Ho, Wo)
     ...
+def conv_forward_pair(
+    x: ArrayLike,  # (N, C, H, W)
+    w: ArrayLike,  # (O, C/group, kh, kw): each group's rows [W_g; V_g], half each
+    b: ArrayLike | None,  # (O,) stacked likewise, or None
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    dilation: IntPair = 1,
+    group: int = 1,
+) -> tuple[FloatArray, FloatArray]:  # (conv(x, W) + b_W, conv(x, V) + b_V), each (N, O/2, Ho, Wo)
+    ...
+def conv_forward_algorithm(
+    x: ArrayLike,
+    w: ArrayLike,
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    dilation: IntPair = 1,
+    group: int = 1,
+) -> str:  # 'winograd', 'pointwise' or 'im2col'
+    ...
 def conv_backward_data(
     dy: ArrayLike,  # (N, O, Ho, Wo)
     w: ArrayLike,  # (O, C/group, kh, kw)

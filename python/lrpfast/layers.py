@@ -156,6 +156,18 @@ class _RuleLayer(Layer):
             return [ctx.rule.linear(op, xs[0], Rs[0], z=z, zp=state["zp"])]
         return [ctx.rule.linear(op, xs[0], Rs[0], z=z)]
 
+    def forward_zplus(self, xs):
+        """``forward``, plus z+ = x W+ + b+ as the state's "zp" where one pass computes both
+        (x >= 0 on the host and an operator with ``fwd_zplus``): the alpha-beta rule then takes
+        z+ from the state instead of a second pass over x (Net decides which layers ask)."""
+        self.require_weights()
+        x = xs[0]
+        pair = getattr(self.op, "fwd_zplus", None)
+        if pair is None or not isinstance(x, np.ndarray) or bool((x < 0).any()):
+            return self.forward(xs)
+        r = pair(x)
+        return self.forward(xs) if r is None else ([r[0]], {"zp": r[1]})
+
     def fold(self, a: np.ndarray, c: np.ndarray):
         """Fold a following per-output-channel affine map y -> a*y + c into the relevance op."""
         op = self.rel_op

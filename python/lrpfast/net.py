@@ -285,14 +285,19 @@ class Net:
         g = max(1, min(K, self.memory_limit // (self._bytes_per_sample() * m)))
         return [(k, min(k + g, K)) for k in range(0, K, g)]
 
-    def _run_forward(self, xin: dict, stop: int | None = None) -> tuple[dict, dict]:
+    def _run_forward(self, xin: dict, stop: int | None = None,
+                     zplus: frozenset = frozenset()) -> tuple[dict, dict]:
+        """Blobs and layer states of a forward pass up to layer index ``stop``; the layers named
+        in ``zplus`` also leave the alpha-beta rule's z+ in their state where they can compute
+        it together with z (see _RuleLayer.forward_zplus)."""
         if not self.has_weights:
             raise ValueError(f"{self.source}: the net was loaded without weights")
         blobs = dict(xin)
         states = {}
         last = len(self.layers) if stop is None else stop + 1
         for layer in self.layers[:last]:
-            ys, st = layer.forward([blobs[b] for b in layer.bottoms])
+            xs = [blobs[b] for b in layer.bottoms]
+            ys, st = layer.forward_zplus(xs) if layer.name in zplus else layer.forward(xs)
             states[layer.name] = st
             for t, y in zip(layer.tops, ys):
                 blobs[t] = y
@@ -530,9 +535,12 @@ class Net:
         else:
             results = {r: np.zeros((K, n) + self.shapes[r], np.float32) for r in ssa_out}
         bar = _Progress(len(chunks), "relevance", progress)
+        # z+ of the alpha-beta layers comes with the forward pass where it shares its columns
+        zplus = frozenset() if dev else frozenset(
+            layer.name for layer, op in self._alpha_beta_layers(plan, top_layer) if op is layer.op)
         for ci, (a, b) in enumerate(chunks):
             blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
-                                              stop=top_layer.index)
+                                              stop=top_layer.index, zplus=zplus)
             R0s = seeds(blobs[top_layer.tops[0]], a, b, n)
             if dev:
                 for k, R0 in enumerate(R0s):
@@ -554,7 +562,7 @@ class Net:
                     ts = {ln: {key: _tile(v, g, m) for key, v in st.items()}
                           for ln, st in states.items()}
                     if g > 1:   # class-independent products: computed once, then tiled
-                        for ln, zp in self._shared_zplus(plan, top_layer, blobs).items():
+                        for ln, zp in self._shared_zplus(plan, top_layer, blobs, states).items():
                             ts[ln] = dict(ts[ln], zp=_tile(zp, g, m))
                     R0 = R0s[k0] if g == 1 else np.concatenate(R0s[k0:k1])
 
@@ -576,15 +584,27 @@ class Net:
         return self._out(results[ssa_out[0]])
 
     @staticmethod
-    def _shared_zplus(plan, top_layer, blobs) -> dict:
-        """{layer name: z+} for the alpha-beta layers of ``plan`` that take the x >= 0 path: z+
-        depends on the activations only, so relevance_multi computes it once per chunk instead
-        of once per explained class (the rule then uses it from the layer state)."""
+    def _relevance_op(layer, top_layer):
+        """The operator a rule layer's relevance uses: the unfolded one where the pass is
+        seeded at its own output (the top), else rel_op (with BatchNorm/Scale folded in)."""
+        return layer.op if layer is top_layer else layer.rel_op
+
+    @classmethod
+    def _alpha_beta_layers(cls, plan, top_layer):
+        """(layer, relevance operator) of the alpha-beta layers of ``plan``."""
+        return [(layer, cls._relevance_op(layer, top_layer)) for layer, ctx in plan
+                if isinstance(ctx.rule, AlphaBeta) and isinstance(layer, _RuleLayer)]
+
+    @classmethod
+    def _shared_zplus(cls, plan, top_layer, blobs, states) -> dict:
+        """{layer name: z+} for the alpha-beta layers of ``plan`` that take the x >= 0 path and
+        whose forward pass did not already leave z+ in ``states``: z+ depends on the
+        activations only, so relevance_multi computes it once per chunk instead of once per
+        explained class (the rule then uses it from the layer state)."""
         out = {}
-        for layer, ctx in plan:
-            if not (isinstance(ctx.rule, AlphaBeta) and isinstance(layer, _RuleLayer)):
+        for layer, op in cls._alpha_beta_layers(plan, top_layer):
+            if "zp" in states[layer.name]:
                 continue
-            op = layer.op if layer is top_layer else layer.rel_op
             x = blobs[layer.bottoms[0]]
             if op.stacked_pm and not bool((x < 0).any()):
                 out[layer.name] = op.fwd(x, "pos", "pos")

@@ -8,6 +8,9 @@ need. Each operator offers
 * ``pm_signal(R, z, zp, alpha, beta)`` (Convolution/InnerProduct, ``stacked_pm`` True): the
   alpha-beta signal [alpha*R/z+ ; -beta*R/(z - z+)] laid out for ``bwd(s, "pm")``, the transposed
   product with the stacked weights [W+; W-] (per group): both halves of alpha-beta in ONE gemm;
+* ``fwd_zplus(x)`` (ConvOp): ``(fwd(x, "w", "b"), fwd(x, "pos", "pos"))`` in one pass over
+  x's im2col columns, with the stacked weights "wpos" = [W; W+] (per group), or None where
+  that saves nothing;
 * ``fwd_count(x_shape, kind)``: ``fwd(ones, kind, None)`` for one sample, cached, broadcast to
   the batch: the per-output normaliser of the flat and w^2 rules (padding excluded);
 * ``bwd_signal(R, kind, z=, eps=, times=)``: ``times * bwd(R / z_eps, kind)``, the tail every
@@ -23,12 +26,21 @@ import numpy as np
 
 from ._loader import _core
 
-_KINDS = ("w", "pos", "neg", "sq", "ones", "pm")
+_KINDS = ("w", "pos", "neg", "sq", "ones", "pm", "wpos")
 
 
 def _kernels(a):
     from .rules import kernels
     return kernels(a)
+
+
+def _stack_per_group(a: np.ndarray, b: np.ndarray, group: int) -> np.ndarray:
+    """a and b (O, ...) stacked along the output axis within each group: (2*O, ...) whose
+    group gr holds [a_gr; b_gr] (the order the native kernels take stacked weights in)."""
+    o = a.shape[0]
+    split = (group, o // group) + a.shape[1:]
+    st = np.stack([a.reshape(split), b.reshape(split)], axis=1)
+    return np.ascontiguousarray(st.reshape((2 * o,) + a.shape[1:]))
 
 
 def _variant(w: np.ndarray, kind: str) -> np.ndarray:
@@ -64,6 +76,8 @@ class LinearOp:
         if kind not in self._w_cache:
             if self.stacked_pm and kind in ("pos", "neg", "pm"):
                 self._stack_pm()
+            elif kind == "wpos":
+                self._w_cache[kind] = _stack_per_group(self.w, self.weights("pos"), self.group)
             else:
                 self._w_cache[kind] = np.ascontiguousarray(_variant(self.w, kind))
         return self._w_cache[kind]
@@ -71,13 +85,10 @@ class LinearOp:
     def _stack_pm(self):
         """"pm": W+ and W- stacked along the output axis within each group, shape (2*O, ...).
         With one group, "pos" and "neg" are views of its two halves (no extra memory)."""
-        w, g = self.w, self.group
-        o = w.shape[0]
-        pos, neg = np.maximum(w, 0), np.minimum(w, 0)
-        split = (g, o // g) + w.shape[1:]
-        pm = np.stack([pos.reshape(split), neg.reshape(split)], axis=1).reshape((2 * o,) + w.shape[1:])
-        self._w_cache["pm"] = pm = np.ascontiguousarray(pm)
-        if g == 1:
+        o = self.w.shape[0]
+        pos, neg = np.maximum(self.w, 0), np.minimum(self.w, 0)
+        self._w_cache["pm"] = pm = _stack_per_group(pos, neg, self.group)
+        if self.group == 1:
             pos, neg = pm[:o], pm[o:]
         self._w_cache["pos"], self._w_cache["neg"] = pos, neg
 
@@ -85,7 +96,10 @@ class LinearOp:
         if kind is None or self.b is None:
             return None
         if kind not in self._b_cache:
-            self._b_cache[kind] = np.ascontiguousarray(_variant(self.b, kind))
+            if kind == "wpos":
+                self._b_cache[kind] = _stack_per_group(self.b, self.bias("pos"), self.group)
+            else:
+                self._b_cache[kind] = np.ascontiguousarray(_variant(self.b, kind))
         return self._b_cache[kind]
 
     def fwd_count(self, x_shape: tuple, kind: str) -> np.ndarray:
@@ -126,6 +140,16 @@ class ConvOp(LinearOp):
     def fwd(self, x, kind="w", bias="b"):
         return _core.conv_forward(x, self.weights(kind), self.bias(bias), self.stride, self.pad,
                                   self.dilation, self.group)
+
+    def fwd_zplus(self, x):
+        """(z, z+) = (fwd(x, "w", "b"), fwd(x, "pos", "pos")), the alpha-beta rule's two forward
+        products for x >= 0 (Bach et al. 2015), from ONE im2col and one gemm per block with the
+        stacked weights [W; W+] (bit-identical to the two calls); None where the convolution
+        takes the Winograd path, which shares nothing between the two products."""
+        args = (self.stride, self.pad, self.dilation, self.group)
+        if _core.conv_forward_algorithm(x, self.w, *args) == "winograd":
+            return None
+        return _core.conv_forward_pair(x, self.weights("wpos"), self.bias("wpos"), *args)
 
     def bwd(self, s, kind="w"):
         if kind == "ones":

@@ -78,14 +78,20 @@ py::array_t<T> output(const std::vector<i64>& shape) {
 
 // ---- functions -------------------------------------------------------------------------------
 
+lrpfast::ConvGeom forward_geom(const Input<float>& x, const Input<float>& w, const py::object& stride,
+                               const py::object& pad, const py::object& dilation,
+                               const py::object& group) {
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  return lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1], p[0],
+                                 p[1], d[0], d[1], to_index(group, "group"));
+}
+
 py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, const py::object& bo,
                                 const py::object& stride, const py::object& pad,
                                 const py::object& dilation, const py::object& group) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
-  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
-  const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
-                                         p[0], p[1], d[0], d[1], to_index(group, "group"));
+  const auto g = forward_geom(x, w, stride, pad, dilation, group);
   Input<float> bk;
   const float* b = bias(bo, bk, g.O);
   auto y = output<float>({g.N, g.O, g.Ho, g.Wo});
@@ -95,6 +101,36 @@ py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, cons
     lrpfast::cpu::conv_forward(g, x.data(), w.data(), b, yp);
   }
   return y;
+}
+
+py::tuple conv_forward_pair(const py::object& xo, const py::object& wo, const py::object& bo,
+                            const py::object& stride, const py::object& pad,
+                            const py::object& dilation, const py::object& group) {
+  auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
+  auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
+  const auto g = forward_geom(x, w, stride, pad, dilation, group);
+  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: w must stack two weight sets, an even "
+          "number of output channels per group; got ", g.O, " outputs in ", g.group, " group(s)");
+  Input<float> bk;
+  const float* b = bias(bo, bk, g.O);
+  auto y = output<float>({g.N, g.O / 2, g.Ho, g.Wo}), y2 = output<float>({g.N, g.O / 2, g.Ho, g.Wo});
+  float* yp = y.mutable_data();
+  float* y2p = y2.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::conv_forward_pair(g, x.data(), w.data(), b, yp, y2p);
+  }
+  return py::make_tuple(y, y2);
+}
+
+std::string conv_forward_algorithm(const py::object& xo, const py::object& wo,
+                                   const py::object& stride, const py::object& pad,
+                                   const py::object& dilation, const py::object& group) {
+  auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
+  auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
+  const auto g = forward_geom(x, w, stride, pad, dilation, group);
+  if (lrpfast::cpu::winograd_applies(g, false)) return "winograd";
+  return g.pointwise() ? "pointwise" : "im2col";
 }
 
 py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& wo,
@@ -438,6 +474,17 @@ PYBIND11_MODULE(_core, m) {
         "x (N,C,H,W), w (O,C/group,kh,kw), b (O,) or None -> y (N,O,Ho,Wo) with\n"
         "Ho = conv_out_size(H, kh, stride[0], pad[0], dilation[0]) (same for Wo).\n"
         "Computed as im2col + one gemm per group (1x1/stride 1/pad 0 kernels skip im2col).");
+  m.def("conv_forward_pair", &conv_forward_pair, py::arg("x"), py::arg("w"), py::arg("b"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        "Two convolutions of the same x in one pass over its im2col columns.\n\n"
+        "w (O,C/group,kh,kw) stacks two weight sets: each group's O/group rows are [W_g; V_g]\n"
+        "(half each; b likewise, or None). Returns (y, y2), each (N,O/2,Ho,Wo): y = conv(x, W)\n"
+        "+ b_W, y2 = conv(x, V) + b_V; bit-identical to conv_forward(x, w, b, ...) split per\n"
+        "group. LRP's z and z+ of the alpha-beta rule share their im2col and gemm this way.");
+  m.def("conv_forward_algorithm", &conv_forward_algorithm, py::arg("x"), py::arg("w"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        "The algorithm conv_forward takes for these arguments (as for conv_forward; nothing is\n"
+        "computed): 'winograd', 'pointwise' (1x1, no im2col) or 'im2col'.");
   m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
         py::kw_only(), py::arg("z") = py::none(), py::arg("eps") = 0.0,

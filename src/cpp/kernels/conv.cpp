@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "kernels/check.hpp"
 #include "kernels/elementwise.hpp"
@@ -107,20 +108,41 @@ void add_bias(const float* b, int O, int cols, float* y, std::int64_t ldy) {
   });
 }
 
-// Moves nb images' (O, P) planes between image-major storage (nb, O, P) at `images` and the
-// channel-major gemm layout (O, nb*P) with row stride ld at `rows`, in the direction asked
-// (`images` is only read when to_rows).
-void swap_image_channel(float* images, float* rows, int nb, int O, std::int64_t P,
-                        std::int64_t ld, bool to_rows) {
+// Where conv_forward's output channels go: channel c of image n to y (N, O, P); or, for a
+// stacked pair (y2 given), the first half of every group's Og channels to y and the second half
+// to y2, both (N, O/2, P). Within one half of a group consecutive channels are P apart.
+struct OutPlanes {
+  float* y;
+  float* y2;
+  int O, Og;
+  std::int64_t P;
+  float* plane(std::int64_t n, int c) const {
+    if (!y2) return y + (n * O + c) * P;
+    const int h = Og / 2, gr = c / Og, j = c % Og;
+    return (j < h ? y : y2) + (n * (O / 2) + gr * h + j % h) * P;
+  }
+};
+
+// nb images' (O, P) planes of dy (image-major, (nb, O, P)) into the channel-major gemm layout
+// (O, nb*P) with row stride ld.
+void gather_planes(const float* dy, int nb, int O, std::int64_t P, float* rows, std::int64_t ld) {
   parallel_for(std::int64_t(nb) * O, std::int64_t(O) * nb * P, [&](std::int64_t t0, std::int64_t t1) {
     for (std::int64_t t = t0; t < t1; ++t) {
       const std::int64_t i = t / O, o = t % O;
-      float* img = images + (i * O + o) * P;
-      float* row = rows + o * ld + i * P;
-      if (to_rows)
-        std::memcpy(row, img, sizeof(float) * P);
-      else
-        std::memcpy(img, row, sizeof(float) * P);
+      std::memcpy(rows + o * ld + i * P, dy + (i * O + o) * P, sizeof(float) * P);
+    }
+  });
+}
+
+// The other way: channels c0 .. c0+nc-1 of the gemm layout rows (nc, ld), cols j0 .. j0+cols-1
+// of each image's plane, for nb images from n0 (nb > 1: whole planes, image i at column i*P).
+void scatter_rows(const float* rows, std::int64_t ld, std::int64_t n0, int nb, int c0, int nc,
+                  std::int64_t j0, std::int64_t cols, const OutPlanes& out) {
+  parallel_for(std::int64_t(nb) * nc, std::int64_t(nc) * nb * cols, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t i = t / nc, o = t % nc;
+      std::memcpy(out.plane(n0 + i, int(c0 + o)) + j0, rows + o * ld + i * cols,
+                  sizeof(float) * cols);
     }
   });
 }
@@ -141,7 +163,7 @@ void signal_rows(const float* src, const float* z, float eps, int rows, std::int
 // nb images' (O, P) planes of dy (its signal when z is given) into the gemm layout (O, nb*P).
 void gather_signal(const float* dy, const float* z, float eps, int nb, int O, std::int64_t P,
                    float* rows, std::int64_t ld) {
-  if (!z) return swap_image_channel(const_cast<float*>(dy), rows, nb, O, P, ld, true);
+  if (!z) return gather_planes(dy, nb, O, P, rows, ld);
   for (int i = 0; i < nb; ++i)
     signal_rows(dy + std::int64_t(i) * O * P, z + std::int64_t(i) * O * P, eps, O, P, P,
                 rows + i * P, ld);
@@ -161,19 +183,33 @@ void zero(float* a, std::int64_t n) {
 
 }  // namespace
 
-void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
-  if (winograd_applies(g, false)) return winograd_forward(g, x, w, b, y);
+namespace {
+
+// conv_forward's body, the output channels going where `out` says.
+void forward_into(const ConvGeom& g, const float* x, const float* w, const float* b,
+                  const OutPlanes& out) {
+  const bool split = out.y2 != nullptr;
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
+  if (winograd_applies(g, false)) {
+    if (!split) return winograd_forward(g, x, w, b, out.y);
+    std::unique_ptr<float[]> full(new float[std::size_t(g.N) * g.O * P]);
+    winograd_forward(g, x, w, b, full.get());
+    for (int n = 0; n < g.N; ++n) scatter_rows(full.get() + n * g.O * P, P, n, 1, 0, g.O, 0, P, out);
+    return;
+  }
   if (g.pointwise()) {  // the input plane is already the column matrix
+    const int run = split ? Og / 2 : Og;  // channels stored P apart (see OutPlanes)
     for (int n = 0; n < g.N; ++n) {
       const float* xn = x + std::int64_t(n) * g.C * HW;
-      float* yn = y + std::int64_t(n) * g.O * P;
-      for (int gr = 0; gr < g.group; ++gr)
-        gemm(false, false, Og, Ip, Kg, 1.f, w + gr * wg_stride, Kg, xn + std::int64_t(gr) * Kg * HW,
-             Ip, 0.f, yn + std::int64_t(gr) * Og * P, Ip);
-      if (b) add_bias(b, g.O, Ip, yn, P);
+      for (int c = 0; c < g.O; c += run) {
+        const int gr = c / Og;
+        float* dst = out.plane(n, c);
+        gemm(false, false, run, Ip, Kg, 1.f, w + std::int64_t(c) * Kg, Kg,
+             xn + std::int64_t(gr) * Kg * HW, Ip, 0.f, dst, Ip);
+        if (b) add_bias(b + c, run, Ip, dst, P);
+      }
     }
     return;
   }
@@ -191,26 +227,48 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
         gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, col + gr * Kg * ld, int(ld),
              0.f, tmp + std::int64_t(gr) * Og * ld, int(ld));
       if (b) add_bias(b, g.O, cols, tmp, ld);
-      swap_image_channel(y + std::int64_t(n0) * g.O * P, tmp, nb, g.O, P, ld, false);
+      scatter_rows(tmp, ld, n0, nb, 0, g.O, 0, P, out);
     });
     return;
   }
-  // one image at a time, bl.rows output rows per gemm, written straight into y
+  // one image at a time, bl.rows output rows per gemm, written straight into y (a stacked pair:
+  // each group's product into a block buffer, then its two halves to y and y2)
   for_units(g, bl, [&](int n, int, Scratch& sc) {
     float* col = sc.get(0, K * std::int64_t(bl.rows) * g.Wo);
     const float* xn = x + std::int64_t(n) * g.C * HW;
-    float* yn = y + std::int64_t(n) * g.O * P;
     for (int oh0 = 0; oh0 < g.Ho; oh0 += bl.rows) {
       const int oh1 = std::min(g.Ho, oh0 + bl.rows);
       const int cols = (oh1 - oh0) * g.Wo;
+      const std::int64_t j0 = std::int64_t(oh0) * g.Wo;
       im2col(g, xn, oh0, oh1, col, cols);
-      float* yblk = yn + std::int64_t(oh0) * g.Wo;
-      for (int gr = 0; gr < g.group; ++gr)
-        gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg,
-             col + std::int64_t(gr) * Kg * cols, cols, 0.f, yblk + std::int64_t(gr) * Og * P, Ip);
-      if (b) add_bias(b, g.O, cols, yblk, P);
+      for (int gr = 0; gr < g.group; ++gr) {
+        const float* wg = w + gr * wg_stride;
+        const float* cg = col + std::int64_t(gr) * Kg * cols;
+        if (!split) {
+          gemm(false, false, Og, cols, Kg, 1.f, wg, Kg, cg, cols, 0.f, out.plane(n, gr * Og) + j0, Ip);
+          continue;
+        }
+        float* t = sc.get(1, std::int64_t(Og) * cols);
+        gemm(false, false, Og, cols, Kg, 1.f, wg, Kg, cg, cols, 0.f, t, cols);
+        if (b) add_bias(b + gr * Og, Og, cols, t, cols);
+        scatter_rows(t, cols, n, 1, gr * Og, Og, j0, cols, out);
+      }
+      if (b && !split) add_bias(b, g.O, cols, out.plane(n, 0) + j0, P);
     }
   });
+}
+
+}  // namespace
+
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
+  forward_into(g, x, w, b, OutPlanes{y, nullptr, g.O, g.cout_per_group(), g.out_plane()});
+}
+
+void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                       float* y2) {
+  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: the stacked weights need an even "
+          "number of output channels per group, got ", g.cout_per_group());
+  forward_into(g, x, w, b, OutPlanes{y, y2, g.O, g.cout_per_group(), g.out_plane()});
 }
 
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,

@@ -4,7 +4,8 @@
 // Each image is im2col + one gemm per group, computed in blocks of output rows so the column
 // buffer stays cache-sized; images with small output planes are batched into one gemm; with at
 // least two such units per thread they run concurrently, each single-threaded. 1x1 / stride 1 /
-// pad 0 kernels skip im2col; 3x3 stride-1 kernels take the Winograd path (winograd.hpp). The CUDA
+// pad 0 kernels skip im2col; 3x3 stride-1 kernels take the Winograd path (winograd.hpp).
+// conv_forward_pair computes two convolutions of one input from shared im2col blocks. The CUDA
 // twin (src/cuda/kernels/conv.cu) shares ConvGeom.
 #pragma once
 #include <cstdint>
@@ -49,6 +50,15 @@ namespace cpu {
 
 // x (N,C,H,W), w (O,C/group,kh,kw), b (O) or nullptr -> y (N,O,Ho,Wo) (overwritten).
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+
+// Two convolutions of the same x in one pass over its im2col columns (one gemm per block with
+// both weight sets): g describes the stacked convolution, w (O, C/group, kh, kw) holds every
+// group's Og = O/group rows as [first Og/2 rows: W_gr; last Og/2: V_gr], b (O) likewise or
+// nullptr. y (N, O/2, Ho, Wo) = conv(x, W) + b_W, y2 = conv(x, V) + b_V, each bit-identical to
+// conv_forward with the stacked weights followed by the split. Og must be even. Used for LRP's
+// z and z+ (W, W+) of the alpha-beta rule (Bach et al. 2015).
+void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                       float* y2);
 
 // Element-wise steps of an LRP rule fused into conv_backward_data, so the signal and the
 // product never make a round trip through memory (both optional, each as its own kernel would
