@@ -482,6 +482,23 @@ def test_pool_max_tie_breaking():
     assert y.ravel().tolist() == [-np.inf] and am.ravel().tolist() == [0]  # always a valid index
 
 
+@pytest.mark.parametrize("k,s,p", [(2, 1, 0), (3, 1, 1), (3, 2, 0), (3, 2, 1), (2, 2, 0),
+                                   (5, 2, 2), (3, 3, 1), (4, 4, 0), (11, 4, 0)])
+def test_pool_max_rows_with_ties(k, s, p):
+    """Max pooling over wide rows, whose whole-window columns are computed four at a time, with
+    many ties (values from {0, 1, 2}): values and the first-maximum argmax equal the reference
+    in every column, edge and interior, for row widths around the 4-wide blocks."""
+    rng = np.random.default_rng(k * 100 + s * 10 + p)
+    for w in (k + 3 * s, k + 4 * s, k + 5 * s + 1, 31, 56):
+        if w + 2 * p < k:
+            continue
+        x = rng.integers(0, 3, (2, 3, max(9, k), w)).astype(np.float32)
+        y, am = core.pool_forward(x, "max", k, s, p, True)
+        y_ref, am_ref = ref_pool(x, "max", k, s, p, True)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(am, am_ref)
+
+
 def test_global_pooling():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3, 4, 7, 5)).astype(np.float32)
