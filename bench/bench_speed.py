@@ -253,6 +253,18 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def timed_pair(fa, fb, repeats: int):
+    """timed() for two functions whose ratio is reported, their repeats alternated (a, b, a, b,
+    ...) so that a slower or faster spell of a shared machine falls on both alike. Returns
+    ((best, result, peak) of a, (best, result, peak) of b)."""
+    ta, ra, ma = timed(fa, 1)
+    tb, rb, mb = timed(fb, 1)
+    for _ in range(repeats - 1):
+        ta = min(ta, timed(fa, 1)[0])
+        tb = min(tb, timed(fb, 1)[0])
+    return (ta, ra, ma), (tb, rb, mb)
+
+
 def timed(fn, repeats: int):
     """(best time, result of the first call, peak RSS of the first call)."""
     gc.collect()
@@ -317,20 +329,23 @@ def bench_net(kind, batch, args, peak, rows, extra):
     fwd_flops, rel_flops = min_flops(net, batch)
     R = args.repeats
 
-    t_fwd, _, m_fwd = timed(lambda: net.forward(x), R)
     top = [l.name for l in net.layers if l.type == "InnerProduct"][-1]
     logits = net.forward(x, blobs=[top])[top]
     classes = [int(c) for c in np.argmax(logits.reshape(batch, -1), axis=1)]
-    with torch.no_grad():
-        t_tfwd, tl, m_tfwd = timed(lambda: model(xt), R)
+
+    def torch_forward():
+        with torch.no_grad():
+            return model(xt)
+    (t_fwd, _, m_fwd), (t_tfwd, tl, m_tfwd) = timed_pair(lambda: net.forward(x), torch_forward, R)
     fwd_err = float(np.abs(tl.numpy() - logits.reshape(batch, -1)).max()
                     / np.abs(logits).max())
     pre = f"{label} b{batch}"
     rows.append((pre, "forward", t_fwd, t_tfwd, batch, fwd_flops, m_fwd, m_tfwd,
                  f"logits {fwd_err:.1e}", t_fwd, peak))
     for comp, zname, lab in COMPOSITES:
-        t_l, r_l, m_l = timed(lambda: net.relevance(x, classes, comp), R)
-        t_z, r_z, m_z = timed(lambda: zennit_relevance(model, x, classes, zname), R)
+        (t_l, r_l, m_l), (t_z, r_z, m_z) = timed_pair(
+            lambda: net.relevance(x, classes, comp),
+            lambda: zennit_relevance(model, x, classes, zname), R)
         # arbiter: zennit in float64 on the first images; lrpfast (float32) must be as close to
         # it as zennit's own float32 result is (x2), or within the fixed float32 tolerance.
         # Winner-take-all max pooling is discontinuous: where two window values differ by
@@ -358,8 +373,9 @@ def bench_net(kind, batch, args, peak, rows, extra):
         cls10 = [int(c) for c in np.argsort(-logits[0].ravel())[:10]]
         f1, rel1, shared1 = min_flops(net, 1, shared=True)
         for comp, _, lab in COMPOSITES:
-            t_multi, r_multi, _ = timed(lambda: net.relevance_multi(x1, cls10, comp), R)
-            t_sep, r_sep, _ = timed(lambda: [net.relevance(x1, c, comp) for c in cls10], R)
+            (t_multi, r_multi, _), (t_sep, r_sep, _) = timed_pair(
+                lambda: net.relevance_multi(x1, cls10, comp),
+                lambda: [net.relevance(x1, c, comp) for c in cls10], R)
             same = max(float(np.abs(r_multi[k] - r_sep[k]).max() / np.abs(r_sep[k]).max())
                        for k in range(10))
             # FLOP-count bound on the ratio: ten calls cost 10 x rel, one multi call costs the
@@ -372,10 +388,14 @@ def bench_net(kind, batch, args, peak, rows, extra):
                          f"max diff {same:.1e}) |")
     # threads: throughput of 1 vs args.threads on the epsilon composite
     n_t = lrpfast.get_num_threads()
-    lrpfast.set_num_threads(1)
-    t1 = timed(lambda: net.relevance(x, classes, "epsilon"), 1)[0]
-    lrpfast.set_num_threads(n_t)
-    tn = timed(lambda: net.relevance(x, classes, "epsilon"), 1)[0]
+
+    def eps_on(threads):
+        lrpfast.set_num_threads(threads)
+        try:
+            return net.relevance(x, classes, "epsilon")
+        finally:
+            lrpfast.set_num_threads(n_t)
+    (t1, _, _), (tn, _, _) = timed_pair(lambda: eps_on(1), lambda: eps_on(n_t), 2)
     extra.append(f"| {label} b{batch}, uniform eps | 1 thread {batch / t1:.2f} img/s | "
                  f"{n_t} threads {batch / tn:.2f} img/s | {t1 / tn:.2f}x (target >= 1.7x) |")
     del net, model
