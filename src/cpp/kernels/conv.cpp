@@ -196,7 +196,8 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
     if (!split) return winograd_forward(g, x, w, b, out.y);
     std::unique_ptr<float[]> full(new float[std::size_t(g.N) * g.O * P]);
     winograd_forward(g, x, w, b, full.get());
-    for (int n = 0; n < g.N; ++n) scatter_rows(full.get() + n * g.O * P, P, n, 1, 0, g.O, 0, P, out);
+    for (int n = 0; n < g.N; ++n)
+      scatter_rows(full.get() + std::int64_t(n) * g.O * P, P, n, 1, 0, g.O, 0, P, out);
     return;
   }
   if (g.pointwise()) {  // the input plane is already the column matrix
