@@ -205,6 +205,11 @@ def conv_forward(x, w, b, stride=1, pad=0, dilation=1, group=1):
     return _new(_core.conv_forward(_h(x), _h(w), _b(b), stride, pad, dilation, group))
 
 
+def conv_forward_pair(x, w, b, stride=1, pad=0, dilation=1, group=1):
+    y, y2 = _core.conv_forward_pair(_h(x), _h(w), _b(b), stride, pad, dilation, group)
+    return _new(y), _new(y2)
+
+
 def conv_backward_data(dy, w, in_shape, stride=1, pad=0, dilation=1, group=1, *, z=None,
                        eps=0.0, times=None):
     return _new(_core.conv_backward_data(_h(dy), _h(w), tuple(in_shape)[-3:], stride, pad,

@@ -287,6 +287,12 @@ def test_relu_and_fused_conv_backward_twins(emu, slope):
                                       op_.bwd_signal(R, kind, z=z, eps=1e-3, times=x))
     with pytest.raises(ValueError, match="times must have the shape of dx"):
         twin.bwd_signal(cuda.to_device(R), "w", times=cuda.to_device(x[:1]))
+    xp = np.abs(x)   # fwd_zplus (conv_forward_pair twin): z and z+ of the CPU operator
+    op_b = ops.ConvOp(w[:, :2], rng.normal(size=6).astype(np.float32), (4, 7, 6), (1, 1),
+                      (1, 1), (1, 1), 2)
+    z, zp = cuda.make_cuda_op(op_b).fwd_zplus(cuda.to_device(xp))
+    np.testing.assert_array_equal(z.to_host(), op_b.fwd(xp, "w", "b"))
+    np.testing.assert_array_equal(zp.to_host(), op_b.fwd(xp, "pos", "pos"))
 
 
 # ---- DLPack ------------------------------------------------------------------------------------

@@ -74,6 +74,22 @@ def test_kernels_conv(case):
 
 
 @pytest.mark.parametrize("case", CONV)
+def test_kernels_conv_forward_pair(case):
+    """conv_forward_pair (stacked [W; V] per group, one im2col) on the device against the CPU
+    engine's, with a bias and without."""
+    xs, ws, s, p, d, g = case
+    ws = (2 * ws[0],) + ws[1:]          # two weight sets of ws[0] outputs, stacked per group
+    x, w, b = rnd("x", xs), rnd("wpair", ws), rnd("bpair", (ws[0],))
+    dev = cuda.to_device
+    for bias in (b, None):
+        want = _core.conv_forward_pair(x, w, bias, s, p, d, g)
+        got = cuda._load().conv_forward_pair(dev(x)._a, dev(w)._a,
+                                             None if bias is None else dev(bias)._a, s, p, d, g)
+        for gg, ww in zip(got, want):
+            close(cuda.DeviceArray(gg), ww)
+
+
+@pytest.mark.parametrize("case", CONV)
 def test_kernels_conv_fused_backward(case):
     """conv_backward_data(dy, ..., z=, eps=, times=) on the device against the CPU engine's fused
     call; relu_forward too."""

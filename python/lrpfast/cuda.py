@@ -746,6 +746,12 @@ def make_cuda_op(op):
                 return DeviceArray(m.conv_forward(x._a, self.dweights(kind), self.dbias(bias),
                                                   self.stride, self.pad, self.dilation, self.group))
 
+            def fwd_zplus(self, x):
+                """ops.ConvOp.fwd_zplus's twin: one im2col for z and z+ (no Winograd here)."""
+                y, yp = m.conv_forward_pair(x._a, self.dweights("wpos"), self.dbias("wpos"),
+                                            self.stride, self.pad, self.dilation, self.group)
+                return DeviceArray(y), DeviceArray(yp)
+
             def bwd(self, s, kind="w"):
                 return DeviceArray(m.conv_backward_data(s._a, self.dweights(kind), self.in_shape,
                                                         self.stride, self.pad, self.dilation,

@@ -158,12 +158,12 @@ class _RuleLayer(Layer):
 
     def forward_zplus(self, xs):
         """``forward``, plus z+ = x W+ + b+ as the state's "zp" where one pass computes both
-        (x >= 0 on the host and an operator with ``fwd_zplus``): the alpha-beta rule then takes
-        z+ from the state instead of a second pass over x (Net decides which layers ask)."""
+        (x >= 0 and an operator with ``fwd_zplus``): the alpha-beta rule then takes z+ from the
+        state instead of a second pass over x (Net decides which layers ask)."""
         self.require_weights()
         x = xs[0]
         pair = getattr(self.op, "fwd_zplus", None)
-        if pair is None or not isinstance(x, np.ndarray) or bool((x < 0).any()):
+        if pair is None or bool((x < 0).any()):
             return self.forward(xs)
         r = pair(x)
         return self.forward(xs) if r is None else ([r[0]], {"zp": r[1]})

@@ -536,8 +536,8 @@ class Net:
             results = {r: np.zeros((K, n) + self.shapes[r], np.float32) for r in ssa_out}
         bar = _Progress(len(chunks), "relevance", progress)
         # z+ of the alpha-beta layers comes with the forward pass where it shares its columns
-        zplus = frozenset() if dev else frozenset(
-            layer.name for layer, op in self._alpha_beta_layers(plan, top_layer) if op is layer.op)
+        zplus = frozenset(layer.name for layer, op in self._alpha_beta_layers(plan, top_layer)
+                          if op is layer.op)
         for ci, (a, b) in enumerate(chunks):
             blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
                                               stop=top_layer.index, zplus=zplus)

@@ -407,6 +407,25 @@ DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::o
   return y;
 }
 
+py::tuple conv_forward_pair(const DeviceArray& x, const DeviceArray& w, const py::object& bo,
+                            const py::object& stride, const py::object& pad,
+                            const py::object& dilation, i64 group) {
+  ndim(x, 4, "x", "(N,C,H,W)");
+  ndim(w, 4, "w", "(O,C/group,kh,kw)");
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
+                                         p[0], p[1], d[0], d[1], group);
+  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: w must stack two weight sets, an even "
+          "number of output channels per group; got ", g.O, " outputs in ", g.group, " group(s)");
+  const float* b = bias(bo, g.O);
+  DeviceArray y = empty({g.N, g.O / 2, g.Ho, g.Wo}), y2 = empty({g.N, g.O / 2, g.Ho, g.Wo});
+  {
+    py::gil_scoped_release nogil;
+    cu::conv_forward_pair(g, x.f(), w.f(), b, y.f(), y2.f());
+  }
+  return py::make_tuple(y, y2);
+}
+
 // Twin of _core.conv_backward_data, fused steps included (here as separate launches: the
 // signal stabilized_divide(dy, z, eps) before, the product with `times` after).
 DeviceArray conv_backward_data(const DeviceArray& dy, const DeviceArray& w,
@@ -755,6 +774,8 @@ PYBIND11_MODULE(_cuda, m) {
   });
 
   m.def("conv_forward", &conv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
+        py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1);
+  m.def("conv_forward_pair", &conv_forward_pair, py::arg("x"), py::arg("w"), py::arg("b"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1);
   m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,

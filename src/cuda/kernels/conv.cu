@@ -18,6 +18,16 @@ __global__ void add_bias_kernel(long long n, int O, long long P, const float* __
   LRPFAST_GRID_LOOP(i, n) { y[i] += b[(i / P) % O]; }
 }
 
+// y (N, Oh, P), one half h of a stacked pair (half_g channels per group): channel c takes the
+// stacked bias of row h*half_g + c % half_g of its group
+__global__ void add_bias_half_kernel(long long n, int Oh, int half_g, long long P, int h,
+                                     const float* __restrict__ b, float* __restrict__ y) {
+  LRPFAST_GRID_LOOP(i, n) {
+    const int c = int((i / P) % Oh);
+    y[i] += b[(c / half_g) * 2 * half_g + h * half_g + c % half_g];
+  }
+}
+
 struct ColBuffer {  // device scratch from the caching allocator
   float* p = nullptr;
   std::size_t bytes = 0;
@@ -41,11 +51,16 @@ void add_bias(long long n, int O, long long P, const float* b, float* y) {
   LRPFAST_CUDA_LAUNCHED("add_bias");
 }
 
-void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
+namespace {
+
+// conv_forward, or with y2 conv_forward_pair (each group's product in two halves, one per output)
+void forward_into(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                  float* y2) {
   if (g.N == 0) return;
   const long long P = g.out_plane(), Kg = g.k_per_group(), x_img = (long long)g.C * g.in_plane();
-  const long long y_img = (long long)g.O * P;
   const int Og = g.cout_per_group(), Cg = g.cin_per_group();
+  const int parts = y2 ? 2 : 1, Op = Og / parts;  // rows per product, per group
+  const long long y_img = (long long)(g.O / parts) * P;
   const bool pw = g.pointwise();
   const int nb = pw ? g.N : images_per_chunk(g);
   ColBuffer col(pw ? 0 : std::size_t(nb) * g.k_total() * P * sizeof(float));
@@ -59,15 +74,34 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
       src_img = g.k_total() * P;
     }
     for (int gi = 0; gi < g.group; ++gi) {
-      // y_g (Og x P) = W_g (Og x Kg) * col_g (Kg x P); in the pointwise case col_g = x_g
-      const long long a_off = group_weight_offset(gi, Og, Kg);
+      // y_g (Op x P) = W_g (Op x Kg) * col_g (Kg x P); in the pointwise case col_g = x_g
       const long long b_off = pw ? group_in_offset(gi, Cg, g.in_plane()) : gi * Kg * P;
-      gemm_batched(false, false, Og, int(P), int(Kg), 1.f, w + a_off, int(Kg), 0,
-                   src + b_off, int(P), src_img, 0.f, y + n0 * y_img + group_out_offset(gi, Og, P),
-                   int(P), y_img, cnt);
+      for (int h = 0; h < parts; ++h) {
+        const long long a_off = group_weight_offset(gi, Og, Kg) + h * Op * Kg;
+        float* out = (h ? y2 : y) + n0 * y_img + group_out_offset(gi, Op, P);
+        gemm_batched(false, false, Op, int(P), int(Kg), 1.f, w + a_off, int(Kg), 0, src + b_off,
+                     int(P), src_img, 0.f, out, int(P), y_img, cnt);
+      }
     }
   }
-  add_bias((long long)g.N * y_img, g.O, P, b, y);
+  if (!b) return;
+  if (!y2) return add_bias((long long)g.N * y_img, g.O, P, b, y);
+  const long long n = (long long)g.N * y_img;
+  for (int h = 0; h < 2; ++h) {
+    add_bias_half_kernel<<<blocks_for(n), kThreads>>>(n, g.O / 2, Op, P, h, b, h ? y2 : y);
+    LRPFAST_CUDA_LAUNCHED("add_bias_half");
+  }
+}
+
+}  // namespace
+
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
+  forward_into(g, x, w, b, y, nullptr);
+}
+
+void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                       float* y2) {
+  forward_into(g, x, w, b, y, y2);
 }
 
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx) {

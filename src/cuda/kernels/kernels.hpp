@@ -57,6 +57,10 @@ void col2im_batched(const ConvGeom& g, int nb, const float* col, float* dx);
 
 // ---- conv (conv.cu), linear (linear.cu) -------------------------------------------------------
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+// Twin of cpu::conv_forward_pair: g the stacked convolution, each group's rows [W_g; V_g] in w;
+// y, y2 (N, O/2, Ho, Wo). One im2col per chunk, two products per group.
+void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                       float* y2);
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx);
 void linear_forward(const LinearGeom& g, const float* x, const float* w, const float* b, float* y);
 void linear_backward_data(const LinearGeom& g, const float* dy, const float* w, float* dx);
