@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/check.hpp"
+#include "kernels/conv.hpp"
 #include "kernels/elementwise.hpp"
 
 namespace lrpfast {
@@ -54,6 +55,16 @@ inline std::array<std::int64_t, 2> pair(const pybind11::handle& obj, const char*
   }
   const std::int64_t v = to_index(obj, name);
   return {v, v};
+}
+
+// The checked geometry of the convolution of x (N,C,H,W) by w (O,C/group,kh,kw) (shapes already
+// known to be 4-D), from Python's stride, pad and dilation arguments.
+inline ConvGeom conv_geom(const std::vector<std::int64_t>& x, const std::vector<std::int64_t>& w,
+                          const pybind11::handle& stride, const pybind11::handle& pad,
+                          const pybind11::handle& dilation, std::int64_t group) {
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  return make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1], p[0], p[1],
+                        d[0], d[1], group);
 }
 
 // in_shape (C,H,W) or (N,C,H,W) -> (C,H,W); N is taken from the gradient.

@@ -78,20 +78,12 @@ py::array_t<T> output(const std::vector<i64>& shape) {
 
 // ---- functions -------------------------------------------------------------------------------
 
-lrpfast::ConvGeom forward_geom(const Input<float>& x, const Input<float>& w, const py::object& stride,
-                               const py::object& pad, const py::object& dilation,
-                               const py::object& group) {
-  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
-  return lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1], p[0],
-                                 p[1], d[0], d[1], to_index(group, "group"));
-}
-
 py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, const py::object& bo,
                                 const py::object& stride, const py::object& pad,
                                 const py::object& dilation, const py::object& group) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
-  const auto g = forward_geom(x, w, stride, pad, dilation, group);
+  const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
   Input<float> bk;
   const float* b = bias(bo, bk, g.O);
   auto y = output<float>({g.N, g.O, g.Ho, g.Wo});
@@ -108,9 +100,8 @@ py::tuple conv_forward_pair(const py::object& xo, const py::object& wo, const py
                             const py::object& dilation, const py::object& group) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
-  const auto g = forward_geom(x, w, stride, pad, dilation, group);
-  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: w must stack two weight sets, an even "
-          "number of output channels per group; got ", g.O, " outputs in ", g.group, " group(s)");
+  const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
+  lrpfast::require_conv_pair(g);
   Input<float> bk;
   const float* b = bias(bo, bk, g.O);
   auto y = output<float>({g.N, g.O / 2, g.Ho, g.Wo}), y2 = output<float>({g.N, g.O / 2, g.Ho, g.Wo});
@@ -128,7 +119,7 @@ std::string conv_forward_algorithm(const py::object& xo, const py::object& wo,
                                    const py::object& dilation, const py::object& group) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
-  const auto g = forward_geom(x, w, stride, pad, dilation, group);
+  const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
   if (lrpfast::cpu::winograd_applies(g, false)) return "winograd";
   return g.pointwise() ? "pointwise" : "im2col";
 }

@@ -60,6 +60,11 @@ ConvGeom make_conv_geom(std::int64_t N, std::int64_t C, std::int64_t H, std::int
   return g;
 }
 
+void require_conv_pair(const ConvGeom& g) {
+  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: w must stack two weight sets, an even "
+          "number of output channels per group; got ", g.O, " outputs in ", g.group, " group(s)");
+}
+
 namespace cpu {
 namespace {
 
@@ -267,8 +272,7 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
 
 void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
                        float* y2) {
-  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: the stacked weights need an even "
-          "number of output channels per group, got ", g.cout_per_group());
+  require_conv_pair(g);
   forward_into(g, x, w, b, OutPlanes{y, y2, g.O, g.cout_per_group(), g.out_plane()});
 }
 

@@ -42,6 +42,9 @@ ConvGeom make_conv_geom(std::int64_t N, std::int64_t C, std::int64_t H, std::int
                         std::int64_t sh, std::int64_t sw, std::int64_t ph, std::int64_t pw,
                         std::int64_t dh, std::int64_t dw, std::int64_t group);
 
+// conv_forward_pair's stacked weights: throws unless every group's outputs split in two halves.
+void require_conv_pair(const ConvGeom& g);
+
 // Checked output size of one axis (throws when < 1 or a parameter is out of range).
 int conv_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t stride,
                           std::int64_t pad, std::int64_t dilation);

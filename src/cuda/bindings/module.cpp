@@ -397,9 +397,7 @@ DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::o
                          const py::object& dilation, i64 group) {
   ndim(x, 4, "x", "(N,C,H,W)");
   ndim(w, 4, "w", "(O,C/group,kh,kw)");
-  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
-  const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
-                                         p[0], p[1], d[0], d[1], group);
+  const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, group);
   const float* b = bias(bo, g.O);
   DeviceArray y = empty({g.N, g.O, g.Ho, g.Wo});
   py::gil_scoped_release nogil;
@@ -412,11 +410,8 @@ py::tuple conv_forward_pair(const DeviceArray& x, const DeviceArray& w, const py
                             const py::object& dilation, i64 group) {
   ndim(x, 4, "x", "(N,C,H,W)");
   ndim(w, 4, "w", "(O,C/group,kh,kw)");
-  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
-  const auto g = lrpfast::make_conv_geom(x[0], x[1], x[2], x[3], w[0], w[1], w[2], w[3], s[0], s[1],
-                                         p[0], p[1], d[0], d[1], group);
-  require(g.cout_per_group() % 2 == 0, "conv_forward_pair: w must stack two weight sets, an even "
-          "number of output channels per group; got ", g.O, " outputs in ", g.group, " group(s)");
+  const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, group);
+  lrpfast::require_conv_pair(g);
   const float* b = bias(bo, g.O);
   DeviceArray y = empty({g.N, g.O / 2, g.Ho, g.Wo}), y2 = empty({g.N, g.O / 2, g.Ho, g.Wo});
   {
