@@ -398,7 +398,7 @@ def bench_net(kind, batch, args, peak, rows, extra):
     (t1, _, _), (tn, _, _) = timed_pair(lambda: eps_on(1), lambda: eps_on(n_t), 2)
     extra.append(f"| {label} b{batch}, uniform eps | 1 thread {batch / t1:.2f} img/s | "
                  f"{n_t} threads {batch / tn:.2f} img/s | {t1 / tn:.2f}x (target >= 1.7x) |")
-    del net, model
+    net = model = model64 = None   # free them before the next net
     gc.collect()
 
 

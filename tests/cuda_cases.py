@@ -86,6 +86,21 @@ def ssdlike(N, across, rng):
     return text, w
 
 
+def check_ssdlike(across, rng, rules_list=("epsilon",)):
+    """The ssd-like net (Permute, Normalize, Softmax) on both devices: its forward blobs and the
+    relevance under each of ``rules_list`` agree within NMSE_TOL."""
+    text, w = ssdlike(2, across, rng)
+    x = nets.random_input((2, 3, 8, 7), rng)
+    cpu = lrpfast.Net.from_text(text, w)
+    dev = lrpfast.Net.from_text(text, w, device="cuda")
+    names = ["norm", "perm", "prob"]
+    want, got = cpu.forward(x, blobs=names), dev.forward(x, blobs=names)
+    for k in names:
+        assert nmse(got[k], want[k]) <= NMSE_TOL, k
+    for rules in rules_list:
+        assert nmse(dev.relevance(x, -1, rules), cpu.relevance(x, -1, rules)) <= NMSE_TOL, rules
+
+
 def vgg_like(N, rng):
     """A small CaffeNet/VGG/ResNet/GoogLeNet-like stack: every layer type with relevance."""
     layers = [nets.conv("c1", "data", 6, kernel=3, pad=1), nets.relu("r1", "c1"),

@@ -293,16 +293,8 @@ def test_whole_network(rules):
 
 @pytest.mark.parametrize("across", [False, True])
 def test_whole_network_permute_normalize(across):
-    rng = seeded_rng("cuda-gpu", "ssd", across)
-    text, w = cc.ssdlike(2, across, rng)
-    x = nets.random_input((2, 3, 8, 7), rng)
-    cpu = lrpfast.Net.from_text(text, w)
-    dev = lrpfast.Net.from_text(text, w, device="cuda")
-    names = ["norm", "perm", "prob"]
-    want, got = cpu.forward(x, blobs=names), dev.forward(x, blobs=names)
-    for k in names:
-        assert cc.nmse(got[k], want[k]) <= cc.NMSE_TOL, k
-    assert cc.nmse(dev.relevance(x, -1), cpu.relevance(x, -1)) <= cc.NMSE_TOL
+    cc.check_ssdlike(across, seeded_rng("cuda-gpu", "ssd", across),
+                     ("epsilon", rules.Gradient(), rules.AlphaBeta(1, 0)))
 
 
 def test_memory_reused_across_calls():
