@@ -297,6 +297,10 @@ def test_forward_pair_argument_errors_and_algorithm_names(algo):
         _core.conv_forward_pair(x, np.ones((4, 4, 3, 3), np.float32), np.ones(3, np.float32))
     with pytest.raises(ValueError, match="input channels per group"):
         _core.conv_forward_pair(x, np.ones((4, 3, 3, 3), np.float32), None)
+    y, y2 = _core.conv_forward_pair(x[:0], np.ones((4, 4, 3, 3), np.float32), None, 1, 1)
+    assert y.shape == y2.shape == (0, 2, 9, 9)
+    with pytest.raises(ValueError, match="kernel extent"):
+        _core.conv_forward_algorithm(x, np.ones((4, 4, 11, 11), np.float32))
     x16 = np.ones((1, 16, 20, 20), np.float32)
     algo("auto")
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 3, 3), np.float32), 1, 1) == "winograd"
