@@ -12,7 +12,8 @@ modules, and in one run:
    and to lrpfast's own forward, achieved GFLOP/s over the minimum FLOP count (issue 5: the
    forward products, plus per linear layer one transposed product for eps/flat, or an extra
    z+ forward product and a transposed product of depth O (alpha1beta0) / 2*O (alpha2beta1)),
-   against the sgemm peak (2048^3) measured through lrpfast's own gemm in the same run;
+   against the sgemm peak (2048^3) measured through lrpfast's own gemm in the same run: once at
+   the start, and alongside each row (its repeats alternate with lrpfast's and the peer's);
 3. peak RSS of each measurement (VmHWM, reset through /proc/self/clear_refs before each);
 4. ten classes of one image by relevance_multi vs ten single-class calls; 1 vs 2 threads;
    with --big, VGG-16 at batch 256 (chunked; peak RSS must stay under 6 GB).
@@ -253,16 +254,38 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def timed_pair(fa, fb, repeats: int):
-    """timed() for two functions whose ratio is reported, their repeats alternated (a, b, a, b,
-    ...) so that a slower or faster spell of a shared machine falls on both alike. Returns
-    ((best, result, peak) of a, (best, result, peak) of b)."""
-    ta, ra, ma = timed(fa, 1)
-    tb, rb, mb = timed(fb, 1)
+def timed_alternating(fns, repeats: int):
+    """timed() for functions compared with each other, their repeats alternated (a, b, a, b,
+    ...) so that a slower or faster spell of a shared machine falls on all alike. Returns a
+    (best, result, peak RSS) per function."""
+    out = [list(timed(f, 1)) for f in fns]
     for _ in range(repeats - 1):
-        ta = min(ta, timed(fa, 1)[0])
-        tb = min(tb, timed(fb, 1)[0])
-    return (ta, ra, ma), (tb, rb, mb)
+        for o, f in zip(out, fns):
+            o[0] = min(o[0], timed(f, 1)[0])
+    return [tuple(o) for o in out]
+
+
+def timed_pair(fa, fb, repeats: int):
+    """timed_alternating for two functions whose ratio is reported."""
+    return timed_alternating([fa, fb], repeats)
+
+
+class GemmProbe:
+    """One sgemm 2048^3 through lrpfast's gemm, to run alongside a measurement: the GEMM rate of
+    the same moment, so that '% of gemm peak' does not drift with the machine's load."""
+
+    def __init__(self, n: int = 2048):
+        from lrpfast import _core
+        rng = np.random.default_rng(0)
+        self.n, self.core = n, _core
+        self.a = rng.standard_normal((n, n), np.float32)
+        self.b = rng.standard_normal((n, n), np.float32)
+
+    def __call__(self):
+        return self.core.linear_forward(self.a, self.b, None)
+
+    def rate(self, seconds: float) -> float:
+        return 2.0 * self.n ** 3 / seconds / 1e9
 
 
 def timed(fn, repeats: int):
@@ -314,7 +337,7 @@ TOL_L2, TOL_MAX = 1e-4, 1e-3   # float32 rounding through ~16 layers, different 
 AGREE_IMAGES = 4              # images checked against zennit in float64
 
 
-def bench_net(kind, batch, args, peak, rows, extra):
+def bench_net(kind, batch, args, rows, extra):
     import torch
     import lrpfast
 
@@ -336,16 +359,18 @@ def bench_net(kind, batch, args, peak, rows, extra):
     def torch_forward():
         with torch.no_grad():
             return model(xt)
-    (t_fwd, _, m_fwd), (t_tfwd, tl, m_tfwd) = timed_pair(lambda: net.forward(x), torch_forward, R)
+    probe = GemmProbe()
+    (t_fwd, _, m_fwd), (t_tfwd, tl, m_tfwd), (t_g, _, _) = timed_alternating(
+        [lambda: net.forward(x), torch_forward, probe], R)
     fwd_err = float(np.abs(tl.numpy() - logits.reshape(batch, -1)).max()
                     / np.abs(logits).max())
     pre = f"{label} b{batch}"
     rows.append((pre, "forward", t_fwd, t_tfwd, batch, fwd_flops, m_fwd, m_tfwd,
-                 f"logits {fwd_err:.1e}", t_fwd, peak))
+                 f"logits {fwd_err:.1e}", t_fwd, probe.rate(t_g)))
     for comp, zname, lab in COMPOSITES:
-        (t_l, r_l, m_l), (t_z, r_z, m_z) = timed_pair(
-            lambda: net.relevance(x, classes, comp),
-            lambda: zennit_relevance(model, x, classes, zname), R)
+        (t_l, r_l, m_l), (t_z, r_z, m_z), (t_g, _, _) = timed_alternating(
+            [lambda: net.relevance(x, classes, comp),
+             lambda: zennit_relevance(model, x, classes, zname), probe], R)
         # arbiter: zennit in float64 on the first images; lrpfast (float32) must be as close to
         # it as zennit's own float32 result is (x2), or within the fixed float32 tolerance.
         # Winner-take-all max pooling is discontinuous: where two window values differ by
@@ -364,7 +389,7 @@ def bench_net(kind, batch, args, peak, rows, extra):
         ok += f" ({int(good.sum())}/{k} images)"
         rows.append((pre, f"{lab} / {zname}", t_l, t_z, batch, rel_flops[comp], m_l, m_z,
                      f"{ok}: vs f64 L2 {l2:.0e} (zennit f32 {l2z:.0e}), max {mx:.0e} "
-                     f"({mxz:.0e}); vs zennit L2 {l2lz:.0e}", t_fwd, peak))
+                     f"({mxz:.0e}); vs zennit L2 {l2lz:.0e}", t_fwd, probe.rate(t_g)))
         print(f"  {pre} {lab}: lrpfast {t_l:.3f} s, zennit {t_z:.3f} s, agreement {ok} "
               f"({rows[-1][8]})", file=sys.stderr, flush=True)
 
@@ -452,19 +477,19 @@ def main(argv=None) -> int:
     rows, extra = [], []
     sizes = {"vgg16": 8, "caffenet": 16}
     for kind in args.nets.split(","):
-        bench_net(kind, sizes[kind], args, peak, rows, extra)
+        bench_net(kind, sizes[kind], args, rows, extra)
     if args.big:
         bench_big(args, extra)
 
     print("| net | pass (lrpfast / zennit) | lrpfast s | torch/zennit s | lrpfast img/s | "
-          "speed-up vs torch/zennit | x own forward | GFLOP/s (min FLOPs) | % of gemm peak | "
-          "peak RSS lrpfast / torch | agreement |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "speed-up vs torch/zennit | x own forward | GFLOP/s (min FLOPs) | gemm peak alongside "
+          "| % of gemm peak | % of start peak | peak RSS lrpfast / torch | agreement |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for pre, what, tl, tz, n, fl, ml, mz, agree, tf, pk in rows:
         gf = fl / tl / 1e9
         print(f"| {pre} | {what} | {tl:.3f} | {tz:.3f} | {n / tl:.1f} | {tz / tl:.2f}x | "
-              f"{tl / tf:.2f} | {gf:.0f} | {100 * gf / pk:.0f}% | {ml / 1e9:.2f} / {mz / 1e9:.2f} GB "
-              f"| {agree} |")
+              f"{tl / tf:.2f} | {gf:.0f} | {pk:.0f} | {100 * gf / pk:.0f}% | "
+              f"{100 * gf / peak:.0f}% | {ml / 1e9:.2f} / {mz / 1e9:.2f} GB | {agree} |")
     print("\n| measurement | a | b | result |\n|---|---|---|---|")
     for e in extra:
         print(e)
