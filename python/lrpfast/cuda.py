@@ -746,8 +746,11 @@ def make_cuda_op(op):
                 return DeviceArray(m.conv_forward(x._a, self.dweights(kind), self.dbias(bias),
                                                   self.stride, self.pad, self.dilation, self.group))
 
+            def pairs_zplus(self, x):
+                return True   # no Winograd on the device: the pair always shares its im2col
+
             def fwd_zplus(self, x):
-                """ops.ConvOp.fwd_zplus's twin: one im2col for z and z+ (no Winograd here)."""
+                """ops.ConvOp.fwd_zplus's twin: one im2col for z and z+."""
                 y, yp = m.conv_forward_pair(x._a, self.dweights("wpos"), self.dbias("wpos"),
                                             self.stride, self.pad, self.dilation, self.group)
                 return DeviceArray(y), DeviceArray(yp)

@@ -158,15 +158,15 @@ class _RuleLayer(Layer):
 
     def forward_zplus(self, xs):
         """``forward``, plus z+ = x W+ + b+ as the state's "zp" where one pass computes both
-        (x >= 0 and an operator with ``fwd_zplus``): the alpha-beta rule then takes z+ from the
-        state instead of a second pass over x (Net decides which layers ask)."""
+        (the operator ``pairs_zplus`` and x >= 0): the alpha-beta rule then takes z+ from the
+        state instead of a second pass over x (Net decides which layers ask). The sign scan
+        runs only where the pair would be computed; elsewhere the rule does it."""
         self.require_weights()
         x = xs[0]
-        pair = getattr(self.op, "fwd_zplus", None)
-        if pair is None or bool((x < 0).any()):
+        if not self.op.pairs_zplus(x) or bool((x < 0).any()):
             return self.forward(xs)
-        r = pair(x)
-        return self.forward(xs) if r is None else ([r[0]], {"zp": r[1]})
+        z, zp = self.op.fwd_zplus(x)
+        return [z], {"zp": zp}
 
     def fold(self, a: np.ndarray, c: np.ndarray):
         """Fold a following per-output-channel affine map y -> a*y + c into the relevance op."""

@@ -8,9 +8,9 @@ need. Each operator offers
 * ``pm_signal(R, z, zp, alpha, beta)`` (Convolution/InnerProduct, ``stacked_pm`` True): the
   alpha-beta signal [alpha*R/z+ ; -beta*R/(z - z+)] laid out for ``bwd(s, "pm")``, the transposed
   product with the stacked weights [W+; W-] (per group): both halves of alpha-beta in ONE gemm;
-* ``fwd_zplus(x)`` (ConvOp): ``(fwd(x, "w", "b"), fwd(x, "pos", "pos"))`` in one pass over
-  x's im2col columns, with the stacked weights "wpos" = [W; W+] (per group), or None where
-  that saves nothing;
+* ``fwd_zplus(x)`` (ConvOp, where ``pairs_zplus(x)``): ``(fwd(x, "w", "b"),
+  fwd(x, "pos", "pos"))`` in one pass over x's im2col columns, with the stacked weights
+  "wpos" = [W; W+] (per group);
 * ``fwd_count(x_shape, kind)``: ``fwd(ones, kind, None)`` for one sample, cached, broadcast to
   the batch: the per-output normaliser of the flat and w^2 rules (padding excluded);
 * ``bwd_signal(R, kind, z=, eps=, times=)``: ``times * bwd(R / z_eps, kind)``, the tail every
@@ -102,6 +102,11 @@ class LinearOp:
                 self._b_cache[kind] = np.ascontiguousarray(_variant(self.b, kind))
         return self._b_cache[kind]
 
+    def pairs_zplus(self, x) -> bool:
+        """True where ``fwd_zplus(x)`` computes z and z+ in one pass, saving work over two
+        ``fwd`` calls (operators without it: never)."""
+        return False
+
     def fwd_count(self, x_shape: tuple, kind: str) -> np.ndarray:
         key = (tuple(x_shape[1:]), kind)
         if key not in self._count_cache:
@@ -141,15 +146,18 @@ class ConvOp(LinearOp):
         return _core.conv_forward(x, self.weights(kind), self.bias(bias), self.stride, self.pad,
                                   self.dilation, self.group)
 
+    def pairs_zplus(self, x) -> bool:
+        """fwd_zplus shares work here unless the convolution takes the Winograd path, which
+        shares nothing between the two products."""
+        return _core.conv_forward_algorithm(x, self.w, self.stride, self.pad, self.dilation,
+                                            self.group) != "winograd"
+
     def fwd_zplus(self, x):
         """(z, z+) = (fwd(x, "w", "b"), fwd(x, "pos", "pos")), the alpha-beta rule's two forward
         products for x >= 0 (Bach et al. 2015), from ONE im2col and one gemm per block with the
-        stacked weights [W; W+] (bit-identical to the two calls); None where the convolution
-        takes the Winograd path, which shares nothing between the two products."""
-        args = (self.stride, self.pad, self.dilation, self.group)
-        if _core.conv_forward_algorithm(x, self.w, *args) == "winograd":
-            return None
-        return _core.conv_forward_pair(x, self.weights("wpos"), self.bias("wpos"), *args)
+        stacked weights [W; W+] (bit-identical to the two calls)."""
+        return _core.conv_forward_pair(x, self.weights("wpos"), self.bias("wpos"), self.stride,
+                                       self.pad, self.dilation, self.group)
 
     def bwd(self, s, kind="w"):
         if kind == "ones":
