@@ -130,12 +130,12 @@ template <int kStride>
 void row_max(const float* xp, const PoolGeom& g, int oh, int lo, int hi, float* yr,
              std::int32_t* ar) {
   const PoolWindow wh = pool_window(oh, g.H, g.kh, g.sh, g.ph);
-  for (int ow = 0; ow < g.Wo; ++ow) {
-    if (ow == lo) ow = hi;
-    if (ow >= g.Wo) break;
+  auto edge = [&](int ow) {
     window_max(xp, g.W, wh, pool_window(ow, g.W, g.kw, g.sw, g.pw), yr + ow, ar + ow);
-  }
+  };
+  for (int ow = 0; ow < lo; ++ow) edge(ow);
   for (int o0 = lo; o0 < hi; o0 += 4) quad_max<kStride>(xp, g, wh, std::min(o0, hi - 4), yr, ar);
+  for (int ow = hi; ow < g.Wo; ++ow) edge(ow);
 }
 
 }  // namespace

@@ -8,8 +8,11 @@ namespace lrpfast {
 namespace cuda {
 namespace {
 
-__global__ void max_fwd(PoolGeom g, const float* __restrict__ x, float* __restrict__ y,
-                        std::int32_t* __restrict__ argmax) {
+// One thread per output: the max with its first row-major argmax (strict '>', as the CPU), or the
+// window sum over Caffe's pool size.
+template <bool kMax>
+__global__ void pool_fwd(PoolGeom g, const float* __restrict__ x, float* __restrict__ y,
+                         std::int32_t* __restrict__ argmax) {
   const long long op = g.out_plane(), n = g.planes() * op;
   LRPFAST_GRID_LOOP(i, n) {
     const long long pl = i / op;
@@ -17,33 +20,25 @@ __global__ void max_fwd(PoolGeom g, const float* __restrict__ x, float* __restri
     const float* xp = x + pl * g.in_plane();
     const PoolWindow wh = pool_window(oh, g.H, g.kh, g.sh, g.ph);
     const PoolWindow ww = pool_window(ow, g.W, g.kw, g.sw, g.pw);
-    int best = plane_index(wh.start, ww.start, g.W);
-    float m = xp[best];
-    for (int h = wh.start; h < wh.end; ++h)
-      for (int w = ww.start; w < ww.end; ++w) {
-        const int k = plane_index(h, w, g.W);
-        if (xp[k] > m) {  // strict: the first maximum in row-major order, as the CPU
-          m = xp[k];
-          best = k;
+    if (kMax) {
+      int best = plane_index(wh.start, ww.start, g.W);
+      float m = xp[best];
+      for (int h = wh.start; h < wh.end; ++h)
+        for (int w = ww.start; w < ww.end; ++w) {
+          const int k = plane_index(h, w, g.W);
+          if (xp[k] > m) {
+            m = xp[k];
+            best = k;
+          }
         }
-      }
-    y[i] = m;
-    argmax[i] = best;
-  }
-}
-
-__global__ void ave_fwd(PoolGeom g, const float* __restrict__ x, float* __restrict__ y) {
-  const long long op = g.out_plane(), n = g.planes() * op;
-  LRPFAST_GRID_LOOP(i, n) {
-    const long long pl = i / op;
-    const int oh = int((i % op) / g.Wo), ow = int(i % g.Wo);
-    const float* xp = x + pl * g.in_plane();
-    const PoolWindow wh = pool_window(oh, g.H, g.kh, g.sh, g.ph);
-    const PoolWindow ww = pool_window(ow, g.W, g.kw, g.sw, g.pw);
-    float s = 0.f;
-    for (int h = wh.start; h < wh.end; ++h)
-      for (int w = ww.start; w < ww.end; ++w) s += xp[plane_index(h, w, g.W)];
-    y[i] = s / float(wh.size * ww.size);
+      y[i] = m;
+      argmax[i] = best;
+    } else {
+      float s = 0.f;
+      for (int h = wh.start; h < wh.end; ++h)
+        for (int w = ww.start; w < ww.end; ++w) s += xp[plane_index(h, w, g.W)];
+      y[i] = s / float(wh.size * ww.size);
+    }
   }
 }
 
@@ -80,14 +75,14 @@ __global__ void pool_bwd(PoolGeom g, const float* __restrict__ dy,
 void pool_max_forward(const PoolGeom& g, const float* x, float* y, std::int32_t* argmax) {
   const long long n = g.planes() * g.out_plane();
   if (n <= 0) return;
-  max_fwd<<<blocks_for(n), kThreads>>>(g, x, y, argmax);
+  pool_fwd<true><<<blocks_for(n), kThreads>>>(g, x, y, argmax);
   LRPFAST_CUDA_LAUNCHED("pool_max_forward");
 }
 
 void pool_ave_forward(const PoolGeom& g, const float* x, float* y) {
   const long long n = g.planes() * g.out_plane();
   if (n <= 0) return;
-  ave_fwd<<<blocks_for(n), kThreads>>>(g, x, y);
+  pool_fwd<false><<<blocks_for(n), kThreads>>>(g, x, y, nullptr);
   LRPFAST_CUDA_LAUNCHED("pool_ave_forward");
 }
 
