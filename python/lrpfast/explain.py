@@ -442,6 +442,53 @@ def _err(msg):
     print(f"lrpfast: error: {msg}", file=sys.stderr)
 
 
+class _Batches:
+    """The images of a run in batches of ``size``, one forward + relevance call each, with the
+    per-image accounting both commands share: every failure (``skip``, a batch whose call
+    fails, an image whose outputs cannot be written) is one message on stderr, counts in
+    ``failed`` and advances the progress bar, as does every image written.
+
+    compute(x, items) -> result for the stacked inputs x (N, ...) may raise ValueError/KeyError
+    (the whole batch fails); write(i, item, result) writes image i's outputs and may raise
+    ``write_errors`` (that image fails)."""
+
+    def __init__(self, size, bar, compute, write, write_errors=(OSError,)):
+        self.size, self.bar, self.compute, self.write = size, bar, compute, write
+        self.write_errors = write_errors
+        self.failed, self.pending = 0, []
+
+    def skip(self, message):
+        _err(message)
+        self.failed += 1
+        self.bar.step()
+
+    def add(self, label, x, item):
+        """Queue one image (label: how messages name it); computes when the batch is full."""
+        self.pending.append((label, x, item))
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self):
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        try:
+            res = self.compute(np.stack([x for _, x, _ in pending]), [it for _, _, it in pending])
+        except (ValueError, KeyError) as e:
+            for label, _, _ in pending:
+                _err(f"{label}: relevance failed: {e}")
+            self.failed += len(pending)
+            self.bar.step(len(pending))
+            return
+        for i, (label, _, item) in enumerate(pending):
+            try:
+                self.write(i, item, res)
+            except self.write_errors as e:
+                _err(f"{label}: cannot write outputs: {e}")
+                self.failed += 1
+            self.bar.step()
+
+
 def _output_scores(net, out):
     if isinstance(out, dict):
         out = next(iter(out.values()))
@@ -493,65 +540,42 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
         _err("--batch must be >= 1")
         return 2
     root = os.path.abspath(cfg.standalone_rootpath)
-    failed = 0
+
+    def compute(x, items):
+        scores = _output_scores(net, net.forward(x))
+        return scores, net.backward_relevance_multi([cls for cls, _, _ in items], opts)
+
+    def write(i, item, result):
+        _, crop, base = item
+        scores, res = result
+        R = res.R[i]
+        write_rawhm(base + "_rawhm.txt", R)
+        render.save_png(base + "_heatmap.png", render.toolbox_heatmap(R))
+        render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
+        _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
+
     bar = _Bar(len(items), progress)
-
-    def flush(pending):
-        nonlocal failed
-        if not pending:
-            return
-        x = np.stack([p[3] for p in pending])
-        try:
-            scores = _output_scores(net, net.forward(x))
-            res = net.backward_relevance_multi([p[1] for p in pending], opts)
-        except (ValueError, KeyError) as e:
-            for p in pending:
-                _err(f"{p[0]} (file list line {p[5]}): relevance failed: {e}")
-            failed += len(pending)
-            bar.step(len(pending))
-            return
-        for i, (path, cls, crop, _, base, line) in enumerate(pending):
-            try:
-                R = res.R[i]
-                write_rawhm(base + "_rawhm.txt", R)
-                render.save_png(base + "_heatmap.png", render.toolbox_heatmap(R))
-                render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
-                _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
-            except OSError as e:
-                _err(f"{path} (file list line {line}): cannot write outputs: {e}")
-                failed += 1
-            bar.step()
-
-    pending = []
+    run = _Batches(batch, bar, compute, write)
     for path, cls, line in items:
         where = f"{path} (file list line {line})"
         ap = os.path.abspath(path)
         rel = os.path.relpath(ap, root)
         if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
-            _err(f"{where}: not under standalone_rootpath {cfg.standalone_rootpath}")
-            failed += 1
-            bar.step()
+            run.skip(f"{where}: not under standalone_rootpath {cfg.standalone_rootpath}")
             continue
         if cls >= cfg.numclasses:
-            _err(f"{where}: class {cls} out of range 0..{cfg.numclasses - 1}")
-            failed += 1
-            bar.step()
+            run.skip(f"{where}: class {cls} out of range 0..{cfg.numclasses - 1}")
             continue
         loaded = _load_image(path, cfg.baseimgsize, size, mean)
         if isinstance(loaded, str):
-            _err(f"{where}: {loaded}")
-            failed += 1
-            bar.step()
+            run.skip(f"{where}: {loaded}")
             continue
         crop, x = loaded
         base = os.path.join(cfg.standalone_outpath, os.path.splitext(rel)[0])
-        pending.append((path, cls, crop, x, base, line))
-        if len(pending) >= batch:
-            flush(pending)
-            pending = []
-    flush(pending)
+        run.add(where, x, (cls, crop, base))
+    run.flush()
     bar.close()
-    return 1 if failed else 0
+    return 1 if run.failed else 0
 
 
 # =============================================================================== modern run
@@ -636,75 +660,54 @@ def run_heatmaps(args) -> int:
         _err(e)
         return 2
     images = _expand_images(args.images)
-    failed = 0
+
+    def compute(x, items):
+        scores = _output_scores(net, net.forward(x))
+        return scores, {rn: net.relevance_multi(x, list(classes), rules=r, progress=False)
+                        for rn, r in rules}
+
+    def write(i, item, result):
+        crop, stem = item
+        scores, results = result
+        base = os.path.join(args.out, stem)
+        if "input" in formats:
+            render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
+        if "top10" in formats:
+            _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
+        for rn, Rk in results.items():
+            for k, c in enumerate(classes):
+                R = Rk[k, i]
+                b = f"{base}_{rn}_c{c}"
+                if "png" in formats:
+                    img = render.toolbox_heatmap(R) if (args.cmap, args.norm) == (
+                        "toolbox", "toolbox") else render.heatmap(R, cmap=args.cmap, norm=args.norm)
+                    render.save_png(b + "_heatmap.png", img)
+                if "rawhm" in formats:
+                    write_rawhm(b + "_rawhm.txt", R)
+                if "npy" in formats:
+                    np.save(b + ".npy", np.asarray(R, np.float32))
+
     bar = _Bar(len(images), args.progress)
-
-    def flush(pending):
-        nonlocal failed
-        if not pending:
-            return
-        x = np.stack([p[2] for p in pending])
-        try:
-            scores = _output_scores(net, net.forward(x))
-            results = {rn: net.relevance_multi(x, list(classes), rules=r, progress=False)
-                       for rn, r in rules}
-        except (ValueError, KeyError) as e:
-            for p in pending:
-                _err(f"{p[0]}: relevance failed: {e}")
-            failed += len(pending)
-            bar.step(len(pending))
-            return
-        for i, (path, crop, _, stem) in enumerate(pending):
-            base = os.path.join(args.out, stem)
-            try:
-                if "input" in formats:
-                    render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
-                if "top10" in formats:
-                    _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
-                for rn, Rk in results.items():
-                    for k, c in enumerate(classes):
-                        R = Rk[k, i]
-                        b = f"{base}_{rn}_c{c}"
-                        if "png" in formats:
-                            img = render.toolbox_heatmap(R) if (args.cmap, args.norm) == (
-                                "toolbox", "toolbox") else render.heatmap(
-                                R, cmap=args.cmap, norm=args.norm)
-                            render.save_png(b + "_heatmap.png", img)
-                        if "rawhm" in formats:
-                            write_rawhm(b + "_rawhm.txt", R)
-                        if "npy" in formats:
-                            np.save(b + ".npy", np.asarray(R, np.float32))
-            except (OSError, ValueError) as e:
-                _err(f"{path}: cannot write outputs: {e}")
-                failed += 1
-            bar.step()
-
-    pending, stems = [], set()
+    run = _Batches(args.batch, bar, compute, write, write_errors=(OSError, ValueError))
+    stems = set()
     for path in images:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in stems:
-            _err(f"{path}: another image has the name '{stem}'; skipped")
-            failed += 1
-            bar.step()
+            run.skip(f"{path}: another image has the name '{stem}'; skipped")
             continue
         loaded = _load_image(path, base_size, size, mean)
         if isinstance(loaded, str):
-            _err(f"{path}: {loaded}")
-            failed += 1
-            bar.step()
+            run.skip(f"{path}: {loaded}")
             continue
         crop, x = loaded
         stems.add(stem)
-        pending.append((path, crop, x, stem))
-        if len(pending) >= args.batch:
-            flush(pending)
-            pending = []
-    flush(pending)
+        run.add(path, x, (crop, stem))
+    run.flush()
     bar.close()
     if not images:
         _err("no images given")
         return 2
-    return 1 if failed else 0
+    return 1 if run.failed else 0
 
 
 # =============================================================================== CLI
