@@ -112,9 +112,8 @@ def read_bytes(path: str) -> None:
         f.read()
 
 
-_PEAK_CHILD = r"""
-import sys
-def hwm():
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (VmHWM; ru_maxrss where /proc is absent)."""
     try:
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM:"):
@@ -123,16 +122,23 @@ def hwm():
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+_PEAK_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from bench_load import peak_rss
 from lrpfast.caffe import read_caffemodel
-before = hwm()
+before = peak_rss()
 w = read_caffemodel(sys.argv[1])
-print(before, hwm(), sum(a.nbytes for blobs in w.values() for a in blobs))
+print(before, peak_rss(), sum(a.nbytes for blobs in w.values() for a in blobs))
 """
 
 
 def peak_increase(path: str) -> tuple[int, int]:
     """(peak RSS increase, bytes of weights returned), measured in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, path], check=True,
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, path, here], check=True,
                          capture_output=True, text=True).stdout.split()
     before, after, nbytes = map(int, out)
     return after - before, nbytes

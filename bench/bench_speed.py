@@ -40,7 +40,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_load import vgg16_prototxt  # noqa: E402
+from bench_load import peak_rss, vgg16_prototxt  # noqa: E402
 
 COMPOSITES = [  # (lrpfast composite, zennit composite, label)
     ("epsilon", "Epsilon", "uniform eps"),
@@ -241,17 +241,6 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def peak_rss() -> int:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def timed_alternating(fns, repeats: int):
