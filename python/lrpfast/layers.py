@@ -148,7 +148,7 @@ class _RuleLayer(Layer):
     z_top: str | None = None      # SSA blob holding z = rel_op.fwd(x) (the chain end when folded)
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        op = self.op if state.get("unfolded") else self.rel_op  # unfolded: seeded at own output
+        op = state.get("op", self.rel_op)   # Net._relevance_op: the unfolded one at the top
         if ctx.gradient_like:
             return [op.bwd(Rs[0], "w")]
         z = state.get("z", ys[0])

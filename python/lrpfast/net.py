@@ -634,10 +634,10 @@ class Net:
                 continue
             st = states[layer.name]
             if isinstance(layer, _RuleLayer) and layer.z_top:
-                # relevance seeded at this layer's own output: its BatchNorm/Scale chain
-                # (above the top, not computed) does not apply -> the unfolded operator
-                st = dict(st, unfolded=True) if layer is top_layer else \
-                    dict(st, z=blobs[layer.z_top])
+                # the top's BatchNorm/Scale chain (above it, not computed) does not apply: it
+                # takes its unfolded operator; below the top, z is the folded chain's end
+                op = self._relevance_op(layer, top_layer)
+                st = dict(st, op=op) if op is layer.op else dict(st, z=blobs[layer.z_top])
             xs = [blobs[bt] for bt in layer.bottoms]
             ys = [blobs[t] for t in layer.tops]
             for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
