@@ -152,7 +152,7 @@ class _RuleLayer(Layer):
         if ctx.gradient_like:
             return [op.bwd(Rs[0], "w")]
         z = state.get("z", ys[0])
-        if "zp" in state:   # z+ shared by several class selections (Net.relevance_multi)
+        if "zp" in state:   # z+ from the forward pass or shared by relevance_multi (x >= 0)
             return [ctx.rule.linear(op, xs[0], Rs[0], z=z, zp=state["zp"])]
         return [ctx.rule.linear(op, xs[0], Rs[0], z=z)]
 

@@ -103,8 +103,9 @@ class AlphaBeta(Rule):
         self.name = f"alpha{alpha:g}beta{beta:g}"
 
     def linear(self, op, x, R, z=None, zp=None):
-        """zp: z+ already computed for this x, given only where x >= 0 (Net.relevance_multi
-        shares it between its class selections, having checked the sign once)."""
+        """zp: z+ already computed for this x, given only where x >= 0 (the forward pass computes
+        it with z, or Net.relevance_multi once for all class selections, having checked the
+        sign)."""
         has_neg = zp is None and bool((x < 0).any())
         if not has_neg and z is not None and op.stacked_pm:
             # x >= 0 (e.g. after a ReLU): z+ = x W+ + b+ is one forward product, and
