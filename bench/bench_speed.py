@@ -293,15 +293,10 @@ def timed(fn, repeats: int):
 
 
 def gemm_peak(repeats: int = 5, n: int = 2048) -> float:
-    """sgemm GFLOP/s through lrpfast's own gemm (its BLAS, its thread pool)."""
-    from lrpfast import _core
-
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), np.float32)
-    b = rng.standard_normal((n, n), np.float32)
-    _core.linear_forward(a, b, None)
-    best = min(timed(lambda: _core.linear_forward(a, b, None), 1)[0] for _ in range(repeats))
-    return 2.0 * n ** 3 / best / 1e9
+    """sgemm GFLOP/s through lrpfast's own gemm (its BLAS, its thread pool), best of repeats."""
+    probe = GemmProbe(n)
+    probe()
+    return probe.rate(min(timed(probe, 1)[0] for _ in range(repeats)))
 
 
 def torch_gemm_peak(repeats: int = 5, n: int = 2048) -> float:
