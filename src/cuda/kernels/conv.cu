@@ -13,19 +13,22 @@ namespace {
 
 constexpr long long kColBudget = 256LL << 20;  // bytes of column buffer per chunk
 
-__global__ void add_bias_kernel(long long n, int O, long long P, const float* __restrict__ b,
-                                float* __restrict__ y) {
-  LRPFAST_GRID_LOOP(i, n) { y[i] += b[(i / P) % O]; }
+// y (N, O, P) += each channel's bias. The weights of a product may be one part h of `parts` sets
+// stacked per group (conv_forward_pair: parts 2, `run` channels of each group per part): channel
+// c then takes row h*run + c % run of its group's stacked bias; parts 1 with run O is b[c].
+__global__ void add_bias_kernel(long long n, int O, long long P, int run, int parts, int h,
+                                const float* __restrict__ b, float* __restrict__ y) {
+  LRPFAST_GRID_LOOP(i, n) {
+    const int c = int((i / P) % O);
+    y[i] += b[(c / run) * parts * run + h * run + c % run];
+  }
 }
 
-// y (N, Oh, P), one half h of a stacked pair (half_g channels per group): channel c takes the
-// stacked bias of row h*half_g + c % half_g of its group
-__global__ void add_bias_half_kernel(long long n, int Oh, int half_g, long long P, int h,
-                                     const float* __restrict__ b, float* __restrict__ y) {
-  LRPFAST_GRID_LOOP(i, n) {
-    const int c = int((i / P) % Oh);
-    y[i] += b[(c / half_g) * 2 * half_g + h * half_g + c % half_g];
-  }
+void launch_bias(long long n, int O, long long P, int run, int parts, int h, const float* b,
+                 float* y) {
+  if (n <= 0 || !b) return;
+  add_bias_kernel<<<blocks_for(n), kThreads>>>(n, O, P, run, parts, h, b, y);
+  LRPFAST_CUDA_LAUNCHED("add_bias");
 }
 
 struct ColBuffer {  // device scratch from the caching allocator
@@ -46,9 +49,7 @@ int images_per_chunk(const ConvGeom& g) {
 }  // namespace
 
 void add_bias(long long n, int O, long long P, const float* b, float* y) {
-  if (n <= 0 || !b) return;
-  add_bias_kernel<<<blocks_for(n), kThreads>>>(n, O, P, b, y);
-  LRPFAST_CUDA_LAUNCHED("add_bias");
+  launch_bias(n, O, P, O, 1, 0, b, y);
 }
 
 namespace {
@@ -84,13 +85,8 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       }
     }
   }
-  if (!b) return;
-  if (!y2) return add_bias((long long)g.N * y_img, g.O, P, b, y);
-  const long long n = (long long)g.N * y_img;
-  for (int h = 0; h < 2; ++h) {
-    add_bias_half_kernel<<<blocks_for(n), kThreads>>>(n, g.O / 2, Op, P, h, b, h ? y2 : y);
-    LRPFAST_CUDA_LAUNCHED("add_bias_half");
-  }
+  for (int h = 0; h < parts; ++h)
+    launch_bias((long long)g.N * y_img, g.O / parts, P, Op, parts, h, b, h ? y2 : y);
 }
 
 }  // namespace
