@@ -200,14 +200,19 @@ def parse_config(text: str, source: str = "<config>") -> ToolboxConfig:
     return cfg
 
 
-def read_config(path) -> ToolboxConfig:
-    path = os.fspath(path)
+def _read_text(path: str, what: str) -> str:
+    """A text file's contents (UTF-8, bad bytes replaced); ConfigError naming ``what`` and the
+    path when it cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    cfg = parse_config(text, path)
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def read_config(path) -> ToolboxConfig:
+    path = os.fspath(path)
+    cfg = parse_config(_read_text(path, "config file"), path)
     base = os.path.dirname(os.path.abspath(path))
     for k in ("param_file", "model_file", "mean_file", "synsetfile"):
         setattr(cfg, k, _resolve(getattr(cfg, k), base))
@@ -217,11 +222,7 @@ def read_config(path) -> ToolboxConfig:
 def read_filelist(path, prefix: str = "") -> list[tuple[str, int, int]]:
     """FILELIST -> [(image path, class, line number)]; ConfigError on a malformed line."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read file list {path}: {e.strerror or e}") from None
+    text = _read_text(path, "file list")
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -261,8 +262,7 @@ def read_mean(path, kind: int) -> np.ndarray:
         return np.ascontiguousarray(a[::-1] if kind == 2 else a)
     if kind != 0:
         raise ConfigError(f"mean file kind must be 0 (text), 1 or 2 (binaryproto), got {kind}")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    lines = _read_text(path, "mean file").splitlines()
     try:
         C = int(lines[0].split()[0])
         H, W = (int(t) for t in lines[1].split()[:2])
@@ -282,11 +282,7 @@ def read_mean(path, kind: int) -> np.ndarray:
 def read_synsets(path) -> list[str]:
     if not path:
         return []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [l.strip() for l in f.read().splitlines()]
-    except OSError as e:
-        raise ConfigError(f"cannot read synset file {path}: {e.strerror or e}") from None
+    return [l.strip() for l in _read_text(path, "synset file").splitlines()]
 
 
 # =============================================================================== pre-processing
