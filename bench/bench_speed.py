@@ -260,18 +260,21 @@ def timed_pair(fa, fb, repeats: int):
 
 
 class GemmProbe:
-    """One sgemm 2048^3 through lrpfast's gemm, to run alongside a measurement: the GEMM rate of
-    the same moment, so that '% of gemm peak' does not drift with the machine's load."""
+    """One sgemm 2048^3 through lrpfast's gemm (its BLAS, its thread pool), to run alongside a
+    measurement: the GEMM rate of the same moment, so that '% of gemm peak' does not drift with
+    the machine's load. It is a 1x1 convolution (2048 channels in and out, a 32x64 plane),
+    which is exactly one gemm call; not linear_forward, which may run lrpfast's own streamed
+    kernels (set_linear_algorithm) rather than BLAS."""
 
     def __init__(self, n: int = 2048):
         from lrpfast import _core
         rng = np.random.default_rng(0)
         self.n, self.core = n, _core
-        self.a = rng.standard_normal((n, n), np.float32)
-        self.b = rng.standard_normal((n, n), np.float32)
+        self.x = rng.standard_normal((1, n, 32, n // 32), np.float32)
+        self.w = rng.standard_normal((n, n, 1, 1), np.float32)
 
     def __call__(self):
-        return self.core.linear_forward(self.a, self.b, None)
+        return self.core.conv_forward(self.x, self.w, None, 1, 0, 1, 1)
 
     def rate(self, seconds: float) -> float:
         return 2.0 * self.n ** 3 / seconds / 1e9
@@ -437,6 +440,9 @@ def main(argv=None) -> int:
     ap.add_argument("--conv-algo", default="auto", choices=["auto", "direct", "winograd"],
                     help="lrpfast's algorithm for 3x3 stride-1 convolutions (default auto: "
                          "Winograd F(2x2,3x3) for layers with >= 16 channels)")
+    ap.add_argument("--linear-algo", default="auto", choices=["auto", "blas", "streamed"],
+                    help="lrpfast's kernels for the fully connected products (default auto: "
+                         "its streamed AVX-512 kernels where the CPU has AVX-512)")
     args = ap.parse_args(argv)
 
     import torch
@@ -448,12 +454,13 @@ def main(argv=None) -> int:
     lrpfast.set_num_threads(args.threads)
     from lrpfast._loader import _core
     _core.set_conv_algorithm(args.conv_algo)
+    lrpfast.set_linear_algorithm(args.linear_algo)
     info = lrpfast.info()
     peak = gemm_peak()
     tpeak = torch_gemm_peak()
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
     print(f"lrpfast {info['version']}, BLAS {info['blas']}, {args.threads} threads, 3x3 conv "
-          f"algorithm {_core.get_conv_algorithm()}; torch "
+          f"algorithm {_core.get_conv_algorithm()}, fully connected {info['linear_kernels']}; torch "
           f"{torch.__version__}, zennit {zennit.__version__ if hasattr(zennit, '__version__') else ''}"
           f"; OPENBLAS_* env: {env or 'none'}")
     print(f"sgemm 2048^3 peak ({args.threads} threads): lrpfast's gemm {peak:.0f} GFLOP/s, "

@@ -29,6 +29,17 @@ def set_num_threads(n: int) -> None:
     """Threads of lrpfast's pool (gemm slices over single-threaded BLAS, and all loops); n >= 1."""
 
 def get_num_threads() -> int: ...
+def set_conv_algorithm(algorithm: str) -> None:
+    """3x3 stride-1 convolutions: 'auto', 'direct' or 'winograd' (process-wide)."""
+
+def get_conv_algorithm() -> str: ...
+def set_linear_algorithm(algorithm: str) -> None:
+    """Fully connected products: 'auto', 'blas' or 'streamed' (AVX-512; process-wide)."""
+
+def get_linear_algorithm() -> str: ...
+def linear_streamed_native() -> bool:
+    """True where the streamed fully connected kernels can run (x86-64 with AVX-512)."""
+
 def conv_out_size(
     in_size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1
 ) -> int:

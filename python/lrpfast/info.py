@@ -33,6 +33,21 @@ def get_conv_algorithm() -> str:
     return str(_core.get_conv_algorithm())
 
 
+def set_linear_algorithm(name: str) -> None:
+    """Kernels of the CPU engine's fully connected products, forward and transposed
+    (process-wide): "auto" (default: lrpfast's streamed AVX-512 kernels where the CPU has
+    AVX-512, else BLAS), "blas" (OpenBLAS sgemm) or "streamed" (ValueError without AVX-512).
+    The streamed kernels read the weight matrix once and are faster for the few rows an LRP
+    batch has (bench/README.md); both agree to float32 rounding, and under either an image's
+    result never depends on the rest of its batch. The default comes from
+    $LRPFAST_LINEAR_ALGO."""
+    _core.set_linear_algorithm(str(name))
+
+
+def get_linear_algorithm() -> str:
+    return str(_core.get_linear_algorithm())
+
+
 def _gpu_count() -> int:
     """Number of CUDA devices the driver reports (0 without a driver); loads nothing else."""
     for name in ("libcuda.so.1", "libcuda.so"):
@@ -48,14 +63,19 @@ def _gpu_count() -> int:
 
 
 def info() -> dict:
-    """{'version', 'blas', 'blas_config', 'threads', 'conv_algorithm', 'cuda_compiled', 'gpus'}
-    (conv_algorithm: see set_conv_algorithm)."""
+    """{'version', 'blas', 'blas_config', 'threads', 'conv_algorithm', 'linear_algorithm',
+    'linear_kernels', 'cuda_compiled', 'gpus'} (conv_algorithm: see set_conv_algorithm;
+    linear_algorithm: see set_linear_algorithm; linear_kernels: what that setting runs here,
+    "streamed (AVX-512)" or "blas")."""
     return {
         "version": _core.__version__,
         "blas": _core.blas_name(),
         "blas_config": _core.blas_config(),
         "threads": get_num_threads(),
         "conv_algorithm": get_conv_algorithm(),
+        "linear_algorithm": get_linear_algorithm(),
+        "linear_kernels": ("streamed (AVX-512)" if _core.linear_streamed_native()
+                           and get_linear_algorithm() != "blas" else "blas"),
         # the module file of lrpfast._cuda, found without loading it (nor cuBLAS)
         "cuda_compiled": importlib.util.find_spec("lrpfast._cuda") is not None,
         "gpus": _gpu_count(),

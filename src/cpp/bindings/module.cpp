@@ -22,6 +22,7 @@
 #include "kernels/lrn.hpp"
 #include "kernels/parallel.hpp"
 #include "kernels/pool.hpp"
+#include "kernels/streamed.hpp"
 #include "kernels/winograd.hpp"
 
 namespace py = pybind11;
@@ -436,6 +437,29 @@ PYBIND11_MODULE(_core, m) {
         return std::string(names[int(lrpfast::cpu::conv_algo())]);
       },
       "The algorithm set by set_conv_algorithm.");
+  m.def(
+      "set_linear_algorithm",
+      [](const std::string& name) {
+        using lrpfast::LinearAlgo;
+        if (name == "auto") return lrpfast::set_linear_algo(LinearAlgo::Auto);
+        if (name == "blas") return lrpfast::set_linear_algo(LinearAlgo::Blas);
+        if (name == "streamed") return lrpfast::set_linear_algo(LinearAlgo::Streamed);
+        throw py::value_error("set_linear_algorithm: algorithm must be 'auto', 'blas' or "
+                              "'streamed', got '" + name + "'");
+      },
+      py::arg("algorithm"),
+      "Kernels of the fully connected products (process-wide): 'auto' (default; the streamed\n"
+      "AVX-512 kernels where the CPU has AVX-512, else BLAS), 'blas' or 'streamed' (needs\n"
+      "AVX-512). Default from $LRPFAST_LINEAR_ALGO.");
+  m.def(
+      "get_linear_algorithm",
+      [] {
+        static const char* names[] = {"auto", "blas", "streamed"};
+        return std::string(names[int(lrpfast::linear_algo())]);
+      },
+      "The algorithm set by set_linear_algorithm.");
+  m.def("linear_streamed_native", &lrpfast::streamed_native,
+        "True where the streamed fully connected kernels can run (x86-64 with AVX-512).");
   m.def(
       "conv_out_size",
       [](i64 in, i64 kernel, i64 stride, i64 pad, i64 dilation) {

@@ -1,4 +1,5 @@
-// The one BLAS wrapper of lrpfast: every matrix product of the CPU engine goes through gemm().
+// The one BLAS wrapper of lrpfast: every matrix product of the CPU engine goes through gemm(),
+// except the fully connected layers' where the CPU has AVX-512 (streamed.hpp; they fall back here).
 #pragma once
 #include <string>
 

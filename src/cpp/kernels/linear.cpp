@@ -1,8 +1,8 @@
 #include "kernels/linear.hpp"
 
 #include "kernels/check.hpp"
-#include "kernels/gemm.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/streamed.hpp"
 
 namespace lrpfast {
 
@@ -17,7 +17,7 @@ LinearGeom make_linear_geom(std::int64_t N, std::int64_t K, std::int64_t O, std:
 namespace cpu {
 
 void linear_forward(const LinearGeom& g, const float* x, const float* w, const float* b, float* y) {
-  gemm(false, true, g.N, g.O, g.K, 1.f, x, g.K, w, g.K, 0.f, y, g.O);
+  gemm_streamed_nt(g.N, g.O, g.K, x, g.K, w, g.K, y, g.O);
   if (!b) return;
   parallel_for(g.N, std::int64_t(g.N) * g.O, [&](std::int64_t n0, std::int64_t n1) {
     for (std::int64_t n = n0; n < n1; ++n) {
@@ -28,7 +28,7 @@ void linear_forward(const LinearGeom& g, const float* x, const float* w, const f
 }
 
 void linear_backward_data(const LinearGeom& g, const float* dy, const float* w, float* dx) {
-  gemm(false, false, g.N, g.K, g.O, 1.f, dy, g.O, w, g.K, 0.f, dx, g.K);
+  gemm_streamed_nn(g.N, g.K, g.O, dy, g.O, w, g.K, dx, g.K);
 }
 
 }  // namespace cpu

@@ -1,0 +1,35 @@
+// Products whose B is a large matrix streamed from memory once, and whose A is a thin batch of
+// rows: the fully connected layers (B = the weight matrix, A = a batch of inputs or signals).
+//
+// Why not BLAS: OpenBLAS packs all of B on every call and, with the few rows of A that an LRP
+// batch has, runs at the speed of that packing (~10 GB/s per core here; CaffeNet's fc6 weights
+// are 151 MB). These kernels read B once, tile by tile, with software prefetch, and broadcast
+// A's few values against it; from one row of A up to a few dozen they are 1.3-2.5x faster than
+// OpenBLAS, at 256 rows within ~15% (bench/README.md, "fully connected products").
+//
+// Every element of C is ONE chain of fused multiply-adds over k = 0 .. K-1 in order, whatever
+// M, the thread count or the tiling: a row of C is bit-identical whether its row of A comes
+// alone or in any batch. Without AVX-512 (or off x86-64) both fall back to gemm(), whose
+// OpenBLAS kernels also sum each element in an order independent of M.
+#pragma once
+
+namespace lrpfast {
+
+// C[M,N] = A[M,K] B[K,N]; all row-major with row strides lda, ldb, ldc (backward of a fully
+// connected layer: dx (N,K) = dy (N,O) w (O,K)).
+void gemm_streamed_nn(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                      float* C, int ldc);
+
+// C[M,N] = A[M,K] B[N,K]^T (forward of a fully connected layer: y (N,O) = x (N,K) w (O,K)^T).
+void gemm_streamed_nt(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                      float* C, int ldc);
+
+bool streamed_native();  // true where the AVX-512 kernels can run (else both call gemm())
+
+// Process-wide choice: Auto (default) and Streamed use the kernels above where streamed_native(),
+// Blas always calls gemm(). Setting Streamed without AVX-512 throws std::invalid_argument.
+enum class LinearAlgo { Auto = 0, Blas = 1, Streamed = 2 };
+void set_linear_algo(LinearAlgo a);
+LinearAlgo linear_algo();  // default Auto, or LRPFAST_LINEAR_ALGO=blas|streamed|auto
+
+}  // namespace lrpfast

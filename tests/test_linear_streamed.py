@@ -1,0 +1,170 @@
+"""The fully connected products (linear_forward, linear_backward_data) under both algorithms:
+lrpfast's streamed AVX-512 kernels ('auto' where the CPU has AVX-512) and BLAS ('blas').
+
+References are float64 numpy products (x @ w.T, dy @ w), independent of the kernels' tiling.
+Shapes cross every boundary of the kernels (src/cpp/kernels/streamed.cpp): rows of A around 16
+(the nt tile's lanes), 128 (nt -> nn on transposed blocks) and 256 (nn's row blocks); columns
+around 16 (nt's output tile) and 64 (nn's strips); K around 16, 64 (nn's row tiles) and 256 (nt's
+column tiles). The streamed kernels compute every element as one chain of FMAs over k in order,
+so a row's result is bit-identical alone, in any batch and on any number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import lrpfast
+from lrpfast._loader import _core
+
+# |float32 result - float64 reference| <= ERR_FACTOR * K * 2^-24 * (|x| @ |w|^T) per element: the
+# classical bound for a sum of K products rounded in float32 (gamma_K ~ K u, u = 2^-24), with a
+# factor 2 for the FMA chain's product and sum roundings counted separately.
+ERR_FACTOR = 2.0
+U32 = 2.0 ** -24
+
+NATIVE = _core.linear_streamed_native()
+needs_native = pytest.mark.skipif(not NATIVE, reason="no AVX-512: 'auto' runs BLAS here")
+
+
+def rng_for(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+@pytest.fixture(params=["auto", "blas"])
+def algorithm(request):
+    lrpfast.set_linear_algorithm(request.param)
+    yield request.param
+    lrpfast.set_linear_algorithm("auto")
+
+
+def check_bound(actual, a, b):
+    """actual ~ a @ b (float64 reference) within the rounding bound of a K-term float32 sum."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ref = a64 @ b64
+    bound = ERR_FACTOR * a.shape[1] * U32 * (np.abs(a64) @ np.abs(b64)) + 1e-30
+    err = np.abs(actual.astype(np.float64) - ref)
+    assert actual.shape == ref.shape
+    worst = float((err / bound).max())
+    assert worst <= 1.0, f"error {worst:.2f}x the float32 bound"
+
+
+# (M rows, K inputs, O outputs)
+SHAPES = [
+    (1, 1, 1), (1, 3, 7), (2, 17, 5), (3, 300, 65), (5, 64, 64), (15, 255, 16), (16, 256, 17),
+    (17, 257, 63), (31, 520, 130), (33, 16, 1000), (64, 1100, 70), (65, 70, 129), (100, 65, 33),
+    (128, 77, 20), (129, 300, 64), (256, 40, 200), (257, 129, 65), (300, 600, 20),
+]
+
+
+@pytest.mark.parametrize("m,k,o", SHAPES)
+def test_forward_and_transpose_against_float64(algorithm, m, k, o):
+    rng = rng_for("fc", m, k, o)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((o, k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    check_bound(_core.linear_forward(x, w, None), x, w.T)
+    y = _core.linear_forward(x, w, b)
+    np.testing.assert_array_equal(y, _core.linear_forward(x, w, None) + b)  # bias added after
+    dy = rng.standard_normal((m, o)).astype(np.float32)
+    check_bound(_core.linear_backward_data(dy, w), dy, w)
+
+
+def test_algorithms_agree_and_switch():
+    rng = rng_for("switch")
+    x = rng.standard_normal((20, 333)).astype(np.float32)
+    w = rng.standard_normal((90, 333)).astype(np.float32)
+    out = {}
+    for a in ("blas", "auto"):
+        lrpfast.set_linear_algorithm(a)
+        assert lrpfast.get_linear_algorithm() == _core.get_linear_algorithm() == a
+        assert lrpfast.info()["linear_algorithm"] == a
+        out[a] = _core.linear_forward(x, w, None)
+    assert lrpfast.info()["linear_kernels"] == ("streamed (AVX-512)" if NATIVE else "blas")
+    lrpfast.set_linear_algorithm("blas")
+    assert lrpfast.info()["linear_kernels"] == "blas"
+    lrpfast.set_linear_algorithm("auto")
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
+    assert (np.abs(out["auto"] - out["blas"]) <= 4 * 333 * U32 * scale).all()
+    with pytest.raises(ValueError, match="'auto', 'blas' or 'streamed'"):
+        lrpfast.set_linear_algorithm("mkl")
+    if NATIVE:
+        lrpfast.set_linear_algorithm("streamed")
+        assert lrpfast.get_linear_algorithm() == "streamed"
+        lrpfast.set_linear_algorithm("auto")
+    else:
+        with pytest.raises(ValueError, match="AVX-512"):
+            lrpfast.set_linear_algorithm("streamed")
+
+
+def test_algorithm_from_environment():
+    code = "from lrpfast._loader import _core; print(_core.get_linear_algorithm())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "LRPFAST_LINEAR_ALGO": "blas"}, check=True)
+    assert out.stdout.strip() == "blas"
+
+
+@needs_native
+@pytest.mark.parametrize("k,o", [(257, 70), (1030, 33)])
+def test_rows_are_bit_identical_alone_and_in_any_batch(k, o):
+    """Row i of a batch of M equals the same row computed alone or in a batch of another size,
+    for M across the nt/nn switch (128) and nn's row blocks (256), both products."""
+    rng = rng_for("inv", k, o)
+    x = rng.standard_normal((300, k)).astype(np.float32)
+    w = rng.standard_normal((o, k)).astype(np.float32)
+    dy = rng.standard_normal((300, o)).astype(np.float32)
+    y_all, dx_all = _core.linear_forward(x, w, None), _core.linear_backward_data(dy, w)
+    for lo, hi in [(0, 1), (7, 8), (299, 300), (3, 20), (10, 74), (0, 128), (0, 129), (40, 297)]:
+        np.testing.assert_array_equal(_core.linear_forward(x[lo:hi], w, None), y_all[lo:hi])
+        np.testing.assert_array_equal(_core.linear_backward_data(dy[lo:hi], w), dx_all[lo:hi])
+
+
+@needs_native
+def test_bit_identical_on_one_and_two_threads():
+    rng = rng_for("threads")
+    x = rng.standard_normal((40, 2000)).astype(np.float32)
+    w = rng.standard_normal((700, 2000)).astype(np.float32)
+    dy = rng.standard_normal((40, 700)).astype(np.float32)
+    before = lrpfast.get_num_threads()
+    try:
+        out = []
+        for t in (1, 2):
+            lrpfast.set_num_threads(t)
+            out.append((_core.linear_forward(x, w, None), _core.linear_backward_data(dy, w)))
+    finally:
+        lrpfast.set_num_threads(before)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_strided_and_non_float32_inputs_are_converted(algorithm):
+    """Non-contiguous and float64 arguments give the product of their float32 values."""
+    rng = rng_for("layout")
+    x = rng.standard_normal((9, 2 * 130))[:, ::2]
+    w = np.asfortranarray(rng.standard_normal((40, 130)).astype(np.float32))
+    y = _core.linear_forward(x, w, None)
+    np.testing.assert_array_equal(
+        y, _core.linear_forward(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w), None))
+
+
+@needs_native
+@pytest.mark.parametrize("rules", ["epsilon", "cmp_alpha2_flat"])
+def test_net_relevance_alone_equals_in_batch_and_multi(rules):
+    """Through a net with fully connected layers: an image's heatmap is the same bits alone and in
+    a batch of 140 (its forward products cross the nt/nn switch), and among 70 class selections
+    of relevance_multi (the transposed products run on 70 x 2 rows)."""
+    from test_net_api import SMALL, build, images
+    net, _ = build(SMALL, "streamed")
+    x = images("streamed", n=140)
+    batch = net.relevance(x, 2, rules=rules)
+    for i in (0, 33, 139):
+        np.testing.assert_array_equal(net.relevance(x[i:i + 1], 2, rules=rules)[0], batch[i])
+    sets = [c % 7 for c in range(70)]
+    multi = net.relevance_multi(x[:2], sets, rules=rules)
+    for j in (0, 5, 69):
+        np.testing.assert_array_equal(multi[j], net.relevance(x[:2], sets[j], rules=rules))
