@@ -275,6 +275,10 @@ def conv_cases():
         (5, 16, 9, 11, 12, 3, 3, (1, 1), (1, 1), (1, 1), 4, True),  # small planes: batched gemm
         (2, 2, 5, 5, 3, 5, 5, (1, 1), (0, 0), (1, 1), 1, True),  # kernel == input: 1x1 output
         (1, 64, 5, 5, 256, 3, 3, (1, 1), (1, 1), (1, 1), 1, True),  # gemm split by rows (W^T)
+        # column strides (im2col/col2im by column phase): CaffeNet's first layer, scaled down;
+        # and several row blocks per image with stride, padding and dilation
+        (2, 3, 67, 66, 8, 11, 11, (4, 4), (0, 0), (1, 1), 1, True),
+        (1, 96, 101, 99, 4, 5, 5, (2, 3), (2, 1), (1, 2), 2, False),
     ]
     for _ in range(8):  # random odd shapes
         group = int(rng.choice([1, 2, 3]))
