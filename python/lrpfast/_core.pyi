@@ -37,6 +37,10 @@ def set_linear_algorithm(algorithm: str) -> None:
     """Fully connected products: 'auto', 'blas' or 'streamed' (AVX-512; process-wide)."""
 
 def get_linear_algorithm() -> str: ...
+def set_memory_reuse(on: bool) -> None:
+    """Keep freed host memory for reuse (glibc malloc settings, process-wide; default on)."""
+
+def get_memory_reuse() -> bool: ...
 def linear_streamed_native() -> bool:
     """True where the streamed fully connected kernels can run (x86-64 with AVX-512)."""
 

@@ -18,6 +18,7 @@
 #include "kernels/conv.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/host_memory.hpp"
 #include "kernels/linear.hpp"
 #include "kernels/lrn.hpp"
 #include "kernels/parallel.hpp"
@@ -405,6 +406,7 @@ PYBIND11_MODULE(_core, m) {
       "parameters raise ValueError.";
   m.attr("__version__") = LRPFAST_VERSION;
   m.attr("cuda_compiled") = bool(LRPFAST_WITH_CUDA);
+  lrpfast::init_memory_reuse();
 
   m.def("blas_name", &lrpfast::blas_name, "Name, version and CPU kernel of the BLAS in use.");
   m.def("blas_config", &lrpfast::blas_config, "The BLAS library's own configuration string.");
@@ -458,6 +460,16 @@ PYBIND11_MODULE(_core, m) {
         return std::string(names[int(lrpfast::linear_algo())]);
       },
       "The algorithm set by set_linear_algorithm.");
+  m.def(
+      "set_memory_reuse",
+      [](bool on) {
+        if (!lrpfast::set_memory_reuse(on))
+          throw py::value_error("set_memory_reuse: not supported by this C library (needs glibc)");
+      },
+      py::arg("on"),
+      "Reuse freed host memory between and within passes (glibc malloc settings, process-wide;\n"
+      "default on unless $LRPFAST_MEMORY_REUSE=0 or glibc's MALLOC_*_ variables are set).");
+  m.def("get_memory_reuse", &lrpfast::memory_reuse, "The setting of set_memory_reuse.");
   m.def("linear_streamed_native", &lrpfast::streamed_native,
         "True where the streamed fully connected kernels can run (x86-64 with AVX-512).");
   m.def(
