@@ -398,6 +398,28 @@ void set_num_threads(i64 n) {
 
 }  // namespace
 
+// set_<what>_algorithm(name) / get_<what>_algorithm() for a process-wide Setting whose enum
+// values are the positions of `names`.
+template <class E>
+void def_algorithm(py::module_& m, const std::string& what, std::vector<std::string> names,
+                   void (*set)(E), E (*get)(), const char* doc) {
+  const std::string setter = "set_" + what + "_algorithm", getter = "get_" + what + "_algorithm";
+  m.def(
+      setter.c_str(),
+      [names, setter, set](const std::string& name) {
+        for (std::size_t i = 0; i < names.size(); ++i)
+          if (name == names[i]) return set(E(i));
+        std::string list;
+        for (std::size_t i = 0; i < names.size(); ++i)
+          list += (i ? (i + 1 == names.size() ? " or '" : ", '") : "'") + names[i] + "'";
+        throw py::value_error(setter + ": algorithm must be " + list + ", got '" + name + "'");
+      },
+      py::arg("algorithm"), doc);
+  m.def(
+      getter.c_str(), [names, get] { return names[std::size_t(get())]; },
+      ("The algorithm set by " + setter + ".").c_str());
+}
+
 PYBIND11_MODULE(_core, m) {
   m.doc() =
       "lrpfast native CPU engine (private; use the lrpfast package).\n\n"
@@ -418,48 +440,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &lrpfast::num_threads,
         "Number of threads lrpfast computes with (BLAS itself always runs single-threaded).");
 
-  m.def(
-      "set_conv_algorithm",
-      [](const std::string& name) {
-        using lrpfast::cpu::ConvAlgo;
-        if (name == "auto") return lrpfast::cpu::set_conv_algo(ConvAlgo::Auto);
-        if (name == "direct") return lrpfast::cpu::set_conv_algo(ConvAlgo::Direct);
-        if (name == "winograd") return lrpfast::cpu::set_conv_algo(ConvAlgo::Winograd);
-        throw py::value_error("set_conv_algorithm: algorithm must be 'auto', 'direct' or "
-                              "'winograd', got '" + name + "'");
-      },
-      py::arg("algorithm"),
+  def_algorithm<lrpfast::cpu::ConvAlgo>(
+      m, "conv", {"auto", "direct", "winograd"}, lrpfast::cpu::set_conv_algo,
+      lrpfast::cpu::conv_algo,
       "Algorithm for 3x3 stride-1 convolutions (process-wide): 'auto' (default; Winograd\n"
       "F(2x2,3x3) when both channel counts per group are >= 16), 'direct' (im2col + gemm) or\n"
       "'winograd' (wherever it applies). Default from $LRPFAST_CONV_ALGO.");
-  m.def(
-      "get_conv_algorithm",
-      [] {
-        static const char* names[] = {"auto", "direct", "winograd"};
-        return std::string(names[int(lrpfast::cpu::conv_algo())]);
-      },
-      "The algorithm set by set_conv_algorithm.");
-  m.def(
-      "set_linear_algorithm",
-      [](const std::string& name) {
-        using lrpfast::LinearAlgo;
-        if (name == "auto") return lrpfast::set_linear_algo(LinearAlgo::Auto);
-        if (name == "blas") return lrpfast::set_linear_algo(LinearAlgo::Blas);
-        if (name == "streamed") return lrpfast::set_linear_algo(LinearAlgo::Streamed);
-        throw py::value_error("set_linear_algorithm: algorithm must be 'auto', 'blas' or "
-                              "'streamed', got '" + name + "'");
-      },
-      py::arg("algorithm"),
+  def_algorithm<lrpfast::LinearAlgo>(
+      m, "linear", {"auto", "blas", "streamed"}, lrpfast::set_linear_algo, lrpfast::linear_algo,
       "Kernels of the fully connected products (process-wide): 'auto' (default; the streamed\n"
       "AVX-512 kernels where the CPU has AVX-512, else BLAS), 'blas' or 'streamed' (needs\n"
       "AVX-512). Default from $LRPFAST_LINEAR_ALGO.");
-  m.def(
-      "get_linear_algorithm",
-      [] {
-        static const char* names[] = {"auto", "blas", "streamed"};
-        return std::string(names[int(lrpfast::linear_algo())]);
-      },
-      "The algorithm set by set_linear_algorithm.");
   m.def(
       "set_memory_reuse",
       [](bool on) {

@@ -1,7 +1,6 @@
 #include "kernels/streamed.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +9,7 @@
 #include "kernels/check.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/setting.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -22,8 +22,6 @@ namespace lrpfast {
 namespace {
 
 using i64 = std::int64_t;
-
-std::atomic<int> g_algo{-1};
 
 LinearAlgo algo_from_env() {
   const char* s = std::getenv("LRPFAST_LINEAR_ALGO");
@@ -284,20 +282,17 @@ bool streamed_native() {
 #endif
 }
 
+namespace {
+Setting<LinearAlgo> g_algo(algo_from_env);
+}  // namespace
+
 void set_linear_algo(LinearAlgo a) {
   require(a != LinearAlgo::Streamed || streamed_native(),
           "the streamed fully connected kernels need a CPU with AVX-512 (this one has none)");
-  g_algo.store(int(a));
+  g_algo.set(a);
 }
 
-LinearAlgo linear_algo() {
-  int a = g_algo.load();
-  if (a < 0) {
-    a = int(algo_from_env());
-    g_algo.store(a);
-  }
-  return LinearAlgo(a);
-}
+LinearAlgo linear_algo() { return g_algo.get(); }
 
 namespace {
 

@@ -1,7 +1,6 @@
 #include "kernels/winograd.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -12,13 +11,12 @@
 #include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/setting.hpp"
 
 namespace lrpfast {
 namespace cpu {
 
 namespace {
-
-std::atomic<int> g_algo{-1};
 
 ConvAlgo algo_from_env() {
   const char* s = std::getenv("LRPFAST_CONV_ALGO");
@@ -298,16 +296,13 @@ void run(const Problem& p, const float* x, const float* U, const float* b, float
 
 }  // namespace
 
-void set_conv_algo(ConvAlgo a) { g_algo.store(int(a)); }
+namespace {
+Setting<ConvAlgo> g_algo(algo_from_env);
+}  // namespace
 
-ConvAlgo conv_algo() {
-  int a = g_algo.load();
-  if (a < 0) {
-    a = int(algo_from_env());
-    g_algo.store(a);
-  }
-  return ConvAlgo(a);
-}
+void set_conv_algo(ConvAlgo a) { g_algo.set(a); }
+
+ConvAlgo conv_algo() { return g_algo.get(); }
 
 bool winograd_applies(const ConvGeom& g, bool backward) {
   const ConvAlgo a = conv_algo();
