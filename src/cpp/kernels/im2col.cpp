@@ -77,7 +77,7 @@ void im2col(const ConvGeom& g, const float* x, int oh0, int oh1, float* col, std
       float* dst = col + r * ldcol;
       for (int oh = oh0; oh < oh1; ++oh, dst += Wo) {
         int ih, lo, hi, iw_lo;
-        if (!tap_span(g, oh, ki, kj, &ih, &lo, &hi, &iw_lo)) {
+        if (!tap_span(g, oh, ki, kj, &ih, &lo, &hi, &iw_lo) || lo >= hi) {
           std::memset(dst, 0, sizeof(float) * Wo);
           continue;
         }
