@@ -20,7 +20,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_speed import build_model, timed_alternating  # noqa: E402
+from bench_speed import build_model, timed_alternating
 
 SHAPES = [("CaffeNet fc6", 4096, 9216), ("CaffeNet fc7 / VGG-16 fc7", 4096, 4096),
           ("CaffeNet fc8 / VGG-16 fc8", 1000, 4096), ("VGG-16 fc6", 4096, 25088)]
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
             x = rng.standard_normal((n, k), np.float32)
             dy = rng.standard_normal((n, o), np.float32)
             reps = args.repeats if n <= 256 else max(2, args.repeats // 3)
-            fa, fb, ya, yb = ab(lrpfast, lambda: _core.linear_forward(x, w, None), reps)
-            ba, bb, da, db = ab(lrpfast, lambda: _core.linear_backward_data(dy, w), reps)
+            fa, fb, ya, yb = ab(lrpfast, lambda x=x, w=w: _core.linear_forward(x, w, None), reps)
+            ba, bb, da, db = ab(lrpfast, lambda dy=dy, w=w: _core.linear_backward_data(dy, w), reps)
             e1, _ = agree(ya, yb, k)
             e2, _ = agree(da, db, o)
             print(f"| {name} ({o} x {k}) | {n} | {fa * 1e3:.2f} / {fb * 1e3:.2f} | {fb / fa:.2f}x "
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         b, h = sizes[kind]
         x = np.random.default_rng(1).standard_normal((b, 3, h, h)).astype(np.float32)
         for rules in ("epsilon", "cmp_alpha1_flat", "cmp_alpha2_flat"):
-            ta, tb, ra, rb = ab(lrpfast, lambda: net.relevance(x, -1, rules=rules),
+            ta, tb, ra, rb = ab(lrpfast, lambda n=net, x=x, r=rules: n.relevance(x, -1, rules=r),
                                 max(3, args.repeats // 2))
             e, _ = agree(ra, rb, 1)
             print(f"| {kind} b{b} | {rules} | {ta:.3f} | {tb:.3f} | {tb / ta:.3f}x | {e:.1e} |")

@@ -16,10 +16,9 @@ import subprocess
 import sys
 import zlib
 
+import lrpfast
 import numpy as np
 import pytest
-
-import lrpfast
 from lrpfast._loader import _core
 
 # |float32 result - float64 reference| <= ERR_FACTOR * K * 2^-24 * (|x| @ |w|^T) per element: the
