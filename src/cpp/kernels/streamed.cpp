@@ -32,8 +32,9 @@ LinearAlgo algo_from_env() {
 
 // nn computes C in blocks of at most this many rows.
 constexpr int kMBlock = 256;
-// Products smaller than this (multiply-adds) run on the calling thread only.
-constexpr double kParallelWork = double(1 << 21);
+// Multiply-adds per element-cost of parallel_for's work measure: products under 2^21
+// multiply-adds (kParallelGrain * 64, ~40 us on one core) run on the calling thread only.
+constexpr std::int64_t kMaddsPerElement = 64;
 
 // dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols, in 32 x 32 blocks (both sides touch
 // whole cache lines).
@@ -53,19 +54,6 @@ std::vector<float> transpose_a(int M, int K, const float* A, int lda, int ld) {
   std::vector<float> at(std::size_t(K) * ld, 0.f);
   transpose(M, K, A, lda, at.data(), ld);
   return at;
-}
-
-// body(lo, hi) over [0, units) split into contiguous ranges, on the pool when the product is
-// large enough (the arithmetic of a unit does not depend on the split).
-template <class F>
-void split_units(int units, double work, F&& body) {
-  const int parts = work < kParallelWork ? 1 : std::min(num_threads(), units);
-  auto task = [&](int t, int nt) {
-    const int lo = int(i64(units) * t / nt), hi = int(i64(units) * (t + 1) / nt);
-    if (lo < hi) body(lo, hi);
-  };
-  if (parts <= 1) return task(0, 1);
-  parallel_run(parts, TaskRef(task));
 }
 
 #if LRPFAST_STREAMED_AVX512
@@ -304,19 +292,23 @@ bool use_streamed() { return streamed_native() && linear_algo() != LinearAlgo::B
 void streamed(int M, int N, int K, const float* A, int lda, const float* B, int ldb, bool b_trans,
               float* C, int ldc) {
 #if LRPFAST_STREAMED_AVX512
-  const double work = double(M) * N * K;
+  // tiles (nt) or strips (nn) in contiguous ranges over the pool: the arithmetic of one does
+  // not depend on the split
+  const i64 work = i64(M) * N * K / kMaddsPerElement;
   if (b_trans && M <= kMaxRowsNT) {
     const int ld = (M + 15) / 16 * 16;
     const std::vector<float> at = transpose_a(M, K, A, lda, ld);
     const int tiles = (N + kTileO - 1) / kTileO;
-    split_units(tiles, work, [&](int lo, int hi) {
-      nt_outputs(M, N, lo * kTileO, std::min(N, hi * kTileO), K, at.data(), ld, B, ldb, C, ldc);
+    parallel_for(tiles, work, [&](i64 lo, i64 hi) {
+      nt_outputs(M, N, int(lo) * kTileO, std::min<i64>(N, hi * kTileO), K, at.data(), ld, B, ldb,
+                 C, ldc);
     });
     return;
   }
   const int strips = (N + kStrip - 1) / kStrip;
-  split_units(strips, work, [&](int lo, int hi) {
-    nn_columns(M, lo * kStrip, std::min(N, hi * kStrip), K, A, lda, B, ldb, b_trans, C, ldc);
+  parallel_for(strips, work, [&](i64 lo, i64 hi) {
+    nn_columns(M, int(lo) * kStrip, std::min<i64>(N, hi * kStrip), K, A, lda, B, ldb, b_trans, C,
+               ldc);
   });
 #endif
 }
