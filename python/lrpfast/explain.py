@@ -621,7 +621,10 @@ def run_heatmaps(args) -> int:
             raise ConfigError(f"--formats: unknown {', '.join(bad)} (png, rawhm, npy, input, "
                               f"top10)")
         rules = _parse_rules(args.rules)
-        for f in (args.model, args.weights):
+        if (args.weights is None) != args.model.lower().endswith(".onnx"):
+            raise ConfigError("--weights (a caffemodel) goes with a prototxt --model, and not "
+                              "with an .onnx model, which carries its weights")
+        for f in (args.model, args.weights or args.model):
             if not os.path.isfile(f):
                 raise ConfigError(f"file {f} not found")
         try:
@@ -732,8 +735,8 @@ def add_subcommands(sub) -> None:
 
     h = sub.add_parser("heatmaps", help="heatmaps from command-line options (no config file)",
                        description="Relevance heatmaps for images; see lrpfast.explain.")
-    h.add_argument("--model", required=True, help="deploy prototxt")
-    h.add_argument("--weights", required=True, help="caffemodel")
+    h.add_argument("--model", required=True, help="deploy prototxt, or an .onnx model")
+    h.add_argument("--weights", default=None, help="caffemodel (with a prototxt --model)")
     h.add_argument("--images", required=True, nargs="+", help="image files or folders")
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--rules", default="epsilon",

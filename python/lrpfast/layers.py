@@ -274,6 +274,8 @@ class _Affine(_RuleLayer):
     relevance on; otherwise it is a diagonal linear layer under the active rule."""
 
     folded_into: str | None = None
+    #: constant input normalisation of an ONNX net (lrpfast.onnx): relevance passes unchanged
+    input_normalisation = False
 
     def setup(self, in_shapes):
         if len(in_shapes[0]) < 1:
@@ -293,11 +295,13 @@ class _Affine(_RuleLayer):
         return [self.op.fwd(xs[0], "w", "b")], {}
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        if self.folded_into is not None:
+        if self.folded_into is not None or self.input_normalisation:
             return [Rs[0]]
         return super().relevance(xs, ys, state, Rs, ctx)
 
     def describe(self):
+        if self.input_normalisation:
+            return "input normalisation"
         return f"folded into '{self.folded_into}'" if self.folded_into else "per-channel affine"
 
 
@@ -412,6 +416,101 @@ class ReLU(Layer):
             R = R * np.where(x > 0, np.float32(1), np.float32(self.slope))
             x = np.ones_like(x)  # the slope already applied; let the rule's own gate see x > 0
         return [ctx.rule.relu(R, x)]
+
+
+class Clip(Layer):
+    """y = min(max(x, min), max) (Caffe's Clip; ONNX Clip, e.g. ReLU6). LRP rules pass relevance
+    through unchanged, like ReLU; the gradient-like methods gate it by min < x < max."""
+
+    type = "Clip"
+
+    def setup(self, in_shapes):
+        p = self.param.clip_param
+        self.lo = float(p.min) if p.HasField("min") else -np.inf
+        self.hi = float(p.max) if p.HasField("max") else np.inf
+        if not self.lo <= self.hi:
+            raise ValueError(f"min {self.lo:g} > max {self.hi:g}")
+        return [in_shapes[0]]
+
+    def forward(self, xs):
+        return [np.clip(xs[0], np.float32(self.lo), np.float32(self.hi))], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R, x = Rs[0], xs[0]
+        if ctx.gradient_like:   # d clip / dx, then the rule's own ReLU gate on an all-ones x
+            R = R * ((x > self.lo) & (x < self.hi)).astype(np.float32)
+            x = np.ones_like(x)
+        return [ctx.rule.relu(R, x)]
+
+    def describe(self):
+        return f"[{self.lo:g}, {self.hi:g}]"
+
+
+class PReLU(Layer):
+    """y = x for x > 0, a_c * x else, with a learned slope per channel (axis 1) or one shared
+    slope (Caffe's PReLU; ONNX PRelu). Relevance: as ReLU with that slope."""
+
+    type = "PReLU"
+
+    def setup(self, in_shapes):
+        if len(in_shapes[0]) < 1:
+            raise ValueError("needs a channel axis")
+        self.shared = bool(self.param.prelu_param.channel_shared)
+        return [in_shapes[0]]
+
+    def expected_weights(self):
+        return [(1,)] if self.shared else [(self.in_shapes[0][0],)]
+
+    def _slope(self, x):
+        return self.blobs[0].reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, xs):
+        self.require_weights()
+        x = xs[0]
+        return [np.where(x > 0, x, x * self._slope(x)).astype(np.float32)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R, x = Rs[0], xs[0]
+        if ctx.gradient_like:
+            R = R * np.where(x > 0, np.float32(1), self._slope(x)).astype(np.float32)
+            x = np.ones_like(x)
+        return [ctx.rule.relu(R, x)]
+
+
+class _Monotone(_PassThrough):
+    """Sigmoid / TanH: LRP rules pass relevance through unchanged (as through a ReLU); the
+    gradient-like methods multiply by the derivative."""
+
+    def forward(self, xs):
+        x = xs[0].astype(np.float64)
+        return [self.fn(x).astype(np.float32)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        if ctx.gradient_like:
+            y = ys[0].astype(np.float64)
+            return [(Rs[0] * self.derivative(y)).astype(np.float32)]
+        return super().relevance(xs, ys, state, Rs, ctx)
+
+
+class Sigmoid(_Monotone):
+    type = "Sigmoid"
+
+    @staticmethod
+    def fn(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    @staticmethod
+    def derivative(y):
+        return y * (1.0 - y)
+
+
+class TanH(_Monotone):
+    type = "TanH"
+    fn = staticmethod(np.tanh)
+
+    @staticmethod
+    def derivative(y):
+        return 1.0 - y * y
 
 
 class Dropout(_PassThrough):
@@ -688,7 +787,7 @@ def _contiguous(a):
 
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
-    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize)}
+    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, Clip, PReLU, Sigmoid, TanH)}
 
 
 def supported_types() -> list[str]:

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from . import caffe
+from . import onnx as onnx_io
 from .composites import Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
 from .rules import AlphaBeta
@@ -58,7 +59,11 @@ class Net:
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
         self._last_input = None            # the input of the last forward(), for backward_relevance
         self._device_io = False            # cuda: the last call's inputs were device arrays
-        netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
+        from_onnx = onnx_io.is_onnx(prototxt)
+        if from_onnx:   # an ONNX model (lrpfast.onnx): graph and weights in one file
+            netdef, weights = onnx_io.read_onnx(prototxt, weights)
+        else:
+            netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
             wdict, self.weights_source = weights, "<arrays>"
         else:
@@ -72,6 +77,8 @@ class Net:
             raise LayerError(f"{self.source}: {e}") from None
         if fold_batchnorm and wdict is not None:
             self._fold_affine()
+        if from_onnx:
+            onnx_io.finish(self)
         if device == "cuda":
             self._ops_to_device()
 
@@ -80,6 +87,21 @@ class Net:
         """Build from prototxt text (handy in tests and notebooks)."""
         msg = caffe.parse_prototxt(text, path="<text>")
         return cls(msg, weights, **kw)
+
+    @classmethod
+    def from_onnx(cls, model, **kw) -> "Net":
+        """Load an ONNX model: a path (any name), serialized bytes or an ``onnx.ModelProto``.
+        Needs ``pip install "lrpfast[onnx]"``. Layers are named after the ONNX nodes and blobs
+        after the ONNX tensors (readout by tensor name); see lrpfast.onnx.importer for the
+        operators and the rule each one gets. ``Net("model.onnx")`` does the same."""
+        return cls(onnx_io.load(model), **kw)
+
+    @classmethod
+    def from_torch(cls, module, example_input, *, opset: int | None = None, **kw) -> "Net":
+        """Export a torch.nn.Module (eval mode) to ONNX in memory with ``torch.onnx.export``
+        and load it (see ``from_onnx``). ``example_input``: a tensor (N, C, H, W) of the input
+        shape. Needs torch and onnx; lrpfast itself does not depend on torch."""
+        return cls(onnx_io.export_torch(module, example_input, opset), **kw)
 
     # ------------------------------------------------------------------ construction
     def _build(self, netdef, wdict, skip_unsupported):
@@ -716,11 +738,14 @@ def _treatment(layer, comp) -> str:
     if t == "Eltwise":
         return {"sum": f"proportional (eps={comp.eps:g})", "max": "winner-take-all",
                 "prod": "gradient only"}[layer.op_name]
+    if getattr(layer, "input_normalisation", False):
+        return "identity (input normalisation)"
     if t in ("BatchNorm", "Scale") and getattr(layer, "folded_into", None):
         return f"folded into '{layer.folded_into}'"
     if t == "Softmax":
         return "(above the top: not reached)"
-    return {"ReLU": "pass", "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
+    return {"ReLU": "pass", "Clip": "pass", "PReLU": "pass", "Sigmoid": "pass", "TanH": "pass",
+            "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
             "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
             "Permute": "inverse permutation"}.get(t, "")
 
