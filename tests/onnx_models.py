@@ -158,9 +158,27 @@ MODELS = {
 }
 
 
+def _calibrate_bn(model, size, gen):
+    """BatchNorm statistics from a few random batches (as training leaves them): activations
+    then keep a unit scale through deep nets instead of shrinking layer by layer, as random
+    initial weights would make them (LRP stabilisers like 1e-6 would then dominate)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size, generator=gen))
+    return model.eval()
+
+
 def build(name, seed=0):
     """(model in eval mode with random weights and BN statistics, input size)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     fn, size = MODELS[name]
-    return _randomise_bn(fn(), gen), size
+    model = _randomise_bn(fn(), gen)
+    if name.startswith("resnet"):
+        model = _calibrate_bn(model, size, gen)
+    return model, size

@@ -65,8 +65,9 @@ def check_forward(model, x, net=None):
 
 
 # --------------------------------------------------------------------------- PyTorch models
-@pytest.mark.parametrize("name", ["vgg16", "vgg16_bn", "resnet18", "resnet50", "mobilenet_v2",
-                                  "squeezenet", "densenet", "alexnet"])
+@pytest.mark.parametrize("name", ["vgg16", "vgg16_bn", "resnet18",
+                                  pytest.param("resnet50", marks=pytest.mark.slow),
+                                  "mobilenet_v2", "squeezenet", "densenet", "alexnet"])
 def test_torch_models_forward_match_onnxruntime(name):
     torch = pytest.importorskip("torch")
     import onnx_models
@@ -233,8 +234,9 @@ def test_rules_of_new_operators_in_every_composite():
 
 
 # --------------------------------------------------------------------------- model zoo graphs
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "resnet50", "squeezenet", "vgg19",
-                                  "densenet121", "zfnet512"])
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "squeezenet", "zfnet512",
+                                  *(pytest.param(n, marks=pytest.mark.slow)
+                                    for n in ("resnet50", "vgg19", "densenet121"))])
 def test_onnx_model_zoo_graphs(name):
     """The ONNX model zoo's graphs (Caffe2 exports, opset 9: Sum, LRN, Gemm, BatchNormalization,
     end-padded pools) that the onnx wheel ships as backend test data ("light" copies whose
