@@ -62,6 +62,7 @@ class Net:
         from_onnx = onnx_io.is_onnx(prototxt)
         if from_onnx:   # an ONNX model (lrpfast.onnx): graph and weights in one file
             netdef, weights = onnx_io.read_onnx(prototxt, weights)
+            self.source = onnx_io.source_name(prototxt)
         else:
             netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):

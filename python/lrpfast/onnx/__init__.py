@@ -29,7 +29,7 @@ def load(src):
     try:
         import onnx
     except ImportError:
-        raise ImportError(f"{_name(src)}: {INSTALL_HINT}") from None
+        raise ImportError(f"{source_name(src)}: {INSTALL_HINT}") from None
     if type(src).__name__ == "ModelProto":
         return src
     try:
@@ -39,16 +39,16 @@ def load(src):
     except OSError:
         raise
     except Exception as e:   # protobuf's DecodeError and friends
-        raise ValueError(f"{_name(src)}: not a readable ONNX model ({e})") from None
+        raise ValueError(f"{source_name(src)}: not a readable ONNX model ({e})") from None
 
 
 def read_onnx(src, weights=None):
     """(NetDef, {layer name: [float32 arrays]}) for ``Net`` from an ONNX model (see ``load``)."""
     if weights is not None:
-        raise ValueError(f"{_name(src)}: an ONNX model carries its own weights; pass weights=None")
+        raise ValueError(f"{source_name(src)}: an ONNX model carries its own weights; pass weights=None")
     from .importer import convert
 
-    return convert(load(src), _name(src))
+    return convert(load(src), source_name(src))
 
 
 def finish(net) -> None:
@@ -87,10 +87,12 @@ def export_torch(module, example_input, opset: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _name(src) -> str:
+def source_name(src) -> str:
+    """The path of an ONNX source, or '<onnx model>' for bytes / a ModelProto."""
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
     return "<onnx model>"
 
 
-__all__ = ["INSTALL_HINT", "export_torch", "finish", "is_onnx", "load", "read_onnx"]
+__all__ = ["INSTALL_HINT", "export_torch", "finish", "is_onnx", "load", "read_onnx",
+           "source_name"]
