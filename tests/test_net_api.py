@@ -82,10 +82,10 @@ def small0():
 # =============================================================================== construction
 def test_unsupported_layer_type_names_layer_type_and_supported():
     text = HEAD.format(name="u") + CONV1 + """
-layer { name: "sig1" type: "Sigmoid" bottom: "pool1" top: "sig1" }
+layer { name: "sig1" type: "Swish" bottom: "pool1" top: "sig1" }
 layer { name: "fc" type: "InnerProduct" bottom: "sig1" top: "fc" inner_product_param { num_output: 3 } }
 """
-    with pytest.raises(lrpfast.LayerError, match=r"layer 3 'sig1': unsupported type 'Sigmoid' "
+    with pytest.raises(lrpfast.LayerError, match=r"layer 3 'sig1': unsupported type 'Swish' "
                                                  r"\(supported: BatchNorm, .*Convolution") as e:
         lrpfast.Net.from_text(text)
     for t in lrpfast.supported_types():
@@ -95,17 +95,17 @@ layer { name: "fc" type: "InnerProduct" bottom: "sig1" top: "fc" inner_product_p
 
 def test_skip_unsupported_lists_skipped_layers_and_their_dependents():
     text = HEAD.format(name="skip") + CONV1 + """
-layer { name: "sig1" type: "Sigmoid" bottom: "pool1" top: "sig1" }
+layer { name: "sig1" type: "Swish" bottom: "pool1" top: "sig1" }
 layer { name: "side" type: "InnerProduct" bottom: "sig1" top: "side" inner_product_param { num_output: 3 } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 5 } }
-layer { name: "tanh" type: "TanH" bottom: "fc" top: "t" }
+layer { name: "tanh" type: "ELU" bottom: "fc" top: "t" }
 """
     net, _ = build(text, "skip", skip_unsupported=True)
-    assert net.skipped == ["sig1 (Sigmoid: unsupported)",
+    assert net.skipped == ["sig1 (Swish: unsupported)",
                            "side (InnerProduct: depends on a skipped layer)",
-                           "tanh (TanH: unsupported)"]
+                           "tanh (ELU: unsupported)"]
     assert [layer.name for layer in net.layers] == ["conv1", "relu1", "pool1", "fc"]
-    assert "skipped: sig1 (Sigmoid: unsupported)" in repr(net)
+    assert "skipped: sig1 (Swish: unsupported)" in repr(net)
     x = images("skip")
     assert net.forward(x).shape == (2, 5)
     assert net.relevance(x, -1).shape == x.shape

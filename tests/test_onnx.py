@@ -329,3 +329,33 @@ def test_cli_heatmaps_with_an_onnx_model(tmp_path):
                "--rules", "epsilon_plus_flat", "--formats", "png,npy"])
     assert rc == 0
     assert any(p.suffix == ".png" for p in out.iterdir())
+
+
+def test_gradient_through_the_new_activations_matches_torch():
+    """The gradient-like path of Clip (ReLU6), LeakyRelu, PRelu, Sigmoid and Tanh: lrpfast's
+    ``gradient`` composite is the seed (the logit) times d logit / d x, here against torch's
+    autograd in float64."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3),
+                          nn.LeakyReLU(0.2), nn.Conv2d(6, 6, 3), nn.PReLU(6), nn.Conv2d(6, 4, 1),
+                          nn.Sigmoid(), nn.Conv2d(4, 4, 1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()
+    with torch.no_grad():
+        model[5].weight.uniform_(0.05, 0.5)
+    x = np.random.default_rng(9).standard_normal((3, 3, 10, 10), dtype=np.float32) * 2
+    net = lrpfast.Net.from_torch(model, torch.from_numpy(x[:1]))
+    assert [layer.type for layer in net.layers if layer.type in
+            ("Clip", "ReLU", "PReLU", "Sigmoid", "TanH")] == ["Clip", "ReLU", "PReLU", "Sigmoid",
+                                                             "TanH"]
+    classes = [0, 2, 4]
+    m64 = model.double()
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    out = m64(xt)
+    sel = out[torch.arange(3), classes]
+    (g,) = torch.autograd.grad(sel.sum(), xt)
+    ref = (g * sel.detach()[:, None, None, None]).numpy()
+    R = net.relevance(x, classes, "gradient")
+    assert _rel(R, ref) <= FWD_RTOL
