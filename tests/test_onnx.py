@@ -359,3 +359,17 @@ def test_gradient_through_the_new_activations_matches_torch():
     ref = (g * sel.detach()[:, None, None, None]).numpy()
     R = net.relevance(x, classes, "gradient")
     assert _rel(R, ref) <= FWD_RTOL
+
+
+@pytest.mark.parametrize("opset", [13, 17, 21])
+def test_exporter_opsets(opset):
+    """The TorchScript exporter's opsets from 13 to 21 (the newest torch 2.13 writes): the
+    MobileNetV2 shape (depthwise Conv, Clip, residual Add, GlobalAveragePool, Gemm)."""
+    torch = pytest.importorskip("torch")
+    import onnx_models
+
+    model, size = onnx_models.build("mobilenet_v2")
+    x = np.random.default_rng(10).standard_normal((2, 3, size, size), dtype=np.float32)
+    proto = onnx.load_from_string(lrpfast.onnx.export_torch(model, torch.from_numpy(x), opset))
+    assert proto.opset_import[0].version == opset
+    check_forward(proto, x)
