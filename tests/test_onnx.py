@@ -282,6 +282,9 @@ def test_unsupported_operator_error_names_node_op_opset_and_list():
      [_const("p", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], "zero Pad"),
     ([helper.make_node("Reshape", ["x", "s"], ["y"], name="r")],
      [_const("s", np.array([3, -1], np.int64))], "batch axis"),
+    ([helper.make_node("Flatten", ["x"], ["y"], name="f", axis=2)], [], "batch axis"),
+    ([helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="ct")],
+     [_const("W", np.ones((3, 2, 3, 3), np.float32))], "unsupported operator ConvTranspose"),
 ])
 def test_refused_constructs_are_clear(nodes, inits, what):
     with pytest.raises(OnnxImportError, match=what):

@@ -535,12 +535,9 @@ class _Converter:
         axis = int(a.get("axis", 1))
         if axis < 0:
             axis += len(self.shape[x]) + 1
-        if axis == len(self.shape[x]) + 1 - 1 and len(self.shape[x]) == 1:
-            self.emit(node, "Dropout", [x])   # already (N, K)
-            return
-        if axis != 1:
-            return self.reshape_to(node, x, (int(np.prod(self.shape[x][:axis - 1])),
-                                             int(np.prod(self.shape[x][axis - 1:]))))
+        if axis != 1:   # Flatten always gives 2-D: any other axis merges the batch axis
+            raise self.error(node, f"axis {a.get('axis', 1)} merges the batch axis; only "
+                             f"axis 1 is supported")
         self.emit(node, "Flatten", [x], flatten_param=dict(axis=1, end_axis=-1))
 
     def reshape_to(self, node, x, shape):
