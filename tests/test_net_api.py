@@ -400,7 +400,7 @@ def _count_forwards(net, monkeypatch):
     return calls
 
 
-def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypatch):
+def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypatch, deterministic):
     net, _, x = small
     sets = [3, [1, 6], -1, [[0, 2], 5]]
     sep = np.stack([net.relevance(x, c, rules="cmp_alpha2_flat") for c in sets])
@@ -417,9 +417,10 @@ def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypat
 
 
 @pytest.mark.parametrize("rules", ["cmp_alpha1_flat", "cmp_alpha2_flat"])
-def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules):
+def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules, deterministic):
     """z+ depends on the activations only: relevance_multi computes it once per layer for all
-    class selections (not once per selection) and still equals separate calls bit for bit.
+    class selections (not once per selection) and still equals separate calls bit for bit
+    (in deterministic mode: relevance_multi runs the selections as one taller batch).
     (These composites give the mixed-sign input layer flat; alpha-beta there -- the x < 0
     path -- still computes its products per selection.)"""
     from lrpfast import ops
@@ -707,17 +708,20 @@ def test_info_and_cli():
 def test_set_num_threads(small):
     net, _, x = small
     before = lrpfast.get_num_threads()
-    for bad in (0, -2):
-        with pytest.raises(ValueError, match=r"set_num_threads: need n >= 1"):
+    cpus = lrpfast.info()["cpus"]
+    for bad in (0, -2, 4097):
+        with pytest.raises(ValueError, match=r"set_num_threads: need 1 <= n <= 4096"):
             lrpfast.set_num_threads(bad)
     assert lrpfast.get_num_threads() == before
     try:
         ref = net.relevance(x, -1, rules="cmp_alpha2_flat")
-        lrpfast.set_num_threads(1)
+        assert lrpfast.set_num_threads(1) == 1
         assert lrpfast.get_num_threads() == 1
         np.testing.assert_allclose(net.relevance(x, -1, rules="cmp_alpha2_flat"), ref, **SAME_TOL)
-        lrpfast.set_num_threads(3)
-        assert lrpfast.get_num_threads() == 3
+        # more threads than CPUs only slow down: capped, with a warning
+        with pytest.warns(RuntimeWarning, match=f"may run on {cpus} CPUs"):
+            assert lrpfast.set_num_threads(cpus + 3) == cpus
+        assert lrpfast.get_num_threads() == cpus
         np.testing.assert_allclose(net.relevance(x, -1, rules="cmp_alpha2_flat"), ref, **SAME_TOL)
     finally:
         lrpfast.set_num_threads(before)

@@ -115,7 +115,9 @@ class Layer:
                 b = b.reshape(e)
             if not np.all(np.isfinite(b)):
                 raise self.error(f"weight blob {k} contains NaN or infinity")
-            self.blobs.append(np.ascontiguousarray(b))
+            b = np.ascontiguousarray(b)
+            b.flags.writeable = False   # the Net's own (Net copies arrays it is given)
+            self.blobs.append(b)
 
     def require_weights(self):
         if self.blobs is None:

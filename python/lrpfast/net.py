@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -26,12 +27,22 @@ from .rules import AlphaBeta
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 
 
+def _own_weights(weights):
+    """{layer: [float32 copies]} of a weights dict given by the caller (None stays None)."""
+    if weights is None:
+        return None
+    return {name: [np.array(b, dtype=np.float32, copy=True) for b in blobs]
+            if isinstance(blobs, (list, tuple)) else blobs for name, blobs in weights.items()}
+
+
 class Net:
     """A Caffe net (prototxt + caffemodel) on the CPU.
 
     Args:
         prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef).
-        weights: path of the caffemodel, or {layer name: [float32 arrays]}; None builds the
+        weights: path of the caffemodel, or {layer name: [float32 arrays]} (copied: the Net
+            keeps read-only copies of its weights, so later changes to the caller's arrays
+            change nothing); None builds the
             structure only (forward then refuses).
         device: "cpu", or "cuda" (the CUDA engine, lrpfast.cuda; raises RuntimeError saying why
             when it is not built, cuBLAS is missing, or there is no driver/GPU).
@@ -56,11 +67,13 @@ class Net:
         self.device = device
         self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
-        self._last_input = None            # the input of the last forward(), for backward_relevance
+        self._local = threading.local()    # per thread: the input of its last forward()
         self._device_io = False            # cuda: the last call's inputs were device arrays
         netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
-            wdict, self.weights_source = weights, "<arrays>"
+            # the Net keeps its own read-only copies: changing the caller's arrays afterwards
+            # changes nothing, and no cached derivative (W+, W-, W^2, folded BatchNorm) goes stale
+            wdict, self.weights_source = _own_weights(weights), "<arrays>"
         else:
             wdict, self.weights_source = caffe.read_caffemodel(weights), str(weights)
         self.name = netdef.name
@@ -309,7 +322,8 @@ class Net:
         subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
         net has several outputs — or, with ``blobs=[names]``, {name: array} of those blobs."""
         xin = self._check_input(x)
-        self._last_input = {k: v.copy() for k, v in xin.items()}   # for backward_relevance
+        # for backward_relevance, per thread: threads sharing a Net never see each other's input
+        self._local.last_input = {k: v.copy() for k, v in xin.items()}
         # dict.fromkeys: two names of one blob (e.g. 'conv1' and 'conv1#2') are computed once,
         # else their chunks would be concatenated twice (a doubled batch)
         wanted = list(dict.fromkeys(self._ssa(b) for b in blobs)) if blobs is not None \
