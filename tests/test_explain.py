@@ -340,3 +340,26 @@ def test_toolbox_output_base_follows_the_root_stub_rule(root, image, expected):
 def test_toolbox_output_base_refuses_paths_outside_the_output(root, image, match):
     with pytest.raises(ValueError, match=match):
         ex.toolbox_output_base("out", root, image)
+
+
+def test_readme_toolbox_config_and_file_list_work_unchanged(tmp_path):
+    """The README's "Coming from the LRP Toolbox" example: its config parses, and its file
+    list maps to exactly the output files it lists."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Coming from the LRP Toolbox", 1)[1].split("\n## ", 1)[0]
+    config, filelist, outputs = re.findall(r"```text\n(.*?)```", section, re.S)[:3]
+    cfg = ex.parse_config(config, "README")
+    assert cfg.standalone_rootpath == "someimages" and cfg.relpropformulatype == 54
+    (tmp_path / "filelist.txt").write_text(filelist)
+    items = ex.read_filelist(tmp_path / "filelist.txt", "./data/")
+    assert [(p, c) for p, c, _ in items] == [("./data/someimages/cat.png", -1),
+                                             ("./data/someimages/birds/robin.jpg", 15)]
+    suffixes = ("rawhm.txt", "heatmap.png", "as_inputted_into_the_dnn.png", "top10scores.txt")
+    written = [ex.toolbox_output_base(cfg.standalone_outpath, cfg.standalone_rootpath, p)
+               + "_" + s for p, _, _ in items for s in suffixes]
+    listed = [line.split()[0] for line in outputs.splitlines() if line.strip()]
+    # the README lists all four files of the first image and the rawhm of the second
+    assert listed == written[:5]

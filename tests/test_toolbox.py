@@ -3,14 +3,12 @@ files, its python lrp() rules (toolbox mode) against a float64 reference of the 
 formulas (tests/toolbox_reference.py), and the Caffe TanH / Sigmoid / Power layers."""
 from __future__ import annotations
 
+import lrpfast
 import numpy as np
 import pytest
-from conftest import seeded_rng
-
-import lrpfast
-from lrpfast import toolbox
-
 import toolbox_reference as ref
+from conftest import seeded_rng
+from lrpfast import toolbox
 
 #: per-map tolerance: max |R - R_ref| <= TOL * max |R_ref| for each image. lrpfast computes in
 #: float32 and the reference in float64; the float32 rounding of a few chained layers is ~1e-6
@@ -57,24 +55,23 @@ def mlp_model(rng):
 CNN_SHAPE = (10, 11, 2)
 
 
+def _model_files(tmp_path_factory, name, build, x_shape):
+    """(model records, its toolbox text file, float32 inputs) of a test model."""
+    rng = seeded_rng("toolbox", name)
+    model = build(rng)
+    path = tmp_path_factory.mktemp("tb") / f"{name}.txt"
+    path.write_text(ref.to_text(model))
+    return model, path, rng.normal(0, 1, x_shape).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory):
-    rng = seeded_rng("toolbox", "cnn")
-    model = cnn_model(rng)
-    path = tmp_path_factory.mktemp("tb") / "cnn.txt"
-    path.write_text(ref.to_text(model))
-    X = rng.normal(0, 1, (3,) + CNN_SHAPE).astype(np.float32)
-    return model, path, X
+    return _model_files(tmp_path_factory, "cnn", cnn_model, (3,) + CNN_SHAPE)
 
 
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory):
-    rng = seeded_rng("toolbox", "mlp")
-    model = mlp_model(rng)
-    path = tmp_path_factory.mktemp("tb") / "mlp.txt"
-    path.write_text(ref.to_text(model))
-    X = rng.normal(0, 1, (4, 8)).astype(np.float32)
-    return model, path, X
+    return _model_files(tmp_path_factory, "mlp", mlp_model, (4, 8))
 
 
 def assert_maps_close(R, Rref, tol=TOL):
@@ -99,7 +96,7 @@ def seed_at_output(Y):
 
 # ================================================================================ reading
 def test_net_from_txt_by_extension_and_explicit_loader(cnn):
-    model, path, X = cnn
+    _, path, X = cnn
     net = lrpfast.Net(str(path), input_shape=CNN_SHAPE)
     assert isinstance(net, toolbox.ToolboxNet) and isinstance(net, lrpfast.Net)
     net2 = toolbox.load_net(path, input_shape=CNN_SHAPE)
@@ -176,8 +173,12 @@ def test_shape_errors_and_missing_input_shape(tmp_path):
     rng = seeded_rng("toolbox", "shape")
     p = tmp_path / "c.txt"
     p.write_text(ref.to_text([_conv(rng, 3, 3, 2, 2), ("Rect", (), None, None)]))
-    with pytest.raises(toolbox.ToolboxFormatError, match="input_shape"):
+    # no Linear: the smallest square input that ends at a 1 x 1 map (the toolbox's LeNet-5)
+    assert lrpfast.Net(str(p)).toolbox_input_shape == (3, 3, 2)
+    p.write_text(ref.to_text([("Rect", (), None, None), _conv(rng, 3, 3, 2, 2)]))
+    with pytest.raises(toolbox.ToolboxFormatError, match="starts with Rect; pass input_shape"):
         lrpfast.Net(str(p))
+    p.write_text(ref.to_text([_conv(rng, 3, 3, 2, 2), ("Rect", (), None, None)]))
     with pytest.raises(toolbox.ToolboxFormatError, match="filter depth 2 does not match"):
         lrpfast.Net(str(p), input_shape=(5, 5, 3))
     p.write_text(ref.to_text([_conv(rng, 2, 2, 1, 2), _linear(rng, 8, 2)]))
@@ -378,8 +379,8 @@ layer {{ name: "c2" type: "Convolution" bottom: "c1" top: "c2"
 
 @pytest.mark.parametrize("tail, top, why", [
     ("", "c2", "no InnerProduct or Softmax: the last layer"),
-    ('layer { name: "f" type: "Flatten" bottom: "c2" top: "f" }\n'
-     'layer { name: "p" type: "Softmax" bottom: "f" top: "p" }', "f",
+    (('layer { name: "f" type: "Flatten" bottom: "c2" top: "f" }\n'
+      'layer { name: "p" type: "Softmax" bottom: "f" top: "p" }'), "f",
      "no InnerProduct: the layer below the last Softmax"),
 ])
 def test_default_top_without_innerproduct(tail, top, why):
@@ -395,3 +396,16 @@ def test_default_top_without_innerproduct(tail, top, why):
     assert f"relevance starts at '{top}' ({why})" in net.describe_rules("epsilon").splitlines()[0]
     with pytest.raises(ValueError, match="no InnerProduct"):
         net.top_layer(-2)
+
+
+def test_pointwise_layers_on_cuda_say_they_are_not_supported_yet():
+    cuda_emulation = pytest.importorskip("cuda_emulation")
+    rng = seeded_rng("toolbox", "cuda")
+    w = {"conv": [rng.normal(0, 0.5, (3, 2, 2, 2)).astype(np.float32), np.zeros(3, np.float32)],
+         "fc": [rng.normal(0, 0.3, (4, 48)).astype(np.float32), np.zeros(4, np.float32)]}
+    x = rng.normal(0, 1, (2, 2, 5, 5)).astype(np.float32)
+    with cuda_emulation.active():
+        net = lrpfast.Net.from_text(ACT_NET.format(act="TanH"), w, device="cuda")
+        with pytest.raises(NotImplementedError, match=r"layer 'act' \(TanH\) is not supported "
+                                                      r"on CUDA yet"):
+            net.forward(x)

@@ -46,7 +46,7 @@ def forward(model, X):
         if kind == "Linear":
             y = x @ W + B
         elif kind == "Convolution":
-            hf, wf, df, nf, sh, sw = p
+            hf, wf, _, nf, sh, sw = p
             N, H, Wd, _ = x.shape
             y = np.zeros((N, (H - hf) // sh + 1, (Wd - wf) // sw + 1, nf))
             for i, j, rs, cs in _windows(H, Wd, hf, wf, sh, sw):
@@ -110,7 +110,7 @@ def _local(Z, B, R, var, p, w_sq=None):
 
 def _pool_lrp(kind, p, x, y, R, var, eps):
     kh, kw, sh, sw = p
-    N, H, Wd, D = x.shape
+    _, H, Wd, _ = x.shape
     Rx = np.zeros_like(x)
     for i, j, rs, cs in _windows(H, Wd, kh, kw, sh, sw):
         win = x[:, rs, cs, :]

@@ -14,10 +14,11 @@ from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, g
                    set_linear_algorithm, get_linear_algorithm, set_memory_reuse, get_memory_reuse)
 from .layers import LayerError, supported_types
 from .net import Net
+from . import toolbox  # the LRP Toolbox's plain-text models, data files, python rules
 
 __version__: str = _core.__version__
 
 __all__ = ["Net", "RelPropOpts", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
-           "supported_types", "LayerError", "__version__"]
+           "supported_types", "LayerError", "toolbox", "__version__"]

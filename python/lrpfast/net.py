@@ -47,8 +47,9 @@ class Net:
         reads an LRP Toolbox plain-text model: a lrpfast.toolbox.ToolboxNet."""
         if cls is Net and weights is None and isinstance(prototxt, (str, os.PathLike)) \
                 and os.fspath(prototxt).lower().endswith(".txt"):
-            from .toolbox import ToolboxNet, model as _tm
-            if _tm.looks_like_model(prototxt):
+            from .toolbox import ToolboxNet
+            from .toolbox.model import looks_like_model
+            if looks_like_model(prototxt):
                 return super().__new__(ToolboxNet)
         return super().__new__(cls)
 

@@ -17,8 +17,19 @@ See ``model`` (format and layer mapping), ``data``, ``rules`` (toolbox mode) and
 from __future__ import annotations
 
 from .data import DATA_FORMATS, read_data, write_data
-from .model import (LAYER_NAMES, ToolboxFormatError, ToolboxLayer, ToolboxModel, format_model,
-                    from_net, infer_input_shape, parse_model, read_model, to_caffe, write_model)
+from .model import (
+    LAYER_NAMES,
+    ToolboxFormatError,
+    ToolboxLayer,
+    ToolboxModel,
+    format_model,
+    from_net,
+    infer_input_shape,
+    parse_model,
+    read_model,
+    to_caffe,
+    write_model,
+)
 from .net import ToolboxNet, load_net
 from .rules import VARIANTS, PyAlphaBeta, ToolboxRules, parse_variant
 

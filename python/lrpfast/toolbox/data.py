@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-__all__ = ["read_data", "write_data", "DATA_FORMATS"]
+__all__ = ["DATA_FORMATS", "read_data", "write_data"]
 
 DATA_FORMATS = ("txt", "npy", "npz", "mat")
 

@@ -42,8 +42,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ToolboxFormatError", "ToolboxLayer", "ToolboxModel", "parse_model", "read_model",
-           "format_model", "write_model", "to_caffe", "from_net", "LAYER_NAMES"]
+__all__ = [
+    "LAYER_NAMES",
+    "ToolboxFormatError",
+    "ToolboxLayer",
+    "ToolboxModel",
+    "format_model",
+    "from_net",
+    "parse_model",
+    "read_model",
+    "to_caffe",
+    "write_model",
+]
 
 #: the toolbox's layer type names, as they open a line of a plain-text model
 LAYER_NAMES = ("Linear", "Convolution", "SumPool", "MaxPool", "Rect", "Tanh", "SoftMax",
@@ -130,49 +140,43 @@ def _line(lines, i, source, what):
     return lines[i]
 
 
-def _parse_current(lines: list, source: str) -> list:
+def _parse(lines: list, source: str, one) -> list:
+    """The layers of a model's lines, up to the first empty line; ``one(lines, i, where,
+    words)`` reads the layer starting at line i -> (ToolboxLayer, index of the next line)."""
     out, i = [], 0
     while i < len(lines) and lines[i].strip():
-        where = f"{source}:{i + 1}"
-        words = lines[i].split()
-        kind = words[0]
-        if kind not in LAYER_NAMES:
-            raise ToolboxFormatError(f"{where}: unknown layer type {kind!r} (known: "
-                                     f"{', '.join(LAYER_NAMES)})")
-        params = _header(words, where)
-        if kind in ("Linear", "Convolution"):
-            shape = params[:2] if kind == "Linear" else params[:4]
-            W = _numbers(_line(lines, i + 1, source, "W"), f"{source}:{i + 2}",
-                         math.prod(shape)).reshape(shape)
-            B = _numbers(_line(lines, i + 2, source, "B"), f"{source}:{i + 3}", shape[-1])
-            out.append(ToolboxLayer(kind, params, W, B))
-            i += 3
-        else:
-            out.append(ToolboxLayer(kind, params))
-            i += 1
+        layer, i = one(lines, i, f"{source}:{i + 1}", lines[i].split(), source)
+        out.append(layer)
     return out
 
 
-def _parse_legacy(lines: list, source: str) -> list:
-    out, i = [], 0
-    while i < len(lines) and lines[i].strip():
-        where = f"{source}:{i + 1}"
-        words = lines[i].split()
-        kind = words[0]
-        if kind == "Linear":
-            m, n = _header(words, where)
-            rows = [_numbers(_line(lines, i + 1 + r, source, f"row {r} of W"),
-                             f"{source}:{i + 2 + r}", n) for r in range(m)]
-            B = _numbers(_line(lines, i + 1 + m, source, "B"), f"{source}:{i + 2 + m}", n)
-            out.append(ToolboxLayer("Linear", (m, n), np.stack(rows), B))
-            i += m + 2
-        elif kind in ("Rect", "Tanh", "SoftMax") and len(words) == 1:
-            out.append(ToolboxLayer(kind))
-            i += 1
-        else:
-            raise ToolboxFormatError(f"{where}: layer {kind!r} is not part of the legacy "
-                                     f"layout (Linear, Rect, Tanh, SoftMax)")
-    return out
+def _current_layer(lines, i, where, words, source):
+    kind = words[0]
+    if kind not in LAYER_NAMES:
+        raise ToolboxFormatError(f"{where}: unknown layer type {kind!r} (known: "
+                                 f"{', '.join(LAYER_NAMES)})")
+    params = _header(words, where)
+    if kind not in ("Linear", "Convolution"):
+        return ToolboxLayer(kind, params), i + 1
+    shape = params[:2] if kind == "Linear" else params[:4]
+    W = _numbers(_line(lines, i + 1, source, "W"), f"{source}:{i + 2}",
+                 math.prod(shape)).reshape(shape)
+    B = _numbers(_line(lines, i + 2, source, "B"), f"{source}:{i + 3}", shape[-1])
+    return ToolboxLayer(kind, params, W, B), i + 3
+
+
+def _legacy_layer(lines, i, where, words, source):
+    kind = words[0]
+    if kind in ("Rect", "Tanh", "SoftMax") and len(words) == 1:
+        return ToolboxLayer(kind), i + 1
+    if kind != "Linear":
+        raise ToolboxFormatError(f"{where}: layer {kind!r} is not part of the legacy layout "
+                                 f"(Linear, Rect, Tanh, SoftMax)")
+    m, n = _header(words, where)
+    rows = [_numbers(_line(lines, i + 1 + r, source, f"row {r} of W"), f"{source}:{i + 2 + r}", n)
+            for r in range(m)]
+    B = _numbers(_line(lines, i + 1 + m, source, "B"), f"{source}:{i + 2 + m}", n)
+    return ToolboxLayer("Linear", (m, n), np.stack(rows), B), i + m + 2
 
 
 def parse_model(text: str, source: str = "<text>") -> ToolboxModel:
@@ -180,10 +184,10 @@ def parse_model(text: str, source: str = "<text>") -> ToolboxModel:
     values do not fit its header) the legacy layout. ToolboxFormatError names the line."""
     lines = text.split("\n")
     try:
-        layers, layout = _parse_current(lines, source), "current"
+        layers, layout = _parse(lines, source, _current_layer), "current"
     except _CountError as current:
         try:
-            layers, layout = _parse_legacy(lines, source), "legacy"
+            layers, layout = _parse(lines, source, _legacy_layer), "legacy"
         except ToolboxFormatError as legacy:
             raise ToolboxFormatError(f"{current} (and as the legacy layout: {legacy})") from None
     if not layers:
@@ -255,21 +259,23 @@ def _pool_out(n: int, k: int, s: int) -> int:
 def infer_input_shape(model: ToolboxModel) -> tuple:
     """The toolbox-layout input shape of a model: (m,) for one that starts with Linear; for a
     CNN (H, W, D) with the smallest square H = W whose windows all tile exactly and that fits
-    the first Linear after Flatten. ValueError when it cannot be found: pass input_shape."""
+    the first Linear after Flatten or, without a Linear, ends at a 1 x 1 map (e.g. the
+    toolbox's LeNet-5: 32 x 32 x 1). ToolboxFormatError when none is found: pass input_shape."""
     first = model.layers[0]
     if first.kind == "Linear":
         return (first.params[0],)
-    conv = next((l for l in model.layers if l.kind == "Convolution"), None)
-    if conv is None or not any(l.kind == "Linear" for l in model.layers):
-        raise ToolboxFormatError(f"{model.source}: cannot infer the input size of this model; "
-                                 f"pass input_shape=(H, W, D)")
-    D = conv.params[2]
+    if first.kind != "Convolution":
+        raise ToolboxFormatError(f"{model.source}: cannot infer the input size of a model that "
+                                 f"starts with {first.kind}; pass input_shape=(H, W, D)")
+    has_linear = any(l.kind == "Linear" for l in model.layers)
+    D = first.params[2]
     for H in range(1, 4097):
         try:
             shapes = _shapes(model, (H, H, D), exact=True)
         except ToolboxFormatError:
             continue
-        if shapes is not None:
+        spatial = [s for s in shapes if len(s) == 3]
+        if has_linear or (spatial and spatial[-1][:2] == (1, 1)):
             return (H, H, D)
     raise ToolboxFormatError(f"{model.source}: no square input size fits the layers; pass "
                              f"input_shape=(H, W, D)")
@@ -374,7 +380,7 @@ def to_caffe(model: ToolboxModel, input_shape=None, name: str | None = None):
                 f"{' round_mode: FLOOR' if floor else ''} }} ")
             if layer.kind == "SumPool":   # average * sqrt(k) = sum / sqrt(k)
                 add(lname + "_scale", "Power",
-                    f"power_param {{ scale: {repr(math.sqrt(kh * kw))} }} ")
+                    f"power_param {{ scale: {math.sqrt(kh * kw)!r} }} ")
         elif layer.kind == "Flatten":
             if len(in_shape) == 3 and in_shape[:2] != (1, 1):
                 j = _next_linear(model.layers, i)

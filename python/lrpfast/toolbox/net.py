@@ -60,7 +60,6 @@ class ToolboxNet(Net):
         if len(self.toolbox_input_shape) != 3 or not isinstance(x, np.ndarray):
             return False
         hwd = self.toolbox_input_shape
-        dhw = (hwd[2], hwd[0], hwd[1])
         per = x.shape[1:] if x.ndim == 4 else x.shape
         if self.layout != "auto":
             return self.layout == "nhwc" and per == hwd

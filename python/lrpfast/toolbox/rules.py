@@ -36,7 +36,7 @@ import numpy as np
 from ..composites import Composite
 from ..rules import AlphaBeta, Epsilon, Flat, WSquare, safe_divide, stabilized_divide
 
-__all__ = ["ToolboxRules", "PyAlphaBeta", "VARIANTS", "parse_variant"]
+__all__ = ["VARIANTS", "PyAlphaBeta", "ToolboxRules", "parse_variant"]
 
 #: the toolbox's lrp_var names, after normalisation
 VARIANTS = ("simple", "epsilon", "alphabeta", "flat", "ww")
