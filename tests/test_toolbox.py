@@ -294,7 +294,7 @@ def test_write_back_as_toolbox_text_and_as_caffe(cnn, tmp_path):
     caffe_net = lrpfast.Net(proto, weights)
     Xc = X.transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(caffe_net.forward(Xc), net.forward(X))
-    # the Caffe net (InnerProduct straight on the pooled blob, no Flatten) writes back too
+    # the Caffe net (Flatten + InnerProduct with Caffe's (C, H, W) row order) writes back too
     toolbox.write_model(caffe_net, tmp_path / "again.txt")
     assert (tmp_path / "again.txt").read_text() == out.read_text()
 
@@ -409,3 +409,38 @@ def test_pointwise_layers_on_cuda_say_they_are_not_supported_yet():
         with pytest.raises(NotImplementedError, match=r"layer 'act' \(TanH\) is not supported "
                                                       r"on CUDA yet"):
             net.forward(x)
+
+
+def test_a_caffe_prototxt_named_txt_is_still_a_caffe_net(tmp_path):
+    p = tmp_path / "deploy.txt"
+    p.write_text(CONV_ONLY.format(tail=""))
+    net = lrpfast.Net(str(p))
+    assert type(net) is lrpfast.Net and [l.name for l in net.layers] == ["c1", "r1", "c2"]
+
+
+def test_caffe_innerproduct_on_a_feature_map_writes_as_flatten_and_linear(tmp_path):
+    """Caffe's InnerProduct reads a (C, H, W) blob in (C, H, W) order; the toolbox file gets a
+    Flatten and the Linear rows reordered to (H, W, D): the same outputs on NHWC inputs."""
+    text = """name: "ip" input: "data" input_shape { dim: 1 dim: 2 dim: 5 dim: 4 }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+        convolution_param { num_output: 3 kernel_h: 2 kernel_w: 1 stride: 2 } }
+layer { name: "t" type: "TanH" bottom: "c" top: "c" }
+layer { name: "fc" type: "InnerProduct" bottom: "c" top: "fc"
+        inner_product_param { num_output: 4 } }"""
+    rng = seeded_rng("toolbox", "ipmap")
+    w = {"c": [rng.normal(0, 0.5, (3, 2, 2, 1)).astype(np.float32),
+               rng.normal(0, 0.1, 3).astype(np.float32)],
+         "fc": [rng.normal(0, 0.3, (4, 3 * 2 * 2)).astype(np.float32),
+                rng.normal(0, 0.1, 4).astype(np.float32)]}
+    net = lrpfast.Net.from_text(text, w)
+    toolbox.write_model(net, tmp_path / "ip.txt")
+    tm = toolbox.read_model(tmp_path / "ip.txt")
+    assert [l.header() for l in tm.layers] == ["Convolution 2 1 2 3 2 2", "Tanh", "Flatten",
+                                               "Linear 12 4"]
+    x = rng.normal(0, 1, (2, 2, 5, 4)).astype(np.float32)
+    tb = toolbox.load_net(tmp_path / "ip.txt", input_shape=(5, 4, 2))
+    np.testing.assert_allclose(tb.forward(x.transpose(0, 2, 3, 1)), net.forward(x),
+                               rtol=1e-5, atol=1e-6)
+    Y = ref.forward([(l.kind, l.params, l.W, l.B) for l in tm.layers],
+                    x.transpose(0, 2, 3, 1))[-1]
+    np.testing.assert_allclose(net.forward(x), Y, rtol=1e-5, atol=1e-6)

@@ -28,6 +28,12 @@ alpha-beta needs alpha >= 1); here every module, pooling included, follows its o
 and the SumPool epsilon applies to the window *sum*. Zero denominators: where the toolbox
 divides 0 by a 1e-16 stabiliser (alphabeta) lrpfast gives the same 0. Pooling with padding
 (Caffe nets) is refused in this mode.
+
+Checked against the toolbox's own python code (version 1.3.1, float64): every variant agrees
+within 3e-6 relative per map, except SumPool alphabeta with alpha not 0 or 1, where the
+toolbox's default (fast) SumPool routine multiplies the negative part by R twice; lrpfast
+follows the formula above, which the toolbox's reference routine (``_alphabeta_lrp_slow``)
+computes.
 """
 from __future__ import annotations
 
