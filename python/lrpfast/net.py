@@ -30,7 +30,8 @@ class Net:
     """A Caffe net (prototxt + caffemodel) on the CPU.
 
     Args:
-        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef).
+        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef); an LRP
+            Toolbox plain-text model (``.txt``, no weights) gives a lrpfast.toolbox.ToolboxNet.
         weights: path of the caffemodel, or {layer name: [float32 arrays]}; None builds the
             structure only (forward then refuses).
         device: "cpu", or "cuda" (the CUDA engine, lrpfast.cuda; raises RuntimeError saying why
