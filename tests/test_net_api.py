@@ -82,10 +82,10 @@ def small0():
 # =============================================================================== construction
 def test_unsupported_layer_type_names_layer_type_and_supported():
     text = HEAD.format(name="u") + CONV1 + """
-layer { name: "sig1" type: "Sigmoid" bottom: "pool1" top: "sig1" }
+layer { name: "sig1" type: "AbsVal" bottom: "pool1" top: "sig1" }
 layer { name: "fc" type: "InnerProduct" bottom: "sig1" top: "fc" inner_product_param { num_output: 3 } }
 """
-    with pytest.raises(lrpfast.LayerError, match=r"layer 3 'sig1': unsupported type 'Sigmoid' "
+    with pytest.raises(lrpfast.LayerError, match=r"layer 3 'sig1': unsupported type 'AbsVal' "
                                                  r"\(supported: BatchNorm, .*Convolution") as e:
         lrpfast.Net.from_text(text)
     for t in lrpfast.supported_types():
@@ -95,17 +95,17 @@ layer { name: "fc" type: "InnerProduct" bottom: "sig1" top: "fc" inner_product_p
 
 def test_skip_unsupported_lists_skipped_layers_and_their_dependents():
     text = HEAD.format(name="skip") + CONV1 + """
-layer { name: "sig1" type: "Sigmoid" bottom: "pool1" top: "sig1" }
+layer { name: "sig1" type: "AbsVal" bottom: "pool1" top: "sig1" }
 layer { name: "side" type: "InnerProduct" bottom: "sig1" top: "side" inner_product_param { num_output: 3 } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 5 } }
-layer { name: "tanh" type: "TanH" bottom: "fc" top: "t" }
+layer { name: "tanh" type: "BNLL" bottom: "fc" top: "t" }
 """
     net, _ = build(text, "skip", skip_unsupported=True)
-    assert net.skipped == ["sig1 (Sigmoid: unsupported)",
+    assert net.skipped == ["sig1 (AbsVal: unsupported)",
                            "side (InnerProduct: depends on a skipped layer)",
-                           "tanh (TanH: unsupported)"]
+                           "tanh (BNLL: unsupported)"]
     assert [layer.name for layer in net.layers] == ["conv1", "relu1", "pool1", "fc"]
-    assert "skipped: sig1 (Sigmoid: unsupported)" in repr(net)
+    assert "skipped: sig1 (AbsVal: unsupported)" in repr(net)
     x = images("skip")
     assert net.forward(x).shape == (2, 5)
     assert net.relevance(x, -1).shape == x.shape
@@ -329,15 +329,17 @@ def test_top_selection():
         net.relevance(x, 0, top="nope")
 
 
-def test_net_without_innerproduct_asks_for_top():
+def test_net_without_innerproduct_defaults_to_its_last_layer():
     text = HEAD.format(name="fcn") + CONV1 + """
 layer { name: "score" type: "Convolution" bottom: "pool1" top: "score"
   convolution_param { num_output: 3 kernel_size: 1 } }
 """
     net, _ = build(text, "fcn")
     x = images("fcn")
+    # no InnerProduct and no Softmax: top=None starts at the last layer; -2 still asks for one
+    np.testing.assert_array_equal(net.relevance(x, 0), net.relevance(x, 0, top="score"))
     with pytest.raises(ValueError, match=r"no InnerProduct layer; pass top="):
-        net.relevance(x, 0)
+        net.relevance(x, 0, top=-2)
     with pytest.raises(ValueError, match=r"top=-1 needs a Softmax layer; the net has none"):
         net.relevance(x, 0, top=-1)
     # with top= it works; indices count over the flattened (3, 6, 6) output

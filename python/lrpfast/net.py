@@ -39,7 +39,8 @@ class Net:
     """A Caffe net (prototxt + caffemodel) on the CPU.
 
     Args:
-        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef).
+        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef); an LRP
+            Toolbox plain-text model (``.txt``, no weights) gives a lrpfast.toolbox.ToolboxNet.
         weights: path of the caffemodel, or {layer name: [float32 arrays]} (copied: the Net
             keeps read-only copies of its weights, so later changes to the caller's arrays
             change nothing); None builds the
@@ -52,6 +53,17 @@ class Net:
             instead of raising, e.g. an SSD's PriorBox/DetectionOutput heads; listed in ``skipped``.
         memory_limit: bytes one chunk of a batch may use for activations and relevance.
     """
+
+    def __new__(cls, prototxt=None, weights=None, *args, **kw):
+        """``Net("model.txt")`` (no weights, a file whose first word is a toolbox layer name)
+        reads an LRP Toolbox plain-text model: a lrpfast.toolbox.ToolboxNet."""
+        if cls is Net and weights is None and isinstance(prototxt, (str, os.PathLike)) \
+                and os.fspath(prototxt).lower().endswith(".txt"):
+            from .toolbox import ToolboxNet
+            from .toolbox.model import looks_like_model
+            if looks_like_model(prototxt):
+                return super().__new__(ToolboxNet)
+        return super().__new__(cls)
 
     def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
                  skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
@@ -342,10 +354,14 @@ class Net:
 
     # ------------------------------------------------------------------ relevance
     def top_layer(self, top=None) -> Layer:
-        """The layer where relevance starts (SPEC section 1): None or -2 = the highest
-        InnerProduct layer, -1 = the layer right below the lowest Softmax, else an index or name."""
+        """The layer where relevance starts: None or -2 = the highest InnerProduct layer,
+        -1 = the layer right below the lowest Softmax, else an index or name. A net without an
+        InnerProduct (e.g. ending in convolutions): None = the layer right below the last
+        Softmax if there is one, else the last layer (``default_top_reason`` says which)."""
         if top is None or (isinstance(top, (int, np.integer)) and top == -2):
             ips = [l for l in self.layers if l.type == "InnerProduct"]
+            if not ips and top is None:
+                return self._default_top_without_ip()
             if not ips:
                 raise ValueError(f"{self.source}: the net has no InnerProduct layer; pass top= "
                                  f"(a layer name or index)")
@@ -358,6 +374,20 @@ class Net:
         if isinstance(top, str) and not any(l.name == top for l in self.layers):
             return self._producer_layer(self._ssa(top))
         return self.layer(top)
+
+    def _default_top_without_ip(self) -> Layer:
+        softmax = [l for l in self.layers if l.type == "Softmax"]
+        if softmax:
+            return self._producer_layer(softmax[-1].bottoms[0])
+        return self.layers[-1]
+
+    def default_top_reason(self) -> str:
+        """Why ``top=None`` picks its layer (named in describe_rules)."""
+        if any(l.type == "InnerProduct" for l in self.layers):
+            return "the highest InnerProduct"
+        if any(l.type == "Softmax" for l in self.layers):
+            return "no InnerProduct: the layer below the last Softmax"
+        return "no InnerProduct or Softmax: the last layer"
 
     def _producer_layer(self, ssa):
         if ssa not in self._producer:
@@ -404,7 +434,11 @@ class Net:
         comp = as_composite(rules)
         assigned = comp.assign(self.layers, net=self)
         top_l = self.top_layer(top) if self.has_weights or top is not None else None
-        lines = [f"{comp!r}", f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
+        head = f"{comp!r}"
+        if top_l is not None:
+            why = self.default_top_reason() if top is None else f"top={top!r}"
+            head += f"; relevance starts at '{top_l.name}' ({why})"
+        lines = [head, f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
         for layer in self.layers:
             if top_l is not None and layer.index > top_l.index:
                 break
@@ -723,6 +757,9 @@ _LRP_PASS = _LrpPass()
 
 def _treatment(layer, comp) -> str:
     t = layer.type
+    own = getattr(comp, "describe_layer", None)   # e.g. the toolbox mode's pooling rules
+    if own is not None and own(layer):
+        return own(layer)
     if t == "Pooling":
         if layer.method == "max":
             return "winner-take-all" if comp.maxpool == "wta" else f"as average, z-rule eps={comp.eps:g}"
@@ -734,7 +771,8 @@ def _treatment(layer, comp) -> str:
         return f"folded into '{layer.folded_into}'"
     if t == "Softmax":
         return "(above the top: not reached)"
-    return {"ReLU": "pass", "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
+    return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass",
+            "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
             "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
             "Permute": "inverse permutation"}.get(t, "")
 
