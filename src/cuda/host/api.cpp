@@ -18,6 +18,7 @@ void lrpfast_host_api(py::module_ m) {
     h::enqueue_fill(s, static_cast<float*>(ptr(p)), v, n);
   });
   m.def("fail_next_launch", &h::fail_next_launch, py::arg("code"), py::arg("asynchronous"));
+  m.def("fail_next_gemm", &h::fail_next_gemm, py::arg("status"));
   m.def("set_force_tf32", &h::set_force_tf32);
   m.def("set_memory_limit", &h::set_memory_limit);
   m.def("stats", [] {

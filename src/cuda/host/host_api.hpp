@@ -17,6 +17,8 @@ void enqueue_fill(std::uintptr_t s, float* p, float v, std::size_t n);
 // The next kernel launch fails with `code`: at once (cudaGetLastError) or, asynchronous, at the
 // next synchronising call, as an execution fault does on a GPU.
 void fail_next_launch(int code, bool asynchronous);
+void fail_next_gemm(int status);  // the next cuBLAS product returns this cublasStatus_t
+int take_gemm_failure();
 void set_force_tf32(bool on);         // every product rounds its inputs to TF32
 void set_memory_limit(std::size_t bytes);  // per device; cudaMalloc beyond it: out of memory
 Stats get_stats();

@@ -39,6 +39,7 @@ Stats stats;
 bool force_tf32 = false;
 cudaError_t next_launch_error = cudaSuccess;
 bool next_launch_async = false;
+int next_gemm_status = 0;  // cublasStatus_t of the next product (0: success)
 cudaError_t pending_async = cudaSuccess;  // reported by the next synchronising call
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local int current = 0;
@@ -172,6 +173,16 @@ void fail_next_launch(int code, bool asynchronous) {
   std::lock_guard<std::recursive_mutex> lock(mu);
   next_launch_error = cudaError_t(code);
   next_launch_async = asynchronous;
+}
+void fail_next_gemm(int status) {
+  std::lock_guard<std::recursive_mutex> lock(mu);
+  next_gemm_status = status;
+}
+int take_gemm_failure() {
+  std::lock_guard<std::recursive_mutex> lock(mu);
+  const int s = next_gemm_status;
+  next_gemm_status = 0;
+  return s;
 }
 void set_force_tf32(bool on) { force_tf32 = on; }
 void set_memory_limit(std::size_t bytes) {
@@ -441,7 +452,7 @@ cublasStatus_t check_handle(const cublasContext* h) {
     return CUBLAS_STATUS_EXECUTION_FAILED;
   }
   count_gemm();
-  return CUBLAS_STATUS_SUCCESS;
+  return cublasStatus_t(take_gemm_failure());
 }
 }  // namespace
 
