@@ -35,6 +35,7 @@ def _dev(a, device=None):
 # ---- DLPack export: the consumer's stream is waited for before the block is reused --------------
 @pytest.mark.parametrize("stream_kind", ["handle", "none"])
 def test_dlpack_export_block_not_reused_under_consumer(stream_kind):
+    m.empty_cache()
     d = _dev(np.ones(N))
     out = _dev(np.zeros(N))
     s = H.stream_create(False)                     # the consumer's non-blocking stream

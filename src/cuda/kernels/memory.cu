@@ -1,6 +1,7 @@
 // Device runtime: device discovery that never throws, device selection, a caching allocator per
 // device with stream-ordered reuse, copies, stream hand-over and the debug switch.
 #include <atomic>
+#include <iterator>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -121,8 +122,9 @@ void* alloc(std::size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(c.mu);
     auto& fb = c.free_blocks[dev];
-    auto it = fb.find(r);
-    if (it != fb.end()) {
+    auto range = fb.equal_range(r);  // the most recently freed block first (warm in L2)
+    if (range.first != range.second) {
+      auto it = std::prev(range.second);
       p = it->second.p;
       after = std::move(it->second.after);
       fb.erase(it);
