@@ -13,6 +13,7 @@ are never modified, so the same call twice gives the same result.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -33,6 +34,19 @@ def _own_weights(weights):
         return None
     return {name: [np.array(b, dtype=np.float32, copy=True) for b in blobs]
             if isinstance(blobs, (list, tuple)) else blobs for name, blobs in weights.items()}
+
+
+def _on_device(method):
+    """device='cuda:N': the new device arrays of the method (uploads, constants) go to device N."""
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        if self.cuda_device is None:
+            return method(self, *args, **kw)
+        from . import cuda
+
+        with cuda.use_device(self.cuda_device):
+            return method(self, *args, **kw)
+    return run
 
 
 class Net:
@@ -67,15 +81,20 @@ class Net:
 
     def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
                  skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
-        if device == "cuda":  # the CUDA engine (lrpfast.cuda) is loaded only here, lazily
+        self.cuda_device = None            # cuda: the device index ("cuda:N")
+        if str(device).startswith("cuda"):  # the CUDA engine (lrpfast.cuda) is loaded only here
             from . import cuda as _cuda_engine
 
             if not _cuda_engine.compiled() and not _cuda_engine.emulated():
-                raise ValueError("device 'cuda' is not available: this build has the CPU engine "
-                                 "only (no CUDA compiler at build time, or LRPFAST_CUDA=OFF)")
+                raise ValueError(f"device {device!r} is not available: this build has the CPU "
+                                 f"engine only (no CUDA compiler at build time, or "
+                                 f"LRPFAST_CUDA=OFF)")
             _cuda_engine.require_gpu()  # RuntimeError naming why (no build / no driver / no GPU)
+            self.cuda_device = _cuda_engine.parse_device(device)
+            device = "cuda"
         elif device != "cpu":
-            raise ValueError(f"device {device!r} is not available (known: 'cpu', 'cuda')")
+            raise ValueError(f"device {device!r} is not available (known: 'cpu', 'cuda', "
+                             f"'cuda:N')")
         self.device = device
         self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
@@ -209,6 +228,10 @@ class Net:
             raise ValueError(f"input {name!r}: {e}") from None
         if a.dtype != np.float32:
             raise ValueError(f"input {name!r}: a device input must be float32, got {a.dtype}")
+        if a.device != self.cuda_device:
+            raise ValueError(f"input {name!r} is on cuda:{a.device} but the net runs on "
+                             f"cuda:{self.cuda_device} (copy it with "
+                             f"lrpfast.cuda.to_device(x, device={self.cuda_device}))")
         if a.ndim == len(shape):
             a = a.reshape((1,) + a.shape)
         if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != shape:
@@ -329,6 +352,7 @@ class Net:
         return blobs, states
 
     # ------------------------------------------------------------------ forward
+    @_on_device
     def forward(self, x, blobs=None):
         """Run the net. x: float32 (N, C, H, W) in the net's input layout (Caffe: BGR, mean
         subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
@@ -504,6 +528,7 @@ class Net:
                 mask[i, k] += 1.0
         return top_val * mask.reshape(top_val.shape)
 
+    @_on_device
     def relevance(self, x, classes=-1, rules="epsilon", *, top=None, readout=None,
                   progress: bool | None = None):
         """LRP relevance of the class(es) ``classes`` for the images ``x``.
@@ -519,6 +544,7 @@ class Net:
                                    progress=progress)
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
+    @_on_device
     def relevance_multi(self, x, class_sets, rules="epsilon", *, top=None, readout=None,
                         progress: bool | None = None):
         """Relevance for several class selections at one forward pass per chunk.
@@ -541,6 +567,7 @@ class Net:
             return out
         return self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
 
+    @_on_device
     def propagate(self, x, R_top, *, top, rules="epsilon", readout=None):
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
         ``readout`` (default: the input blob). Same return convention as ``relevance``."""
@@ -699,12 +726,14 @@ class Net:
                 break
 
     # ------------------------------------------------------------------ toolbox (SPEC 4)
+    @_on_device
     def backward_relevance(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance`` after ``forward(x)``; see lrpfast.compat."""
         self._toolbox_on_cpu()
         from .compat import backward_relevance
         return backward_relevance(self, classinds, opts)
 
+    @_on_device
     def backward_relevance_multi(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance_multi`` (one class list per image); see lrpfast.compat."""
         self._toolbox_on_cpu()
