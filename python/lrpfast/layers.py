@@ -115,7 +115,9 @@ class Layer:
                 b = b.reshape(e)
             if not np.all(np.isfinite(b)):
                 raise self.error(f"weight blob {k} contains NaN or infinity")
-            self.blobs.append(np.ascontiguousarray(b))
+            b = np.ascontiguousarray(b)
+            b.flags.writeable = False   # the Net's own (Net copies arrays it is given)
+            self.blobs.append(b)
 
     def require_weights(self):
         if self.blobs is None:
@@ -418,9 +420,95 @@ class ReLU(Layer):
         return [ctx.rule.relu(R, x)]
 
 
-class Clip(Layer):
-    """y = min(max(x, min), max) (Caffe's Clip; ONNX Clip, e.g. ReLU6). LRP rules pass relevance
-    through unchanged, like ReLU; the gradient-like methods gate it by min < x < max."""
+class _Pointwise(Layer):
+    """An element-wise activation y = f(x) computed with numpy on the host (float32). LRP rules
+    pass relevance through unchanged (as through ReLU; the LRP Toolbox does the same for TanH);
+    the gradient-like rules multiply it by f'(x)."""
+
+    def forward(self, xs):
+        x = xs[0]
+        if not isinstance(x, np.ndarray):
+            raise NotImplementedError(f"layer '{self.name}' ({self.type}) is not supported on "
+                                      f"CUDA yet; load the net with device='cpu'")
+        with np.errstate(over="ignore"):
+            return [self.f(x).astype(np.float32, copy=False)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        if ctx.gradient_like:
+            return [(Rs[0] * self.derivative(xs[0], ys[0])).astype(np.float32, copy=False)]
+        return [Rs[0]]
+
+
+class TanH(_Pointwise):
+    """Caffe's TanH: y = tanh(x)."""
+
+    type = "TanH"
+
+    @staticmethod
+    def f(x):
+        return np.tanh(x)
+
+    @staticmethod
+    def derivative(x, y):
+        return 1 - y * y
+
+
+class Sigmoid(_Pointwise):
+    """Caffe's Sigmoid: y = 1 / (1 + exp(-x))."""
+
+    type = "Sigmoid"
+
+    @staticmethod
+    def f(x):
+        return 1 / (1 + np.exp(-x))
+
+    @staticmethod
+    def derivative(x, y):
+        return y * (1 - y)
+
+
+class Power(_Pointwise):
+    """Caffe's Power: y = (shift + scale * x) ** power (a toolbox SumPool is AVE pooling then a
+    Power layer with scale sqrt(kernel area))."""
+
+    type = "Power"
+
+    def setup(self, in_shapes):
+        p = self.param.power_param
+        self.power, self.scale, self.shift = float(p.power), float(p.scale), float(p.shift)
+        if not all(np.isfinite([self.power, self.scale, self.shift])):
+            raise ValueError("power, scale and shift must be finite")
+        return [in_shapes[0]]
+
+    def f(self, x):
+        y = np.float32(self.shift) + np.float32(self.scale) * x
+        return y if self.power == 1.0 else y ** np.float32(self.power)
+
+    def derivative(self, x, y):
+        if self.power == 1.0:
+            return np.float32(self.scale)
+        base = np.float32(self.shift) + np.float32(self.scale) * x
+        return np.float32(self.power * self.scale) * base ** np.float32(self.power - 1)
+
+    def describe(self):
+        return f"({self.shift:g} + {self.scale:g} x) ^ {self.power:g}"
+
+
+class _Rectifier(_Pointwise):
+    """A ReLU-like activation (Clip, PReLU): LRP rules pass relevance unchanged; the gradient-like
+    rules multiply it by f'(x) and then apply their own ReLU treatment (deconvnet and guided
+    backprop keep the positive part), as ReLU with a slope does."""
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R, x = Rs[0], xs[0]
+        if ctx.gradient_like:   # f'(x), then the rule's own gate on an all-ones x
+            R = (R * self.derivative(x, ys[0])).astype(np.float32, copy=False)
+            x = np.ones_like(x)
+        return [ctx.rule.relu(R, x)]
+
+
+class Clip(_Rectifier):
+    """y = min(max(x, min), max) (Caffe's Clip; ONNX Clip, e.g. ReLU6)."""
 
     type = "Clip"
 
@@ -432,23 +520,19 @@ class Clip(Layer):
             raise ValueError(f"min {self.lo:g} > max {self.hi:g}")
         return [in_shapes[0]]
 
-    def forward(self, xs):
-        return [np.clip(xs[0], np.float32(self.lo), np.float32(self.hi))], {}
+    def f(self, x):
+        return np.clip(x, np.float32(self.lo), np.float32(self.hi))
 
-    def relevance(self, xs, ys, state, Rs, ctx):
-        R, x = Rs[0], xs[0]
-        if ctx.gradient_like:   # d clip / dx, then the rule's own ReLU gate on an all-ones x
-            R = R * ((x > self.lo) & (x < self.hi)).astype(np.float32)
-            x = np.ones_like(x)
-        return [ctx.rule.relu(R, x)]
+    def derivative(self, x, y):
+        return ((x > self.lo) & (x < self.hi)).astype(np.float32)
 
     def describe(self):
         return f"[{self.lo:g}, {self.hi:g}]"
 
 
-class PReLU(Layer):
+class PReLU(_Rectifier):
     """y = x for x > 0, a_c * x else, with a learned slope per channel (axis 1) or one shared
-    slope (Caffe's PReLU; ONNX PRelu). Relevance: as ReLU with that slope."""
+    slope (Caffe's PReLU; ONNX PRelu)."""
 
     type = "PReLU"
 
@@ -466,51 +550,13 @@ class PReLU(Layer):
 
     def forward(self, xs):
         self.require_weights()
-        x = xs[0]
-        return [np.where(x > 0, x, x * self._slope(x)).astype(np.float32)], {}
+        return super().forward(xs)
 
-    def relevance(self, xs, ys, state, Rs, ctx):
-        R, x = Rs[0], xs[0]
-        if ctx.gradient_like:
-            R = R * np.where(x > 0, np.float32(1), self._slope(x)).astype(np.float32)
-            x = np.ones_like(x)
-        return [ctx.rule.relu(R, x)]
+    def f(self, x):
+        return np.where(x > 0, x, x * self._slope(x))
 
-
-class _Monotone(_PassThrough):
-    """Sigmoid / TanH: LRP rules pass relevance through unchanged (as through a ReLU); the
-    gradient-like methods multiply by the derivative."""
-
-    def forward(self, xs):
-        x = xs[0].astype(np.float64)
-        return [self.fn(x).astype(np.float32)], {}
-
-    def relevance(self, xs, ys, state, Rs, ctx):
-        if ctx.gradient_like:
-            y = ys[0].astype(np.float64)
-            return [(Rs[0] * self.derivative(y)).astype(np.float32)]
-        return super().relevance(xs, ys, state, Rs, ctx)
-
-
-class Sigmoid(_Monotone):
-    type = "Sigmoid"
-
-    @staticmethod
-    def fn(x):
-        return 1.0 / (1.0 + np.exp(-x))
-
-    @staticmethod
-    def derivative(y):
-        return y * (1.0 - y)
-
-
-class TanH(_Monotone):
-    type = "TanH"
-    fn = staticmethod(np.tanh)
-
-    @staticmethod
-    def derivative(y):
-        return 1.0 - y * y
+    def derivative(self, x, y):
+        return np.where(x > 0, np.float32(1), self._slope(x))
 
 
 class Dropout(_PassThrough):
@@ -787,7 +833,8 @@ def _contiguous(a):
 
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
-    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, Clip, PReLU, Sigmoid, TanH)}
+    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power, Clip,
+    PReLU)}
 
 
 def supported_types() -> list[str]:
