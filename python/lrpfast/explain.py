@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .preprocess import mean_region as _mean_region, preprocess as _preprocess, resized_size
+
 __all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
            "read_mean", "read_synsets", "preprocess", "format_rawhm", "write_rawhm",
            "read_rawhm", "format_top10", "run_toolbox", "run_heatmaps", "main_explain",
@@ -286,28 +288,6 @@ def read_synsets(path) -> list[str]:
 
 
 # =============================================================================== pre-processing
-def _fit_axis(a: np.ndarray, axis: int, size: int) -> tuple[np.ndarray, int]:
-    """Centre-crop or edge-pad ``a`` along ``axis`` to ``size``; returns (array, offset) where
-    offset > 0 is the crop start, < 0 minus the padding before."""
-    n = a.shape[axis]
-    if n > size:
-        o = (n - size) // 2
-        return np.take(a, range(o, o + size), axis=axis), o
-    if n < size:
-        before = (size - n) // 2
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (before, size - n - before)
-        return np.pad(a, pad, mode="edge"), -before
-    return a, 0
-
-
-def resized_size(w: int, h: int, base: int) -> tuple[int, int]:
-    """(width, height) with the long side = base, the short side rounded half up (min 1)."""
-    if w >= h:
-        return base, max(1, int(math.floor(h * base / w + 0.5)))
-    return max(1, int(math.floor(w * base / h + 0.5))), base
-
-
 def _load_image(path: str, base: int, size: tuple[int, int], mean):
     """preprocess() of an image file, or the message saying why it cannot be used."""
     if not os.path.isfile(path):
@@ -319,43 +299,23 @@ def _load_image(path: str, base: int, size: tuple[int, int], mean):
 
 
 def preprocess(image, base: int, size: tuple[int, int], mean=None):
-    """One image -> (crop uint8 (H, W, 3) RGB, x float32 (3, H, W) BGR minus the mean).
+    """One image -> (crop uint8 (H, W, 3) RGB, x float32 (3, H, W) BGR minus the mean): the
+    toolbox's ``mode="pad"`` of :func:`lrpfast.preprocess.preprocess`.
 
     ``image``: a path or a PIL image; ``size``: the net input (H, W); ``mean``: None, a
     (3,) BGR vector or a (3, Hm, Wm) BGR image (its centre region is used)."""
-    from PIL import Image
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            im.load()
-            img = im.convert("RGB")
-    else:
-        img = image.convert("RGB")
-    w, h = resized_size(img.width, img.height, int(base))
-    if (w, h) != (img.width, img.height):
-        img = img.resize((w, h), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.uint8)
-    a, _ = _fit_axis(a, 0, int(size[0]))
-    a, _ = _fit_axis(a, 1, int(size[1]))
-    crop = np.ascontiguousarray(a)
-    x = crop[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
     if mean is not None:
-        x -= mean_region(mean, size)
-    return crop, np.ascontiguousarray(x)
+        mean = mean_region(mean, size)   # ConfigError for a bad mean
+    p = _preprocess(image, size, mode="pad", base=int(base), mean=mean)
+    return p.image, p.x
 
 
 def mean_region(mean, size) -> np.ndarray:
-    """The centre (H, W) region of a (C, Hm, Wm) mean image, or a (C,) vector as (C, 1, 1)."""
-    m = np.asarray(mean, np.float32)
-    H, W = int(size[0]), int(size[1])
-    if m.ndim == 1:
-        return m[:, None, None]
-    if m.ndim != 3:
-        raise ConfigError(f"mean must be (C,) or (C, H, W), got shape {m.shape}")
-    if m.shape[1] < H or m.shape[2] < W:
-        raise ConfigError(f"mean image {m.shape[1]}x{m.shape[2]} is smaller than the net's input "
-                          f"{H}x{W}")
-    oy, ox = (m.shape[1] - H) // 2, (m.shape[2] - W) // 2
-    return m[:, oy:oy + H, ox:ox + W]
+    """:func:`lrpfast.preprocess.mean_region`, raising ConfigError."""
+    try:
+        return _mean_region(mean, size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 # =============================================================================== outputs
