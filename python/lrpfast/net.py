@@ -19,9 +19,10 @@ import sys
 import numpy as np
 
 from . import caffe
-from .composites import Composite, as_composite
+from .composites import DEFAULT_RULES, Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
 from .rules import AlphaBeta
+from .sentinels import Top, resolve_top
 
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 
@@ -285,13 +286,16 @@ class Net:
         g = max(1, min(K, self.memory_limit // (self._bytes_per_sample() * m)))
         return [(k, min(k + g, K)) for k in range(0, K, g)]
 
+    def _require_weights(self):
+        if not self.has_weights:
+            raise ValueError(f"{self.source}: the net was loaded without weights")
+
     def _run_forward(self, xin: dict, stop: int | None = None,
                      zplus: frozenset = frozenset()) -> tuple[dict, dict]:
         """Blobs and layer states of a forward pass up to layer index ``stop``; the layers named
         in ``zplus`` also leave the alpha-beta rule's z+ in their state where they can compute
         it together with z (see _RuleLayer.forward_zplus)."""
-        if not self.has_weights:
-            raise ValueError(f"{self.source}: the net was loaded without weights")
+        self._require_weights()
         blobs = dict(xin)
         states = {}
         last = len(self.layers) if stop is None else stop + 1
@@ -328,19 +332,24 @@ class Net:
 
     # ------------------------------------------------------------------ relevance
     def top_layer(self, top=None) -> Layer:
-        """The layer where relevance starts (SPEC section 1): None or -2 = the highest
-        InnerProduct layer, -1 = the layer right below the lowest Softmax, else an index or name."""
-        if top is None or (isinstance(top, (int, np.integer)) and top == -2):
+        """The layer where relevance starts: None or ``lrpfast.LAST_INNER_PRODUCT`` = the
+        highest InnerProduct layer, ``lrpfast.LOGITS`` = the layer right below the lowest
+        Softmax, else a layer index or name, or a blob name (its producer). The old codes -1
+        (LOGITS) and -2 (LAST_INNER_PRODUCT) still work with a DeprecationWarning."""
+        asked = top
+        top = resolve_top(top.item() if isinstance(top, np.integer) else top)
+        if top is None or top is Top.LAST_INNER_PRODUCT:
             ips = [l for l in self.layers if l.type == "InnerProduct"]
             if not ips:
                 raise ValueError(f"{self.source}: the net has no InnerProduct layer; pass top= "
                                  f"(a layer name or index)")
             return ips[-1]
-        if isinstance(top, (int, np.integer)) and top == -1:
+        if top is Top.LOGITS:
             for l in self.layers:
                 if l.type == "Softmax":
                     return self._producer_layer(l.bottoms[0])
-            raise ValueError(f"{self.source}: top=-1 needs a Softmax layer; the net has none")
+            raise ValueError(f"{self.source}: top={asked!r} needs a Softmax layer; the net has "
+                             f"none")
         if isinstance(top, str) and not any(l.name == top for l in self.layers):
             return self._producer_layer(self._ssa(top))
         return self.layer(top)
@@ -385,12 +394,14 @@ class Net:
             layer.check_relevance(ctx)
         return plan
 
-    def describe_rules(self, rules="epsilon", top=None) -> str:
+    def describe_rules(self, rules=DEFAULT_RULES, top=None) -> str:
         """A table of which rule each layer gets under ``rules`` (composite, rule or name)."""
         comp = as_composite(rules)
         assigned = comp.assign(self.layers, net=self)
         top_l = self.top_layer(top) if self.has_weights or top is not None else None
-        lines = [f"{comp!r}", f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
+        nw = max([24] + [len(layer.name) for layer in self.layers])   # columns stay aligned
+        tw = max([13] + [len(layer.type) for layer in self.layers])
+        lines = [f"{comp!r}", f"{'idx':>4}  {'layer':<{nw}} {'type':<{tw}} treatment"]
         for layer in self.layers:
             if top_l is not None and layer.index > top_l.index:
                 break
@@ -400,7 +411,7 @@ class Net:
                     what += "  (BatchNorm/Scale folded in)"
             else:
                 what = _treatment(layer, comp)
-            lines.append(f"{layer.index:>4}  {layer.name:<24} {layer.type:<13} {what}")
+            lines.append(f"{layer.index:>4}  {layer.name:<{nw}} {layer.type:<{tw}} {what}")
         return "\n".join(lines)
 
     def _seed(self, top_val: np.ndarray, classes, n: int) -> np.ndarray:
@@ -456,14 +467,15 @@ class Net:
                 mask[i, k] += 1.0
         return top_val * mask.reshape(top_val.shape)
 
-    def relevance(self, x, classes=-1, rules="epsilon", *, top=None, readout=None,
+    def relevance(self, x, classes=-1, rules=DEFAULT_RULES, *, top=None, readout=None,
                   progress: bool | None = None):
         """LRP relevance of the class(es) ``classes`` for the images ``x``.
 
         x: float32 (N, C, H, W) in the net's input layout. classes: an int for all images, or one
-        entry per image: class index, list of classes (summed), -1 (top-1), -2 (top-5 summed);
-        indices count over the flattened output of the top layer. rules: composite name, rule or
-        Composite. top: where relevance starts (see ``top_layer``). readout: blob name(s) to
+        entry per image: class index, list of classes (summed), -1 = ``lrpfast.TOP1`` (top-1),
+        -2 = ``lrpfast.TOP5`` (top-5 summed); indices count over the flattened output of the top
+        layer. rules: composite name, rule or Composite (default ``DEFAULT_RULES``,
+        "cmp_alpha2_flat"). top: where relevance starts (see ``top_layer``). readout: blob name(s) to
         read relevance at (default: the input). Returns float32 shaped like the readout blob
         (N, ...), or a dict when ``readout`` is a list.
         """
@@ -471,7 +483,7 @@ class Net:
                                    progress=progress)
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
-    def relevance_multi(self, x, class_sets, rules="epsilon", *, top=None, readout=None,
+    def relevance_multi(self, x, class_sets, rules=DEFAULT_RULES, *, top=None, readout=None,
                         progress: bool | None = None):
         """Relevance for several class selections at one forward pass per chunk.
 
@@ -493,7 +505,7 @@ class Net:
             return out
         return self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
 
-    def propagate(self, x, R_top, *, top, rules="epsilon", readout=None):
+    def propagate(self, x, R_top, *, top, rules=DEFAULT_RULES, readout=None):
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
         ``readout`` (default: the input blob). Same return convention as ``relevance``."""
         on_dev = False
@@ -519,6 +531,7 @@ class Net:
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
     def _propagate_impl(self, x, seeds, rules, top, readout, progress, K):
+        self._require_weights()
         xin = self._check_input(x)
         comp = as_composite(rules)
         top_layer = self.top_layer(top)
