@@ -502,8 +502,43 @@ class Net:
                                          f"an int applies to all images, a list per image is summed")
                     c = c[a:b]
                 out.append(self._seed(top_val, c, b - a))
+                if isinstance(out[-1], np.ndarray):
+                    scores.append((a, b, out[-1].reshape(b - a, -1).sum(axis=1, dtype=np.float64)))
             return out
-        return self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
+        scores: list = []
+        R = self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
+        if readout is None and isinstance(R, np.ndarray) and len(scores) == R.shape[0] * len(
+                self._chunks(R.shape[1])):
+            self._check_blowup(x, class_sets, rules, top, R, scores)
+        return R
+
+    def _check_blowup(self, x, class_sets, rules, top, R, scores):
+        """One ConservationWarning naming the layer (lrpfast.diagnostics) when an image's input
+        relevance sums to more than BLOWUP times its score under an LRP (not gradient) rule."""
+        from .diagnostics import BLOWUP
+        comp = as_composite(rules)
+        if getattr(_family_rule(comp.assign(self.layers, net=self)), "gradient_like", False):
+            return
+        K = len(class_sets)
+        for j, (a, b, sc) in enumerate(scores):
+            k = j % K
+            tot = R[k, a:b].reshape(b - a, -1).sum(axis=1, dtype=np.float64)
+            bad = np.flatnonzero(np.abs(tot) > BLOWUP * np.abs(sc))
+            if bad.size:
+                i = a + int(bad[0])
+                c = class_sets[k]
+                ci = c if isinstance(c, (int, np.integer)) else [list(c)[i]]
+                xi = {n: np.asarray(v)[i:i + 1] for n, v in self._check_input(x).items()}
+                self.conservation(xi, ci, rules, top=top)
+                return
+
+    def conservation(self, x, classes=-1, rules=DEFAULT_RULES, *, top=None, rtol: float = 0.05,
+                     warn: bool = True):
+        """The relevance sum after every layer against the explained score, and the first layer
+        where it departs by more than ``rtol``; see :func:`lrpfast.diagnostics.conservation`."""
+        from .diagnostics import conservation
+        return conservation(self, x, classes, rules, top=top, rtol=rtol, warn=warn,
+                            stacklevel=3)
 
     def propagate(self, x, R_top, *, top, rules=DEFAULT_RULES, readout=None):
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
