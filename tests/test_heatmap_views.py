@@ -436,3 +436,18 @@ def test_heatmaps_command_overlays_class_names_parameters_summary(tmp_path, caps
     assert "no --mean" not in cap.err and list(out.glob(f"{stem}_cmp_alpha2_flat_ctop5_*"))
     assert main(args + ["--rules", "epsilon_gamma_box"]) == 2
     assert "low" in capsys.readouterr().err
+
+
+# =============================================================================== notebooks
+def test_net_summary_and_progress_in_notebooks(monkeypatch):
+    from lrpfast import demo
+    from lrpfast import net as net_module
+    net, _ = demo.load_bundled_model()
+    h = net._repr_html_()
+    assert h.startswith("<details>") and h.count("<tr>") == len(net.layers) + 1
+    assert not net_module._in_notebook()
+    monkeypatch.setattr(net_module, "_in_notebook", lambda: True)
+    bar = net_module._Progress(3, "relevance", None)     # auto: on in a notebook
+    assert bar.enabled
+    bar.update()
+    bar.close()

@@ -718,6 +718,19 @@ class Net:
                 "on device='cuda' use net.relevance(x, classes, rules=RelPropOpts(...)) with "
                 "mode='lrpfast' options, or load the net with device='cpu'")
 
+    def _repr_html_(self) -> str:
+        """A table of the layers for Jupyter."""
+        import html
+        rows = "".join(
+            f"<tr><td>{layer.index}</td><td>{html.escape(layer.name)}</td><td>{layer.type}</td>"
+            f"<td>{html.escape(str([self.shapes[t] for t in layer.tops]))}</td>"
+            f"<td>{html.escape(layer.describe())}</td></tr>" for layer in self.layers)
+        head = html.escape(f"lrpfast.Net '{self.name}' ({self.source}), inputs " + ", ".join(
+            f"{k}{v}" for k, v in self.inputs.items()) + (f"; skipped: {', '.join(self.skipped)}"
+                                                           if self.skipped else ""))
+        return (f"<details><summary>{head}</summary><table><tr><th>#</th><th>layer</th>"
+                f"<th>type</th><th>output</th><th></th></tr>{rows}</table></details>")
+
     def __repr__(self) -> str:
         lines = [f"lrpfast.Net '{self.name}' ({self.source}), inputs "
                  + ", ".join(f"{k}{v}" for k, v in self.inputs.items())]
@@ -774,21 +787,41 @@ def _treatment(layer, comp) -> str:
 
 
 class _Progress:
-    """A minimal progress bar on stderr for runs of several chunks (auto: only on a terminal)."""
+    """A progress bar for runs of several chunks (auto: on a terminal or in a Jupyter
+    notebook). tqdm (``tqdm.auto``: a widget in notebooks) draws it where it is installed;
+    otherwise a minimal text bar on stderr."""
 
     def __init__(self, total: int, label: str, enabled: bool | None):
         if enabled is None:
-            enabled = total > 1 and sys.stderr.isatty()
+            enabled = total > 1 and (sys.stderr.isatty() or _in_notebook())
         self.total, self.label, self.enabled, self.done = total, label, bool(enabled), 0
+        self._tqdm = None
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+                self._tqdm = tqdm(total=total, desc=label)
+            except ImportError:
+                pass
 
     def update(self):
         self.done += 1
-        if self.enabled:
+        if self._tqdm is not None:
+            self._tqdm.update(1)
+        elif self.enabled:
             w = 30
             f = int(w * self.done / self.total)
             sys.stderr.write(f"\r{self.label} [{'#' * f}{'.' * (w - f)}] {self.done}/{self.total}")
             sys.stderr.flush()
 
     def close(self):
-        if self.enabled:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled:
             sys.stderr.write("\n")
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) session."""
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
