@@ -48,7 +48,8 @@ def test_colour_maps_researchers_use():
     assert {"bwr", "seismic", "coldnhot", "toolbox", "gray", "viridis"} <= set(render.COLORMAPS)
     v = np.array([[-1.0, 0.0, 1.0]])
     sm = render.heatmap(v, cmap="seismic", percentile=None)
-    assert tuple(sm[0, 1]) == (255, 255, 255) and tuple(sm[0, 2]) == (127, 0, 0)   # 0.5 -> 127 (Q16 rounding)
+    # 0.5 -> 127 (the Q16 rounding of render.to_uint8)
+    assert tuple(sm[0, 1]) == (255, 255, 255) and tuple(sm[0, 2]) == (127, 0, 0)
     ch = render.heatmap(v, cmap="coldnhot", percentile=None)
     assert tuple(ch[0, 0]) == (0, 255, 255) and tuple(ch[0, 1]) == (0, 0, 0)
     assert tuple(ch[0, 2]) == (255, 255, 0)
@@ -389,7 +390,8 @@ def test_blow_up_gives_one_warning_naming_the_layer():
     comp = lrpfast.Composite(default=R.Epsilon(), by_name={"fc1": _Amplify()})
     with pytest.warns(lrpfast.diagnostics.ConservationWarning, match="'fc1'") as rec:
         net.relevance(x, -1, comp)
-    assert len([w for w in rec if issubclass(w.category, lrpfast.diagnostics.ConservationWarning)]) == 1
+    cw = lrpfast.diagnostics.ConservationWarning
+    assert len([w for w in rec if issubclass(w.category, cw)]) == 1
     rep = net.conservation(x, -1, comp, warn=False)
     assert rep.blowup_layer == "fc1"
     with warnings.catch_warnings():

@@ -20,8 +20,9 @@ from .composites import DEFAULT_RULES
 
 __version__: str = _core.__version__
 
-__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagnostics", "DEFAULT_RULES",
-           "TOP1", "TOP5", "LOGITS", "LAST_INNER_PRODUCT", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
+__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagnostics",
+           "DEFAULT_RULES", "TOP1", "TOP5", "LOGITS", "LAST_INNER_PRODUCT", "Composite",
+           "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
            "supported_types", "LayerError", "__version__"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -22,7 +23,10 @@ from . import caffe
 from .composites import DEFAULT_RULES, Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
 from .rules import AlphaBeta
-from .sentinels import Top, resolve_top
+from .sentinels import ClassesArg, RulesArg, Top, TopArg, resolve_top
+
+if TYPE_CHECKING:
+    from .diagnostics import ConservationReport
 
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 
@@ -43,8 +47,9 @@ class Net:
         memory_limit: bytes one chunk of a batch may use for activations and relevance.
     """
 
-    def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
-                 skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
+    def __init__(self, prototxt: Any, weights: Any = None, *, device: str = "cpu",
+                 fold_batchnorm: bool = True, skip_unsupported: bool = False,
+                 memory_limit: int = _DEFAULT_MEMORY) -> None:
         if device == "cuda":  # the CUDA engine (lrpfast.cuda) is loaded only here, lazily
             from . import cuda as _cuda_engine
 
@@ -57,7 +62,7 @@ class Net:
         self.device = device
         self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
-        self._last_input = None            # the input of the last forward(), for backward_relevance
+        self._last_input: dict | None = None   # the last forward()'s input: backward_relevance
         self._device_io = False            # cuda: the last call's inputs were device arrays
         netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
@@ -301,14 +306,15 @@ class Net:
         last = len(self.layers) if stop is None else stop + 1
         for layer in self.layers[:last]:
             xs = [blobs[b] for b in layer.bottoms]
-            ys, st = layer.forward_zplus(xs) if layer.name in zplus else layer.forward(xs)
+            ys, st = (layer.forward_zplus(xs)  # type: ignore[attr-defined]  # rule layers only
+                      if layer.name in zplus else layer.forward(xs))
             states[layer.name] = st
             for t, y in zip(layer.tops, ys):
                 blobs[t] = y
         return blobs, states
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, blobs=None):
+    def forward(self, x: Any, blobs: Sequence[str] | None = None) -> Any:
         """Run the net. x: float32 (N, C, H, W) in the net's input layout (Caffe: BGR, mean
         subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
         net has several outputs — or, with ``blobs=[names]``, {name: array} of those blobs."""
@@ -331,7 +337,7 @@ class Net:
                          else {w.split("#")[0]: v for w, v in res.items()})
 
     # ------------------------------------------------------------------ relevance
-    def top_layer(self, top=None) -> Layer:
+    def top_layer(self, top: TopArg = None) -> Layer:
         """The layer where relevance starts: None or ``lrpfast.LAST_INNER_PRODUCT`` = the
         highest InnerProduct layer, ``lrpfast.LOGITS`` = the layer right below the lowest
         Softmax, else a layer index or name, or a blob name (its producer). The old codes -1
@@ -362,8 +368,8 @@ class Net:
     def _plan(self, top_layer: Layer, composite: Composite, readouts: list[str]):
         """Layers the relevance passes through (top down) with their contexts; errors first."""
         owner = getattr(top_layer, "folded_into", None)
-        if owner is not None and self.layer(owner).z_top != top_layer.tops[0]:
-            end = self._producer[self.layer(owner).z_top].name
+        if owner is not None and getattr(self.layer(owner), "z_top") != top_layer.tops[0]:
+            end = self._producer[getattr(self.layer(owner), "z_top")].name
             raise ValueError(f"top layer '{top_layer.name}' ({top_layer.type}) is folded into "
                              f"'{owner}' with the layers up to '{end}': start at '{owner}' or "
                              f"'{end}', or load the net with fold_batchnorm=False")
@@ -394,7 +400,7 @@ class Net:
             layer.check_relevance(ctx)
         return plan
 
-    def describe_rules(self, rules=DEFAULT_RULES, top=None) -> str:
+    def describe_rules(self, rules: RulesArg = DEFAULT_RULES, top: TopArg = None) -> str:
         """A table of which rule each layer gets under ``rules`` (composite, rule or name)."""
         comp = as_composite(rules)
         assigned = comp.assign(self.layers, net=self)
@@ -467,8 +473,9 @@ class Net:
                 mask[i, k] += 1.0
         return top_val * mask.reshape(top_val.shape)
 
-    def relevance(self, x, classes=-1, rules=DEFAULT_RULES, *, top=None, readout=None,
-                  progress: bool | None = None):
+    def relevance(self, x: Any, classes: ClassesArg = -1, rules: RulesArg = DEFAULT_RULES, *,
+                  top: TopArg = None, readout: str | Sequence[str] | None = None,
+                  progress: bool | None = None) -> Any:
         """LRP relevance of the class(es) ``classes`` for the images ``x``.
 
         x: float32 (N, C, H, W) in the net's input layout. classes: an int for all images, or one
@@ -483,8 +490,10 @@ class Net:
                                    progress=progress)
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
-    def relevance_multi(self, x, class_sets, rules=DEFAULT_RULES, *, top=None, readout=None,
-                        progress: bool | None = None):
+    def relevance_multi(self, x: Any, class_sets: Sequence[ClassesArg],
+                        rules: RulesArg = DEFAULT_RULES, *, top: TopArg = None,
+                        readout: str | Sequence[str] | None = None,
+                        progress: bool | None = None) -> Any:
         """Relevance for several class selections at one forward pass per chunk.
 
         class_sets: a list of K ``classes`` arguments (see ``relevance``). Returns float32
@@ -532,15 +541,17 @@ class Net:
                 self.conservation(xi, ci, rules, top=top)
                 return
 
-    def conservation(self, x, classes=-1, rules=DEFAULT_RULES, *, top=None, rtol: float = 0.05,
-                     warn: bool = True):
+    def conservation(self, x: Any, classes: ClassesArg = -1, rules: RulesArg = DEFAULT_RULES, *,
+                     top: TopArg = None, rtol: float = 0.05,
+                     warn: bool = True) -> ConservationReport:
         """The relevance sum after every layer against the explained score, and the first layer
         where it departs by more than ``rtol``; see :func:`lrpfast.diagnostics.conservation`."""
         from .diagnostics import conservation
         return conservation(self, x, classes, rules, top=top, rtol=rtol, warn=warn,
                             stacklevel=3)
 
-    def propagate(self, x, R_top, *, top, rules=DEFAULT_RULES, readout=None):
+    def propagate(self, x: Any, R_top: Any, *, top: TopArg, rules: RulesArg = DEFAULT_RULES,
+                  readout: str | Sequence[str] | None = None) -> Any:
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
         ``readout`` (default: the input blob). Same return convention as ``relevance``."""
         on_dev = False
@@ -614,7 +625,7 @@ class Net:
                             ts[ln] = dict(ts[ln], zp=_tile(zp, g, m))
                     R0 = R0s[k0] if g == 1 else np.concatenate(R0s[k0:k1])
 
-                    def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):
+                    def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):  # type: ignore[misc]
                         if bt in ssa_out:
                             results[bt][k0:k1, a:b] += rin.reshape((k1 - k0, m) + rin.shape[1:])
                     if top_layer.tops[0] in ssa_out:

@@ -35,6 +35,13 @@ import numpy as np
 
 __all__ = ["preprocess", "Preprocessed", "MODES", "load_rgb", "resized_size"]
 
+def _bilinear():
+    from PIL import Image
+    return getattr(Image, "Resampling", Image).BILINEAR   # Pillow >= 9.1 / older
+
+
+_BILINEAR = _bilinear()
+
 #: The resize modes of :func:`preprocess`.
 MODES = ("crop", "pad", "resize")
 
@@ -209,10 +216,10 @@ class Preprocessed:
         if is_float:
             planes = canvas.reshape(rh, rw, -1).astype(np.float32)
             out = np.stack([np.asarray(Image.fromarray(planes[:, :, c]).resize(
-                (w, h), Image.BILINEAR)) for c in range(planes.shape[2])], axis=2)
+                (w, h), _BILINEAR)) for c in range(planes.shape[2])], axis=2)
             return out.reshape((h, w) + a.shape[2:])
         return np.asarray(Image.fromarray(np.ascontiguousarray(canvas)).resize(
-            (w, h), Image.BILINEAR))
+            (w, h), _BILINEAR))
 
 
 def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop",
@@ -250,7 +257,8 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if channel_order not in ("bgr", "rgb"):
         raise ValueError(f"channel_order must be 'bgr' or 'rgb'; got {channel_order!r}")
-    sz = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)  # type: ignore[arg-type]
+    sz = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(
+        int(s) for s in size)
     if len(sz) != 2 or min(sz) < 1:
         raise ValueError(f"size must be an int or (H, W) > 0; got {size!r}")
     H, W = sz
@@ -268,7 +276,7 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
         raise ValueError(f"base must be >= 1; got {base}")
     img = rgb
     if (rw, rh) != (w, h):
-        img = np.asarray(Image.fromarray(rgb).resize((rw, rh), Image.BILINEAR), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(rgb).resize((rw, rh), _BILINEAR), dtype=np.uint8)
     img, oy = fit_axis(img, 0, H)
     img, ox = fit_axis(img, 1, W)
     crop = np.ascontiguousarray(img)

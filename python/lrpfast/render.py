@@ -434,11 +434,11 @@ def colorbar(cmap: str = DEFAULT_CMAP, vmax: float = 1.0, height: int = 128, wid
     ticks = [(0, vmax), (height // 2, (vmax + lo) / 2), (height - 1, lo)]
     texts = [f"{v:.3g}" for _, v in ticks]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    tw = max(probe.textbbox((0, 0), s, font=font)[2] for s in texts)
-    th = max(probe.textbbox((0, 0), s, font=font)[3] for s in texts)
+    tw = max(math.ceil(probe.textbbox((0, 0), s, font=font)[2]) for s in texts)
+    th = max(math.ceil(probe.textbbox((0, 0), s, font=font)[3]) for s in texts)
     top = th + 4 if label else th // 2 + 1
     if label:
-        tw = max(tw, probe.textbbox((0, 0), label, font=font)[2] - width - 4)
+        tw = max(tw, math.ceil(probe.textbbox((0, 0), label, font=font)[2]) - width - 4)
     W, H = width + 6 + tw + 2, top + height + th // 2 + 2
     canvas = Image.new("RGB", (W, H), (255, 255, 255))
     canvas.paste(Image.fromarray(bar), (0, top))
@@ -565,7 +565,7 @@ def grid(images: Sequence, labels: Optional[Sequence[str]] = None,
     lh, wrapped, line_h = 0, [], 0
     if labels:
         probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 1
+        line_h = math.ceil(probe.textbbox((0, 0), "Ag", font=font)[3]) + 1
         wrapped = [_wrap(s, cw, probe, font) for s in labels]
         lh = max(len(w) for w in wrapped) * line_h + 4
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import warnings
+from typing import Any, Sequence, Union
 
-__all__ = ["Classes", "TOP1", "TOP5", "Top", "LOGITS", "LAST_INNER_PRODUCT", "resolve_top"]
+__all__ = ["Classes", "TOP1", "TOP5", "Top", "LOGITS", "LAST_INNER_PRODUCT", "resolve_top",
+           "ClassesArg", "TopArg", "RulesArg"]
 
 
 class Classes(enum.IntEnum):
@@ -29,6 +31,13 @@ class Top(enum.Enum):
     def __repr__(self) -> str:
         return f"lrpfast.{self.name}"
 
+
+#: What ``classes=`` takes: one int for all images, or per image an int or a list (summed).
+ClassesArg = Union[int, Sequence[Union[int, Sequence[int]]]]
+#: What ``top=`` takes: None (the default), a :class:`Top`, a layer index, a layer/blob name.
+TopArg = Union[None, Top, int, str]
+#: What ``rules=`` takes: a composite name, a rule, a Composite or a RelPropOpts.
+RulesArg = Any
 
 TOP1, TOP5 = Classes.TOP1, Classes.TOP5
 LAST_INNER_PRODUCT, LOGITS = Top.LAST_INNER_PRODUCT, Top.LOGITS
