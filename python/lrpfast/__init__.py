@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ._loader import _core
-from . import caffe, diagnostics, render, rules
+from . import caffe, detection, diagnostics, render, rules
 from .composites import COMPOSITE_NAMES, Composite, composite
 from .compat import RelPropOpts  # toolbox options (SPEC 4); see lrpfast.compat
 from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, get_conv_algorithm,
@@ -20,7 +20,7 @@ from .composites import DEFAULT_RULES
 
 __version__: str = _core.__version__
 
-__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagnostics",
+__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagnostics", "detection",
            "DEFAULT_RULES", "TOP1", "TOP5", "LOGITS", "LAST_INNER_PRODUCT", "Composite",
            "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
