@@ -106,7 +106,7 @@ def composite(name: str, *, eps: float | None = None, flat_layers: int | None = 
 
     ``eps``: the dense-layer epsilon (and the pooling/Eltwise stabiliser); default 1e-6
     (0.1 for the iNNvestigate presets). ``flat_layers``: how many of the first linear layers get
-    flat in the *_flat composites (default 1; Kohlbrenner et al. 2020, Fig. 1 e-g).
+    flat in the ``*_flat`` composites (default 1; Kohlbrenner et al. 2020, Fig. 1 e-g).
     ``low``/``high``: input bounds for the z^B rule of ``epsilon_gamma_box`` (required there).
     """
     key = name.lower().replace("-", "_")
