@@ -453,3 +453,15 @@ def test_net_summary_and_progress_in_notebooks(monkeypatch):
     assert bar.enabled
     bar.update()
     bar.close()
+
+
+def test_describe_rules_columns_stay_aligned_with_long_names():
+    rng = seeded_rng("describe", "long")
+    long = "a_very_long_layer_name_from_a_real_model_conv"
+    layers = [N.conv(long, "data", 4, kernel=3, pad=1), N.relu("r", long),
+              N.ip("fc", long, 3)]
+    t = N.build(layers, (1, 3, 5, 5), rng)
+    table = lrpfast.Net.from_text(t.text, t.weights).describe_rules("epsilon").splitlines()[1:]
+    starts = {line.index(kind) for line, kind in zip(table, ("type", "Convolution", "ReLU",
+                                                              "InnerProduct"))}
+    assert len(starts) == 1                                  # the type column starts at one place

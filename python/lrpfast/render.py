@@ -8,31 +8,40 @@ Shapes and types used throughout:
 
 Main entry points:
 
-* :func:`heatmap` -- relevance -> ``(H, W, 3)`` ``uint8`` with a choice of normalisation and
-  colour map.
-* :func:`toolbox_heatmap` -- exactly the LRP toolbox's ``<name>_heatmap.png`` scheme (SPEC §5).
-* :func:`overlay`, :func:`grid`, :func:`save_png`.
+* :func:`heatmap` -- relevance -> ``(H, W, 3)`` ``uint8`` with a choice of normalisation,
+  clipping and colour map; :func:`scale_of` gives the value at the end of its scale.
+* :func:`relevance_overlay` -- relevance over the photo, opacity following ``|R|``.
+* :func:`colorbar`, :func:`with_colorbar` -- the colour scale with its values.
+* :func:`grid` -- pictures with labels that wrap instead of running into each other.
+* :func:`toolbox_heatmap` -- exactly the LRP toolbox's ``<name>_heatmap.png`` scheme.
+* :func:`overlay` (constant-alpha blend), :func:`save_png`.
 
-Normalisations (``norm=``), applied to the channel-reduced map ``h``:
+Every picture is an :class:`RGBImage`: a numpy ``uint8`` array that Jupyter shows.
 
-* ``"symmetric"``: ``v = h / max|h|`` in ``[-1, 1]`` (``vmax`` replaces ``max|h|``).
-* ``"positive"``: ``v = max(h, 0) / max(h)`` in ``[0, 1]`` (negative relevance shows as zero).
+Clipping: the end of the colour scale is the 99.5th percentile of ``|h|`` by default
+(``percentile=``; :data:`DEFAULT_PERCENTILE`), or an absolute ``vmax``, symmetric about zero,
+so that a few hot pixels cannot leave the rest of the map blank.
+
+Normalisations (``norm=``), applied to the channel-reduced map ``h`` with ``d`` the end of the
+scale (the percentile, ``vmax`` or the maximum):
+
+* ``"symmetric"``: ``v = h / d`` clipped to ``[-1, 1]``.
+* ``"positive"``: ``v = max(h, 0) / d`` in ``[0, 1]`` (negative relevance shows as zero).
 * ``"toolbox"``: the LRP toolbox's scheme: channel **mean** divided by the largest positive
   value (``vmax`` replaces it), clamped to ``[-1, 1]``; if no value is positive the whole map is
   zero (the toolbox then writes a black image).
 
-``v`` is then clipped to its range and coloured. A zero normaliser (e.g. an all-zero map) never
-produces NaN: the map is treated as all zero.
+A zero normaliser (e.g. an all-zero map) never produces NaN: the map is treated as all zero.
 
 Colour maps (``cmap=``) are small piecewise-linear tables (knots in :data:`COLORMAPS`):
 
-* diverging maps, defined on ``v`` in ``[-1, 1]`` (zero in the middle):
-  ``"toolbox"`` (blue <- black -> yellow, the toolbox's colours) and ``"bwr"``
-  (blue <- white -> red);
-* sequential maps, defined on ``t`` in ``[0, 1]``: ``"heat"`` (black-red-yellow-white) and
-  ``"gray"``. With the ``"positive"`` normalisation ``t = v``; with a signed normalisation
-  ``t = (v + 1) / 2`` (zero relevance sits in the middle of the map, as with matplotlib's
-  ``imshow(vmin=-1, vmax=1)``).
+* diverging maps, defined on ``v`` in ``[-1, 1]`` (zero in the middle): ``"bwr"`` (blue <-
+  white -> red, the default), ``"seismic"`` (darker ends), ``"coldnhot"`` (cyan-blue <- black ->
+  red-yellow) and ``"toolbox"`` (blue <- black -> yellow, the toolbox's colours);
+* sequential maps, defined on ``t`` in ``[0, 1]``: ``"viridis"`` (perceptually uniform),
+  ``"heat"`` (black-red-yellow-white) and ``"gray"``. With the ``"positive"`` normalisation
+  ``t = v``; with a signed normalisation ``t = (v + 1) / 2`` (zero relevance sits in the middle
+  of the map, as with matplotlib's ``imshow(vmin=-1, vmax=1)``).
 
 Floating-point colours in ``[0, 1]`` become bytes the way the toolbox's ImageMagick (Q16) did:
 ``q = trunc(c * 65535)``, ``byte = (q + 128) // 257`` (within one level of ``round(c * 255)``).
@@ -153,7 +162,7 @@ def _apply_cmap(v: np.ndarray, name: str, signed: bool) -> np.ndarray:
 # heatmaps
 
 def toolbox_heatmap(R_chw, channel_order: str = "bgr") -> np.ndarray:
-    """The LRP toolbox's ``<name>_heatmap.png`` rendering (SPEC §5), exactly.
+    """The LRP toolbox's ``<name>_heatmap.png`` rendering, exactly.
 
     ``m = mean over channels of R`` (in double precision); ``M = max(0, max m)``; if ``M > 0``:
     a pixel with ``m >= 0`` gets red = green = ``m / M`` (yellow), a pixel with ``m < 0`` gets
