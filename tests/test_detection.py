@@ -58,26 +58,14 @@ def test_decode_and_nms():
     assert nms(boxes, [0.9, 0.8, 0.7, 0.6], 0.45, score_threshold=0.65) == [0, 2]
 
 
-@pytest.fixture(scope="module")
-def res10(models_dir):
-    d = models_dir / "res10_ssd_face"
-    model = d / "res10_300x300_ssd_iter_140000.caffemodel"
-    if not model.exists():
-        pytest.skip(f"{model} not found")
-    skd = pytest.importorskip("skimage.data")
-    net = lrpfast.Net(d / "deploy.prototxt", model, skip_unsupported=True)
-    p = lrpfast.preprocess(skd.astronaut(), 300, mode="resize", mean=(104.0, 177.0, 123.0))
-    return d, net, p
-
-
 # OpenCV and lrpfast compute the heads in float32 with different summation orders (relative
 # error ~1e-5, see test_real_models); decoded boxes and probabilities agree to ~1e-5
 DET_ATOL = 1e-4
 
 
-def test_ssd_detections_match_opencv_and_are_explained(res10):
+def test_ssd_detections_match_opencv_and_are_explained(res10_astronaut):
     cv2 = pytest.importorskip("cv2")
-    d, net, p = res10
+    d, net, p = res10_astronaut
     ssd = SSD(net)
     assert ssd.priors.shape == (8892, 4) and ssd.conf_blob == "mbox_conf"
     dets = ssd.detect(p.x[None])[0]

@@ -270,13 +270,8 @@ RES10_RANGE = (0.01, 0.6)
 
 
 @pytest.fixture(scope="module")
-def res10_face(models_dir):
-    d = models_dir / "res10_ssd_face"
-    model = d / "res10_300x300_ssd_iter_140000.caffemodel"
-    if not model.exists():
-        pytest.skip(f"{model} not found")
-    net = lrpfast.Net(d / "deploy.prototxt", model, skip_unsupported=True)
-    p = lrpfast.preprocess(skd.astronaut(), 300, mode="resize", mean=RES10_MEAN)
+def res10_face(res10_astronaut):
+    _, net, p = res10_astronaut
     conf = net.forward(p.x, blobs=["mbox_conf"])["mbox_conf"][0].reshape(-1, 2)
     return net, p, 2 * int(np.argmax(conf[:, 1])) + 1
 

@@ -6,7 +6,8 @@ was explained, up to what biases and stabilisers absorb (Bach et al. 2015; Monta
 2019). :func:`conservation` (also :meth:`lrpfast.Net.conservation`) runs one relevance pass and
 reports that sum after every layer, against the score, and names the first layer where it
 departs by more than a tolerance. Relevance that blows up (``|sum| > blowup * |score|``) gives
-one :class:`ConservationWarning` naming the layer.
+one :class:`ConservationWarning` naming the layer (the scale is the larger of the score and the
+RMS of the top layer's outputs, :func:`blowup_scale`).
 """
 from __future__ import annotations
 
@@ -16,10 +17,21 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-__all__ = ["conservation", "ConservationReport", "ConservationWarning", "BLOWUP"]
+__all__ = ["conservation", "ConservationReport", "ConservationWarning", "BLOWUP", "blowup_scale"]
 
-#: ``|sum R| > BLOWUP * |score|`` at some layer counts as a blow-up (warning).
+#: ``|sum R| > BLOWUP * scale`` at some layer counts as a blow-up (warning); see
+#: :func:`blowup_scale`.
 BLOWUP = 10.0
+
+
+def blowup_scale(seed, top_out, n: int) -> np.ndarray:
+    """The per-image scale that a blow-up is measured against, (n,) float64: the larger of
+    ``|score|`` (the sum of the seed) and the RMS of the top layer's outputs. The RMS keeps a
+    near-zero score (where the share a bias absorbs is a large ratio) from counting as a
+    blow-up."""
+    score = np.abs(np.asarray(seed, np.float64).reshape(n, -1).sum(axis=1))
+    rms = np.sqrt(np.mean(np.square(np.asarray(top_out, np.float64).reshape(n, -1)), axis=1))
+    return np.maximum(score, rms)
 
 
 class ConservationWarning(UserWarning):
@@ -42,6 +54,8 @@ class ConservationReport:
         relevance at the input.
     rtol : float
         The tolerance of :attr:`first_departure`.
+    blowup, scale : float, (N,) float64
+        :attr:`blowup_layer` is where ``|sum| > blowup * scale`` (:func:`blowup_scale`).
     """
 
     score: np.ndarray
@@ -49,6 +63,7 @@ class ConservationReport:
     totals: np.ndarray
     rtol: float
     blowup: float = BLOWUP
+    scale: Optional[np.ndarray] = None
     notes: List[str] = field(default_factory=list)
 
     def ratio(self) -> np.ndarray:
@@ -69,8 +84,10 @@ class ConservationReport:
 
     @property
     def blowup_layer(self) -> Optional[str]:
-        """The first layer after which ``|sum| > blowup * |score|``; None if there is none."""
-        return self._first(np.abs(self.totals) > self.blowup * np.abs(self.score))
+        """The first layer after which ``|sum| > blowup * scale`` (:func:`blowup_scale`; the
+        score's magnitude when no scale is set); None if there is none."""
+        scale = np.abs(self.score) if self.scale is None else self.scale
+        return self._first(np.abs(self.totals) > self.blowup * scale)
 
     @property
     def input_total(self) -> np.ndarray:
@@ -105,9 +122,22 @@ class ConservationReport:
                 f"<th>/ score</th><th>rule</th></tr>{cells}</table>")
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning issued by this module's caller to the first
+    frame outside the lrpfast package (the user's call)."""
+    import os
+    import sys
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    f: Any = sys._getframe(1)
+    level = 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
+        f, level = f.f_back, level + 1
+    return level
+
+
 def conservation(net, x, classes: Any = -1, rules: Any = None, *, top: Any = None,
                  rtol: float = 0.05, blowup: float = BLOWUP,
-                 warn: bool = True, stacklevel: int = 2) -> ConservationReport:
+                 warn: bool = True) -> ConservationReport:
     """Relevance sums layer by layer against the explained score (see the module docstring).
 
     Parameters
@@ -118,7 +148,8 @@ def conservation(net, x, classes: Any = -1, rules: Any = None, *, top: Any = Non
     rtol : float
         Relative tolerance of :attr:`ConservationReport.first_departure`.
     blowup : float
-        ``|sum| > blowup * |score|`` warns (once, naming the first such layer) when ``warn``.
+        ``|sum| > blowup * scale`` (:func:`blowup_scale`) warns (once, naming the first such
+        layer) when ``warn``.
 
     Returns
     -------
@@ -169,13 +200,14 @@ def conservation(net, x, classes: Any = -1, rules: Any = None, *, top: Any = Non
         close(current[0])
     rep = ConservationReport(score=score, layers=layers,
                              totals=np.array(totals).reshape(len(layers), n), rtol=float(rtol),
-                             blowup=float(blowup))
+                             blowup=float(blowup),
+                             scale=blowup_scale(R0, blobs[top_layer.tops[0]], n))
     zero = np.flatnonzero(score == 0)
     if zero.size:
         rep.notes.append(f"images {zero.tolist()} have a score of 0: nothing to explain (their "
                          f"ratios are NaN)")
     if warn and rep.blowup_layer is not None:
         warnings.warn(f"relevance blows up at layer '{rep.blowup_layer}': its sum exceeds "
-                      f"{blowup:g}x the explained score under {comp.name}; net.conservation(...) "
-                      f"shows every layer", ConservationWarning, stacklevel=stacklevel)
+                      f"{blowup:g}x the explained score (or the RMS of the top outputs) under {comp.name}; net.conservation(...) "
+                      f"shows every layer", ConservationWarning, stacklevel=_user_stacklevel())
     return rep

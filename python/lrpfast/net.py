@@ -501,6 +501,8 @@ class Net:
         if len(class_sets) == 0:
             raise ValueError("class_sets is empty")
 
+        from .diagnostics import blowup_scale
+
         def seeds(top_val, a, b, n):
             out = []
             for c in class_sets:
@@ -512,7 +514,7 @@ class Net:
                     c = c[a:b]
                 out.append(self._seed(top_val, c, b - a))
                 if isinstance(out[-1], np.ndarray):
-                    scores.append((a, b, out[-1].reshape(b - a, -1).sum(axis=1, dtype=np.float64)))
+                    scores.append((a, b, blowup_scale(out[-1], top_val, b - a)))
             return out
         scores: list = []
         R = self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
@@ -523,7 +525,8 @@ class Net:
 
     def _check_blowup(self, x, class_sets, rules, top, R, scores):
         """One ConservationWarning naming the layer (lrpfast.diagnostics) when an image's input
-        relevance sums to more than BLOWUP times its score under an LRP (not gradient) rule."""
+        relevance sums to more than BLOWUP times its score (or the RMS of its top outputs,
+        if larger) under an LRP (not gradient) rule."""
         from .diagnostics import BLOWUP
         comp = as_composite(rules)
         if getattr(_family_rule(comp.assign(self.layers, net=self)), "gradient_like", False):
@@ -532,7 +535,7 @@ class Net:
         for j, (a, b, sc) in enumerate(scores):
             k = j % K
             tot = R[k, a:b].reshape(b - a, -1).sum(axis=1, dtype=np.float64)
-            bad = np.flatnonzero(np.abs(tot) > BLOWUP * np.abs(sc))
+            bad = np.flatnonzero(np.abs(tot) > BLOWUP * sc)
             if bad.size:
                 i = a + int(bad[0])
                 c = class_sets[k]
@@ -547,8 +550,7 @@ class Net:
         """The relevance sum after every layer against the explained score, and the first layer
         where it departs by more than ``rtol``; see :func:`lrpfast.diagnostics.conservation`."""
         from .diagnostics import conservation
-        return conservation(self, x, classes, rules, top=top, rtol=rtol, warn=warn,
-                            stacklevel=3)
+        return conservation(self, x, classes, rules, top=top, rtol=rtol, warn=warn)
 
     def propagate(self, x: Any, R_top: Any, *, top: TopArg, rules: RulesArg = DEFAULT_RULES,
                   readout: str | Sequence[str] | None = None) -> Any:
