@@ -310,7 +310,7 @@ def _small_net(rng, bias=True, bn=False):
                N.relu("relu2", "fc1"), N.ip("fc2", "fc1", 5, bias=bias), N.softmax("prob", "fc2")]
     t = N.build(layers, (2, 3, 6, 6), rng)
     net = lrpfast.Net.from_text(t.text, t.weights)
-    net.test_weights = t.weights
+    net.test_weights, net.test_text = t.weights, t.text
     return net, N.random_input((2, 3, 6, 6), rng)
 
 
@@ -460,3 +460,34 @@ def test_describe_rules_columns_stay_aligned_with_long_names():
     starts = {line.index(kind) for line, kind in zip(table, ("type", "Convolution", "ReLU",
                                                               "InnerProduct"))}
     assert len(starts) == 1                                  # the type column starts at one place
+
+
+def test_near_zero_score_is_not_a_blow_up():
+    """A class whose logit is ~0: the bias share is a huge ratio of the score, but small against
+    the top layer's outputs (blowup_scale), so no warning."""
+    net, x = _small_net(seeded_rng("cons", "nearzero"))
+    logits = net.forward(x, blobs=["fc2"])["fc2"]
+    w = {k: [a.copy() for a in v] for k, v in net.test_weights.items()}
+    w["fc2"][1][0] -= logits[0, 0] - 1e-3            # class 0 of image 0 now scores 1e-3
+    net = lrpfast.Net.from_text(net.test_text, w)
+    rep = net.conservation(x[:1], 0, "epsilon", warn=False)
+    assert abs(rep.score[0] - 1e-3) < 1e-5
+    assert np.abs(rep.input_total[0]) > 10 * np.abs(rep.score[0])    # the ratio is large
+    assert rep.blowup_layer is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lrpfast.diagnostics.ConservationWarning)
+        net.relevance(x[:1], 0, "epsilon")
+
+
+def test_demo_explains_undefined_mu_instead_of_dropping_it(tmp_path):
+    from lrpfast import demo
+    buf = io.StringIO()
+    res = demo.run(tmp_path / "d", rules=["alpha1beta0"], scale=1, stream=buf)
+    mus = [m for m, _ in res["scores"]["alpha1beta0"]["per_image"]]
+    n_nan = int(np.sum(~np.isfinite(mus)))
+    text = buf.getvalue()
+    if n_nan:   # the bundled misclassified image: its true class has a negative logit
+        assert f"mean of {len(mus) - n_nan}/{len(mus)} images" in text
+        assert "without positive relevance" in text
+    else:
+        assert "undefined" not in text
