@@ -489,3 +489,22 @@ def test_demo_explains_undefined_mu_instead_of_dropping_it(tmp_path):
     assert n_nan >= 1     # demo_06 is misclassified: its true class's relevance is all negative
     assert f"mean of {len(mus) - n_nan}/{len(mus)} images" in text
     assert "without positive relevance" in text
+
+
+def test_heatmaps_command_explains_a_detector(res10_astronaut, tmp_path, capsys):
+    from lrpfast.cli import main
+    d, net, p = res10_astronaut
+    Image.fromarray(skd.astronaut()).save(tmp_path / "astronaut.png")
+    conf = net.forward(p.x, blobs=["mbox_conf"])["mbox_conf"][0]
+    out = tmp_path / "o"
+    assert main(["heatmaps", "--model", str(d / "deploy.prototxt"), "--weights",
+                 str(d / "res10_300x300_ssd_iter_140000.caffemodel"), "--skip-unsupported",
+                 "--top", "mbox_conf", "--images", str(tmp_path / "astronaut.png"),
+                 "--resize", "resize", "--mean", "104,177,123", "--formats", "npy,overlay",
+                 "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    best = int(np.argmax(conf))                       # -1: the highest logit of mbox_conf
+    R = np.load(out / f"astronaut_cmp_alpha2_flat_c{best}.npy")
+    # same image pipeline (Pillow bilinear resize of the PNG), same seed: the same relevance
+    np.testing.assert_allclose(R, net.relevance(p.x, best, top="mbox_conf")[0], rtol=1e-5,
+                               atol=1e-6 * np.abs(R).max())
+    assert (out / f"astronaut_cmp_alpha2_flat_c{best}_overlay.png").is_file()

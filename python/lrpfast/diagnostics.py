@@ -208,6 +208,7 @@ def conservation(net, x, classes: Any = -1, rules: Any = None, *, top: Any = Non
                          f"ratios are NaN)")
     if warn and rep.blowup_layer is not None:
         warnings.warn(f"relevance blows up at layer '{rep.blowup_layer}': its sum exceeds "
-                      f"{blowup:g}x the explained score (or the RMS of the top outputs) under {comp.name}; net.conservation(...) "
-                      f"shows every layer", ConservationWarning, stacklevel=_user_stacklevel())
+                      f"{blowup:g}x the explained score (or the RMS of the top outputs) under "
+                      f"{comp.name}; net.conservation(...) shows every layer",
+                      ConservationWarning, stacklevel=_user_stacklevel())
     return rep

@@ -58,7 +58,8 @@ Modern interface (``lrpfast heatmaps``)
 ``lrpfast heatmaps --model PROTOTXT --weights CAFFEMODEL --images PATH_OR_DIR... --out DIR
 [--rules cmp_alpha2_flat,epsilon | toolbox:CODE] [--eps E] [--gamma G] [--low L --high H]
 [--flat-layers N] [--classes -1 [281 ...]] [--mean B,G,R | --mean-file F [--mean-kind 1]]
-[--resize crop|pad|resize] [--size N] [--formats png,overlay,rawhm,npy,input,top10]
+[--top LAYER] [--skip-unsupported] [--resize crop|pad|resize] [--size N]
+[--formats png,overlay,rawhm,npy,input,top10]
 [--cmap bwr] [--norm symmetric] [--percentile 99.5] [--batch N] [--[no-]progress]``
 
 Pre-processing is :func:`lrpfast.preprocess.preprocess` with ``mode=--resize`` (default
@@ -609,7 +610,9 @@ def run_heatmaps(args) -> int:
             if not os.path.isfile(f):
                 raise ConfigError(f"file {f} not found")
         try:
-            net = Net(args.model, args.weights)
+            net = Net(args.model, args.weights, skip_unsupported=args.skip_unsupported)
+            if args.top is not None:
+                net.top_layer(args.top)
         except (ValueError, KeyError) as e:
             raise ConfigError(f"cannot load the net: {e}") from None
         shape = next(iter(net.inputs.values()))
@@ -647,8 +650,13 @@ def run_heatmaps(args) -> int:
     written = [0]
 
     def compute(x, items):
-        scores = _output_scores(net, net.forward(x))
-        return scores, {rn: net.relevance_multi(x, list(classes), rules=r, progress=False)
+        if args.top is None:
+            scores = _output_scores(net, net.forward(x))
+        else:   # top10 and the class of -1 come from where relevance starts
+            blob = net.top_layer(args.top).tops[0]
+            scores = _output_scores(net, net.forward(x, blobs=[blob])[blob])
+        return scores, {rn: net.relevance_multi(x, list(classes), rules=r, top=args.top,
+                                                 progress=False)
                         for rn, r in rules}
 
     def write(i, item, result):
@@ -790,6 +798,11 @@ def add_subcommands(sub) -> None:
     h.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
                    help=f"clip the colour scale at this percentile of |R| (default "
                         f"{DEFAULT_PERCENTILE})")
+    h.add_argument("--top", default=None,
+                   help="layer or blob where relevance starts (default: the last InnerProduct "
+                        "layer), e.g. mbox_conf for an SSD")
+    h.add_argument("--skip-unsupported", action="store_true",
+                   help="drop layers lrpfast cannot run (an SSD's PriorBox/DetectionOutput)")
     h.add_argument("--synsets", default=None, help="synset file for top10 names")
     h.add_argument("--batch", type=int, default=1)
     h.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
