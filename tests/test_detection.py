@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 
+import lrpfast
 import numpy as np
 import pytest
-
-import lrpfast
 from lrpfast.caffe import pb
 from lrpfast.detection import SSD, decode_boxes, nms, prior_boxes
 

@@ -352,7 +352,7 @@ def test_conservation_bias_free_is_exact_at_every_layer():
     np.testing.assert_allclose(rep.totals, np.broadcast_to(rep.score, rep.totals.shape),
                                rtol=CONS_RTOL)
     assert rep.first_departure is None and rep.blowup_layer is None
-    assert [n for n, _, _ in rep.layers][0] == "fc2" and rep.layers[-1][0] == "conv1"
+    assert rep.layers[0][0] == "fc2" and rep.layers[-1][0] == "conv1"
     np.testing.assert_allclose(rep.input_total, net.relevance(x, -1, "z").reshape(2, -1).sum(1),
                                rtol=CONS_RTOL)
     assert "fc2" in str(rep) and "<table>" in rep._repr_html_()

@@ -12,11 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
 import lrpfast
+import numpy as np
 from lrpfast import demo, render
+from PIL import Image, ImageDraw
 
 OUT = Path(__file__).resolve().parents[1] / "_static"
 

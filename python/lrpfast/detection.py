@@ -163,9 +163,9 @@ class SSD:
         from . import caffe
         netdef = net._prototxt_source
         netdef = netdef if isinstance(netdef, caffe.NetDef) else caffe.read_net(netdef)
-        layers = {l.name: l for l in netdef.layers}
-        outs = [l for l in netdef.layers if l.type == "DetectionOutput"
-                and (output is None or l.name == output)]
+        layers = {ly.name: ly for ly in netdef.layers}
+        outs = [ly for ly in netdef.layers if ly.type == "DetectionOutput"
+                and (output is None or ly.name == output)]
         if len(outs) != 1:
             raise ValueError(f"{net.source}: expected one DetectionOutput layer"
                              f"{'' if output is None else f' named {output!r}'}, found "
@@ -188,8 +188,8 @@ class SSD:
         self.loc_blob, self.probs_blob, prior_blob = det.bottoms
         # the confidence logits: the Concat that the Softmax/Flatten chain starts from
         self.conf_blob = self._logits_of(self.probs_blob, layers)
-        concat = next(l for l in netdef.layers if prior_blob in l.tops)
-        pbs = [next(l for l in netdef.layers if b in l.tops) for b in concat.bottoms] \
+        concat = next(ly for ly in netdef.layers if prior_blob in ly.tops)
+        pbs = [next(ly for ly in netdef.layers if b in ly.tops) for b in concat.bottoms] \
             if concat.type == "Concat" else [concat]
         image = next(iter(net.inputs.values()))[1:]
         boxes, variances = [], []
@@ -210,7 +210,7 @@ class SSD:
 
     def _logits_of(self, probs_blob: str, layers) -> str:
         """Follow Flatten/Softmax/Reshape down from the probabilities to the logits blob."""
-        by_top = {t: l for l in layers.values() for t in l.tops}
+        by_top = {t: ly for ly in layers.values() for t in ly.tops}
         blob = probs_blob
         while blob in by_top and by_top[blob].type in ("Flatten", "Softmax", "Reshape"):
             blob = by_top[blob].bottoms[0]

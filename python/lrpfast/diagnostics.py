@@ -103,10 +103,10 @@ class ConservationReport:
     def __str__(self) -> str:
         nw = max([5] + [len(n) for n, _, _ in self.layers])
         tw = max([4] + [len(t) for _, t, _ in self.layers])
-        out = [f"score {self.score[0]:.6g} (image 0 of {self.score.size}); first departure "
-               f"beyond {self.rtol:g}: {self.first_departure or 'none'}; blow-up: "
-               f"{self.blowup_layer or 'none'}",
-               f"{'layer':<{nw}} {'type':<{tw}} {'sum R':>12} {'/ score':>9}  rule"]
+        head = (f"score {self.score[0]:.6g} (image 0 of {self.score.size}); first departure "
+                f"beyond {self.rtol:g}: {self.first_departure or 'none'}; blow-up: "
+                f"{self.blowup_layer or 'none'}")
+        out = [head, f"{'layer':<{nw}} {'type':<{tw}} {'sum R':>12} {'/ score':>9}  rule"]
         for n, t, w, tot, rat in self.rows(0):
             out.append(f"{n:<{nw}} {t:<{tw}} {tot:>12.6g} {rat:>9.4f}  {w}")
         return "\n".join(out + self.notes)

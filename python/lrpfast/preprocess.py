@@ -96,8 +96,8 @@ def load_rgb(image: Any) -> np.ndarray:
 def resized_size(w: int, h: int, base: int) -> Tuple[int, int]:
     """(width, height) with the long side = base, the short side rounded half up (min 1)."""
     if w >= h:
-        return base, max(1, int(math.floor(h * base / w + 0.5)))
-    return max(1, int(math.floor(w * base / h + 0.5))), base
+        return base, max(1, math.floor(h * base / w + 0.5))
+    return max(1, math.floor(w * base / h + 0.5)), base
 
 
 def fit_axis(a: np.ndarray, axis: int, size: int) -> Tuple[np.ndarray, int]:
@@ -174,7 +174,7 @@ class Preprocessed:
         h, w = self.photo_size
         H, W = self.x.shape[1:]
         return Geometry((sx, sy), (float(-ox), float(-oy)),
-                        (int(round(w * sx)), int(round(h * sy))), (W, H))
+                        (round(w * sx), round(h * sy)), (W, H))
 
     def boxes_to_input(self, boxes) -> np.ndarray:
         """Boxes ``(K, 4)`` in photo pixels -> network-input pixels, both in lrpfast's box
@@ -206,7 +206,7 @@ class Preprocessed:
                              f"{a.shape[:2]}")
         h, w = self.photo_size
         sy, sx = self.scale
-        rh, rw = int(round(h * sy)), int(round(w * sx))
+        rh, rw = round(h * sy), round(w * sx)
         oy, ox = self.offset
         is_float = a.dtype.kind == "f"
         canvas = np.full((rh, rw) + a.shape[2:], fill, a.dtype)
@@ -270,8 +270,8 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
         rw, rh = resized_size(w, h, int(base) if base is not None else max(H, W))
     else:
         f = max(H / h, W / w) if base is None else int(base) / min(h, w)
-        rw, rh = max(W if base is None else 1, int(math.floor(w * f + 0.5))), \
-            max(H if base is None else 1, int(math.floor(h * f + 0.5)))
+        rw, rh = max(W if base is None else 1, math.floor(w * f + 0.5)), \
+            max(H if base is None else 1, math.floor(h * f + 0.5))
     if base is not None and int(base) < 1:
         raise ValueError(f"base must be >= 1; got {base}")
     img = rgb

@@ -561,12 +561,12 @@ def grid(images: Sequence, labels: Optional[Sequence[str]] = None,
     if pad < 0:
         raise ValueError(f"pad must be >= 0; got {pad}")
     if ncols is None:
-        ncols = int(math.ceil(math.sqrt(n)))
+        ncols = math.ceil(math.sqrt(n))
     ncols = int(ncols)
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1; got {ncols}")
     ncols = min(ncols, n)
-    nrows = int(math.ceil(n / ncols))
+    nrows = math.ceil(n / ncols)
     ch = max(im.shape[0] for im in imgs)
     cw = max(im.shape[1] for im in imgs)
 
