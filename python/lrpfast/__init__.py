@@ -13,11 +13,12 @@ from .compat import RelPropOpts  # toolbox options (SPEC 4); see lrpfast.compat
 from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, get_conv_algorithm,
                    set_linear_algorithm, get_linear_algorithm, set_memory_reuse, get_memory_reuse)
 from .layers import LayerError, supported_types
-from .net import Net
+from .net import Net, NonFiniteError, SampleMemoryError
 
 __version__: str = _core.__version__
 
 __all__ = ["Net", "RelPropOpts", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
-           "supported_types", "LayerError", "__version__"]
+           "supported_types", "LayerError", "NonFiniteError", "SampleMemoryError",
+           "__version__"]

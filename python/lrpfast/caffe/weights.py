@@ -19,12 +19,15 @@ from math import prod
 import numpy as np
 
 from . import schema as pb
-from .errors import CaffeFormatError
+from .errors import CaffeFormatError, check_regular_file
 
 # Wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 5: "fixed32"}
 _MAX_FIELD = (1 << 29) - 1
+# Blobs one layer may hold. Caffe's layers have at most a handful (BatchNorm: 3); the cap keeps
+# a small hostile file (a million 2-byte empty blob entries) from costing a Python array each.
+MAX_BLOBS_PER_LAYER = 64
 
 
 class _Source:
@@ -256,6 +259,9 @@ def _read_layer(src: _Source, start: int, length: int, index: int, v1: bool):
                 except UnicodeDecodeError:
                     raise fields.error("layer type is not UTF-8 text") from None
         elif number == blobs_f:
+            if len(spans) == MAX_BLOBS_PER_LAYER:
+                raise fields.error(f"more than {MAX_BLOBS_PER_LAYER} blobs in one layer "
+                                   "(corrupt or hostile file?)")
             spans.append(value)
     if not name:
         raise CaffeFormatError(src.path, f"{what} has no name; expected every layer to be named")
@@ -264,7 +270,7 @@ def _read_layer(src: _Source, start: int, length: int, index: int, v1: bool):
 
 
 def _open(path):
-    path = os.fspath(path)
+    path = check_regular_file(path)
     f = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - callers close it
     return f, _Source(f, path, os.fstat(f.fileno()).st_size)
 
