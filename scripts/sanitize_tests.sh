@@ -42,3 +42,9 @@ for lib in "$asan" "$stdcxx"; do
   [ -e "$lib" ] || { echo "sanitize_tests: $lib not found (install libasan for $CXX)"; exit 2; }
 done
 echo "--- pytest ${pytest_args[*]} under LD_PRELOAD=\"$asan $stdcxx\""
+export LD_PRELOAD="$asan $stdcxx"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# the installed (sanitized) package must be the one imported: say which file it is
+"$scratch/venv/bin/python" -c "import lrpfast._core as c; print('sanitized build:', c.__file__)"
+"$scratch/venv/bin/python" -m pytest -p no:cacheprovider "${pytest_args[@]}"

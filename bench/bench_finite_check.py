@@ -1,0 +1,59 @@
+"""Cost of the non-finite check (Net(check_finite=True), the default) on a relevance pass.
+
+    python bench/bench_finite_check.py [--threads 2] [--repeats 7]
+
+For CaffeNet 227x227 (batch 8) and the bundled digits CNN 64x64 (batch 64): the same nets,
+inputs and classes with check_finite on and off in one process, their repeats alternated, the
+best time of each; reports the ratio on/off for ``relevance`` (epsilon and cmp_alpha2_flat)
+and ``forward``. The check reads every layer's output once after the forward pass only when
+an output is not finite, and each layer's relevance once (a float32 sum) in the backward pass.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_speed import build_model, timed_pair  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    args = ap.parse_args(argv)
+    import lrpfast
+
+    lrpfast.set_num_threads(args.threads)
+    data = os.path.join(os.path.dirname(lrpfast.__file__), "data")
+    cases = [("CaffeNet b8", *build_model("caffenet", args.out), 8),
+             ("digits CNN b64", os.path.join(data, "digits_cnn.prototxt"),
+              os.path.join(data, "digits_cnn.caffemodel"), 64)]
+    print(f"lrpfast {lrpfast.__version__}, {args.threads} threads, best of {args.repeats}")
+    print("| net | pass | check on s | check off s | on / off |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(14)
+    for label, proto, weights, batch in cases:
+        on = lrpfast.Net(proto, weights)
+        off = lrpfast.Net(proto, weights, check_finite=False)
+        shape = next(iter(on.inputs.values()))
+        x = (rng.standard_normal((batch,) + shape) * 50).astype(np.float32)
+        passes = [("forward", lambda n: n.forward(x))]
+        for rules in ("epsilon", "cmp_alpha2_flat"):
+            passes.append((f"relevance {rules}",
+                           lambda n, r=rules: n.relevance(x, -1, rules=r)))
+        for name, fn in passes:
+            (t_on, r_on, _), (t_off, r_off, _) = timed_pair(lambda: fn(on), lambda: fn(off),
+                                                           args.repeats)
+            assert np.array_equal(r_on, r_off)
+            print(f"| {label} | {name} | {t_on:.4f} | {t_off:.4f} | {t_on / t_off:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
