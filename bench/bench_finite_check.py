@@ -18,7 +18,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_speed import build_model, timed_pair  # noqa: E402
+from bench_speed import build_model, timed_pair
 
 
 def main(argv=None) -> int:
@@ -43,13 +43,13 @@ def main(argv=None) -> int:
         off = lrpfast.Net(proto, weights, check_finite=False)
         shape = next(iter(on.inputs.values()))
         x = (rng.standard_normal((batch,) + shape) * 50).astype(np.float32)
-        passes = [("forward", lambda n: n.forward(x))]
+        passes = [("forward", lambda n, x=x: n.forward(x))]
         for rules in ("epsilon", "cmp_alpha2_flat"):
             passes.append((f"relevance {rules}",
-                           lambda n, r=rules: n.relevance(x, -1, rules=r)))
+                           lambda n, r=rules, x=x: n.relevance(x, -1, rules=r)))
         for name, fn in passes:
-            (t_on, r_on, _), (t_off, r_off, _) = timed_pair(lambda: fn(on), lambda: fn(off),
-                                                           args.repeats)
+            (t_on, r_on, _), (t_off, r_off, _) = timed_pair(
+                lambda fn=fn, n=on: fn(n), lambda fn=fn, n=off: fn(n), args.repeats)
             assert np.array_equal(r_on, r_off)
             print(f"| {label} | {name} | {t_on:.4f} | {t_off:.4f} | {t_on / t_off:.3f} |")
     return 0

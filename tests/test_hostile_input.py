@@ -10,17 +10,16 @@ import threading
 import time
 from pathlib import Path
 
+import lrpfast
 import numpy as np
 import pytest
-from PIL import Image
-
-import lrpfast
+from conftest import seeded_rng
 from lrpfast import caffe
 from lrpfast import explain as ex
 from lrpfast import rules as R
 from lrpfast.caffe import CaffeFormatError
 from lrpfast.cli import main as cli_main
-from conftest import seeded_rng
+from PIL import Image
 
 DATA = Path(lrpfast.__file__).parent / "data"
 PROTO, WEIGHTS = DATA / "digits_cnn.prototxt", DATA / "digits_cnn.caffemodel"
@@ -107,7 +106,7 @@ except lrpfast.SampleMemoryError as e:
 """
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=env)
+                       env=env, check=False)
     assert r.returncode == 0, r.stderr
     assert "refused:" in r.stdout and "'huge'" in r.stdout
 
@@ -244,8 +243,8 @@ def test_all_finite_helper_exact():
      r"alpha must be >= 0"),
     ('layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { beta: nan } }', None,
      r"beta must be a finite number"),
-    ('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "e" '
-     'eltwise_param { coeff: 1 coeff: nan } }', None, r"coeff must be a finite number"),
+    (('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "e" '
+      'eltwise_param { coeff: 1 coeff: nan } }'), None, r"coeff must be a finite number"),
     ('layer { name: "n" type: "Normalize" bottom: "data" top: "n" norm_param { eps: 0 } }',
      [np.ones(2)], r"eps must be > 0"),
     ('layer { name: "r" type: "ReLU" bottom: "data" top: "r" relu_param { negative_slope: inf } }',
@@ -259,9 +258,8 @@ def test_degenerate_layer_parameters_refused_at_load(layer, blobs, msg):
     text = small_net(layer)
     name = layer.split('name: "')[1].split('"')[0]
     w = {name: [np.asarray(b) for b in blobs]} if blobs is not None else {}
-    with pytest.raises(lrpfast.LayerError, match=msg):
-        with np.errstate(over="ignore"):
-            lrpfast.Net.from_text(text, w)
+    with pytest.raises(lrpfast.LayerError, match=msg), np.errstate(over="ignore"):
+        lrpfast.Net.from_text(text, w)
 
 
 @pytest.mark.parametrize("make", [

@@ -2,9 +2,9 @@
 # Fuzz the Caffe readers (prototxt, caffemodel, binaryproto) with atheris for a short fixed
 # number of executions each, from the seed corpus in tests/fuzz/corpus (copied to a scratch
 # folder, so the repository is not touched). Any exception other than the readers' documented
-# errors, a crash, a hang over 10 s or memory over 2 GiB fails the step. ~30 s on 2 cores.
+# errors, a crash, a hang over 10 s or memory over 2 GiB fails the step. ~35 s on 2 cores.
 set -euo pipefail
-RUNS=${LRPFAST_FUZZ_RUNS:-1500}
+RUNS=${LRPFAST_FUZZ_RUNS:-3000}
 # atheris ships manylinux wheels for CPython 3.8-3.11 (x86-64); elsewhere it would compile
 # libFuzzer with clang, which CI does not budget: skip the step with a message instead.
 if ! python -m pip install --quiet --only-binary=:all: "atheris>=2.3,<3"; then
@@ -25,5 +25,5 @@ for target in prototxt caffemodel binaryproto; do
     echo "  python tests/fuzz/fuzz_readers.py $target fuzz-findings/FILE)"
     exit 1
   fi
-  grep -E "^#[0-9]+ +DONE|stat::number_of_executed_units" "$scratch/$target.log"
+  grep -E "^#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units" "$scratch/$target.log"
 done

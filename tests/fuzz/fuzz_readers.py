@@ -29,12 +29,9 @@ import sys
 import tempfile
 
 import atheris
-
-import numpy as np
-
 import lrpfast
+import numpy as np
 from lrpfast import caffe
-
 
 
 def _instrument_lrpfast() -> int:

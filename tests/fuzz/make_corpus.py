@@ -11,12 +11,11 @@ import shutil
 import sys
 
 import numpy as np
-
 from lrpfast import caffe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from fuzz_readers import NET  # noqa: E402
+from fuzz_readers import NET
 
 
 def main() -> None:
