@@ -91,7 +91,10 @@ class Net:
         if weights is None or isinstance(weights, dict):
             wdict, self.weights_source = weights, "<arrays>"
         else:
-            wdict, self.weights_source = caffe.read_caffemodel(weights), str(weights)
+            # only the prototxt's layers are decoded: a file's other layers cost a scan
+            names = {ldef.name for ldef in netdef.layers}
+            wdict = caffe.read_caffemodel(weights, layers=names)
+            self.weights_source = str(weights)
         self.name = netdef.name
         self.memory_limit = _positive_bytes(memory_limit, "memory_limit")
         self.check_finite = bool(check_finite)
