@@ -85,14 +85,17 @@ are bounded by :data:`MAX_IMAGE_SIDE` and ``--batch`` by :data:`MAX_BATCH`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ._files import atomic_path as _atomic_path
+from ._files import save_npy as _save_npy
+from ._files import save_png as _save_png
+from ._files import write_text as _write_text
 
 __all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
            "read_mean", "read_synsets", "preprocess", "format_rawhm", "write_rawhm",
@@ -431,54 +434,7 @@ def format_top10(scores, synsets=(), k: int = 10) -> str:
     return "".join(lines)
 
 
-_UMASK = None
 
-
-def _file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open`` would give a new file."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return 0o666 & ~_UMASK
-
-
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path in ``path``'s folder (created if needed); when the block ends
-    normally the file there is renamed to ``path`` (atomically; a symlink or file named
-    ``path`` is replaced, never followed), and on any exception or KeyboardInterrupt it is
-    removed. The temporary file is created exclusively (mkstemp), never through a link."""
-    path = os.fspath(path)
-    d, name = os.path.split(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=d or ".")
-    try:
-        os.fchmod(fd, _file_mode())   # mkstemp makes 0600; outputs get the usual mode
-        os.close(fd)
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path, text):
-    with _atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-
-
-def _save_png(path, img):
-    from . import render
-    with _atomic_path(path) as tmp:
-        render.save_png(tmp, img)
-
-
-def _save_npy(path, R):
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.asarray(R, np.float32))
 
 
 class _Bar:
