@@ -306,43 +306,47 @@ def _toolbox_setup(tmp_path, lines, base=64):
     values = {"param_file": PROTO, "model_file": WEIGHTS, "mean_file": MEAN,
               "use_mean_file_asbinaryprotoblob": 1, "synsetfile": "", "lastlayerindex": -2,
               "firstlayerindex": 0, "numclasses": 10, "baseimgsize": base,
-              "standalone_outpath": tmp_path / "out", "standalone_rootpath": root,
+              "standalone_outpath": tmp_path / "out", "standalone_rootpath": "imgs",
               "relpropformulatype": 0, "epsstab": 1, "alphabeta_beta": 0,
               "auxiliaryvariable_maxlayerindexforflatdistinconv": 0}
     (tmp_path / "config.txt").write_text("".join(f"{k}\n{v}\n" for k, v in values.items()))
-    (tmp_path / "list.txt").write_text("".join(f"{l}\n" for l in lines))
-    return ["explain", str(tmp_path / "config.txt"), str(tmp_path / "list.txt"), str(root),
+    # the toolbox's layout: list lines under the prefix, the root a stub found in their paths;
+    # outputs are OUT/imgs/<file name with extension>_rawhm.txt etc.
+    (tmp_path / "list.txt").write_text("".join(f"imgs/{l}\n" for l in lines))
+    return ["explain", str(tmp_path / "config.txt"), str(tmp_path / "list.txt"), str(tmp_path),
             "--no-progress"]
 
 
 def test_explain_collisions_are_errors(tmp_path, capsys):
-    """demo_00.png 1, demo_00.jpg 2, demo_00.png 5 all map to out/demo_00_*: the first is
-    written, the two later ones are reported and skipped (exit 1)."""
+    """The issue's list demo_00.png 1, demo_00.jpg 2, demo_00.png 5: the output names keep the
+    extension (the toolbox's rule), so the .jpg has its own files; the second demo_00.png
+    would overwrite the first one's and is reported and skipped (exit 1)."""
     argv = _toolbox_setup(tmp_path, ["demo_00.png 1", "demo_00.jpg 2", "demo_00.png 5",
                                      "demo_01.png 3"])
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
-    assert "demo_00.jpg (file list line 2): would overwrite the outputs of file list line 1" in err
     assert "demo_00.png (file list line 3): would overwrite the outputs of file list line 1" in err
-    assert err.count("lrpfast: error:") == 2
+    assert err.count("lrpfast: error:") == 1
+    out = tmp_path / "out" / "imgs"
+    assert (out / "demo_00.jpg_rawhm.txt").is_file()
     net = lrpfast.Net(str(PROTO), str(WEIGHTS))
     x = ex.preprocess(str(tmp_path / "imgs" / "demo_00.png"), 64, (64, 64),
                       ex.read_mean(MEAN, 1))[1]
-    want = ex.read_rawhm(tmp_path / "out" / "demo_00_rawhm.txt")
+    want = ex.read_rawhm(out / "demo_00.png_rawhm.txt")
     net.forward(x[None])
     got = net.backward_relevance([1], lrpfast.RelPropOpts(relpropformulatype=0)).R[0]
     # rawhm holds the channels in RGB order, the net's relevance is BGR
     np.testing.assert_allclose(want, got[::-1], rtol=1e-4, atol=1e-6 * np.abs(got).max())
-    assert (tmp_path / "out" / "demo_01_rawhm.txt").is_file()
+    assert (out / "demo_01.png_rawhm.txt").is_file()
 
 
 def test_explain_never_follows_a_symlink(tmp_path):
     argv = _toolbox_setup(tmp_path, ["demo_01.png 1"])
-    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "imgs").mkdir(parents=True)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    link = tmp_path / "out" / "demo_01_rawhm.txt"
-    link.symlink_to(Path("..") / "victim.txt")
+    link = tmp_path / "out" / "imgs" / "demo_01.png_rawhm.txt"
+    link.symlink_to(Path("..") / ".." / "victim.txt")
     assert cli_main(argv) == 0
     assert victim.read_text() == "precious\n"
     assert not link.is_symlink() and ex.read_rawhm(link).shape == (3, 64, 64)
@@ -355,7 +359,7 @@ def test_outputs_keep_the_usual_mode(tmp_path):
         assert cli_main(argv) == 0
     finally:
         os.umask(old)
-    for f in (tmp_path / "out").iterdir():
+    for f in (tmp_path / "out" / "imgs").iterdir():
         assert f.stat().st_mode & 0o777 == 0o644, f
 
 
@@ -391,8 +395,8 @@ def test_ctrl_c_exits_130_without_partial_files(tmp_path, capsys, monkeypatch):
     assert err == "lrpfast: interrupted\n"
     out = tmp_path / "out"
     _no_partial_files(out)
-    assert (out / "demo_00_heatmap.png").is_file()
-    assert not (out / "demo_01_heatmap.png").exists()
+    assert (out / "imgs" / "demo_00.png_heatmap.png").is_file()
+    assert not (out / "imgs" / "demo_01.png_heatmap.png").exists()
 
 
 def test_ctrl_c_signal_subprocess(tmp_path):
@@ -405,14 +409,14 @@ def test_ctrl_c_signal_subprocess(tmp_path):
         d.mkdir()
         for i in range(8):
             os.link(tmp_path / "imgs" / f"demo_{i:02d}.png", d / f"demo_{i:02d}.png")
-            root_lines.append(f"d{k:02d}/demo_{i:02d}.png {i}")
+            root_lines.append(f"imgs/d{k:02d}/demo_{i:02d}.png {i}")
     (tmp_path / "list.txt").write_text("\n".join(root_lines) + "\n")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "lrpfast", *argv], stderr=subprocess.PIPE,
                             text=True, env=env)
     out = tmp_path / "out"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (out / "d01").is_dir():
+    while time.monotonic() < deadline and not (out / "imgs" / "d01").is_dir():
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -441,8 +445,8 @@ def test_cli_reports_any_per_image_failure_and_goes_on(tmp_path, capsys, monkeyp
     assert err.count("lrpfast: error:") == 1
     assert "demo_00.png (file list line 1): relevance failed:" in err
     assert "MemoryError" in err
-    assert (tmp_path / "out" / "demo_01_rawhm.txt").is_file()
-    assert not (tmp_path / "out" / "demo_00_rawhm.txt").exists()
+    assert (tmp_path / "out" / "imgs" / "demo_01.png_rawhm.txt").is_file()
+    assert not (tmp_path / "out" / "imgs" / "demo_00.png_rawhm.txt").exists()
 
 
 def test_heatmaps_memory_refusal_per_image(tmp_path, capsys, monkeypatch):

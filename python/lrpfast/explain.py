@@ -81,8 +81,9 @@ and renamed into place, so a file is either complete or absent, also after Ctrl-
 then stops with exit status 130 and one line on stderr, and removes its temporary file). The
 rename replaces what the folder holds under that name: files from an earlier run are
 overwritten, and a symbolic link there is replaced by the new file, never followed (its
-target is left untouched). Two inputs of one run that would write the same files (e.g.
-``a.png`` and ``a.jpg``, or one image listed twice) are a collision: the later one is
+target is left untouched). Two inputs of one run that would write the same files (one
+image listed twice in a file list; ``a.png`` and ``a.jpg`` for ``heatmaps``, whose names drop
+the extension) are a collision: the later one is
 reported as failed and skipped (exit status 1), the first one's files are kept. Every image
 that fails, for any reason (unreadable file, not enough memory, a non-finite result...), is
 one ``lrpfast: error:`` line; the others are still processed. ``baseimgsize`` / ``--size``
