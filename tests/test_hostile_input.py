@@ -534,6 +534,18 @@ def test_classes_argument_checked():
                                   net.relevance(x, [2, [0, 1]]))
 
 
+def test_name_errors_stay_short():
+    """A net of 500 layers: a wrong blob or layer name lists 20 names and a count."""
+    layers = "".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "data" top: "b{i}" }}\n'
+                     for i in range(500))
+    net = lrpfast.Net.from_text(small_net(layers))
+    with pytest.raises(KeyError, match=r"r19, \.\.\. \(480 more\)") as e:
+        net.layer("nope")
+    assert len(str(e.value)) < 300
+    with pytest.raises(KeyError, match=r"\(481 more\)"):
+        net.relevance(np.zeros((1, 2, 6, 6), np.float32), 0, top="r0", readout="nope")
+
+
 def test_top_argument_checked():
     rng = seeded_rng("hostile", "top")
     net = lrpfast.Net.from_text(CONV_IP, conv_ip_weights(rng))

@@ -293,7 +293,7 @@ class Net:
             return name
         if name.endswith("#1") and name[:-2] in self.shapes:  # the first version is stored bare
             return name[:-2]
-        raise KeyError(f"no blob named {name!r} in the net (blobs: {', '.join(self.blob_names)})")
+        raise KeyError(f"no blob named {name!r} in the net (blobs: {_few(self.blob_names)})")
 
     @property
     def blob_names(self) -> list[str]:
@@ -308,7 +308,7 @@ class Net:
         for layer in self.layers:
             if layer.name == key:
                 return layer
-        raise KeyError(f"no layer named {key!r} (layers: {', '.join(l.name for l in self.layers)})")
+        raise KeyError(f"no layer named {key!r} (layers: {_few([l.name for l in self.layers])})")
 
     def _check_input(self, x) -> dict[str, np.ndarray]:
         if not isinstance(x, dict):
@@ -925,6 +925,12 @@ def _positive_bytes(value, what: str) -> int:
     if ok and math.isfinite(value) and value == int(value) and value > 0:
         return int(value)
     raise ValueError(f"{what} must be a positive number of bytes, got {value!r}")
+
+
+def _few(names: list, limit: int = 20) -> str:
+    """At most ``limit`` names and a count of the rest: messages stay short for any net."""
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(map(str, names[:limit])) + more
 
 
 def _mib(n: int) -> str:
