@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 
 import numpy as np
 
@@ -23,11 +25,36 @@ def _file_mode() -> int:
 
 
 @contextlib.contextmanager
+def _signals_deferred():
+    """Hold back SIGINT / SIGTERM (main thread, POSIX) until the block has ended: a Ctrl-C
+    during a file's write is delivered right after it, when the file is complete and renamed
+    (or removed), never between creating the temporary file and the handler that removes it."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)   # a pending signal fires here
+
+
+@contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in ``path``'s folder (created if needed); when the block ends
-    normally the file there is renamed to ``path``, on any exception or KeyboardInterrupt it
-    is removed. The temporary file is created exclusively (mkstemp: never through a link),
-    named ``.<name>.<random>.part``, with the mode a new file would get."""
+    normally the file there is renamed to ``path``, on any exception it is removed. Ctrl-C
+    is held back for the block (a write takes milliseconds) and acts right after it. The
+    temporary file is created exclusively (mkstemp: never through a link), named
+    ``.<name>.<random>.part``, with the mode a new file would get."""
+    with _signals_deferred():
+        with _atomic_path(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_path(path):
     path = os.fspath(path)
     d, name = os.path.split(path)
     if d:

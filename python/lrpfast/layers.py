@@ -613,8 +613,8 @@ class Softmax(Layer):
         return [(e / e.sum(axis=self.axis, keepdims=True)).astype(np.float32)], {}
 
     def check_relevance(self, ctx):
-        raise self.error("relevance cannot pass a Softmax; start below it (top=-1 picks the "
-                         "layer right below the lowest Softmax)")
+        raise self.error("relevance cannot pass a Softmax; start below it (top=lrpfast.LOGITS, "
+                         "old spelling top=-1, picks the layer right below the lowest Softmax)")
 
 
 class Eltwise(Layer):
