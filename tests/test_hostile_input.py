@@ -543,17 +543,21 @@ def test_name_errors_stay_short():
         net.layer("nope")
     assert len(str(e.value)) < 300
     with pytest.raises(KeyError, match=r"\(481 more\)"):
-        net.relevance(np.zeros((1, 2, 6, 6), np.float32), 0, top="r0", readout="nope")
+        net.forward(np.zeros((1, 2, 6, 6), np.float32), blobs=["nope"])
 
 
 def test_top_argument_checked():
+    """A bool is refused; out-of-range indices name the range. (Negative indices count from
+    the end, Python-style, as lrpfast.sentinels documents; -1/-2 are the deprecated codes.)"""
     rng = seeded_rng("hostile", "top")
     net = lrpfast.Net.from_text(CONV_IP, conv_ip_weights(rng))
     x = x_for(net, rng)
-    for bad in (-3, -7, True):
-        with pytest.raises(ValueError, match=r"top=.*expected None, -1 .* a layer index 0\.\.2"):
+    for bad in (True, np.bool_(False)):
+        with pytest.raises(ValueError, match=r"top=.*expected None, lrpfast.LOGITS"):
             net.relevance(x, 0, top=bad)
-    np.testing.assert_array_equal(net.relevance(x, 0, top=2), net.relevance(x, 0, top=-2))
+    with pytest.raises(IndexError, match=r"layer index 7 out of range"):
+        net.relevance(x, 0, top=7)
+    np.testing.assert_array_equal(net.relevance(x, 0, top=2), net.relevance(x, 0))
 
 
 def _heatmaps_argv(tmp_path, *extra):

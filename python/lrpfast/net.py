@@ -487,11 +487,9 @@ class Net:
                              f"none")
         if isinstance(top, str) and not any(l.name == top for l in self.layers):
             return self._producer_layer(self._ssa(top))
-        if isinstance(top, (bool, np.bool_)) or (isinstance(top, (int, np.integer))
-                                                 and top < 0):
+        if isinstance(top, (bool, np.bool_)):   # True would silently be layer 1
             raise ValueError(f"top={top!r}: expected None, lrpfast.LOGITS, "
-                             f"lrpfast.LAST_INNER_PRODUCT, a layer index 0..{len(self.layers) - 1} "
-                             f"or a layer or blob name")
+                             f"lrpfast.LAST_INNER_PRODUCT, a layer index or a layer or blob name")
         return self.layer(top)
 
     def _default_top_without_ip(self) -> Layer:

@@ -2,10 +2,9 @@
 
 ``classes`` keeps the LRP toolbox's integer codes, which file lists use: :data:`TOP1` (= -1, the
 best-scoring output) and :data:`TOP5` (= -2, the five best summed). ``top`` (the layer where
-relevance starts) takes a layer name, a layer index 0..L-1 (other negative integers are
-refused: -3 would silently pick a layer from the end), or one of the :class:`Top` members:
-:data:`LAST_INNER_PRODUCT` (the default) and :data:`LOGITS` (the layer right below the lowest
-Softmax). The integers -1 and -2 for ``top``,
+relevance starts) takes a layer name, a layer index (Python-style; negative counts from the
+end), or one of the :class:`Top` members: :data:`LAST_INNER_PRODUCT` (the default) and
+:data:`LOGITS` (the layer right below the lowest Softmax). The integers -1 and -2 for ``top``,
 which used to mean LOGITS and LAST_INNER_PRODUCT, still do so with a DeprecationWarning.
 """
 from __future__ import annotations
