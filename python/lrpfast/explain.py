@@ -668,7 +668,10 @@ def run_heatmaps(args) -> int:
         bounds = {k: _parse_bounds(getattr(args, k), f"--{k}") for k in ("low", "high")}
         rules = _parse_rules(args.rules, dict(eps=args.eps, flat_layers=args.flat_layers,
                                               gamma=args.gamma, **bounds))
-        for f in (args.model, args.weights):
+        if (args.weights is None) != args.model.lower().endswith(".onnx"):
+            raise ConfigError("--weights (a caffemodel) goes with a prototxt --model, and not "
+                              "with an .onnx model, which carries its weights")
+        for f in (args.model, args.weights or args.model):
             if not os.path.isfile(f):
                 raise ConfigError(f"file {f} not found")
         try:
@@ -823,8 +826,8 @@ def add_subcommands(sub) -> None:
 
     h = sub.add_parser("heatmaps", help="heatmaps from command-line options (no config file)",
                        description="Relevance heatmaps for images; see lrpfast.explain.")
-    h.add_argument("--model", required=True, help="deploy prototxt")
-    h.add_argument("--weights", required=True, help="caffemodel")
+    h.add_argument("--model", required=True, help="deploy prototxt, or an .onnx model")
+    h.add_argument("--weights", default=None, help="caffemodel (with a prototxt --model)")
     h.add_argument("--images", required=True, nargs="+", help="image files or folders")
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--rules", default=DEFAULT_RULES,

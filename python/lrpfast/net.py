@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from . import caffe
+from . import onnx as onnx_io
 from .composites import DEFAULT_RULES, Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
 from .rules import AlphaBeta
@@ -134,7 +135,12 @@ class Net:
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
         self._local = threading.local()    # per thread: the input of its last forward()
         self._device_io = False            # cuda: the last call's inputs were device arrays
-        netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
+        from_onnx = onnx_io.is_onnx(prototxt)
+        if from_onnx:   # an ONNX model (lrpfast.onnx): graph and weights in one file
+            netdef, weights = onnx_io.read_onnx(prototxt, weights)
+            self.source = onnx_io.source_name(prototxt)
+        else:
+            netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
             # the Net keeps its own read-only copies: changing the caller's arrays afterwards
             # changes nothing, and no cached derivative (W+, W-, W^2, folded BatchNorm) goes stale
@@ -154,6 +160,8 @@ class Net:
             raise LayerError(f"{self.source}: {e}") from None
         if fold_batchnorm and wdict is not None:
             self._fold_affine()
+        if from_onnx:
+            onnx_io.finish(self)
         if device == "cuda":
             self._ops_to_device()
 
@@ -162,6 +170,21 @@ class Net:
         """Build from prototxt text (handy in tests and notebooks)."""
         msg = caffe.parse_prototxt(text, path="<text>")
         return cls(msg, weights, **kw)
+
+    @classmethod
+    def from_onnx(cls, model, **kw) -> "Net":
+        """Load an ONNX model: a path (any name), serialized bytes or an ``onnx.ModelProto``.
+        Needs ``pip install "lrpfast[onnx]"``. Layers are named after the ONNX nodes and blobs
+        after the ONNX tensors (readout by tensor name); see lrpfast.onnx.importer for the
+        operators and the rule each one gets. ``Net("model.onnx")`` does the same."""
+        return cls(onnx_io.load(model), **kw)
+
+    @classmethod
+    def from_torch(cls, module, example_input, *, opset: int | None = None, **kw) -> "Net":
+        """Export a torch.nn.Module (eval mode) to ONNX in memory with ``torch.onnx.export``
+        and load it (see ``from_onnx``). ``example_input``: a tensor (N, C, H, W) of the input
+        shape. Needs torch and onnx; lrpfast itself does not depend on torch."""
+        return cls(onnx_io.export_torch(module, example_input, opset), **kw)
 
     # ------------------------------------------------------------------ construction
     def _build(self, netdef, wdict, skip_unsupported):
@@ -958,11 +981,14 @@ def _treatment(layer, comp) -> str:
     if t == "Eltwise":
         return {"sum": f"proportional (eps={comp.eps:g})", "max": "winner-take-all",
                 "prod": "gradient only"}[layer.op_name]
+    if getattr(layer, "input_normalisation", False):
+        return "identity (input normalisation)"
     if t in ("BatchNorm", "Scale") and getattr(layer, "folded_into", None):
         return f"folded into '{layer.folded_into}'"
     if t == "Softmax":
         return "(above the top: not reached)"
-    return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass",
+    return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass", "Clip": "pass",
+            "PReLU": "pass",
             "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
             "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
             "Permute": "inverse permutation"}.get(t, "")
