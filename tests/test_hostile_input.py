@@ -501,6 +501,19 @@ def test_fifo_and_other_non_regular_model_paths_refused(tmp_path):
     assert len(result) == 4
     assert all(isinstance(e, CaffeFormatError) and "is a FIFO; expected a regular file" in str(e)
                for e in result)
+    # a FIFO named .txt: the toolbox plain-text model sniffing must not open it either
+    fifo_txt = tmp_path / "model.txt"
+    os.mkfifo(fifo_txt)
+    from lrpfast.toolbox.model import read_model
+    for reader in (lambda p: lrpfast.Net(p), read_model):
+        th = threading.Thread(target=load, args=(str(fifo_txt), reader), daemon=True)
+        th.start()
+        th.join(5)
+        if th.is_alive():
+            with open(fifo_txt, "wb"):
+                pass
+            pytest.fail(f"{reader} blocked on a FIFO named .txt")
+    assert len(result) == 6 and all("FIFO" in str(e) for e in result[4:])
     with pytest.raises(CaffeFormatError, match="is a folder"):
         caffe.read_caffemodel(tmp_path)
     if os.path.exists("/dev/zero"):
