@@ -48,9 +48,8 @@ def atomic_path(path):
     is held back for the block (a write takes milliseconds) and acts right after it. The
     temporary file is created exclusively (mkstemp: never through a link), named
     ``.<name>.<random>.part``, with the mode a new file would get."""
-    with _signals_deferred():
-        with _atomic_path(path) as tmp:
-            yield tmp
+    with _signals_deferred(), _atomic_path(path) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager
