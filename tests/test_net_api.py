@@ -486,7 +486,8 @@ def test_chunking_matches_one_chunk(small, monkeypatch):
     _, w, _ = small
     x = images("chunks", n=5)
     one = lrpfast.Net.from_text(SMALL, w)
-    tiny = lrpfast.Net.from_text(SMALL, w, memory_limit=1)      # one image per chunk
+    # one image per chunk (a limit below one sample is refused: test_sample_memory_refused)
+    tiny = lrpfast.Net.from_text(SMALL, w, memory_limit=_per_sample_bytes(one))
     two = lrpfast.Net.from_text(SMALL, w, memory_limit=2 * _per_sample_bytes(tiny))  # 2 per chunk
     calls = _count_forwards(tiny, monkeypatch)
     sets = [2, -1, [[1, 2], 0, 3, -2, 6]]
