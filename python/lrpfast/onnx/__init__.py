@@ -9,6 +9,7 @@ are in :mod:`lrpfast.onnx.importer`.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 INSTALL_HINT = 'ONNX support needs the onnx package: pip install "lrpfast[onnx]"'
 
@@ -70,7 +71,8 @@ def export_torch(module, example_input, opset: int | None = None) -> bytes:
     was_training = module.training
     module.eval()
     buf = io.BytesIO()
-    kw = dict(do_constant_folding=True, input_names=["input"], output_names=["output"])
+    kw: dict[str, Any] = dict(do_constant_folding=True, input_names=["input"],
+                              output_names=["output"])
     if opset is not None:
         kw["opset_version"] = int(opset)
     import warnings
@@ -79,9 +81,10 @@ def export_torch(module, example_input, opset: int | None = None) -> bytes:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)   # the TorchScript exporter's
             try:   # the TorchScript exporter: no onnxscript needed
-                torch.onnx.export(module, (example_input,), buf, dynamo=False, **kw)
+                torch.onnx.export(module, (example_input,), buf,  # type: ignore[arg-type]
+                                  dynamo=False, **kw)
             except TypeError:   # a torch without the dynamo switch
-                torch.onnx.export(module, (example_input,), buf, **kw)
+                torch.onnx.export(module, (example_input,), buf, **kw)  # type: ignore[arg-type]
     finally:
         module.train(was_training)
     return buf.getvalue()

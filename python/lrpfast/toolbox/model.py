@@ -349,7 +349,7 @@ def to_caffe(model: ToolboxModel, input_shape=None, name: str | None = None):
             "input_shape { " + " ".join(f"dim: {d}" for d in (1, *caffe_in)) + " }"]
     weights, modules = {}, []
     bottom = "data"
-    hwd_rows = {}   # Linear index -> (H, W, D) of the Flatten whose output it reads
+    hwd_rows: dict[int, tuple] = {}   # Linear index -> (H, W, D) of the Flatten it reads
 
     def add(lname, ltype, params=""):
         nonlocal bottom
@@ -416,7 +416,7 @@ def from_net(net) -> ToolboxModel:
     if len(net.inputs) != 1:
         raise ToolboxFormatError(f"{net.source}: the toolbox format has one input, the net has "
                                  f"{list(net.inputs)}")
-    alias = {}          # a Dropout's top -> the blob it copies (Dropout is dropped)
+    alias: dict[str, str] = {}   # a Dropout's top -> the blob it copies (Dropout is dropped)
     for L in net.layers:
         if L.type == "Dropout":
             alias[L.tops[0]] = alias.get(L.bottoms[0], L.bottoms[0])
@@ -469,6 +469,7 @@ def from_net(net) -> ToolboxModel:
                         not np.isclose(p.scale, math.sqrt(kh * kw), rtol=1e-6):
                     _fail(L, "average pooling (the toolbox's SumPool is AVE pooling followed "
                              "by a Power layer with scale sqrt(kernel area))")
+                assert nxt is not None   # _fail raised otherwise
                 i += 1
                 bottom = nxt.tops[0]
             out.append(ToolboxLayer("SumPool" if L.method == "ave" else "MaxPool",

@@ -51,7 +51,7 @@ class ToolboxNet(Net):
         self.layout = layout
         self.lrp_presets: dict = {}
         for index, lname in enumerate(info["modules"]):
-            self.layer(lname).toolbox_index = index
+            setattr(self.layer(lname), "toolbox_index", index)   # the toolbox's module index
 
     # ------------------------------------------------------------------ layouts
     def _nhwc(self, x) -> bool:
