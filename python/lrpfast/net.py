@@ -6,7 +6,7 @@ first version is ``conv1`` or ``conv1#1``), so a
 blob read by several layers (Caffe's implicit Split) simply accumulates the relevance of all its
 readers. Shapes are inferred and weights checked once, at construction.
 
-Relevance (SPEC sections 1-3): the seed at the top layer is the output (logit) of the selected
+Relevance: the seed at the top layer is the output (logit) of the selected
 class(es), zero elsewhere; it is propagated down layer by layer with the rule the composite
 assigns to each layer, and read out at the input or at any other blob. The forward activations
 are never modified, so the same call twice gives the same result.
@@ -328,7 +328,7 @@ class Net:
 
     # ------------------------------------------------------------------ relevance
     def top_layer(self, top=None) -> Layer:
-        """The layer where relevance starts (SPEC section 1): None or -2 = the highest
+        """The layer where relevance starts (as the toolbox's ``lastlayerindex``): None or -2 = the highest
         InnerProduct layer, -1 = the layer right below the lowest Softmax, else an index or name."""
         if top is None or (isinstance(top, (int, np.integer)) and top == -2):
             ips = [l for l in self.layers if l.type == "InnerProduct"]
@@ -650,7 +650,7 @@ class Net:
             if layer is stop_after:
                 break
 
-    # ------------------------------------------------------------------ toolbox (SPEC 4)
+    # ------------------------------------------------------------------ toolbox (lrpfast.compat)
     def backward_relevance(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance`` after ``forward(x)``; see lrpfast.compat."""
         self._toolbox_on_cpu()

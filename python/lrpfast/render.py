@@ -10,7 +10,7 @@ Main entry points:
 
 * :func:`heatmap` -- relevance -> ``(H, W, 3)`` ``uint8`` with a choice of normalisation and
   colour map.
-* :func:`toolbox_heatmap` -- exactly the LRP toolbox's ``<name>_heatmap.png`` scheme (SPEC §5).
+* :func:`toolbox_heatmap` -- exactly the LRP toolbox's ``<name>_heatmap.png`` scheme.
 * :func:`overlay`, :func:`grid`, :func:`save_png`.
 
 Normalisations (``norm=``), applied to the channel-reduced map ``h``:
@@ -132,7 +132,7 @@ def _apply_cmap(v: np.ndarray, name: str, signed: bool) -> np.ndarray:
 # heatmaps
 
 def toolbox_heatmap(R_chw, channel_order: str = "bgr") -> np.ndarray:
-    """The LRP toolbox's ``<name>_heatmap.png`` rendering (SPEC §5), exactly.
+    """The LRP toolbox's ``<name>_heatmap.png`` rendering, exactly.
 
     ``m = mean over channels of R`` (in double precision); ``M = max(0, max m)``; if ``M > 0``:
     a pixel with ``m >= 0`` gets red = green = ``m / M`` (yellow), a pixel with ``m < 0`` gets
