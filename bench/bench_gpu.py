@@ -50,7 +50,10 @@ def floor_table():
             print(f"| {net[0]} | {comp} | {fl / 1e9:.1f} | {row} |")
 
 
-def gpu_run(batches):
+def gpu_run(batches, warmup=2, repeat=3):
+    """img/s per (net, composite, batch): ``warmup`` untimed passes first (cuBLAS handle and
+    heuristics, the caching allocator's first cudaMallocs, module loading), then the median of
+    ``repeat`` timed passes."""
     import numpy as np
 
     from lrpfast import cuda, ops, rules
@@ -72,13 +75,17 @@ def gpu_run(batches):
                 try:
                     xs = [cuda.to_device(rng.standard_normal((n,) + shp).astype(np.float32))
                           for _, shp in layers]
-                    m.synchronize()
-                    t0 = time.perf_counter()
-                    for (op, _), x in zip(layers, xs):
-                        z = op.fwd(x)
-                        rule.linear(op, x, z)
-                    m.synchronize()
-                    dt = time.perf_counter() - t0
+                    times = []
+                    for it in range(warmup + repeat):
+                        m.synchronize()
+                        t0 = time.perf_counter()
+                        for (op, _), x in zip(layers, xs):
+                            z = op.fwd(x)
+                            rule.linear(op, x, z)
+                        m.synchronize()
+                        if it >= warmup:
+                            times.append(time.perf_counter() - t0)
+                    dt = sorted(times)[len(times) // 2]
                     print(f"| {net[0]} | {comp} | {n} | {n / dt:,.1f} |")
                 except RuntimeError as e:  # out of memory at large batches
                     print(f"| {net[0]} | {comp} | {n} | {str(e)[:40]} |")
@@ -94,6 +101,8 @@ def gpu_run(batches):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,8,32,64,128,256")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed passes before timing")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes (the median is shown)")
     args = ap.parse_args()
     from lrpfast import cuda
 
@@ -102,7 +111,7 @@ def main():
         print(f"GPU benchmark not run: {why}\n")
         floor_table()
         return
-    gpu_run([int(b) for b in args.batches.split(",")])
+    gpu_run([int(b) for b in args.batches.split(",")], args.warmup, args.repeat)
 
 
 if __name__ == "__main__":

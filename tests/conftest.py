@@ -48,6 +48,46 @@ def model_file():
     return get
 
 
+@pytest.fixture
+def deterministic():
+    """Runs the test in lrpfast's deterministic mode (bit-identical results for an image
+    whatever its batch and the thread count), restoring the previous setting after it."""
+    import lrpfast
+
+    before = lrpfast.get_deterministic()
+    lrpfast.set_deterministic(True)
+    yield
+    lrpfast.set_deterministic(before)
+
+
+def simd_paths() -> list:
+    """The SIMD settings that select a distinct kernel path on this CPU ("native" first)."""
+    from lrpfast import _core
+
+    before = _core.get_simd()
+    paths, seen = [], set()
+    try:
+        for name in ("native", "avx2", "generic"):
+            _core.set_simd(name)
+            if _core.simd_kernels() not in seen:
+                seen.add(_core.simd_kernels())
+                paths.append(name)
+    finally:
+        _core.set_simd(before)
+    return paths
+
+
+@pytest.fixture(params=simd_paths())
+def simd(request):
+    """Runs the test on each SIMD path this CPU has (AVX-512, AVX2 + FMA, generic C++)."""
+    from lrpfast import _core
+
+    before = _core.get_simd()
+    _core.set_simd(request.param)
+    yield _core.simd_kernels()
+    _core.set_simd(before)
+
+
 def seeded_rng(*key) -> np.random.Generator:
     """A generator seeded from a readable key, so every test has its own fixed stream."""
     return np.random.default_rng(zlib.crc32("|".join(map(str, key)).encode()))

@@ -116,3 +116,25 @@ def vgg_like(N, rng):
               nets.flatten("fl", "p3"), nets.ip("fc", "fl", 7), nets.softmax("prob", "fc")]
     tn = nets.build(layers, (N, 3, 12, 12), rng)
     return tn
+
+
+# ---- exact FP32 (no TF32, no reduced-precision emulation): shared by the GPU and host tests
+def exact_fp32_products(m) -> dict:
+    """{path: bool} for a product with an identity whose result must be x exactly: x = 1 + 2^-12
+    needs 13 significant bits, TF32 keeps 11 (10 stored), so TF32 rounds it to 1 and any
+    reduced-precision mode shows. Paths: linear (one SGEMM), a 1x1 convolution (batched GEMM on
+    the input itself), a 3x3 convolution (im2col, then batched GEMM). ``m``: the _cuda module."""
+    v = np.float32(1 + 2.0 ** -12)
+    n = 64
+    a = np.full((3, n), v, np.float32)
+    eye = np.eye(n, dtype=np.float32)
+    out = {"linear": np.array_equal(m.linear_forward(m.from_host(a), m.from_host(eye), None)
+                                    .to_host(), a)}
+    x = np.full((2, n, 5, 4), v, np.float32)
+    y = m.conv_forward(m.from_host(x), m.from_host(eye.reshape(n, n, 1, 1)), None, 1, 0, 1, 1)
+    out["conv 1x1"] = np.array_equal(y.to_host(), x)
+    w3 = np.zeros((n, n, 3, 3), np.float32)
+    w3[np.arange(n), np.arange(n), 1, 1] = 1
+    y = m.conv_forward(m.from_host(x), m.from_host(w3), None, 1, 1, 1, 1)
+    out["conv 3x3"] = np.array_equal(y.to_host(), x)
+    return out

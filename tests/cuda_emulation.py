@@ -57,6 +57,7 @@ class DeviceArray:
     size = property(lambda self: int(self._h.size))
     nbytes = property(lambda self: int(self._h.nbytes))
     ptr = property(lambda self: int(self._h.ctypes.data))
+    device = 0
 
     @property
     def __cuda_array_interface__(self):
@@ -120,6 +121,15 @@ def blas_name():
 
 def synchronize():
     pass
+
+
+def get_device():
+    return 0
+
+
+def set_device(device):
+    if device != 0:
+        raise ValueError(f"CUDA device {device} does not exist (1 device)")
 
 
 def empty_cache():

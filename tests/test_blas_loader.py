@@ -24,7 +24,8 @@ def test_forced_core_type_is_honoured_and_environment_restored():
 
 def test_process_coretype_does_not_force_lrpfast_copy():
     with_var, seen = _run({"OPENBLAS_CORETYPE": "Sandybridge"})
-    env_free = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    env_free = {k: v for k, v in os.environ.items()
+                if k not in ("OPENBLAS_CORETYPE", "LRPFAST_BLAS_CORETYPE")}
     detected = subprocess.run([sys.executable, "-c", SNIPPET], env=env_free, capture_output=True,
                               text=True, check=True).stdout.split("\n")[0]
     assert seen == "Sandybridge"

@@ -226,12 +226,15 @@ def test_explain_end_to_end(tmp_path, caffenet_files, capsys):
                        "mean_file": str(tmp_path / "mean.binaryproto"),
                        "synsetfile": str(tmp_path / "synsets.txt"),
                        "standalone_outpath": str(tmp_path / "out"),
-                       "standalone_rootpath": str(root), "relpropformulatype": "54"})
+                       "standalone_rootpath": "imgs", "relpropformulatype": "54"})
     (tmp_path / "config.txt").write_text(cfg)
     (tmp_path / "list.txt").write_text(
-        f"cats/chelsea.jpg -1\nbroken.jpg 3\n{outside} -1\ntall.jpg -2\nmissing.jpg 1\n")
+        f"imgs/cats/chelsea.jpg -1\nimgs/broken.jpg 3\n{outside} -1\nimgs/tall.jpg -2\n"
+        f"imgs/missing.jpg 1\n")
+    # the toolbox's own style: the root is a bare folder name found inside the image paths,
+    # which lie under the prefix; outputs keep the stub and the image's extension
     code = cli_main(["explain", str(tmp_path / "config.txt"), str(tmp_path / "list.txt"),
-                     str(root), "--batch", "2", "--no-progress"])
+                     str(tmp_path), "--batch", "2", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1
     assert "broken.jpg (file list line 2): cannot read image" in err
@@ -239,7 +242,10 @@ def test_explain_end_to_end(tmp_path, caffenet_files, capsys):
     assert "missing.jpg (file list line 5): image file not found" in err
     assert err.count("lrpfast: error:") == 3
     out = tmp_path / "out"
-    for name in ("cats/chelsea", "tall"):
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
+        f"imgs/{n}.jpg_{suffix}" for n in ("cats/chelsea", "tall") for suffix in
+        ("rawhm.txt", "heatmap.png", "as_inputted_into_the_dnn.png", "top10scores.txt"))
+    for name in ("imgs/cats/chelsea.jpg", "imgs/tall.jpg"):
         rawhm = ex.read_rawhm(out / f"{name}_rawhm.txt")
         assert rawhm.shape == (3, 227, 227) and np.all(np.isfinite(rawhm))
         assert np.abs(rawhm).sum() > 0
@@ -253,15 +259,15 @@ def test_explain_end_to_end(tmp_path, caffenet_files, capsys):
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
         c = int(top[0].split()[0])
         assert top[0].split(None, 2)[2] == f"n{c:08d} class {c}"
-    assert not (out / "broken_rawhm.txt").exists()
+    assert not (out / "imgs" / "broken.jpg_rawhm.txt").exists()
     # the heatmap png is render.toolbox_heatmap of the rawhm (RGB order -> rgb summation)
     from lrpfast import render
-    rawhm = ex.read_rawhm(out / "tall_rawhm.txt")
-    heat = np.asarray(Image.open(out / "tall_heatmap.png")).astype(int)
+    rawhm = ex.read_rawhm(out / "imgs" / "tall.jpg_rawhm.txt")
+    heat = np.asarray(Image.open(out / "imgs" / "tall.jpg_heatmap.png")).astype(int)
     assert np.abs(heat - render.toolbox_heatmap(rawhm, "rgb")).max() <= 1
     # the crop of the landscape photo: resized to 256x171 (rounded), width cropped, height
     # padded with its edge rows: (227-171)//2 = 28 rows above equal to the first image row
-    inp = np.asarray(Image.open(out / "cats/chelsea_as_inputted_into_the_dnn.png"))
+    inp = np.asarray(Image.open(out / "imgs/cats/chelsea.jpg_as_inputted_into_the_dnn.png"))
     assert np.array_equal(inp[0], inp[27]) and np.array_equal(inp[28 + 170], inp[226])
     assert not np.array_equal(inp[28], inp[29])
 
@@ -313,3 +319,47 @@ def test_explain_numclasses_mismatch(tmp_path, caffenet_files, capsys):
     err = capsys.readouterr().err
     assert "numclasses is 10 but layer 'fc8' (where relevance starts) has 1000" in err
     assert err.count("error:") == 1
+
+
+@pytest.mark.parametrize("root, image, expected", [
+    ("someimages", "prefix/imgs/someimages/cat.png", "out/someimages/cat.png"),
+    ("imgs/some", "/data/imgs/some/a/b.jpg", "out/imgs/some/a/b.jpg"),
+    ("/data/imgs", "/data/imgs/cat.png", "out/data/imgs/cat.png"),   # "out//data/..."
+    ("img", "x/img_01/img/cat.png", "out/img_01/img/cat.png"),       # the first occurrence
+])
+def test_toolbox_output_base_follows_the_root_stub_rule(root, image, expected):
+    assert ex.toolbox_output_base("out", root, image) == os.path.normpath(expected)
+
+
+@pytest.mark.parametrize("root, image, match", [
+    ("someimages", "prefix/other/cat.png", "does not occur in the image path"),
+    ("imgs", "p/imgs/../../../etc/cat.png", "would leave standalone_outpath"),
+    ("..", "p/../cat.png", "would leave standalone_outpath"),
+    ("", "cat.png", "does not occur"),
+])
+def test_toolbox_output_base_refuses_paths_outside_the_output(root, image, match):
+    with pytest.raises(ValueError, match=match):
+        ex.toolbox_output_base("out", root, image)
+
+
+def test_readme_toolbox_config_and_file_list_work_unchanged(tmp_path):
+    """The README's "Coming from the LRP Toolbox" example: its config parses, and its file
+    list maps to exactly the output files it lists."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Coming from the LRP Toolbox", 1)[1].split("\n## ", 1)[0]
+    config, filelist, outputs = re.findall(r"```text\n(.*?)```", section, re.S)[:3]
+    cfg = ex.parse_config(config, "README")
+    assert cfg.standalone_rootpath == "someimages" and cfg.relpropformulatype == 54
+    (tmp_path / "filelist.txt").write_text(filelist)
+    items = ex.read_filelist(tmp_path / "filelist.txt", "./data/")
+    assert [(p, c) for p, c, _ in items] == [("./data/someimages/cat.png", -1),
+                                             ("./data/someimages/birds/robin.jpg", 15)]
+    suffixes = ("rawhm.txt", "heatmap.png", "as_inputted_into_the_dnn.png", "top10scores.txt")
+    written = [ex.toolbox_output_base(cfg.standalone_outpath, cfg.standalone_rootpath, p)
+               + "_" + s for p, _, _ in items for s in suffixes]
+    listed = [line.split()[0] for line in outputs.splitlines() if line.strip()]
+    # the README lists all four files of the first image and the rawhm of the second
+    assert listed == written[:5]

@@ -1,5 +1,6 @@
-"""The fully connected products (linear_forward, linear_backward_data) under both algorithms:
-lrpfast's streamed AVX-512 kernels ('auto' where the CPU has AVX-512) and BLAS ('blas').
+"""The fully connected products (linear_forward, linear_backward_data) under the algorithms:
+lrpfast's streamed kernels ('streamed'; 'auto' where the CPU has AVX-512 or in deterministic
+mode) on every SIMD path this CPU has (AVX-512, AVX2 + FMA, generic C++), and BLAS ('blas').
 
 References are float64 numpy products (x @ w.T, dy @ w), independent of the kernels' tiling.
 Shapes cross every boundary of the kernels (src/cpp/kernels/streamed.cpp): rows of A around 16
@@ -28,17 +29,24 @@ ERR_FACTOR = 2.0
 U32 = 2.0 ** -24
 
 NATIVE = _core.linear_streamed_native()
-needs_native = pytest.mark.skipif(not NATIVE, reason="no AVX-512: 'auto' runs BLAS here")
 
 
 def rng_for(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-@pytest.fixture(params=["auto", "blas"])
+@pytest.fixture(params=["auto", "blas", "streamed"])
 def algorithm(request):
     lrpfast.set_linear_algorithm(request.param)
     yield request.param
+    lrpfast.set_linear_algorithm("auto")
+
+
+@pytest.fixture
+def streamed(simd):
+    """lrpfast's own kernels on one SIMD path (the conftest's simd fixture)."""
+    lrpfast.set_linear_algorithm("streamed")
+    yield simd
     lrpfast.set_linear_algorithm("auto")
 
 
@@ -84,7 +92,7 @@ def test_algorithms_agree_and_switch():
         assert lrpfast.get_linear_algorithm() == _core.get_linear_algorithm() == a
         assert lrpfast.info()["linear_algorithm"] == a
         out[a] = _core.linear_forward(x, w, None)
-    assert lrpfast.info()["linear_kernels"] == ("streamed (AVX-512)" if NATIVE else "blas")
+    assert lrpfast.info()["linear_kernels"] == ("streamed (avx512)" if NATIVE else "blas")
     lrpfast.set_linear_algorithm("blas")
     assert lrpfast.info()["linear_kernels"] == "blas"
     lrpfast.set_linear_algorithm("auto")
@@ -92,13 +100,36 @@ def test_algorithms_agree_and_switch():
     assert (np.abs(out["auto"] - out["blas"]) <= 4 * 333 * U32 * scale).all()
     with pytest.raises(ValueError, match="'auto', 'blas' or 'streamed'"):
         lrpfast.set_linear_algorithm("mkl")
-    if NATIVE:
-        lrpfast.set_linear_algorithm("streamed")
-        assert lrpfast.get_linear_algorithm() == "streamed"
+    lrpfast.set_linear_algorithm("streamed")   # lrpfast's own kernels run on every CPU
+    assert lrpfast.get_linear_algorithm() == "streamed"
+    assert lrpfast.info()["linear_kernels"] == f"streamed ({_core.simd_kernels()})"
+    lrpfast.set_linear_algorithm("auto")
+
+
+def test_simd_paths_give_the_same_bits():
+    """Every element is one fma chain over k in order on every path: AVX-512, AVX2 + FMA and
+    generic C++ give the same bits (shapes across the tiles' edges of each path)."""
+    from conftest import simd_paths
+    rng = rng_for("paths")
+    lrpfast.set_linear_algorithm("streamed")
+    before = lrpfast.get_simd()
+    try:
+        for m, k, o in [(1, 3, 7), (17, 257, 63), (129, 300, 64), (40, 70, 33)]:
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            w = rng.standard_normal((o, k)).astype(np.float32)
+            dy = rng.standard_normal((m, o)).astype(np.float32)
+            out = {}
+            for path in simd_paths():
+                lrpfast.set_simd(path)
+                out[path] = (_core.linear_forward(x, w, None), _core.linear_backward_data(dy, w))
+            for path, (y, dx) in out.items():
+                np.testing.assert_array_equal(y, out["native"][0], err_msg=path)
+                np.testing.assert_array_equal(dx, out["native"][1], err_msg=path)
+        with pytest.raises(ValueError, match="'native', 'avx2' or 'generic'"):
+            lrpfast.set_simd("sse2")
+    finally:
+        lrpfast.set_simd(before)
         lrpfast.set_linear_algorithm("auto")
-    else:
-        with pytest.raises(ValueError, match="AVX-512"):
-            lrpfast.set_linear_algorithm("streamed")
 
 
 def test_algorithm_from_environment():
@@ -108,9 +139,8 @@ def test_algorithm_from_environment():
     assert out.stdout.strip() == "blas"
 
 
-@needs_native
 @pytest.mark.parametrize("k,o", [(257, 70), (1030, 33)])
-def test_rows_are_bit_identical_alone_and_in_any_batch(k, o):
+def test_rows_are_bit_identical_alone_and_in_any_batch(k, o, streamed):
     """Row i of a batch of M equals the same row computed alone or in a batch of another size,
     for M across the nt/nn switch (128) and nn's row blocks (256), both products."""
     rng = rng_for("inv", k, o)
@@ -123,8 +153,7 @@ def test_rows_are_bit_identical_alone_and_in_any_batch(k, o):
         np.testing.assert_array_equal(_core.linear_backward_data(dy[lo:hi], w), dx_all[lo:hi])
 
 
-@needs_native
-def test_bit_identical_on_one_and_two_threads():
+def test_bit_identical_on_one_and_two_threads(streamed):
     rng = rng_for("threads")
     x = rng.standard_normal((40, 2000)).astype(np.float32)
     w = rng.standard_normal((700, 2000)).astype(np.float32)
@@ -151,11 +180,10 @@ def test_strided_and_non_float32_inputs_are_converted(algorithm):
         y, _core.linear_forward(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w), None))
 
 
-@needs_native
 @pytest.mark.parametrize("rules", ["epsilon", "cmp_alpha2_flat"])
-def test_net_relevance_alone_equals_in_batch_and_multi(rules):
-    """Through a net with fully connected layers: an image's heatmap is the same bits alone and in
-    a batch of 140 (its forward products cross the nt/nn switch), and among 70 class selections
+def test_net_relevance_alone_equals_in_batch_and_multi(rules, deterministic):
+    """Deterministic mode, through a net with fully connected layers: an image's heatmap is the
+    same bits alone and in a batch of 140 (its forward products cross the nt/nn switch), and among 70 class selections
     of relevance_multi (the transposed products run on 70 x 2 rows)."""
     from test_net_api import SMALL, build, images
     net, _ = build(SMALL, "streamed")

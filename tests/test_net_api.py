@@ -82,10 +82,10 @@ def small0():
 # =============================================================================== construction
 def test_unsupported_layer_type_names_layer_type_and_supported():
     text = HEAD.format(name="u") + CONV1 + """
-layer { name: "sig1" type: "Sigmoid" bottom: "pool1" top: "sig1" }
+layer { name: "sig1" type: "AbsVal" bottom: "pool1" top: "sig1" }
 layer { name: "fc" type: "InnerProduct" bottom: "sig1" top: "fc" inner_product_param { num_output: 3 } }
 """
-    with pytest.raises(lrpfast.LayerError, match=r"layer 3 'sig1': unsupported type 'Sigmoid' "
+    with pytest.raises(lrpfast.LayerError, match=r"layer 3 'sig1': unsupported type 'AbsVal' "
                                                  r"\(supported: BatchNorm, .*Convolution") as e:
         lrpfast.Net.from_text(text)
     for t in lrpfast.supported_types():
@@ -95,17 +95,17 @@ layer { name: "fc" type: "InnerProduct" bottom: "sig1" top: "fc" inner_product_p
 
 def test_skip_unsupported_lists_skipped_layers_and_their_dependents():
     text = HEAD.format(name="skip") + CONV1 + """
-layer { name: "sig1" type: "Sigmoid" bottom: "pool1" top: "sig1" }
+layer { name: "sig1" type: "AbsVal" bottom: "pool1" top: "sig1" }
 layer { name: "side" type: "InnerProduct" bottom: "sig1" top: "side" inner_product_param { num_output: 3 } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 5 } }
-layer { name: "tanh" type: "TanH" bottom: "fc" top: "t" }
+layer { name: "tanh" type: "BNLL" bottom: "fc" top: "t" }
 """
     net, _ = build(text, "skip", skip_unsupported=True)
-    assert net.skipped == ["sig1 (Sigmoid: unsupported)",
+    assert net.skipped == ["sig1 (AbsVal: unsupported)",
                            "side (InnerProduct: depends on a skipped layer)",
-                           "tanh (TanH: unsupported)"]
+                           "tanh (BNLL: unsupported)"]
     assert [layer.name for layer in net.layers] == ["conv1", "relu1", "pool1", "fc"]
-    assert "skipped: sig1 (Sigmoid: unsupported)" in repr(net)
+    assert "skipped: sig1 (AbsVal: unsupported)" in repr(net)
     x = images("skip")
     assert net.forward(x).shape == (2, 5)
     assert net.relevance(x, -1).shape == x.shape
@@ -329,15 +329,17 @@ def test_top_selection():
         net.relevance(x, 0, top="nope")
 
 
-def test_net_without_innerproduct_asks_for_top():
+def test_net_without_innerproduct_defaults_to_its_last_layer():
     text = HEAD.format(name="fcn") + CONV1 + """
 layer { name: "score" type: "Convolution" bottom: "pool1" top: "score"
   convolution_param { num_output: 3 kernel_size: 1 } }
 """
     net, _ = build(text, "fcn")
     x = images("fcn")
+    # no InnerProduct and no Softmax: top=None starts at the last layer; -2 still asks for one
+    np.testing.assert_array_equal(net.relevance(x, 0), net.relevance(x, 0, top="score"))
     with pytest.raises(ValueError, match=r"no InnerProduct layer; pass top="):
-        net.relevance(x, 0)
+        net.relevance(x, 0, top=-2)
     with pytest.raises(ValueError, match=r"top=-1 needs a Softmax layer; the net has none"):
         net.relevance(x, 0, top=-1)
     # with top= it works; indices count over the flattened (3, 6, 6) output
@@ -400,7 +402,7 @@ def _count_forwards(net, monkeypatch):
     return calls
 
 
-def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypatch):
+def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypatch, deterministic):
     net, _, x = small
     sets = [3, [1, 6], -1, [[0, 2], 5]]
     sep = np.stack([net.relevance(x, c, rules="cmp_alpha2_flat") for c in sets])
@@ -417,9 +419,10 @@ def test_relevance_multi_equals_separate_calls_with_one_forward(small, monkeypat
 
 
 @pytest.mark.parametrize("rules", ["cmp_alpha1_flat", "cmp_alpha2_flat"])
-def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules):
+def test_relevance_multi_computes_zplus_once(small, monkeypatch, rules, deterministic):
     """z+ depends on the activations only: relevance_multi computes it once per layer for all
-    class selections (not once per selection) and still equals separate calls bit for bit.
+    class selections (not once per selection) and still equals separate calls bit for bit
+    (in deterministic mode: relevance_multi runs the selections as one taller batch).
     (These composites give the mixed-sign input layer flat; alpha-beta there -- the x < 0
     path -- still computes its products per selection.)"""
     from lrpfast import ops
@@ -707,17 +710,20 @@ def test_info_and_cli():
 def test_set_num_threads(small):
     net, _, x = small
     before = lrpfast.get_num_threads()
-    for bad in (0, -2):
-        with pytest.raises(ValueError, match=r"set_num_threads: need n >= 1"):
+    cpus = lrpfast.info()["cpus"]
+    for bad in (0, -2, 4097):
+        with pytest.raises(ValueError, match=r"set_num_threads: need 1 <= n <= 4096"):
             lrpfast.set_num_threads(bad)
     assert lrpfast.get_num_threads() == before
     try:
         ref = net.relevance(x, -1, rules="cmp_alpha2_flat")
-        lrpfast.set_num_threads(1)
+        assert lrpfast.set_num_threads(1) == 1
         assert lrpfast.get_num_threads() == 1
         np.testing.assert_allclose(net.relevance(x, -1, rules="cmp_alpha2_flat"), ref, **SAME_TOL)
-        lrpfast.set_num_threads(3)
-        assert lrpfast.get_num_threads() == 3
+        # more threads than CPUs only slow down: capped, with a warning
+        with pytest.warns(RuntimeWarning, match=f"may run on {cpus} CPUs"):
+            assert lrpfast.set_num_threads(cpus + 3) == cpus
+        assert lrpfast.get_num_threads() == cpus
         np.testing.assert_allclose(net.relevance(x, -1, rules="cmp_alpha2_flat"), ref, **SAME_TOL)
     finally:
         lrpfast.set_num_threads(before)

@@ -11,13 +11,18 @@ from . import caffe, rules
 from .composites import COMPOSITE_NAMES, Composite, composite
 from .compat import RelPropOpts  # toolbox options; see lrpfast.compat
 from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, get_conv_algorithm,
-                   set_linear_algorithm, get_linear_algorithm, set_memory_reuse, get_memory_reuse)
+                   set_linear_algorithm, get_linear_algorithm, set_memory_reuse, get_memory_reuse,
+                   set_deterministic, get_deterministic, set_simd, get_simd,
+                   _warn_capped_env_threads)
 from .layers import LayerError, supported_types
 from .net import Net
+from . import toolbox  # the LRP Toolbox's plain-text models, data files, python rules
 
 __version__: str = _core.__version__
+_warn_capped_env_threads()
 
 __all__ = ["Net", "RelPropOpts", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
-           "supported_types", "LayerError", "__version__"]
+           "set_deterministic", "get_deterministic", "set_simd", "get_simd",
+           "supported_types", "LayerError", "toolbox", "__version__"]

@@ -25,16 +25,36 @@ def blas_name() -> str:
 def blas_config() -> str:
     """The BLAS library's own configuration string."""
 
-def set_num_threads(n: int) -> None:
-    """Threads of lrpfast's pool (gemm slices over single-threaded BLAS, and all loops); n >= 1."""
+def set_num_threads(n: int) -> int:
+    """Threads of lrpfast's pool (gemm slices over single-threaded BLAS, and all loops);
+    1 <= n <= 4096, capped at available_cpus(); the pool shrinks when lowered. Returns the
+    number set."""
 
 def get_num_threads() -> int: ...
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+
+def pool_threads() -> int:
+    """Threads the pool holds now, the caller's included (1 before its first use)."""
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic mode: an image's result is bit-identical alone or in any batch, on any
+    number of threads (process-wide; default from $LRPFAST_DETERMINISTIC)."""
+
+def get_deterministic() -> bool: ...
+def set_simd(algorithm: str) -> None:
+    """lrpfast's SIMD kernels: 'native', 'avx2' or 'generic' (process-wide; $LRPFAST_SIMD)."""
+
+def get_simd() -> str: ...
+def simd_kernels() -> str:
+    """The SIMD kernels the simd setting runs on this CPU: 'avx512', 'avx2' or 'generic'."""
+
 def set_conv_algorithm(algorithm: str) -> None:
     """3x3 stride-1 convolutions: 'auto', 'direct' or 'winograd' (process-wide)."""
 
 def get_conv_algorithm() -> str: ...
 def set_linear_algorithm(algorithm: str) -> None:
-    """Fully connected products: 'auto', 'blas' or 'streamed' (AVX-512; process-wide)."""
+    """Fully connected products: 'auto', 'blas' or 'streamed' (process-wide)."""
 
 def get_linear_algorithm() -> str: ...
 def set_memory_reuse(on: bool) -> None:
@@ -42,7 +62,7 @@ def set_memory_reuse(on: bool) -> None:
 
 def get_memory_reuse() -> bool: ...
 def linear_streamed_native() -> bool:
-    """True where the streamed fully connected kernels can run (x86-64 with AVX-512)."""
+    """True where the streamed fully connected kernels run on AVX-512 (see set_simd)."""
 
 def conv_out_size(
     in_size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1

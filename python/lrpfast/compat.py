@@ -906,7 +906,7 @@ def _class_entries(classinds, what: str) -> list:
 
 
 def _last_input(net):
-    x = getattr(net, "_last_input", None)
+    x = getattr(net._local, "last_input", None)   # this thread's last forward()
     if x is None:
         raise ValueError("backward_relevance needs a forward pass first: call net.forward(x) "
                          "(the toolbox's net.forward()), then net.backward_relevance(...)")

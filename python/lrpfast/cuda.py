@@ -23,7 +23,16 @@ Interop (no copies; inputs and outputs may stay on the GPU):
 
 :func:`to_device` and ``Net(device="cuda")`` accept both kinds of input; an object offering both
 (a PyTorch CUDA tensor, CuPy) goes through DLPack, whose stream hand-over orders the producer's
-pending work before lrpfast's kernels (``__cuda_array_interface__``'s stream is not consulted).
+pending work before lrpfast's kernels; an ``__cuda_array_interface__`` import waits for the
+producer's ``stream`` (protocol v3). Exported memory is never reused before the work its DLPack
+consumer queued on the stream it named has run (an event per consumer stream).
+
+Devices: every DeviceArray knows its device (``.device``); kernels run on their operands' device
+(operands on different GPUs raise ValueError); ``Net(device="cuda:1")`` and
+``to_device(a, device=1)`` place new arrays; :func:`use_device` sets it for a block. Errors name
+the kernel or cuBLAS call and its status; ``LRPFAST_CUDA_SYNC=1`` makes every launch wait, so an
+asynchronous fault is reported under the kernel that caused it. cuBLAS runs in
+CUBLAS_PEDANTIC_MATH (exact FP32, never TF32) and ``DeviceArray.sum`` is deterministic.
 
     t = torch.randn(8, 3, 227, 227, device="cuda")
     R = net.relevance(t, -1)                 # a DeviceArray, never copied to the host
@@ -31,10 +40,12 @@ pending work before lrpfast's kernels (``__cuda_array_interface__``'s stream is 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import importlib.util
 import os
+import re
 
 import numpy as np
 
@@ -125,6 +136,38 @@ def require_gpu():
     return _load()
 
 
+def parse_device(device) -> int:
+    """``"cuda"`` (the calling thread's current device) or ``"cuda:N"`` -> the device index;
+    ValueError naming the devices this process has when there is no such device."""
+    m = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+    if m is None:
+        raise ValueError(f"device {device!r} is not a CUDA device (use 'cuda' or 'cuda:N')")
+    mod = require_gpu()
+    if m.group(1) is None:
+        return int(mod.get_device())
+    index, n = int(m.group(1)), int(mod.device_count()[0])
+    if index >= n:
+        raise ValueError(f"device {device!r} does not exist: this process has {n} CUDA "
+                         f"device{'s' if n != 1 else ''} (cuda:0 .. cuda:{n - 1})")
+    return index
+
+
+@contextlib.contextmanager
+def use_device(index: int):
+    """Inside the block, the calling thread's new device arrays (uploads, constants, zeros) go
+    to CUDA device ``index``; kernels always run on the device of their operands."""
+    m = _load()
+    prev = int(m.get_device())
+    if prev == index:
+        yield
+        return
+    m.set_device(int(index))
+    try:
+        yield
+    finally:
+        m.set_device(prev)
+
+
 # ---------------------------------------------------------------- DeviceArray
 # BinaryOp / UnaryOp codes of src/cuda/kernels/kernels.hpp
 _ADD, _SUB, _MUL, _DIV, _MAX, _MIN, _EQ = 0, 1, 2, 3, 4, 5, 10
@@ -144,7 +187,7 @@ def _const(a: np.ndarray) -> "DeviceArray":
     a = np.ascontiguousarray(a, dtype=np.int32 if a.dtype == np.int32 else np.float32)
     if a.size > _CONST_MAX:
         return DeviceArray(_load().from_host(a))
-    key = (a.dtype.str, a.shape, a.tobytes())
+    key = (int(_load().get_device()), a.dtype.str, a.shape, a.tobytes())
     d = _CONSTS.get(key)
     if d is None:
         d = _CONSTS[key] = DeviceArray(_load().from_host(a))
@@ -196,6 +239,7 @@ class DeviceArray:
     ndim = property(lambda self: len(self._a.shape))
     size = property(lambda self: int(self._a.size))
     dtype = property(lambda self: self._a.dtype)
+    device = property(lambda self: int(self._a.device), doc="The CUDA device index.")
     __cuda_array_interface__ = property(lambda self: self._a.__cuda_array_interface__)
     T = property(lambda self: self.transpose())
 
@@ -319,8 +363,9 @@ class DeviceArray:
             elif isinstance(b, DeviceArray) and np.ndim(a) == 0:
                 res = DeviceArray(m.binary_scalar(op, b._a, float(a), True))
             else:  # a host array operand: uploaded once (small constants cached by content)
-                a = a if isinstance(a, DeviceArray) else _host_operand(a)
-                b = b if isinstance(b, DeviceArray) else _host_operand(b)
+                with use_device((a if isinstance(a, DeviceArray) else b).device):
+                    a = a if isinstance(a, DeviceArray) else _host_operand(a)
+                    b = b if isinstance(b, DeviceArray) else _host_operand(b)
                 res = DeviceArray(m.binary(op, a._a, b._a))
         else:
             raise TypeError(f"DeviceArray: numpy.{ufunc.__name__} is not supported on the GPU "
@@ -379,20 +424,28 @@ def _dev(a) -> DeviceArray:
     return a if isinstance(a, DeviceArray) else _host_operand(a)
 
 
-def to_device(a) -> DeviceArray:
+def to_device(a, device=None) -> DeviceArray:
     """numpy (or anything np.asarray accepts) -> DeviceArray (a copy; ints become float32 except
-    int32). Device arrays are wrapped without a copy: a CUDA DLPack producer or capsule through
-    :func:`from_dlpack` (preferred), else ``__cuda_array_interface__`` through :func:`from_cuda`."""
-    if isinstance(a, DeviceArray):
-        return a
-    if _dlpack_on_cuda(a) or _is_capsule(a):
-        return from_dlpack(a)
-    if hasattr(a, "__cuda_array_interface__"):
-        return from_cuda(a)
+    int32) on ``device`` (an index, "cuda:N", or None: the current device). Device arrays are
+    wrapped without a copy: a CUDA DLPack producer or capsule through :func:`from_dlpack`
+    (preferred), else ``__cuda_array_interface__`` through :func:`from_cuda`; one on another
+    device than a given ``device`` is copied there (through the host)."""
+    index = None if device is None else (
+        int(device) if isinstance(device, (int, np.integer)) else parse_device(device))
+    if isinstance(a, DeviceArray) or _dlpack_on_cuda(a) or _is_capsule(a) \
+            or hasattr(a, "__cuda_array_interface__"):
+        d = a if isinstance(a, DeviceArray) else (
+            from_cuda(a) if not (_dlpack_on_cuda(a) or _is_capsule(a)) else from_dlpack(a))
+        if index is None or d.device == index:
+            return d
+        a = d.to_host()
     a = np.asarray(a)
     if a.dtype != np.int32:
         a = np.ascontiguousarray(a, dtype=np.float32)
-    return DeviceArray(_load().from_host(a))
+    if index is None:
+        return DeviceArray(_load().from_host(a))
+    with use_device(index):
+        return DeviceArray(_load().from_host(a))
 
 
 def from_cuda(obj) -> DeviceArray:
@@ -423,8 +476,8 @@ def _dlpack_on_cuda(a) -> bool:
 def from_dlpack(obj) -> DeviceArray:
     """Wrap a DLPack tensor without a copy: any object with ``__dlpack__`` (PyTorch CUDA tensor,
     CuPy, JAX, a DeviceArray) or a raw "dltensor"/"dltensor_versioned" capsule (consumed).
-    The tensor must be C-contiguous float32 (or int32) on the current CUDA device (ValueError
-    otherwise); the producer stays alive and its deleter runs once, when the last view of the
+    The tensor must be C-contiguous float32 (or int32) on a CUDA device, which the result keeps
+    (ValueError otherwise); the producer stays alive and its deleter runs once, when the last view of the
     result is freed. The producer is asked for stream 1 (the legacy default stream every lrpfast
     kernel runs on), so its pending work is ordered before ours."""
     if isinstance(obj, DeviceArray):
@@ -475,12 +528,12 @@ def stabilized_divide(r, z, eps: float, zero_to_zero: bool = True) -> DeviceArra
 
 # ---------------------------------------------------------------- numpy functions on the device
 def _zeros_like(a, dtype=None, **kw):
-    return DeviceArray(_load().zeros(list(a.shape)))
+    with use_device(a.device):
+        return DeviceArray(_load().zeros(list(a.shape)))
 
 
 def _full_like(a, fill_value, dtype=None, **kw):
-    return DeviceArray(_load().binary_scalar(_ADD, _load().zeros(list(a.shape)),
-                                             float(fill_value), False))
+    return DeviceArray(_load().binary_scalar(_ADD, _zeros_like(a)._a, float(fill_value), False))
 
 
 def _ones_like(a, dtype=None, **kw):

@@ -32,8 +32,13 @@ Pre-processing (:func:`preprocess`)
     input size (offset ``(Hm - H) // 2``, ``(Wm - W) // 2``) is subtracted from the BGR planes
     (values 0..255). The crop before the mean subtraction is ``<name>_as_inputted_into_the_dnn.png``.
 
-Outputs, per image, at ``standalone_outpath / relpath(image, standalone_rootpath)`` without the
-extension (an image outside ``standalone_rootpath`` is a per-image error):
+Outputs, per image, where the toolbox writes them (:func:`toolbox_output_base`):
+``standalone_rootpath`` is found as a substring of the image path (its first occurrence), and
+the outputs go to ``standalone_outpath + "/" +`` the image path from there on, the root stub
+included, with the image's file name *with its extension* before each suffix: root
+``someimages`` and image ``prefix/imgs/someimages/cat.png`` give
+``OUT/someimages/cat.png_rawhm.txt`` etc. An image path without the stub, or one whose output
+would leave ``standalone_outpath`` (``..`` components), is a per-image error:
 
 * ``<name>_rawhm.txt``: line ``3``, line ``H W``, then the R plane, G plane, B plane (reversed
   from the net's BGR), each as H lines of W values separated by one space, every value printed
@@ -80,7 +85,7 @@ import numpy as np
 __all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
            "read_mean", "read_synsets", "preprocess", "format_rawhm", "write_rawhm",
            "read_rawhm", "format_top10", "run_toolbox", "run_heatmaps", "main_explain",
-           "main_heatmaps", "add_subcommands"]
+           "main_heatmaps", "add_subcommands", "toolbox_output_base"]
 
 CONFIG_KEYS = ("param_file", "model_file", "mean_file", "use_mean_file_asbinaryprotoblob",
                "synsetfile", "lastlayerindex", "firstlayerindex", "numclasses", "baseimgsize",
@@ -535,7 +540,6 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
     if batch < 1:
         _err("--batch must be >= 1")
         return 2
-    root = os.path.abspath(cfg.standalone_rootpath)
 
     def compute(x, items):
         scores = _output_scores(net, net.forward(x))
@@ -554,10 +558,10 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
     run = _Batches(batch, bar, compute, write)
     for path, cls, line in items:
         where = f"{path} (file list line {line})"
-        ap = os.path.abspath(path)
-        rel = os.path.relpath(ap, root)
-        if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
-            run.skip(f"{where}: not under standalone_rootpath {cfg.standalone_rootpath}")
+        try:
+            base = toolbox_output_base(cfg.standalone_outpath, cfg.standalone_rootpath, path)
+        except ValueError as e:
+            run.skip(f"{where}: {e}")
             continue
         if cls >= cfg.numclasses:
             run.skip(f"{where}: class {cls} out of range 0..{cfg.numclasses - 1}")
@@ -567,7 +571,6 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
             run.skip(f"{where}: {loaded}")
             continue
         crop, x = loaded
-        base = os.path.join(cfg.standalone_outpath, os.path.splitext(rel)[0])
         run.add(where, x, (cls, crop, base))
     run.flush()
     bar.close()
@@ -575,6 +578,27 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
 
 
 # =============================================================================== modern run
+def toolbox_output_base(outpath: str, rootstub: str, image: str) -> str:
+    """The toolbox heatmap tool's output prefix of one image: ``outpath + "/" +`` the image
+    path from the first occurrence of ``rootstub`` on (the stub kept, the file name with its
+    extension); the outputs are this plus ``_rawhm.txt``, ``_heatmap.png``, ... ValueError
+    when the stub does not occur in the path, or when the result would leave ``outpath``."""
+    pos = image.find(rootstub) if rootstub else -1
+    if pos < 0:
+        raise ValueError(f"not under standalone_rootpath: {rootstub!r} does not occur in the "
+                         f"image path")
+    tail = image[pos:]
+    if os.pardir in tail.replace("\\", "/").split("/"):
+        raise ValueError(f"the output path {outpath}/{tail} would leave standalone_outpath "
+                         f"('..' after the root stub)")
+    base = os.path.normpath(outpath + "/" + tail)
+    out_abs = os.path.abspath(outpath)
+    if os.path.commonpath([out_abs, os.path.abspath(base)]) != out_abs or \
+            os.path.abspath(base) == out_abs:
+        raise ValueError(f"the output path {base} would leave standalone_outpath {outpath}")
+    return base
+
+
 def _expand_images(paths) -> list[str]:
     out = []
     for p in paths:

@@ -3,16 +3,74 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import operator
+import os
+import warnings
 
 from ._loader import _core
 
 
-def set_num_threads(n: int) -> None:
-    """Threads used by the CPU engine (BLAS and the element-wise kernels)."""
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"set_num_threads: need n >= 1, got {n}")
-    _core.set_num_threads(n)
+def set_num_threads(n: int) -> int:
+    """Threads used by the CPU engine (BLAS and the element-wise kernels); returns the number set.
+
+    More threads than the CPUs this process may run on only slow lrpfast down, so ``n`` is capped
+    there, with a warning. Lowering the number ends the pool's extra threads. Results never depend
+    on whether the pool is busy with another Python thread's call; in deterministic mode
+    (:func:`set_deterministic`) they do not depend on the number of threads either."""
+    n = operator.index(n) if not isinstance(n, bool) else int(n)
+    if n < 1 or n > 4096:
+        raise ValueError(f"set_num_threads: need 1 <= n <= 4096, got {n}")
+    cpus = int(_core.available_cpus())
+    if n > cpus:
+        warnings.warn(f"set_num_threads({n}): this process may run on {cpus} CPUs; using {cpus} "
+                      "threads", RuntimeWarning, stacklevel=2)
+    return int(_core.set_num_threads(n))
+
+
+def _warn_capped_env_threads() -> None:
+    """At import: say so when $LRPFAST_NUM_THREADS / $OMP_NUM_THREADS ask for more threads than
+    the CPUs this process may run on (the engine caps them)."""
+    cpus = int(_core.available_cpus())
+    for name in ("LRPFAST_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value:
+            if value.isdigit() and int(value) > cpus:
+                warnings.warn(f"${name}={value}: this process may run on {cpus} CPUs; lrpfast uses "
+                              f"{cpus} threads", RuntimeWarning, stacklevel=3)
+            return
+
+
+def set_deterministic(on: bool = True) -> None:
+    """Deterministic mode (process-wide; default off, or ``$LRPFAST_DETERMINISTIC=1``), as
+    PyTorch's ``torch.use_deterministic_algorithms``.
+
+    On: an image's result is bit-identical whatever else is in its batch and whatever the
+    number of threads -- every matrix product is cut into calls that depend on the image and the
+    layer alone, and the fully connected layers run lrpfast's own kernels (one fused
+    multiply-add chain per output, the same bits on AVX-512, AVX2 and the generic path).
+    Off: products may span several images and are sliced by the thread count; on BLAS kernels
+    whose arithmetic depends on a call's shape (OpenBLAS's Haswell kernels, its small-matrix
+    kernels) results then differ at float32 rounding level between batch compositions and
+    thread counts. In both modes concurrent calls from several Python threads give the serial
+    results bit for bit. The cost is measured in bench/README.md."""
+    _core.set_deterministic(bool(on))
+
+
+def get_deterministic() -> bool:
+    return bool(_core.get_deterministic())
+
+
+def set_simd(name: str) -> None:
+    """lrpfast's hand-written SIMD kernels (process-wide): "native" (default: the best the CPU
+    has), "avx2" (at most AVX2 + FMA, as on a CPU without AVX-512) or "generic" (plain C++, the
+    path of non-x86 machines; slow on x86 CPUs without FMA). Default from ``$LRPFAST_SIMD``.
+    The BLAS library picks its own kernels; ``$LRPFAST_BLAS_CORETYPE`` (e.g. ``Haswell``, set
+    before import) forces those."""
+    _core.set_simd(str(name))
+
+
+def get_simd() -> str:
+    return str(_core.get_simd())
 
 
 def get_num_threads() -> int:
@@ -35,12 +93,13 @@ def get_conv_algorithm() -> str:
 
 def set_linear_algorithm(name: str) -> None:
     """Kernels of the CPU engine's fully connected products, forward and transposed
-    (process-wide): "auto" (default: lrpfast's streamed AVX-512 kernels where the CPU has
-    AVX-512, else BLAS), "blas" (OpenBLAS sgemm) or "streamed" (ValueError without AVX-512).
-    The streamed kernels read the weight matrix once and are faster for the few rows an LRP
-    batch has (bench/README.md); both agree to float32 rounding, and under either an image's
-    result never depends on the rest of its batch. The default comes from
-    $LRPFAST_LINEAR_ALGO."""
+    (process-wide): "auto" (default: lrpfast's streamed kernels where they run on AVX-512, and
+    in deterministic mode on every CPU; else BLAS), "blas" (OpenBLAS sgemm; one row at a time
+    in deterministic mode) or "streamed" (lrpfast's kernels on every CPU: AVX-512, AVX2 + FMA
+    or generic C++, all giving the same bits). The streamed kernels read the weight matrix
+    once and are faster for the few rows an LRP batch has (bench/README.md); with them an
+    image's result never depends on the rest of its batch. BLAS agrees to float32 rounding.
+    The default comes from $LRPFAST_LINEAR_ALGO."""
     _core.set_linear_algorithm(str(name))
 
 
@@ -79,11 +138,20 @@ def _gpu_count() -> int:
     return 0
 
 
+def _linear_kernels() -> str:
+    algo = get_linear_algorithm()
+    if algo == "streamed" or (algo == "auto" and (_core.linear_streamed_native()
+                                                  or get_deterministic())):
+        return f"streamed ({_core.simd_kernels()})"
+    return "blas (one row at a time)" if get_deterministic() else "blas"
+
+
 def info() -> dict:
     """{'version', 'blas', 'blas_config', 'threads', 'conv_algorithm', 'linear_algorithm',
-    'linear_kernels', 'memory_reuse', 'cuda_compiled', 'gpus'} (conv_algorithm: see set_conv_algorithm;
-    linear_algorithm: see set_linear_algorithm; linear_kernels: what that setting runs here,
-    "streamed (AVX-512)" or "blas")."""
+    'linear_kernels', 'simd', 'simd_kernels', 'deterministic', 'cpus', 'memory_reuse',
+    'cuda_compiled', 'gpus'} (conv_algorithm: see set_conv_algorithm; linear_algorithm: see
+    set_linear_algorithm; linear_kernels: what that setting runs here, e.g. "streamed (avx512)"
+    or "blas"; simd: see set_simd; simd_kernels: the SIMD path that setting runs here)."""
     return {
         "version": _core.__version__,
         "blas": _core.blas_name(),
@@ -91,8 +159,11 @@ def info() -> dict:
         "threads": get_num_threads(),
         "conv_algorithm": get_conv_algorithm(),
         "linear_algorithm": get_linear_algorithm(),
-        "linear_kernels": ("streamed (AVX-512)" if _core.linear_streamed_native()
-                           and get_linear_algorithm() != "blas" else "blas"),
+        "linear_kernels": _linear_kernels(),
+        "simd": get_simd(),
+        "simd_kernels": _core.simd_kernels(),
+        "deterministic": get_deterministic(),
+        "cpus": int(_core.available_cpus()),
         "memory_reuse": get_memory_reuse(),
         # the module file of lrpfast._cuda, found without loading it (nor cuBLAS)
         "cuda_compiled": importlib.util.find_spec("lrpfast._cuda") is not None,

@@ -115,7 +115,9 @@ class Layer:
                 b = b.reshape(e)
             if not np.all(np.isfinite(b)):
                 raise self.error(f"weight blob {k} contains NaN or infinity")
-            self.blobs.append(np.ascontiguousarray(b))
+            b = np.ascontiguousarray(b)
+            b.flags.writeable = False   # the Net's own (Net copies arrays it is given)
+            self.blobs.append(b)
 
     def require_weights(self):
         if self.blobs is None:
@@ -414,6 +416,80 @@ class ReLU(Layer):
         return [ctx.rule.relu(R, x)]
 
 
+class _Pointwise(Layer):
+    """An element-wise activation y = f(x) computed with numpy on the host (float32). LRP rules
+    pass relevance through unchanged (as through ReLU; the LRP Toolbox does the same for TanH);
+    the gradient-like rules multiply it by f'(x)."""
+
+    def forward(self, xs):
+        x = xs[0]
+        if not isinstance(x, np.ndarray):
+            raise NotImplementedError(f"layer '{self.name}' ({self.type}) is not supported on "
+                                      f"CUDA yet; load the net with device='cpu'")
+        with np.errstate(over="ignore"):
+            return [self.f(x).astype(np.float32, copy=False)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        if ctx.gradient_like:
+            return [(Rs[0] * self.derivative(xs[0], ys[0])).astype(np.float32, copy=False)]
+        return [Rs[0]]
+
+
+class TanH(_Pointwise):
+    """Caffe's TanH: y = tanh(x)."""
+
+    type = "TanH"
+
+    @staticmethod
+    def f(x):
+        return np.tanh(x)
+
+    @staticmethod
+    def derivative(x, y):
+        return 1 - y * y
+
+
+class Sigmoid(_Pointwise):
+    """Caffe's Sigmoid: y = 1 / (1 + exp(-x))."""
+
+    type = "Sigmoid"
+
+    @staticmethod
+    def f(x):
+        return 1 / (1 + np.exp(-x))
+
+    @staticmethod
+    def derivative(x, y):
+        return y * (1 - y)
+
+
+class Power(_Pointwise):
+    """Caffe's Power: y = (shift + scale * x) ** power (a toolbox SumPool is AVE pooling then a
+    Power layer with scale sqrt(kernel area))."""
+
+    type = "Power"
+
+    def setup(self, in_shapes):
+        p = self.param.power_param
+        self.power, self.scale, self.shift = float(p.power), float(p.scale), float(p.shift)
+        if not all(np.isfinite([self.power, self.scale, self.shift])):
+            raise ValueError("power, scale and shift must be finite")
+        return [in_shapes[0]]
+
+    def f(self, x):
+        y = np.float32(self.shift) + np.float32(self.scale) * x
+        return y if self.power == 1.0 else y ** np.float32(self.power)
+
+    def derivative(self, x, y):
+        if self.power == 1.0:
+            return np.float32(self.scale)
+        base = np.float32(self.shift) + np.float32(self.scale) * x
+        return np.float32(self.power * self.scale) * base ** np.float32(self.power - 1)
+
+    def describe(self):
+        return f"({self.shift:g} + {self.scale:g} x) ^ {self.power:g}"
+
+
 class Dropout(_PassThrough):
     type = "Dropout"
 
@@ -688,7 +764,7 @@ def _contiguous(a):
 
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
-    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize)}
+    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power)}
 
 
 def supported_types() -> list[str]:

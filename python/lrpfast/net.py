@@ -13,8 +13,10 @@ are never modified, so the same call twice gives the same result.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -26,12 +28,36 @@ from .rules import AlphaBeta
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 
 
+def _own_weights(weights):
+    """{layer: [float32 copies]} of a weights dict given by the caller (None stays None)."""
+    if weights is None:
+        return None
+    return {name: [np.array(b, dtype=np.float32, copy=True) for b in blobs]
+            if isinstance(blobs, (list, tuple)) else blobs for name, blobs in weights.items()}
+
+
+def _on_device(method):
+    """device='cuda:N': the new device arrays of the method (uploads, constants) go to device N."""
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        if self.cuda_device is None:
+            return method(self, *args, **kw)
+        from . import cuda
+
+        with cuda.use_device(self.cuda_device):
+            return method(self, *args, **kw)
+    return run
+
+
 class Net:
     """A Caffe net (prototxt + caffemodel) on the CPU.
 
     Args:
-        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef).
-        weights: path of the caffemodel, or {layer name: [float32 arrays]}; None builds the
+        prototxt: path of the deploy prototxt (or a parsed NetParameter / NetDef); an LRP
+            Toolbox plain-text model (``.txt``, no weights) gives a lrpfast.toolbox.ToolboxNet.
+        weights: path of the caffemodel, or {layer name: [float32 arrays]} (copied: the Net
+            keeps read-only copies of its weights, so later changes to the caller's arrays
+            change nothing); None builds the
             structure only (forward then refuses).
         device: "cpu", or "cuda" (the CUDA engine, lrpfast.cuda; raises RuntimeError saying why
             when it is not built, cuBLAS is missing, or there is no driver/GPU).
@@ -42,25 +68,43 @@ class Net:
         memory_limit: bytes one chunk of a batch may use for activations and relevance.
     """
 
+    def __new__(cls, prototxt=None, weights=None, *args, **kw):
+        """``Net("model.txt")`` (no weights, a file whose first word is a toolbox layer name)
+        reads an LRP Toolbox plain-text model: a lrpfast.toolbox.ToolboxNet."""
+        if cls is Net and weights is None and isinstance(prototxt, (str, os.PathLike)) \
+                and os.fspath(prototxt).lower().endswith(".txt"):
+            from .toolbox import ToolboxNet
+            from .toolbox.model import looks_like_model
+            if looks_like_model(prototxt):
+                return super().__new__(ToolboxNet)
+        return super().__new__(cls)
+
     def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
                  skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
-        if device == "cuda":  # the CUDA engine (lrpfast.cuda) is loaded only here, lazily
+        self.cuda_device = None            # cuda: the device index ("cuda:N")
+        if str(device).startswith("cuda"):  # the CUDA engine (lrpfast.cuda) is loaded only here
             from . import cuda as _cuda_engine
 
             if not _cuda_engine.compiled() and not _cuda_engine.emulated():
-                raise ValueError("device 'cuda' is not available: this build has the CPU engine "
-                                 "only (no CUDA compiler at build time, or LRPFAST_CUDA=OFF)")
+                raise ValueError(f"device {device!r} is not available: this build has the CPU "
+                                 f"engine only (no CUDA compiler at build time, or "
+                                 f"LRPFAST_CUDA=OFF)")
             _cuda_engine.require_gpu()  # RuntimeError naming why (no build / no driver / no GPU)
+            self.cuda_device = _cuda_engine.parse_device(device)
+            device = "cuda"
         elif device != "cpu":
-            raise ValueError(f"device {device!r} is not available (known: 'cpu', 'cuda')")
+            raise ValueError(f"device {device!r} is not available (known: 'cpu', 'cuda', "
+                             f"'cuda:N')")
         self.device = device
         self.source = str(prototxt) if isinstance(prototxt, (str, os.PathLike)) else "<net>"
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
-        self._last_input = None            # the input of the last forward(), for backward_relevance
+        self._local = threading.local()    # per thread: the input of its last forward()
         self._device_io = False            # cuda: the last call's inputs were device arrays
         netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
-            wdict, self.weights_source = weights, "<arrays>"
+            # the Net keeps its own read-only copies: changing the caller's arrays afterwards
+            # changes nothing, and no cached derivative (W+, W-, W^2, folded BatchNorm) goes stale
+            wdict, self.weights_source = _own_weights(weights), "<arrays>"
         else:
             wdict, self.weights_source = caffe.read_caffemodel(weights), str(weights)
         self.name = netdef.name
@@ -184,6 +228,10 @@ class Net:
             raise ValueError(f"input {name!r}: {e}") from None
         if a.dtype != np.float32:
             raise ValueError(f"input {name!r}: a device input must be float32, got {a.dtype}")
+        if a.device != self.cuda_device:
+            raise ValueError(f"input {name!r} is on cuda:{a.device} but the net runs on "
+                             f"cuda:{self.cuda_device} (copy it with "
+                             f"lrpfast.cuda.to_device(x, device={self.cuda_device}))")
         if a.ndim == len(shape):
             a = a.reshape((1,) + a.shape)
         if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != shape:
@@ -304,12 +352,14 @@ class Net:
         return blobs, states
 
     # ------------------------------------------------------------------ forward
+    @_on_device
     def forward(self, x, blobs=None):
         """Run the net. x: float32 (N, C, H, W) in the net's input layout (Caffe: BGR, mean
         subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
         net has several outputs — or, with ``blobs=[names]``, {name: array} of those blobs."""
         xin = self._check_input(x)
-        self._last_input = {k: v.copy() for k, v in xin.items()}   # for backward_relevance
+        # for backward_relevance, per thread: threads sharing a Net never see each other's input
+        self._local.last_input = {k: v.copy() for k, v in xin.items()}
         # dict.fromkeys: two names of one blob (e.g. 'conv1' and 'conv1#2') are computed once,
         # else their chunks would be concatenated twice (a doubled batch)
         wanted = list(dict.fromkeys(self._ssa(b) for b in blobs)) if blobs is not None \
@@ -328,10 +378,14 @@ class Net:
 
     # ------------------------------------------------------------------ relevance
     def top_layer(self, top=None) -> Layer:
-        """The layer where relevance starts (as the toolbox's ``lastlayerindex``): None or -2 = the highest
-        InnerProduct layer, -1 = the layer right below the lowest Softmax, else an index or name."""
+        """The layer where relevance starts: None or -2 = the highest InnerProduct layer,
+        -1 = the layer right below the lowest Softmax, else an index or name. A net without an
+        InnerProduct (e.g. ending in convolutions): None = the layer right below the last
+        Softmax if there is one, else the last layer (``default_top_reason`` says which)."""
         if top is None or (isinstance(top, (int, np.integer)) and top == -2):
             ips = [l for l in self.layers if l.type == "InnerProduct"]
+            if not ips and top is None:
+                return self._default_top_without_ip()
             if not ips:
                 raise ValueError(f"{self.source}: the net has no InnerProduct layer; pass top= "
                                  f"(a layer name or index)")
@@ -344,6 +398,20 @@ class Net:
         if isinstance(top, str) and not any(l.name == top for l in self.layers):
             return self._producer_layer(self._ssa(top))
         return self.layer(top)
+
+    def _default_top_without_ip(self) -> Layer:
+        softmax = [l for l in self.layers if l.type == "Softmax"]
+        if softmax:
+            return self._producer_layer(softmax[-1].bottoms[0])
+        return self.layers[-1]
+
+    def default_top_reason(self) -> str:
+        """Why ``top=None`` picks its layer (named in describe_rules)."""
+        if any(l.type == "InnerProduct" for l in self.layers):
+            return "the highest InnerProduct"
+        if any(l.type == "Softmax" for l in self.layers):
+            return "no InnerProduct: the layer below the last Softmax"
+        return "no InnerProduct or Softmax: the last layer"
 
     def _producer_layer(self, ssa):
         if ssa not in self._producer:
@@ -390,7 +458,11 @@ class Net:
         comp = as_composite(rules)
         assigned = comp.assign(self.layers, net=self)
         top_l = self.top_layer(top) if self.has_weights or top is not None else None
-        lines = [f"{comp!r}", f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
+        head = f"{comp!r}"
+        if top_l is not None:
+            why = self.default_top_reason() if top is None else f"top={top!r}"
+            head += f"; relevance starts at '{top_l.name}' ({why})"
+        lines = [head, f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
         for layer in self.layers:
             if top_l is not None and layer.index > top_l.index:
                 break
@@ -456,6 +528,7 @@ class Net:
                 mask[i, k] += 1.0
         return top_val * mask.reshape(top_val.shape)
 
+    @_on_device
     def relevance(self, x, classes=-1, rules="epsilon", *, top=None, readout=None,
                   progress: bool | None = None):
         """LRP relevance of the class(es) ``classes`` for the images ``x``.
@@ -471,6 +544,7 @@ class Net:
                                    progress=progress)
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
+    @_on_device
     def relevance_multi(self, x, class_sets, rules="epsilon", *, top=None, readout=None,
                         progress: bool | None = None):
         """Relevance for several class selections at one forward pass per chunk.
@@ -493,6 +567,7 @@ class Net:
             return out
         return self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
 
+    @_on_device
     def propagate(self, x, R_top, *, top, rules="epsilon", readout=None):
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
         ``readout`` (default: the input blob). Same return convention as ``relevance``."""
@@ -651,12 +726,14 @@ class Net:
                 break
 
     # ------------------------------------------------------------------ toolbox (lrpfast.compat)
+    @_on_device
     def backward_relevance(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance`` after ``forward(x)``; see lrpfast.compat."""
         self._toolbox_on_cpu()
         from .compat import backward_relevance
         return backward_relevance(self, classinds, opts)
 
+    @_on_device
     def backward_relevance_multi(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance_multi`` (one class list per image); see lrpfast.compat."""
         self._toolbox_on_cpu()
@@ -709,6 +786,9 @@ _LRP_PASS = _LrpPass()
 
 def _treatment(layer, comp) -> str:
     t = layer.type
+    own = getattr(comp, "describe_layer", None)   # e.g. the toolbox mode's pooling rules
+    if own is not None and own(layer):
+        return own(layer)
     if t == "Pooling":
         if layer.method == "max":
             return "winner-take-all" if comp.maxpool == "wta" else f"as average, z-rule eps={comp.eps:g}"
@@ -720,7 +800,8 @@ def _treatment(layer, comp) -> str:
         return f"folded into '{layer.folded_into}'"
     if t == "Softmax":
         return "(above the top: not reached)"
-    return {"ReLU": "pass", "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
+    return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass",
+            "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
             "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
             "Permute": "inverse permutation"}.get(t, "")
 

@@ -391,9 +391,10 @@ py::array_t<float> channel_affine(const py::object& xo, const py::object& so,
   return y;
 }
 
-void set_num_threads(i64 n) {
+int set_num_threads(i64 n) {
   require(n >= 1 && n <= 4096, "number of threads must be in 1..4096, got ", n);
-  lrpfast::set_num_threads(int(n));
+  py::gil_scoped_release nogil;  // may wait for another thread's job to end before shrinking
+  return lrpfast::set_num_threads(int(n));
 }
 
 }  // namespace
@@ -402,8 +403,9 @@ void set_num_threads(i64 n) {
 // values are the positions of `names`.
 template <class E>
 void def_algorithm(py::module_& m, const std::string& what, std::vector<std::string> names,
-                   void (*set)(E), E (*get)(), const char* doc) {
-  const std::string setter = "set_" + what + "_algorithm", getter = "get_" + what + "_algorithm";
+                   void (*set)(E), E (*get)(), const char* doc,
+                   const std::string& suffix = "_algorithm") {
+  const std::string setter = "set_" + what + suffix, getter = "get_" + what + suffix;
   m.def(
       setter.c_str(),
       [names, setter, set](const std::string& name) {
@@ -412,7 +414,7 @@ void def_algorithm(py::module_& m, const std::string& what, std::vector<std::str
         std::string list;
         for (std::size_t i = 0; i < names.size(); ++i)
           list += (i ? (i + 1 == names.size() ? " or '" : ", '") : "'") + names[i] + "'";
-        throw py::value_error(setter + ": algorithm must be " + list + ", got '" + name + "'");
+        throw py::value_error(setter + ": must be " + list + ", got '" + name + "'");
       },
       py::arg("algorithm"), doc);
   m.def(
@@ -434,9 +436,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("blas_config", &lrpfast::blas_config, "The BLAS library's own configuration string.");
   m.def(
       "set_num_threads", &set_num_threads, py::arg("n"),
-      "Set the number of threads lrpfast computes with (n >= 1): its matrix products (sliced\n"
+      "Set the number of threads lrpfast computes with (1 <= n <= 4096, capped at the CPUs this\n"
+      "process may run on; returns the number set): its matrix products (sliced\n"
       "over single-threaded BLAS calls) and its element-wise/im2col/pooling loops share one pool.\n"
       "Default: $LRPFAST_NUM_THREADS, else $OMP_NUM_THREADS, else the CPUs available.");
+  m.def("available_cpus", &lrpfast::available_cpus, "CPUs this process may run on.");
+  m.def("pool_threads", &lrpfast::pool_threads,
+        "Threads lrpfast's pool holds now, the caller's included (1 before its first use).");
   m.def("get_num_threads", &lrpfast::num_threads,
         "Number of threads lrpfast computes with (BLAS itself always runs single-threaded).");
 
@@ -448,9 +454,21 @@ PYBIND11_MODULE(_core, m) {
       "'winograd' (wherever it applies). Default from $LRPFAST_CONV_ALGO.");
   def_algorithm<lrpfast::LinearAlgo>(
       m, "linear", {"auto", "blas", "streamed"}, lrpfast::set_linear_algo, lrpfast::linear_algo,
-      "Kernels of the fully connected products (process-wide): 'auto' (default; the streamed\n"
-      "AVX-512 kernels where the CPU has AVX-512, else BLAS), 'blas' or 'streamed' (needs\n"
-      "AVX-512). Default from $LRPFAST_LINEAR_ALGO.");
+      "Kernels of the fully connected products (process-wide): 'auto' (default; lrpfast's\n"
+      "streamed kernels where they run on AVX-512 or in deterministic mode, else BLAS), 'blas'\n"
+      "or 'streamed' (lrpfast's kernels on every CPU). Default from $LRPFAST_LINEAR_ALGO.");
+  def_algorithm<lrpfast::Simd>(
+      m, "simd", {"native", "avx2", "generic"}, lrpfast::set_simd, lrpfast::simd,
+      "lrpfast's hand-written SIMD kernels (process-wide): 'native' (default; the best the CPU\n"
+      "has), 'avx2' (at most AVX2 + FMA, as on a CPU without AVX-512) or 'generic' (plain C++,\n"
+      "the path of non-x86 machines). Default from $LRPFAST_SIMD.", "");
+  m.def("simd_kernels", &lrpfast::simd_kernels,
+        "The SIMD kernels that run under the simd setting on this CPU: 'avx512', 'avx2' or 'generic'.");
+  m.def("set_deterministic", &lrpfast::set_deterministic, py::arg("on"),
+        "Deterministic mode (process-wide): every product is cut into calls that depend on one\n"
+        "image and the layer alone, so an image's result is bit-identical alone or in any batch,\n"
+        "on any number of threads. Default from $LRPFAST_DETERMINISTIC (off).");
+  m.def("get_deterministic", &lrpfast::deterministic, "The setting of set_deterministic.");
   m.def(
       "set_memory_reuse",
       [](bool on) {
@@ -462,7 +480,7 @@ PYBIND11_MODULE(_core, m) {
       "default on unless $LRPFAST_MEMORY_REUSE=0 or glibc's MALLOC_*_ variables are set).");
   m.def("get_memory_reuse", &lrpfast::memory_reuse, "The setting of set_memory_reuse.");
   m.def("linear_streamed_native", &lrpfast::streamed_native,
-        "True where the streamed fully connected kernels can run (x86-64 with AVX-512).");
+        "True where the streamed fully connected kernels run on AVX-512 (see set_simd).");
   m.def(
       "conv_out_size",
       [](i64 in, i64 kernel, i64 stride, i64 pad, i64 dilation) {

@@ -83,7 +83,7 @@ struct Blocking {
 Blocking plan(const ConvGeom& g) {
   const std::int64_t K = g.k_total(), P = g.out_plane();
   Blocking b{1, g.Ho};
-  if (P < kSmallPlane && g.N > 1) {
+  if (P < kSmallPlane && g.N > 1 && !deterministic()) {  // images side by side: batch-dependent
     const std::int64_t by_budget = kColBudget / (K * P);
     const std::int64_t by_width = kSmallPlane / P;  // enough columns for an efficient gemm
     b.images = int(std::max<std::int64_t>(1, std::min<std::int64_t>({by_budget, by_width, g.N})));
@@ -196,6 +196,9 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
   const bool split = out.y2 != nullptr;
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
+  // Output channels per gemm: a group's, or for a pair each weight set's half, so that y and y2
+  // come from the very calls conv_forward makes with W or V alone (bit-identical on any BLAS)
+  const int run = split ? Og / 2 : Og;  // channels stored P apart (see OutPlanes)
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
   if (winograd_applies(g, false)) {
     if (!split) return winograd_forward(g, x, w, b, out.y);
@@ -206,7 +209,6 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
     return;
   }
   if (g.pointwise()) {  // the input plane is already the column matrix
-    const int run = split ? Og / 2 : Og;  // channels stored P apart (see OutPlanes)
     for (int n = 0; n < g.N; ++n) {
       const float* xn = x + std::int64_t(n) * g.C * HW;
       for (int c = 0; c < g.O; c += run) {
@@ -230,8 +232,9 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       for (int i = 0; i < nb; ++i)
         im2col(g, x + std::int64_t(n0 + i) * g.C * HW, 0, g.Ho, col + i * P, ld);
       for (int gr = 0; gr < g.group; ++gr)
-        gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, col + gr * Kg * ld, int(ld),
-             0.f, tmp + std::int64_t(gr) * Og * ld, int(ld));
+        for (int h = 0; h < Og; h += run)
+          gemm(false, false, run, cols, Kg, 1.f, w + gr * wg_stride + std::int64_t(h) * Kg, Kg,
+               col + gr * Kg * ld, int(ld), 0.f, tmp + (std::int64_t(gr) * Og + h) * ld, int(ld));
       if (b) add_bias(b, g.O, cols, tmp, ld);
       scatter_rows(tmp, ld, n0, nb, 0, g.O, 0, P, out);
     });
@@ -248,18 +251,15 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       const std::int64_t j0 = std::int64_t(oh0) * g.Wo;
       im2col(g, xn, oh0, oh1, col, cols);
       for (int gr = 0; gr < g.group; ++gr) {
-        const float* wg = w + gr * wg_stride;
         const float* cg = col + std::int64_t(gr) * Kg * cols;
-        if (!split) {
-          gemm(false, false, Og, cols, Kg, 1.f, wg, Kg, cg, cols, 0.f, out.plane(n, gr * Og) + j0, Ip);
-          continue;
+        for (int h = 0; h < Og; h += run) {  // a pair: each weight set's own product
+          const int c = gr * Og + h;
+          float* dst = out.plane(n, c) + j0;
+          gemm(false, false, run, cols, Kg, 1.f, w + std::int64_t(c) * Kg, Kg, cg, cols, 0.f, dst,
+               Ip);
+          if (b) add_bias(b + c, run, cols, dst, P);
         }
-        float* t = sc.get(1, std::int64_t(Og) * cols);
-        gemm(false, false, Og, cols, Kg, 1.f, wg, Kg, cg, cols, 0.f, t, cols);
-        if (b) add_bias(b + gr * Og, Og, cols, t, cols);
-        scatter_rows(t, cols, n, 1, gr * Og, Og, j0, cols, out);
       }
-      if (b && !split) add_bias(b, g.O, cols, out.plane(n, 0) + j0, P);
     }
   });
 }

@@ -3,7 +3,10 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/parallel.hpp"
 
@@ -32,11 +35,20 @@ const bool g_blas_single_threaded = [] {
   return true;
 }();
 
-// Products smaller than this (M*N*K multiply-adds, ~40 us on one core) run on one thread.
-constexpr double kParallelGemmWork = double(1 << 21);
 // Slices are multiples of the BLAS micro-kernel's width (OpenBLAS sgemm: 16 x 4 for Haswell-class
 // cores; row-major N maps onto its M) and never thinner than kMinSlice.
 constexpr int kAlignN = 16, kAlignM = 8, kMinSlice = 32;
+// Products smaller than this (M*N*K multiply-adds, ~40 us on one core) are one call.
+constexpr double kParallelGemmWork = double(1 << 21);
+// Deterministic mode cuts the sliced side into this many slices (at most), whatever the threads.
+constexpr int kFixedSlices = 8;
+
+bool deterministic_from_env() {
+  const char* s = std::getenv("LRPFAST_DETERMINISTIC");
+  return s && *s && std::strcmp(s, "0") != 0 && std::strcmp(s, "false") != 0 &&
+         std::strcmp(s, "off") != 0;
+}
+std::atomic<int> g_deterministic{-1};  // -1: not read from the environment yet
 
 void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
@@ -46,22 +58,37 @@ void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float
 
 }  // namespace
 
+void set_deterministic(bool on) { g_deterministic.store(on ? 1 : 0); }
+
+bool deterministic() {
+  int v = g_deterministic.load();
+  if (v < 0) {
+    v = deterministic_from_env() ? 1 : 0;
+    g_deterministic.store(v);
+  }
+  return v == 1;
+}
+
+// The slices are a function of the product's shape and of the *setting* (threads, or the fixed
+// count in deterministic mode) -- never of whether the pool is free: a call made inside a pool
+// task or while another Python thread holds the pool runs the same slices one after another, so
+// concurrent calls give the serial results bit for bit.
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc, bool threaded) {
   (void)g_blas_single_threaded;
   if (M <= 0 || N <= 0) return;
-  const int T = threaded ? num_threads() : 1;
   const bool split_n = N >= M;  // slice the longer side of C
   const int len = split_n ? N : M, align = split_n ? kAlignN : kAlignM;
-  const int parts = std::min(T, std::max(1, len / kMinSlice));
+  const int want = !threaded ? 1 : deterministic() ? kFixedSlices : num_threads();
+  const int parts = std::min(want, std::max(1, len / kMinSlice));
   if (parts <= 1 || double(M) * N * K < kParallelGemmWork) {
     gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  auto task = [&](int t, int nt) {
-    const int per = ((len + nt - 1) / nt + align - 1) / align * align;
-    const int i0 = std::min(len, t * per), i1 = std::min(len, i0 + per);
-    if (i0 >= i1) return;
+  const int per = ((len + parts - 1) / parts + align - 1) / align * align;
+  const int slices = (len + per - 1) / per;
+  auto slice = [&](std::int64_t s) {
+    const int i0 = int(s) * per, i1 = std::min(len, i0 + per);
     const std::int64_t i = i0;
     if (split_n)
       gemm_serial(trans_a, trans_b, M, i1 - i0, K, alpha, A, lda, trans_b ? B + i * ldb : B + i,
@@ -70,7 +97,10 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
       gemm_serial(trans_a, trans_b, i1 - i0, N, K, alpha, trans_a ? A + i : A + i * lda, lda, B,
                   ldb, beta, C + i * ldc, ldc);
   };
-  parallel_run(parts, TaskRef(task));
+  // whole slices per thread (serially when the pool is busy or this is a pool task)
+  parallel_for(slices, kParallelGrain, [&](std::int64_t s0, std::int64_t s1) {
+    for (std::int64_t s = s0; s < s1; ++s) slice(s);
+  });
 }
 
 std::string blas_name() { return std::string(LRPFAST_BLAS_NAME) + " core=" + LRPFAST_BLAS_CORE(); }

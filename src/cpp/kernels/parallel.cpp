@@ -24,6 +24,16 @@
 #endif
 
 namespace lrpfast {
+
+int available_cpus() {
+#ifdef CPU_COUNT
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+  const unsigned h = std::thread::hardware_concurrency();
+  return h ? int(h) : 1;
+}
+
 namespace {
 
 int env_threads(const char* name) {
@@ -35,14 +45,10 @@ int env_threads(const char* name) {
 }
 
 int default_threads() {
-  if (int n = env_threads("LRPFAST_NUM_THREADS")) return n;
-  if (int n = env_threads("OMP_NUM_THREADS")) return n;
-#ifdef CPU_COUNT
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-#endif
-  const unsigned h = std::thread::hardware_concurrency();
-  return h ? int(h) : 1;
+  const int cpus = available_cpus();
+  if (int n = env_threads("LRPFAST_NUM_THREADS")) return std::min(n, cpus);
+  if (int n = env_threads("OMP_NUM_THREADS")) return std::min(n, cpus);
+  return cpus;
 }
 
 std::atomic<int> g_threads{default_threads()};
@@ -88,6 +94,21 @@ class Pool {
       threads_.emplace_back([this, id, now] { work(id, now); });
   }
 
+  // Caller holds busy(): no job is in flight. Ends and joins workers threads .. size()-1.
+  void shrink(int threads) {
+    if (threads < 1 || size() <= threads) return;
+    exit_from_.store(threads, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(m_);  // a new generation that no worker takes part in
+      const std::uint64_t gen = (state_.load(std::memory_order_relaxed) >> kNtBits) + 1;
+      state_.store(gen << kNtBits, std::memory_order_release);
+    }
+    start_.notify_all();
+    for (std::size_t i = std::size_t(threads) - 1; i < threads_.size(); ++i) threads_[i].join();
+    threads_.resize(std::size_t(threads) - 1);
+    exit_from_.store(kNoExit, std::memory_order_relaxed);
+  }
+
   // Caller holds busy(). Runs task on nt threads (2 <= nt <= size()), the caller being thread 0.
   void run(int nt, TaskRef task) {
     task_ = &task;
@@ -110,6 +131,8 @@ class Pool {
 
  private:
   static constexpr int kNtBits = 16;  // thread counts are <= 4096
+  static constexpr int kNoExit = 1 << 30;
+  std::atomic<int> exit_from_{kNoExit};  // workers with this id or above end (shrink())
 
   void invoke(int t, int nt) {
     try {
@@ -130,6 +153,7 @@ class Pool {
         start_.wait(lk, changed);
       }
       const std::uint64_t st = state_.load(std::memory_order_acquire);
+      if (id >= exit_from_.load(std::memory_order_relaxed)) return;  // shrink()
       seen = st >> kNtBits;
       const int nt = int(st & ((1u << kNtBits) - 1));
       spin = id < nt;
@@ -182,10 +206,22 @@ Pool* pool_for(int threads, std::unique_lock<std::mutex>& busy) {
 
 }  // namespace
 
-void set_num_threads(int n) {
+int set_num_threads(int n) {
   if (n < 1 || n > 4096)
     throw std::invalid_argument("number of threads must be in 1..4096, got " + std::to_string(n));
+  n = std::min(n, available_cpus());
   g_threads.store(n, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lk(g_pool_m);
+  if (g_pool && g_pool->size() > n && !t_in_task) {  // the pool shrinks with the setting
+    std::lock_guard<std::mutex> busy(g_pool->busy());  // waits for a job in flight
+    g_pool->shrink(n);
+  }
+  return n;
+}
+
+int pool_threads() {
+  std::lock_guard<std::mutex> lk(g_pool_m);
+  return g_pool ? g_pool->size() : 1;
 }
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }

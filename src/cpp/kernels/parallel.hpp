@@ -25,9 +25,13 @@
 
 namespace lrpfast {
 
-void set_num_threads(int n);  // n >= 1; takes effect at the next parallel call
-int num_threads();            // default: LRPFAST_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs
-                              // this process may run on (sched_getaffinity)
+// n in 1..4096, capped at available_cpus(); takes effect at the next parallel call, and the pool's
+// threads beyond it end. Returns the number set.
+int set_num_threads(int n);
+int num_threads();     // default: LRPFAST_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs
+                       // this process may run on; always capped at available_cpus()
+int available_cpus();  // CPUs this process may run on (sched_getaffinity)
+int pool_threads();    // threads the pool holds now, the caller's included (1 before first use)
 
 // Loops touching fewer elements than this stay serial (waking threads costs microseconds).
 constexpr std::int64_t kParallelGrain = std::int64_t(1) << 15;

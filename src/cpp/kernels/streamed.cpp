@@ -1,6 +1,7 @@
 #include "kernels/streamed.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -26,10 +27,13 @@ using i64 = std::int64_t;
 LinearAlgo algo_from_env() {
   const char* s = std::getenv("LRPFAST_LINEAR_ALGO");
   if (s && std::strcmp(s, "blas") == 0) return LinearAlgo::Blas;
-  if (s && std::strcmp(s, "streamed") == 0 && streamed_native()) return LinearAlgo::Streamed;
+  if (s && std::strcmp(s, "streamed") == 0) return LinearAlgo::Streamed;
   return LinearAlgo::Auto;
 }
 
+// Beyond this many rows of A, C = A B^T runs as nn on column blocks of B transposed (AVX-512), or
+// as nt on blocks of this many rows (portable kernels).
+constexpr int kMaxRowsNT = 128;
 // nn computes C in blocks of at most this many rows.
 constexpr int kMBlock = 256;
 // Multiply-adds per element-cost of parallel_for's work measure: products under 2^21
@@ -180,8 +184,6 @@ LRPFAST_AVX512 void nn_columns(int M, int j0, int j1, int K, const float* A, int
 constexpr int kTileO = 16, kColsNT = 256;
 // Floats of `at` per k chunk (256 KiB, in L2 while every tile of outputs passes over it).
 constexpr i64 kChunkNT = i64(1) << 16;
-// Beyond this many rows of A, C = A B^T runs as nn on column blocks of B transposed.
-constexpr int kMaxRowsNT = 128;
 
 // P tile (16 outputs x 16 lanes) = (first ? 0 : P) + sum over k < kb of bt[j, k] at[k, :].
 // With `pf`, one cache line per k of the next tile of B (16 rows at stride ldb from pf) is
@@ -260,37 +262,279 @@ LRPFAST_AVX512 void nt_outputs(int M, int N, int o_lo, int o_hi, int K, const fl
 }
 #endif
 
+// ---- portable kernels: the same per-element arithmetic in plain C++ --------------------------
+// Every element of C is one fma chain over k = 0 .. K-1 from +0, exactly as in the AVX-512
+// kernels above, so all three builds of them (AVX-512, AVX2 + FMA, generic) give the same bits.
+// Compiled twice: for the generic target, and (x86-64) with AVX2 + FMA enabled, where the lane
+// loops vectorise into vfmadd.
+constexpr int kPortLanes = 16;        // rows of A (nt) or columns of C (nn) per vector group
+constexpr int kPortTile = 4;          // outputs (nt) or rows of A (nn) per register tile
+constexpr i64 kPortChunk = i64(1) << 14;  // floats of A^T per k chunk (64 KiB, in L2)
+constexpr int kPortRows = 64;             // rows of B per sweep (nn)
+
+// The builtin, not std::fma: std::fma's body is compiled for the default target, where it is a
+// call into libm; the builtin becomes the FMA instruction wherever the function's target has one.
+#if defined(__GNUC__) || defined(__clang__)
+#define LRPFAST_FMAF(a, b, c) __builtin_fmaf(a, b, c)
+#else
+#define LRPFAST_FMAF(a, b, c) std::fma(a, b, c)
+#endif
+#define LRPFAST_PORTABLE_TILES(ATTR, SUFFIX)                                                    \
+  /* P (nj x 16 lanes) = (first ? 0 : P) + sum_k at[k, lanes] B[o0 + j, k], k in [k0, k1) */      \
+  template <int NJ>                                                                              \
+  ATTR void nt_tile_##SUFFIX(int k0, int k1, const float* at, int ld, const float* B, i64 ldb,    \
+                              float* P, bool first) {                                            \
+    float acc[NJ][kPortLanes];                                                                   \
+    for (int j = 0; j < NJ; ++j)                                                                 \
+      for (int i = 0; i < kPortLanes; ++i) acc[j][i] = first ? 0.f : P[j * kPortLanes + i];      \
+    for (int k = k0; k < k1; ++k) {                                                              \
+      const float* a = at + i64(k) * ld;                                                         \
+      for (int j = 0; j < NJ; ++j) {                                                             \
+        const float b = B[j * ldb + k];                                                          \
+        for (int i = 0; i < kPortLanes; ++i) acc[j][i] = LRPFAST_FMAF(a[i], b, acc[j][i]);           \
+      }                                                                                          \
+    }                                                                                            \
+    for (int j = 0; j < NJ; ++j)                                                                 \
+      for (int i = 0; i < kPortLanes; ++i) P[j * kPortLanes + i] = acc[j][i];                    \
+  }                                                                                              \
+  /* C[0 .. MT) x `cols` (<= 16) columns = (first ? 0 : C) + sum over k < K of A[m, k] B[k, :] */ \
+  template <int MT>                                                                              \
+  ATTR void nn_tile_##SUFFIX(int K, const float* A, int lda, const float* B, int ldb, int cols,   \
+                              float* C, int ldc, bool first) {                                   \
+    float acc[MT][kPortLanes] = {};                                                              \
+    float row[kPortLanes] = {};                                                                  \
+    if (!first)                                                                                  \
+      for (int m = 0; m < MT; ++m)                                                               \
+        for (int i = 0; i < cols; ++i) acc[m][i] = C[i64(m) * ldc + i];                          \
+    for (int k = 0; k < K; ++k) {                                                                \
+      const float* b = B + i64(k) * ldb;                                                         \
+      for (int i = 0; i < cols; ++i) row[i] = b[i];                                              \
+      for (int m = 0; m < MT; ++m) {                                                             \
+        const float a = A[i64(m) * lda + k];                                                     \
+        for (int i = 0; i < kPortLanes; ++i) acc[m][i] = LRPFAST_FMAF(a, row[i], acc[m][i]);         \
+      }                                                                                          \
+    }                                                                                            \
+    for (int m = 0; m < MT; ++m)                                                                 \
+      for (int i = 0; i < cols; ++i) C[i64(m) * ldc + i] = acc[m][i];                            \
+  }
+
+#define LRPFAST_PORTABLE_KERNELS(ATTR, SUFFIX)                                                    \
+  /* C rows [0, M) (M <= kMaxRowsNT), outputs [o_lo, o_hi) of C = A B^T, at = A^T (K x ld); k in  \
+     chunks whose part of at stays in L2 while every output tile passes over it */               \
+  ATTR void nt_outputs_##SUFFIX(int M, int o_lo, int o_hi, int K, const float* at, int ld,        \
+                                 const float* B, int ldb, float* C, int ldc) {                   \
+    const int chunk = int(std::clamp<i64>(kPortChunk / ld, 16, std::max(K, 16)));                \
+    const int span = o_hi - o_lo;                                                                \
+    std::vector<float> P(std::size_t(span + kPortTile) * ld);                                    \
+    for (int c0 = 0; c0 < K; c0 += chunk) {                                                      \
+      const int c1 = std::min(K, c0 + chunk);                                                    \
+      for (int o0 = o_lo; o0 < o_hi; o0 += kPortTile) {                                          \
+        const int nj = std::min(kPortTile, o_hi - o0);                                           \
+        const float* b = B + i64(o0) * ldb;                                                      \
+        for (int n0 = 0; n0 < ld; n0 += kPortLanes) {                                            \
+          float* p = P.data() + std::size_t(o0 - o_lo) * ld + std::size_t(n0) * kPortTile;       \
+          const float* a = at + n0;                                                              \
+          switch (nj) {                                                                          \
+            case 4: nt_tile_##SUFFIX<4>(c0, c1, a, ld, b, ldb, p, c0 == 0); break;              \
+            case 3: nt_tile_##SUFFIX<3>(c0, c1, a, ld, b, ldb, p, c0 == 0); break;              \
+            case 2: nt_tile_##SUFFIX<2>(c0, c1, a, ld, b, ldb, p, c0 == 0); break;              \
+            default: nt_tile_##SUFFIX<1>(c0, c1, a, ld, b, ldb, p, c0 == 0); break;             \
+          }                                                                                      \
+        }                                                                                        \
+      }                                                                                          \
+    }                                                                                            \
+    for (int o0 = o_lo; o0 < o_hi; o0 += kPortTile) {                                            \
+      const int nj = std::min(kPortTile, o_hi - o0);                                             \
+      for (int n = 0; n < M; ++n) {                                                              \
+        const float* p = P.data() + std::size_t(o0 - o_lo) * ld +                                \
+                         std::size_t(n / kPortLanes) * kPortLanes * kPortTile + n % kPortLanes;  \
+        for (int j = 0; j < nj; ++j) C[i64(n) * ldc + o0 + j] = p[j * kPortLanes];               \
+      }                                                                                          \
+    }                                                                                            \
+  }                                                                                              \
+  /* columns [j0, j1) of C = A B (B: K x N, row stride ldb), k in blocks of kPortRows rows of B  \
+     (swept row by row across the columns, so B streams from memory once) */                    \
+  ATTR void nn_columns_##SUFFIX(int M, int j0, int j1, int K, const float* A, int lda,           \
+                                 const float* B, int ldb, float* C, int ldc) {                   \
+    for (int k0 = 0; k0 < K; k0 += kPortRows) {                                                  \
+      const int kb = std::min(kPortRows, K - k0);                                                \
+      for (int j = j0; j < j1; j += kPortLanes) {                                                \
+        const int cols = std::min(kPortLanes, j1 - j);                                           \
+        const float* b = B + i64(k0) * ldb + j;                                                  \
+        for (int m = 0; m < M; m += kPortTile) {                                                 \
+          const float* a = A + i64(m) * lda + k0;                                                \
+          float* c = C + i64(m) * ldc + j;                                                       \
+          switch (std::min(kPortTile, M - m)) {                                                  \
+            case 4: nn_tile_##SUFFIX<4>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;      \
+            case 3: nn_tile_##SUFFIX<3>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;      \
+            case 2: nn_tile_##SUFFIX<2>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;      \
+            default: nn_tile_##SUFFIX<1>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;     \
+          }                                                                                      \
+        }                                                                                        \
+      }                                                                                          \
+    }                                                                                            \
+  }
+
+LRPFAST_PORTABLE_TILES(, generic)
+LRPFAST_PORTABLE_KERNELS(, generic)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LRPFAST_HAS_AVX2_BUILD 1
+// The AVX2 tiles, written with intrinsics (the compiler's vectorisation of the portable tiles
+// leaves most of their lanes scalar); per element the same fma chain.
+#define LRPFAST_AVX2 __attribute__((target("avx2,fma")))
+template <int NJ>
+LRPFAST_AVX2 void nt_tile_avx2(int k0, int k1, const float* at, int ld, const float* B, i64 ldb,
+                               float* P, bool first) {
+  __m256 acc[NJ][2];
+  for (int j = 0; j < NJ; ++j) {
+    acc[j][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(P + j * kPortLanes);
+    acc[j][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(P + j * kPortLanes + 8);
+  }
+  for (int k = k0; k < k1; ++k) {
+    const float* a = at + i64(k) * ld;
+    const __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8);
+    for (int j = 0; j < NJ; ++j) {
+      const __m256 b = _mm256_broadcast_ss(B + j * ldb + k);
+      acc[j][0] = _mm256_fmadd_ps(a0, b, acc[j][0]);
+      acc[j][1] = _mm256_fmadd_ps(a1, b, acc[j][1]);
+    }
+  }
+  for (int j = 0; j < NJ; ++j) {
+    _mm256_storeu_ps(P + j * kPortLanes, acc[j][0]);
+    _mm256_storeu_ps(P + j * kPortLanes + 8, acc[j][1]);
+  }
+}
+
+template <int MT>
+LRPFAST_AVX2 void nn_tile_avx2(int K, const float* A, int lda, const float* B, int ldb, int cols,
+                               float* C, int ldc, bool first) {
+  if (cols < kPortLanes) {  // the right edge: through a full-width copy
+    float c[MT][kPortLanes] = {};
+    std::vector<float> rows(std::size_t(K) * kPortLanes, 0.f);
+    for (int k = 0; k < K; ++k)
+      for (int i = 0; i < cols; ++i) rows[std::size_t(k) * kPortLanes + i] = B[i64(k) * ldb + i];
+    for (int m = 0; m < MT; ++m)
+      for (int i = 0; i < cols; ++i) c[m][i] = first ? 0.f : C[i64(m) * ldc + i];
+    nn_tile_avx2<MT>(K, A, lda, rows.data(), kPortLanes, kPortLanes, &c[0][0], kPortLanes, false);
+    for (int m = 0; m < MT; ++m)
+      for (int i = 0; i < cols; ++i) C[i64(m) * ldc + i] = c[m][i];
+    return;
+  }
+  __m256 acc[MT][2];
+  for (int m = 0; m < MT; ++m) {
+    acc[m][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + i64(m) * ldc);
+    acc[m][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + i64(m) * ldc + 8);
+  }
+  for (int k = 0; k < K; ++k) {
+    const float* b = B + i64(k) * ldb;
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    for (int m = 0; m < MT; ++m) {
+      const __m256 a = _mm256_broadcast_ss(A + i64(m) * lda + k);
+      acc[m][0] = _mm256_fmadd_ps(a, b0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(a, b1, acc[m][1]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    _mm256_storeu_ps(C + i64(m) * ldc, acc[m][0]);
+    _mm256_storeu_ps(C + i64(m) * ldc + 8, acc[m][1]);
+  }
+}
+
+LRPFAST_PORTABLE_KERNELS(LRPFAST_AVX2, avx2)
+bool has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#else
+#define LRPFAST_HAS_AVX2_BUILD 0
+bool has_avx2_fma() { return false; }
+#endif
+#undef LRPFAST_PORTABLE_KERNELS
+#undef LRPFAST_PORTABLE_TILES
+
+Simd simd_from_env() {
+  const char* s = std::getenv("LRPFAST_SIMD");
+  if (s && std::strcmp(s, "avx2") == 0) return Simd::Avx2;
+  if (s && std::strcmp(s, "generic") == 0) return Simd::Generic;
+  return Simd::Native;
+}
+
+Setting<Simd> g_simd(simd_from_env);
+
 }  // namespace
 
-bool streamed_native() {
+void set_simd(Simd s) { g_simd.set(s); }
+Simd simd() { return g_simd.get(); }
+
+const char* simd_kernels() {
+  const Simd s = simd();
 #if LRPFAST_STREAMED_AVX512
-  return has_avx512();
-#else
-  return false;
+  if (s == Simd::Native && has_avx512()) return "avx512";
 #endif
+  if (s != Simd::Generic && has_avx2_fma()) return "avx2";
+  return "generic";
 }
+
+bool streamed_native() { return std::strcmp(simd_kernels(), "avx512") == 0; }
 
 namespace {
 Setting<LinearAlgo> g_algo(algo_from_env);
 }  // namespace
 
-void set_linear_algo(LinearAlgo a) {
-  require(a != LinearAlgo::Streamed || streamed_native(),
-          "the streamed fully connected kernels need a CPU with AVX-512 (this one has none)");
-  g_algo.set(a);
-}
+void set_linear_algo(LinearAlgo a) { g_algo.set(a); }
 
 LinearAlgo linear_algo() { return g_algo.get(); }
 
 namespace {
 
-bool use_streamed() { return streamed_native() && linear_algo() != LinearAlgo::Blas; }
+// lrpfast's own kernels: 'streamed', or 'auto' where they are the fast choice (AVX-512) or the
+// deterministic one (any path: BLAS's arithmetic may depend on the batch).
+bool use_streamed() {
+  const LinearAlgo a = linear_algo();
+  return a == LinearAlgo::Streamed || (a == LinearAlgo::Auto && (streamed_native() || deterministic()));
+}
+
+// C = A op(B) with the portable kernels (AVX2 + FMA or generic): nt on blocks of at most
+// kMaxRowsNT rows of A when b_trans, nn otherwise; ranges of outputs (nt) or column groups (nn)
+// over the pool.
+void portable(int M, int N, int K, const float* A, int lda, const float* B, int ldb, bool b_trans,
+              float* C, int ldc) {
+  [[maybe_unused]] const bool avx2 =
+      LRPFAST_HAS_AVX2_BUILD && std::strcmp(simd_kernels(), "avx2") == 0;
+  const i64 work = i64(M) * N * K / kMaddsPerElement;
+  if (b_trans) {
+    for (int m0 = 0; m0 < M; m0 += kMaxRowsNT) {
+      const int mb = std::min(kMaxRowsNT, M - m0);
+      const int ld = (mb + kPortLanes - 1) / kPortLanes * kPortLanes;
+      const std::vector<float> at = transpose_a(mb, K, A + i64(m0) * lda, lda, ld);
+      float* c = C + i64(m0) * ldc;
+      const int tiles = (N + kPortTile - 1) / kPortTile;
+      parallel_for(tiles, work, [&](i64 lo, i64 hi) {
+        const int o0 = int(lo) * kPortTile, o1 = int(std::min<i64>(N, hi * kPortTile));
+#if LRPFAST_HAS_AVX2_BUILD
+        if (avx2) return nt_outputs_avx2(mb, o0, o1, K, at.data(), ld, B, ldb, c, ldc);
+#endif
+        nt_outputs_generic(mb, o0, o1, K, at.data(), ld, B, ldb, c, ldc);
+      });
+    }
+    return;
+  }
+  const int groups = (N + kPortLanes - 1) / kPortLanes;
+  parallel_for(groups, work, [&](i64 lo, i64 hi) {
+    const int j0 = int(lo) * kPortLanes, j1 = int(std::min<i64>(N, hi * kPortLanes));
+#if LRPFAST_HAS_AVX2_BUILD
+    if (avx2) return nn_columns_avx2(M, j0, j1, K, A, lda, B, ldb, C, ldc);
+#endif
+    nn_columns_generic(M, j0, j1, K, A, lda, B, ldb, C, ldc);
+  });
+}
 
 // C = A op(B) with the streamed kernels (op(B) = B^T when b_trans): nt for a few rows of A, nn
 // otherwise. Both compute every element as the same chain of FMAs (k in order, from 0), so
 // the choice -- made on M -- never changes a row's result.
 void streamed(int M, int N, int K, const float* A, int lda, const float* B, int ldb, bool b_trans,
               float* C, int ldc) {
+  if (!streamed_native()) return portable(M, N, K, A, lda, B, ldb, b_trans, C, ldc);
 #if LRPFAST_STREAMED_AVX512
   // tiles (nt) or strips (nn) in contiguous ranges over the pool: the arithmetic of one does
   // not depend on the split
@@ -313,20 +557,29 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
 #endif
 }
 
+// The BLAS fallback: one product, or in deterministic mode one product per row of A (a BLAS
+// call's arithmetic may depend on M, the batch; one row at a time it cannot).
+void blas_rows(bool b_trans, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+               float* C, int ldc) {
+  if (!deterministic()) return gemm(false, b_trans, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
+  for (int m = 0; m < M; ++m)
+    gemm(false, b_trans, 1, N, K, 1.f, A + i64(m) * lda, lda, B, ldb, 0.f, C + i64(m) * ldc, ldc);
+}
+
 }  // namespace
 
 void gemm_streamed_nn(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K > 0 && use_streamed()) return streamed(M, N, K, A, lda, B, ldb, false, C, ldc);
-  gemm(false, false, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
+  blas_rows(false, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 void gemm_streamed_nt(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K > 0 && use_streamed()) return streamed(M, N, K, A, lda, B, ldb, true, C, ldc);
-  gemm(false, true, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
+  blas_rows(true, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 }  // namespace lrpfast

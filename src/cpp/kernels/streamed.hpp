@@ -9,8 +9,8 @@
 //
 // Every element of C is ONE chain of fused multiply-adds over k = 0 .. K-1 in order, whatever
 // M, the thread count or the tiling: a row of C is bit-identical whether its row of A comes
-// alone or in any batch. Without AVX-512 (or off x86-64) both fall back to gemm(), whose
-// OpenBLAS kernels also sum each element in an order independent of M.
+// alone or in any batch. The portable twins (AVX2 + FMA, generic C++) compute the same chains,
+// so they give the same bits as the AVX-512 kernels on every machine.
 #pragma once
 
 namespace lrpfast {
@@ -24,10 +24,20 @@ void gemm_streamed_nn(int M, int N, int K, const float* A, int lda, const float*
 void gemm_streamed_nt(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc);
 
-bool streamed_native();  // true where the AVX-512 kernels can run (else both call gemm())
+// Which of lrpfast's hand-written SIMD paths may run (process-wide): Native (default: the best the
+// CPU has), Avx2 (at most AVX2 + FMA, as on a CPU without AVX-512) or Generic (none: plain C++,
+// the path of non-x86 machines). Default from $LRPFAST_SIMD=native|avx2|generic.
+enum class Simd { Native = 0, Avx2 = 1, Generic = 2 };
+void set_simd(Simd s);
+Simd simd();
+const char* simd_kernels();  // what runs under that setting here: "avx512", "avx2" or "generic"
 
-// Process-wide choice: Auto (default) and Streamed use the kernels above where streamed_native(),
-// Blas always calls gemm(). Setting Streamed without AVX-512 throws std::invalid_argument.
+bool streamed_native();  // true where the AVX-512 kernels run (simd_kernels() == "avx512")
+
+// Process-wide choice: Auto (default) uses the kernels above where streamed_native(), and their
+// portable twins (AVX2 + FMA or generic C++, same bits) in deterministic mode; Streamed always
+// uses lrpfast's kernels (the portable twins without AVX-512); Blas calls gemm() (in deterministic
+// mode one row of A at a time).
 enum class LinearAlgo { Auto = 0, Blas = 1, Streamed = 2 };
 void set_linear_algo(LinearAlgo a);
 LinearAlgo linear_algo();  // default Auto, or LRPFAST_LINEAR_ALGO=blas|streamed|auto

@@ -268,7 +268,9 @@ void run(const Problem& p, const float* x, const float* U, const float* b, float
   const std::int64_t target = std::clamp<std::int64_t>(std::max(Cg, Kg) / 2, 64, kMaxBlockTiles);
   const std::int64_t per_image = std::int64_t(th) * tw;
   // whole images per block (small planes) or tile rows of one image per block
-  const bool whole = per_image < target;
+  // (deterministic mode: never several images in one block -- the gemm's width would depend on
+  // the batch, and with it the BLAS arithmetic on kernels that are not shape-invariant)
+  const bool whole = per_image < target && !deterministic();
   const int stride = int((per_image + 15) / 16 * 16);
   const int span = whole ? int(std::clamp<std::int64_t>((target + stride / 2) / stride, 1, p.N))
                          : int(std::clamp<std::int64_t>((target + tw / 2) / tw, 1, th));

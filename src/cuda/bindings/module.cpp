@@ -42,11 +42,12 @@ using i64 = std::int64_t;
 
 namespace {
 
-struct Block {  // owned device memory, returned to the cache when the last view dies
+struct Block {  // owned device memory of the current device, back to its cache with the last view
   void* p = nullptr;
   std::size_t bytes = 0;
-  explicit Block(std::size_t b) : bytes(b) { p = cu::alloc(b); }
-  ~Block() { cu::release(p, bytes); }
+  int device = 0;
+  explicit Block(std::size_t b) : bytes(b), device(cu::current_device()) { p = cu::alloc(b); }
+  ~Block() { cu::release(p, bytes, device); }
 };
 
 struct DeviceArray {
@@ -55,6 +56,7 @@ struct DeviceArray {
   void* ptr = nullptr;
   std::vector<i64> shape;
   bool is_int = false;  // int32 (argmax) instead of float32
+  int device = 0;       // the CUDA device holding the memory
 
   i64 size() const {
     i64 n = 1;
@@ -80,7 +82,29 @@ DeviceArray empty(const std::vector<i64>& shape, bool is_int = false) {
   for (i64 d : shape) require(d >= 0, "negative dimension in shape ", shape_str(shape));
   a.block = std::make_shared<Block>(a.nbytes());
   a.ptr = a.block->p;
+  a.device = a.block->device;
   return a;
+}
+
+// The device of the named operands (null entries skipped), which must all be on one device: what
+// a kernel call makes current (cu::DeviceGuard) before allocating its outputs and launching.
+int device_of(std::initializer_list<std::pair<const char*, const DeviceArray*>> ops) {
+  int dev = -1;
+  const char* first = nullptr;
+  for (const auto& [name, a] : ops) {
+    if (!a) continue;
+    if (dev < 0) {
+      dev = a->device;
+      first = name;
+    } else if (a->device != dev) {
+      fail("device arrays on different GPUs: ", first, " is on cuda:", dev, " but ", name,
+           " is on cuda:", a->device, " (copy one with lrpfast.cuda.to_device(..., device=))");
+    }
+  }
+  return dev < 0 ? cu::current_device() : dev;
+}
+const DeviceArray* opt(const py::object& o) {  // an optional DeviceArray argument
+  return o.is_none() ? nullptr : &o.cast<const DeviceArray&>();
 }
 
 DeviceArray from_host(const py::array& arr) {
@@ -97,6 +121,7 @@ DeviceArray from_host(const py::array& arr) {
 }
 
 py::array to_host(const DeviceArray& d) {
+  cu::DeviceGuard on(d.device);
   std::vector<py::ssize_t> shp(d.shape.begin(), d.shape.end());
   py::array out = d.is_int ? py::array(py::array_t<std::int32_t>(shp))
                            : py::array(py::array_t<float>(shp));
@@ -141,7 +166,21 @@ DeviceArray from_cuda_array_interface(const py::object& obj) {
     }
   }
   d.ptr = reinterpret_cast<void*>(py::tuple(cai["data"])[0].cast<std::uintptr_t>());
+  d.device = cu::pointer_device(d.ptr);
   d.foreign = obj;
+  // Protocol v3: a non-None `stream` is the producer's stream, with work on the data possibly
+  // still queued; lrpfast's stream waits for it (1 and 2, the default streams, are ordered before
+  // the legacy default stream's later work already; 0 is disallowed by the protocol).
+  if (cai.contains("stream") && !cai["stream"].is_none()) {
+    const i64 st = to_index(cai["stream"], "__cuda_array_interface__ stream");
+    require(st != 0, "__cuda_array_interface__: stream 0 is disallowed (protocol v3); use 1 for "
+            "the legacy default stream, 2 for the per-thread default stream, or a stream handle");
+    if (st != 1 && st != 2) {
+      cu::DeviceGuard on(d.device);
+      py::gil_scoped_release nogil;
+      cu::wait_for_stream(std::uintptr_t(st));
+    }
+  }
   return d;
 }
 
@@ -165,6 +204,7 @@ DeviceArray reshape(const DeviceArray& a, const std::vector<i64>& shape) {
 }
 
 DeviceArray copy(const DeviceArray& a) {
+  cu::DeviceGuard on(a.device);
   DeviceArray r = empty(a.shape, a.is_int);
   cu::copy_device(r.ptr, a.ptr, a.nbytes());
   return r;
@@ -203,13 +243,32 @@ struct Names<dl::ManagedTensorVersioned> {
 struct ExportCtx {
   DeviceArray keep;                      // holds the block (or the foreign owner) alive
   std::vector<std::int64_t> shape, strides;  // what dl_tensor.shape / .strides point to
+  std::uintptr_t stream = 0;             // the consumer's stream handle, 0 for a default stream
 };
+
+// True for a consumer stream that needs events: a handle, not None/1/2 (the default streams,
+// which the legacy default stream of lrpfast's later work is ordered after anyway) or -1 (the
+// consumer synchronises itself).
+bool stream_handle(i64 s) { return s != 1 && s != 2 && s != -1; }
 
 template <class M>
 void delete_exported(M* m) {  // the deleter handed to consumers: any thread, GIL or not
   if (!m) return;
   auto* ctx = static_cast<ExportCtx*>(m->manager_ctx);
   delete m;
+  // The consumer is done queuing work on the memory, not necessarily done running it: the block
+  // is reused only after the work queued on the consumer's stream so far (cu::record_use).
+  if (ctx->stream && ctx->keep.block) {
+    try {
+      cu::DeviceGuard on(ctx->keep.device);
+      cu::record_use(ctx->keep.block->p, ctx->stream);
+    } catch (const std::exception&) {  // no event: wait for everything instead
+      try {
+        cu::synchronize();
+      } catch (const std::exception&) {  // a deleter must not throw
+      }
+    }
+  }
   if (!Py_IsInitialized()) return;  // interpreter gone: leak the view rather than crash
   py::gil_scoped_acquire gil;       // the view may own Python objects
   delete ctx;
@@ -226,9 +285,11 @@ void capsule_destructor(PyObject* cap) {  // a capsule nobody consumed deletes i
 }
 
 template <class M>
-py::capsule export_dlpack(const DeviceArray& a, dl::Device device, std::uint64_t flags) {
+py::capsule export_dlpack(const DeviceArray& a, dl::Device device, std::uint64_t flags,
+                          std::uintptr_t stream = 0) {
   auto ctx = std::make_unique<ExportCtx>();
   ctx->keep = a;
+  ctx->stream = stream;
   ctx->shape = a.shape;
   ctx->strides.assign(a.shape.size(), 1);  // C-contiguous, in elements
   for (size_t k = a.shape.size(); k-- > 1;)
@@ -278,15 +339,21 @@ DeviceArray dlpack_view(const dl::Tensor& t, dl::Device want) {
   require(t.device.device_type == want.device_type, "DLPack: the tensor is on ",
           device_str(t.device.device_type), ", expected ", device_str(want.device_type),
           " (DLPack device type ", want.device_type, ")");
-  require(t.device.device_id == want.device_id, "DLPack: the tensor is on ",
-          device_str(t.device.device_type), " device ", t.device.device_id,
-          " but lrpfast runs on device ", want.device_id);
+  if (want.device_id >= 0)
+    require(t.device.device_id == want.device_id, "DLPack: the tensor is on ",
+            device_str(t.device.device_type), " device ", t.device.device_id,
+            " but lrpfast runs on device ", want.device_id);
+  else
+    require(t.device.device_id >= 0 && t.device.device_id < cu::device_count(nullptr),
+            "DLPack: the tensor is on ", device_str(t.device.device_type), " device ",
+            t.device.device_id, ", which this process does not have");
   const bool f32 = t.dtype.code == dl::kDLFloat && t.dtype.bits == 32 && t.dtype.lanes == 1;
   const bool i32 = t.dtype.code == dl::kDLInt && t.dtype.bits == 32 && t.dtype.lanes == 1;
   require(f32 || i32, "DLPack: need a float32 (or int32) tensor, got ", dtype_str(t.dtype));
   require(t.ndim >= 0 && (t.ndim == 0 || t.shape), "DLPack: invalid ndim ", t.ndim);
   DeviceArray d;
   d.is_int = i32;
+  d.device = t.device.device_id;
   d.shape.assign(t.shape, t.shape + t.ndim);
   for (i64 s : d.shape) require(s >= 0, "DLPack: negative dimension in shape ", shape_str(d.shape));
   if (t.strides && d.size() > 0) {
@@ -343,11 +410,12 @@ DeviceArray import_dlpack(const py::object& obj, dl::Device want) {
 
 // DeviceArray.__dlpack__: a legacy capsule, or a versioned one when max_version >= (1, 0). stream:
 // the consumer's stream (None or 1: the legacy default stream our kernels run on, -1: no
-// synchronisation); any other stream is made to wait for our queued work.
+// synchronisation); any other stream is made to wait for our queued work, and a stream handle's
+// work is waited for before the block is reused (delete_exported).
 py::capsule dunder_dlpack(const DeviceArray& a, const py::object& stream,
                           const py::object& max_version, const py::object& dl_device,
                           const py::object& copy_flag) {
-  const dl::Device device{dl::kDLCUDA, cu::current_device()};
+  const dl::Device device{dl::kDLCUDA, a.device};
   if (!dl_device.is_none()) {
     auto t = py::reinterpret_borrow<py::sequence>(dl_device);
     if (t.size() != 2 || t[0].cast<i64>() != device.device_type ||
@@ -358,21 +426,24 @@ py::capsule dunder_dlpack(const DeviceArray& a, const py::object& stream,
   }
   const bool want_copy = !copy_flag.is_none() && copy_flag.cast<bool>();
   const DeviceArray src = want_copy ? copy(a) : a;
+  std::uintptr_t consumer = 0;  // a stream handle to record the consumer's use on
   if (!stream.is_none()) {
     const i64 s = to_index(stream, "stream");
     require(s != 0, "__dlpack__: stream 0 is ambiguous for CUDA; pass 1 (legacy default stream), "
             "2 (per-thread default stream) or a stream handle");
-    if (s != 1 && s != -1) {
+    if (s != 1 && s != -1) {  // the consumer's stream waits for the work queued on the array
+      cu::DeviceGuard on(a.device);
       py::gil_scoped_release nogil;
       cu::stream_wait(std::uintptr_t(s));
     }
+    if (stream_handle(s)) consumer = std::uintptr_t(s);
   }
   const bool versioned = !max_version.is_none() &&
                          py::reinterpret_borrow<py::sequence>(max_version)[0].cast<i64>() >= 1;
   if (versioned)
     return export_dlpack<dl::ManagedTensorVersioned>(src, device,
-                                                     want_copy ? dl::kFlagIsCopied : 0);
-  return export_dlpack<dl::ManagedTensor>(src, device, 0);
+                                                     want_copy ? dl::kFlagIsCopied : 0, consumer);
+  return export_dlpack<dl::ManagedTensor>(src, device, 0, consumer);
 }
 
 // Test entry (module dlpack_testing): a C-contiguous float32/int32 HOST array as a DeviceArray
@@ -395,6 +466,7 @@ DeviceArray host_view(const py::array& arr, const py::object& owner) {
 DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::object& bo,
                          const py::object& stride, const py::object& pad,
                          const py::object& dilation, i64 group) {
+  cu::DeviceGuard on(device_of({{"x", &x}, {"w", &w}, {"b", opt(bo)}}));
   ndim(x, 4, "x", "(N,C,H,W)");
   ndim(w, 4, "w", "(O,C/group,kh,kw)");
   const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, group);
@@ -408,6 +480,7 @@ DeviceArray conv_forward(const DeviceArray& x, const DeviceArray& w, const py::o
 py::tuple conv_forward_pair(const DeviceArray& x, const DeviceArray& w, const py::object& bo,
                             const py::object& stride, const py::object& pad,
                             const py::object& dilation, i64 group) {
+  cu::DeviceGuard on(device_of({{"x", &x}, {"w", &w}, {"b", opt(bo)}}));
   ndim(x, 4, "x", "(N,C,H,W)");
   ndim(w, 4, "w", "(O,C/group,kh,kw)");
   const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, group);
@@ -427,6 +500,7 @@ DeviceArray conv_backward_data(const DeviceArray& dy, const DeviceArray& w,
                                const py::object& in_shape, const py::object& stride,
                                const py::object& pad, const py::object& dilation, i64 group,
                                const py::object& zo, double eps, const py::object& timeso) {
+  cu::DeviceGuard on(device_of({{"dy", &dy}, {"w", &w}, {"z", opt(zo)}, {"times", opt(timeso)}}));
   ndim(dy, 4, "dy", "(N,O,Ho,Wo)");
   ndim(w, 4, "w", "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
@@ -464,6 +538,7 @@ DeviceArray conv_backward_data(const DeviceArray& dy, const DeviceArray& w,
 }
 
 DeviceArray relu_forward(const DeviceArray& x, double slope) {
+  cu::DeviceGuard on(device_of({{"x", &x}}));
   require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
   DeviceArray y = empty(x.shape);
   py::gil_scoped_release nogil;
@@ -472,6 +547,7 @@ DeviceArray relu_forward(const DeviceArray& x, double slope) {
 }
 
 DeviceArray linear_forward(const DeviceArray& x, const DeviceArray& w, const py::object& bo) {
+  cu::DeviceGuard on(device_of({{"x", &x}, {"w", &w}, {"b", opt(bo)}}));
   ndim(x, 2, "x", "(N,K)");
   ndim(w, 2, "w", "(O,K)");
   const auto g = lrpfast::make_linear_geom(x[0], x[1], w[0], w[1]);
@@ -483,6 +559,7 @@ DeviceArray linear_forward(const DeviceArray& x, const DeviceArray& w, const py:
 }
 
 DeviceArray linear_backward_data(const DeviceArray& dy, const DeviceArray& w) {
+  cu::DeviceGuard on(device_of({{"dy", &dy}, {"w", &w}}));
   ndim(dy, 2, "dy", "(N,O)");
   ndim(w, 2, "w", "(O,K)");
   require(dy[1] == w[0], "dy has ", dy[1], " outputs per row but w has ", w[0], " rows");
@@ -495,6 +572,7 @@ DeviceArray linear_backward_data(const DeviceArray& dy, const DeviceArray& w) {
 
 py::tuple pool_forward(const DeviceArray& x, const std::string& method, const py::object& kernel,
                        const py::object& stride, const py::object& pad, bool ceil_mode) {
+  cu::DeviceGuard on(device_of({{"x", &x}}));
   ndim(x, 4, "x", "(N,C,H,W)");
   const auto m = lrpfast::parse_pool_method(method.c_str());
   const auto k = pair(kernel, "kernel"), s = pair(stride, "stride"), p = pair(pad, "pad");
@@ -520,6 +598,7 @@ DeviceArray pool_backward(const DeviceArray& dy, const py::object& in_shape,
                           const std::string& method, const py::object& kernel,
                           const py::object& stride, const py::object& pad, const py::object& amo,
                           const py::object& ceil_mode) {
+  cu::DeviceGuard on(device_of({{"dy", &dy}, {"argmax", opt(amo)}}));
   ndim(dy, 4, "dy", "(N,C,Ho,Wo)");
   const auto m = lrpfast::parse_pool_method(method.c_str());
   const auto in = chw(in_shape);
@@ -548,6 +627,7 @@ DeviceArray pool_backward(const DeviceArray& dy, const py::object& in_shape,
 
 py::tuple lrn_forward(const DeviceArray& x, i64 local_size, double alpha, double beta, double k,
                       const std::string& region) {
+  cu::DeviceGuard on(device_of({{"x", &x}}));
   ndim(x, 4, "x", "(N,C,H,W)");
   const auto p = lrpfast::make_lrn_params(local_size, alpha, beta, k, region.c_str());
   DeviceArray y = empty(x.shape), scale = empty(x.shape);
@@ -560,6 +640,7 @@ py::tuple lrn_forward(const DeviceArray& x, i64 local_size, double alpha, double
 
 DeviceArray stabilized_divide(const DeviceArray& r, const DeviceArray& z, double eps,
                               bool zero_to_zero) {
+  cu::DeviceGuard on(device_of({{"r", &r}, {"z", &z}}));
   lrpfast::check_stabilizer(eps);
   require(r.shape == z.shape, "stabilized_divide: r ", shape_str(r.shape), " and z ",
           shape_str(z.shape), " must have the same shape");
@@ -588,6 +669,8 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   const size_t K = xs.size();
   std::vector<const float*> ptrs;
   for (const auto& x : xs) ptrs.push_back(x.f());
+  for (const auto& x : xs) device_of({{"xs[0]", &xs[0]}, {"an input", &x}});
+  cu::DeviceGuard on(xs[0].device);
   const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, op, K);
   DeviceArray y = empty(xs[0].shape);
   py::object am = py::none();
@@ -606,6 +689,7 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
 }
 
 DeviceArray channel_affine(const DeviceArray& x, const DeviceArray& scale, const py::object& bo) {
+  cu::DeviceGuard on(device_of({{"x", &x}, {"scale", &scale}, {"bias", opt(bo)}}));
   require(x.shape.size() >= 2, "x must be (N, C, ...) with at least 2 dimensions, got shape ",
           shape_str(x.shape));
   const i64 N = x[0], C = x[1];
@@ -628,6 +712,7 @@ DeviceArray channel_affine(const DeviceArray& x, const DeviceArray& scale, const
 
 // numpy broadcasting of a and b -> out shape and element strides (0 on broadcast axes).
 DeviceArray binary(int op, const DeviceArray& a, const DeviceArray& b) {
+  cu::DeviceGuard on(device_of({{"a", &a}, {"b", &b}}));
   const size_t nd = std::max(a.shape.size(), b.shape.size());
   require(nd <= size_t(cu::kMaxDims), "binary: at most ", cu::kMaxDims, " dimensions");
   std::vector<i64> shape(nd), sa(nd), sb(nd);
@@ -650,6 +735,7 @@ DeviceArray binary(int op, const DeviceArray& a, const DeviceArray& b) {
 }
 
 DeviceArray broadcast_to(const DeviceArray& a, const std::vector<i64>& shape) {
+  cu::DeviceGuard on(device_of({{"a", &a}}));
   const size_t nd = shape.size();
   require(nd >= a.shape.size() && nd <= size_t(cu::kMaxDims), "broadcast_to: bad shape ",
           shape_str(shape));
@@ -670,6 +756,7 @@ DeviceArray broadcast_to(const DeviceArray& a, const std::vector<i64>& shape) {
 }
 
 DeviceArray binary_scalar(int op, const DeviceArray& a, double s, bool left) {
+  cu::DeviceGuard on(device_of({{"a", &a}}));
   DeviceArray out = empty(a.shape);
   py::gil_scoped_release nogil;
   cu::binary_scalar(cu::BinaryOp(op), a.size(), a.f(), float(s), left, out.f());
@@ -677,6 +764,7 @@ DeviceArray binary_scalar(int op, const DeviceArray& a, double s, bool left) {
 }
 
 DeviceArray unary(int op, const DeviceArray& a) {
+  cu::DeviceGuard on(device_of({{"a", &a}}));
   DeviceArray out = empty(a.shape);
   py::gil_scoped_release nogil;
   cu::unary(cu::UnaryOp(op), a.size(), a.f(), out.f());
@@ -685,8 +773,17 @@ DeviceArray unary(int op, const DeviceArray& a) {
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+#ifdef LRPFAST_CUDA_HOST
+void lrpfast_host_api(py::module_ m);  // src/cuda/host/api.cpp: the host build's test controls
+#else
+#define LRPFAST_CUDA_MODULE _cuda
+#endif
+
+PYBIND11_MODULE(LRPFAST_CUDA_MODULE, m) {
   m.doc() = "lrpfast CUDA engine (loaded lazily by lrpfast.cuda)";
+#ifdef LRPFAST_CUDA_HOST
+  lrpfast_host_api(m.def_submodule("host", "controls of the host CUDA stand-in (tests only)"));
+#endif
   m.attr("__version__") = LRPFAST_VERSION;
   m.def("device_count", [] {
     std::string why;
@@ -695,16 +792,28 @@ PYBIND11_MODULE(_cuda, m) {
   }, "(number of CUDA devices, reason when 0); never raises.");
   m.def("device_name", &cu::device_name);
   m.def("blas_name", &cu::blas_name);
+  m.def("blas_math_mode", &cu::blas_math_mode,
+        "cuBLAS math mode of lrpfast's handles (2: CUBLAS_PEDANTIC_MATH, exact FP32).");
   m.def("synchronize", [] {
     py::gil_scoped_release nogil;
     cu::synchronize();
-  });
-  m.def("empty_cache", &cu::empty_cache, "Free the device blocks kept by the caching allocator.");
-  m.def("memory_stats", [] {
+  }, "Wait for the current device's queued work; raises on an asynchronous kernel fault.");
+  m.def("get_device", &cu::current_device, "The calling thread's current CUDA device.");
+  m.def("set_device", &cu::set_device, py::arg("device"),
+        "Make `device` current for the calling thread (ValueError when it does not exist).");
+  m.def("set_sync_launches", &cu::set_sync_launches, py::arg("on"),
+        "Debug switch: every kernel launch and cuBLAS call waits and reports its own fault\n"
+        "(initially on when the environment variable LRPFAST_CUDA_SYNC=1).");
+  m.def("sync_launches", &cu::sync_launches);
+  m.def("empty_cache", [] {
+    py::gil_scoped_release nogil;
+    cu::empty_cache();
+  }, "Free the device blocks kept by the caching allocator (every device).");
+  m.def("memory_stats", [](const py::object& device) {
     std::size_t a = 0, b = 0;
-    cu::memory_stats(&a, &b);
+    cu::memory_stats(device.is_none() ? cu::current_device() : device.cast<int>(), &a, &b);
     return py::make_tuple(a, b);
-  }, "(bytes in use, bytes cached)");
+  }, py::arg("device") = py::none(), "(bytes in use, bytes cached) on device (None: current)");
 
   py::class_<DeviceArray>(m, "DeviceArray")
       .def_property_readonly("shape", [](const DeviceArray& d) { return py::tuple(py::cast(d.shape)); })
@@ -716,6 +825,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("ptr", [](const DeviceArray& d) {
         return reinterpret_cast<std::uintptr_t>(d.ptr);
       })
+      .def_property_readonly("device", [](const DeviceArray& d) { return d.device; },
+                             "The CUDA device holding the memory.")
       .def_property_readonly("__cuda_array_interface__", &cuda_array_interface)
       .def("__dlpack__", &dunder_dlpack, py::arg("stream") = py::none(), py::kw_only(),
            py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
@@ -724,9 +835,9 @@ PYBIND11_MODULE(_cuda, m) {
            "'dltensor_versioned' one when max_version >= (1, 0). stream: the consumer's CUDA\n"
            "stream (None/1 legacy default, 2 per-thread default, -1 no synchronisation, or a\n"
            "handle, made to wait for the work queued on the array).")
-      .def("__dlpack_device__", [](const DeviceArray&) {
-        return py::make_tuple(int(dl::kDLCUDA), cu::current_device());
-      }, "(2, device id): kDLCUDA")
+      .def("__dlpack_device__", [](const DeviceArray& d) {
+        return py::make_tuple(int(dl::kDLCUDA), d.device);
+      }, "(2, the array's device id): kDLCUDA")
       .def("to_host", &to_host, "Copy to a new numpy array (synchronous).")
       .def("reshape", &reshape, "A view with another shape (same memory).")
       .def("copy", &copy);
@@ -734,11 +845,11 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("from_cuda_array_interface", &from_cuda_array_interface,
         "Wrap an object exposing __cuda_array_interface__ (no copy; keeps it alive).");
   m.def("from_dlpack", [](const py::object& cap) {
-    return import_dlpack(cap, {dl::kDLCUDA, cu::current_device()});
+    return import_dlpack(cap, {dl::kDLCUDA, -1});
   }, py::arg("capsule"),
         "Wrap a DLPack capsule ('dltensor' or 'dltensor_versioned') of a C-contiguous float32 or\n"
-        "int32 tensor on the current CUDA device (no copy): the capsule is consumed and the\n"
-        "producer's deleter runs once when the last view of the returned array is freed.");
+        "int32 tensor on a CUDA device (no copy; the array keeps that device): the capsule is\n"
+        "consumed and the producer's deleter runs once when the last view of the result is freed.");
   auto dt = m.def_submodule(
       "dlpack_testing",
       "The DLPack packing/unpacking of __dlpack__ and from_dlpack with the device as a parameter,\n"
@@ -797,6 +908,14 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("scalar_left") = false);
   m.def("unary", &unary);
   m.def("broadcast_to", &broadcast_to);
-  m.def("count_nonzero", [](const DeviceArray& a) { return cu::count_nonzero(a.size(), a.f()); });
-  m.def("sum", [](const DeviceArray& a) { return cu::sum(a.size(), a.f()); });
+  m.def("count_nonzero", [](const DeviceArray& a) {
+    cu::DeviceGuard on(a.device);
+    py::gil_scoped_release nogil;
+    return cu::count_nonzero(a.size(), a.f());
+  });
+  m.def("sum", [](const DeviceArray& a) {
+    cu::DeviceGuard on(a.device);
+    py::gil_scoped_release nogil;
+    return cu::sum(a.size(), a.f());
+  }, "The sum in double, deterministic (the same bits on every run).");
 }

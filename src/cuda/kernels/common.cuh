@@ -1,4 +1,4 @@
-// Shared by the .cu files: error checks that throw, grid-stride launch sizes.
+// Shared by the .cu files: the launch macro, error checks that throw, grid-stride launch sizes.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -9,17 +9,35 @@
 namespace lrpfast {
 namespace cuda {
 
+// "CUDA error in <what>: <cudaErrorName> (<description>)"
 inline void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     std::ostringstream os;
     os << "CUDA error in " << what << ": " << cudaGetErrorName(e) << " (" << cudaGetErrorString(e)
        << ")";
+    if (e == cudaErrorMemoryAllocation) os << "; the GPU is out of memory";
     throw std::runtime_error(os.str());
   }
 }
+// A call that waits for queued work reports the faults of earlier kernels as its own; the message
+// says so and names the switch that makes every launch wait (memory.cu: sync_launches).
+void check_sync(cudaError_t e, const char* what);
+// After a kernel launch: a launch error names the kernel; with the debug switch on (environment
+// variable LRPFAST_CUDA_SYNC=1, or lrpfast._cuda.set_sync_launches) it also waits for the kernel,
+// so an execution fault is reported under the kernel that caused it.
+void after_launch(const char* kernel);
+
 #define LRPFAST_CUDA_CHECK(call) ::lrpfast::cuda::check_cuda((call), #call)
-// After a kernel launch: launch-configuration errors surface here, execution errors at sync.
-#define LRPFAST_CUDA_LAUNCHED(name) ::lrpfast::cuda::check_cuda(cudaGetLastError(), name)
+#define LRPFAST_CUDA_LAUNCHED(name) ::lrpfast::cuda::after_launch(name)
+
+// The one launch form of every kernel, on the legacy default stream: <<<grid, block>>> under
+// nvcc; a host build of the sources (src/cuda/host) runs every (block, thread) in turn instead.
+#if defined(__CUDACC__)
+#define LRPFAST_LAUNCH(kernel, grid, block, ...) kernel<<<(grid), (block)>>>(__VA_ARGS__)
+#else
+#define LRPFAST_LAUNCH(kernel, grid, block, ...) \
+  ::lrpfast_host::launch((grid), (block), [&] { kernel(__VA_ARGS__); })
+#endif
 
 constexpr int kThreads = 256;
 inline unsigned blocks_for(std::int64_t n) {

@@ -27,18 +27,9 @@ __global__ void add_bias_kernel(long long n, int O, long long P, int run, int pa
 void launch_bias(long long n, int O, long long P, int run, int parts, int h, const float* b,
                  float* y) {
   if (n <= 0 || !b) return;
-  add_bias_kernel<<<blocks_for(n), kThreads>>>(n, O, P, run, parts, h, b, y);
+  LRPFAST_LAUNCH(add_bias_kernel, blocks_for(n), kThreads, n, O, P, run, parts, h, b, y);
   LRPFAST_CUDA_LAUNCHED("add_bias");
 }
-
-struct ColBuffer {  // device scratch from the caching allocator
-  float* p = nullptr;
-  std::size_t bytes = 0;
-  explicit ColBuffer(std::size_t b) : bytes(b) { p = static_cast<float*>(alloc(b)); }
-  ~ColBuffer() { release(p, bytes); }
-  ColBuffer(const ColBuffer&) = delete;
-  ColBuffer& operator=(const ColBuffer&) = delete;
-};
 
 int images_per_chunk(const ConvGeom& g) {
   const long long per = g.k_total() * g.out_plane() * (long long)sizeof(float);
@@ -64,7 +55,7 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
   const long long y_img = (long long)(g.O / parts) * P;
   const bool pw = g.pointwise();
   const int nb = pw ? g.N : images_per_chunk(g);
-  ColBuffer col(pw ? 0 : std::size_t(nb) * g.k_total() * P * sizeof(float));
+  Scratch<float> col(pw ? 0 : std::size_t(nb) * g.k_total() * P);
   for (int n0 = 0; n0 < g.N; n0 += nb) {
     const int cnt = std::min(nb, g.N - n0);
     const float* src = x + n0 * x_img;
@@ -107,7 +98,7 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
   const int Og = g.cout_per_group(), Cg = g.cin_per_group();
   const bool pw = g.pointwise();
   const int nb = pw ? g.N : images_per_chunk(g);
-  ColBuffer col(pw ? 0 : std::size_t(nb) * g.k_total() * P * sizeof(float));
+  Scratch<float> col(pw ? 0 : std::size_t(nb) * g.k_total() * P);
   for (int n0 = 0; n0 < g.N; n0 += nb) {
     const int cnt = std::min(nb, g.N - n0);
     float* dst = pw ? dx + n0 * x_img : col.p;

@@ -99,8 +99,10 @@ struct Strides {
   long long shape[kMaxDims], sa[kMaxDims], sb[kMaxDims];
 };
 
-__global__ void binary_kernel(BinaryOp op, long long n, Strides s, const float* __restrict__ a,
-                              const float* __restrict__ b, float* __restrict__ out) {
+// out may be a or b (the fused `times` product of conv_backward_data writes in place), so none of
+// the three pointers is __restrict__.
+__global__ void binary_kernel(BinaryOp op, long long n, Strides s, const float* a, const float* b,
+                              float* out) {
   LRPFAST_GRID_LOOP(i, n) {
     long long rem = i, ia = 0, ib = 0;
     for (int d = s.ndim - 1; d >= 0; --d) {
@@ -143,33 +145,25 @@ __global__ void count_kernel(long long n, const float* __restrict__ a,
   if (local) atomicAdd(count, local);
 }
 
-__global__ void sum_kernel(long long n, const float* __restrict__ a, double* out) {
-  __shared__ double part[kThreads];
+// Deterministic sum in double: thread t of the T = blocks * kThreads threads adds its grid-stride
+// elements in a fixed order into partial[t]; fold_kernel then adds fixed runs of partials in
+// order. The grid depends on n only, so the result is the same on every run and GPU (no atomics,
+// whose order varies).
+__global__ void partial_sum_kernel(long long n, const float* __restrict__ a,
+                                   double* __restrict__ partial) {
   double local = 0.0;
   LRPFAST_GRID_LOOP(i, n) { local += a[i]; }
-  part[threadIdx.x] = local;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) atomicAdd(out, part[0]);
+  partial[(long long)blockIdx.x * blockDim.x + threadIdx.x] = local;
 }
 
-template <class T>
-T reduce_to_host(void (*launch)(long long, const float*, T*), long long n, const float* a) {
-  T* d = static_cast<T*>(alloc(sizeof(T)));
-  T h{};
-  try {
-    memset0(d, sizeof(T));
-    launch(n, a, d);
-    copy_to_host(&h, d, sizeof(T));
-  } catch (...) {
-    release(d, sizeof(T));
-    throw;
+// out[j] = in[j*run] + ... + in[j*run + run-1], left to right, for j < groups.
+__global__ void fold_kernel(long long groups, int run, const double* __restrict__ in,
+                            double* __restrict__ out) {
+  LRPFAST_GRID_LOOP(j, groups) {
+    double s = 0.0;
+    for (int k = 0; k < run; ++k) s += in[j * run + k];
+    out[j] = s;
   }
-  release(d, sizeof(T));
-  return h;
 }
 
 }  // namespace
@@ -177,7 +171,7 @@ T reduce_to_host(void (*launch)(long long, const float*, T*), long long n, const
 void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps, bool zero_to_zero,
                        float* out) {
   if (n <= 0) return;
-  stab_div<<<blocks_for(n), kThreads>>>(n, r, z, eps, zero_to_zero, out);
+  LRPFAST_LAUNCH(stab_div, blocks_for(n), kThreads, n, r, z, eps, zero_to_zero, out);
   LRPFAST_CUDA_LAUNCHED("stabilized_divide");
 }
 
@@ -193,14 +187,14 @@ void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* c
       ch.x[k] = xs[base + k];
       ch.c[k] = coeffs ? coeffs[base + k] : 1.f;
     }
-    eltwise_kernel<<<blocks_for(n), kThreads>>>(op, n, ch, y, argmax);
+    LRPFAST_LAUNCH(eltwise_kernel, blocks_for(n), kThreads, op, n, ch, y, argmax);
     LRPFAST_CUDA_LAUNCHED("eltwise_forward");
   }
 }
 
 void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
   if (n <= 0) return;
-  relu_kernel<<<blocks_for(n), kThreads>>>(n, x, slope, y);
+  LRPFAST_LAUNCH(relu_kernel, blocks_for(n), kThreads, n, x, slope, y);
   LRPFAST_CUDA_LAUNCHED("relu_forward");
 }
 
@@ -208,7 +202,7 @@ void channel_affine(std::int64_t N, std::int64_t C, std::int64_t P, const float*
                     const float* scale, const float* bias, float* y) {
   const std::int64_t n = N * C * P;
   if (n <= 0) return;
-  affine_kernel<<<blocks_for(n), kThreads>>>(n, C, P, x, scale, bias, y);
+  LRPFAST_LAUNCH(affine_kernel, blocks_for(n), kThreads, n, C, P, x, scale, bias, y);
   LRPFAST_CUDA_LAUNCHED("channel_affine");
 }
 
@@ -225,40 +219,48 @@ void binary(BinaryOp op, int ndim, const std::int64_t* shape, const float* a,
     n *= shape[d];
   }
   if (n <= 0) return;
-  binary_kernel<<<blocks_for(n), kThreads>>>(op, n, s, a, b, out);
+  LRPFAST_LAUNCH(binary_kernel, blocks_for(n), kThreads, op, n, s, a, b, out);
   LRPFAST_CUDA_LAUNCHED("binary");
 }
 
 void binary_scalar(BinaryOp op, std::int64_t n, const float* a, float s, bool scalar_left,
                    float* out) {
   if (n <= 0) return;
-  scalar_kernel<<<blocks_for(n), kThreads>>>(op, n, a, s, scalar_left, out);
+  LRPFAST_LAUNCH(scalar_kernel, blocks_for(n), kThreads, op, n, a, s, scalar_left, out);
   LRPFAST_CUDA_LAUNCHED("binary_scalar");
 }
 
 void unary(UnaryOp op, std::int64_t n, const float* a, float* out) {
   if (n <= 0) return;
-  unary_kernel<<<blocks_for(n), kThreads>>>(op, n, a, out);
+  LRPFAST_LAUNCH(unary_kernel, blocks_for(n), kThreads, op, n, a, out);
   LRPFAST_CUDA_LAUNCHED("unary");
 }
 
 std::int64_t count_nonzero(std::int64_t n, const float* a) {
   if (n <= 0) return 0;
-  auto launch = [](long long m, const float* p, unsigned long long* c) {
-    count_kernel<<<blocks_for(m), kThreads>>>(m, p, c);
-    LRPFAST_CUDA_LAUNCHED("count_nonzero");
-  };
-  return std::int64_t(reduce_to_host<unsigned long long>(launch, n, a));
+  Scratch<unsigned long long> c(1);  // integer atomics: exact in any order
+  memset0(c.p, sizeof(unsigned long long));
+  LRPFAST_LAUNCH(count_kernel, blocks_for(n), kThreads, n, a, c.p);
+  LRPFAST_CUDA_LAUNCHED("count_nonzero");
+  unsigned long long h = 0;
+  copy_to_host(&h, c.p, sizeof h);
+  return std::int64_t(h);
 }
 
 double sum(std::int64_t n, const float* a) {
   if (n <= 0) return 0.0;
-  auto launch = [](long long m, const float* p, double* c) {
-    const unsigned b = blocks_for(m) > 1024 ? 1024 : blocks_for(m);
-    sum_kernel<<<b, kThreads>>>(m, p, c);
-    LRPFAST_CUDA_LAUNCHED("sum");
-  };
-  return reduce_to_host<double>(launch, n, a);
+  const unsigned b = blocks_for(n) > 1024 ? 1024 : blocks_for(n);
+  const long long T = (long long)b * kThreads;
+  Scratch<double> part(std::size_t(T) + b + 1);  // T partials, b block sums, the total
+  LRPFAST_LAUNCH(partial_sum_kernel, b, kThreads, n, a, part.p);
+  LRPFAST_CUDA_LAUNCHED("sum (partial_sum_kernel)");
+  LRPFAST_LAUNCH(fold_kernel, blocks_for(b), kThreads, (long long)b, kThreads, part.p, part.p + T);
+  LRPFAST_CUDA_LAUNCHED("sum (fold_kernel)");
+  LRPFAST_LAUNCH(fold_kernel, 1, kThreads, 1LL, int(b), part.p + T, part.p + T + b);
+  LRPFAST_CUDA_LAUNCHED("sum (fold_kernel)");
+  double h = 0.0;
+  copy_to_host(&h, part.p + T + b, sizeof h);
+  return h;
 }
 
 }  // namespace cuda

@@ -63,14 +63,14 @@ __global__ void col2im_kernel(ConvGeom g, int nb, const float* __restrict__ col,
 void im2col(const ConvGeom& g, const float* x, int oh0, int oh1, float* col, std::int64_t ldcol) {
   const long long n = g.k_total() * (long long)(oh1 - oh0) * g.Wo;
   if (n <= 0) return;
-  im2col_kernel<<<blocks_for(n), kThreads>>>(g, 1, x, 0, oh0, oh1 - oh0, col, ldcol, 0);
+  LRPFAST_LAUNCH(im2col_kernel, blocks_for(n), kThreads, g, 1, x, 0, oh0, oh1 - oh0, col, ldcol, 0);
   LRPFAST_CUDA_LAUNCHED("im2col");
 }
 
 void col2im(const ConvGeom& g, const float* col, std::int64_t ldcol, int oh0, int oh1, float* dx) {
   const long long n = (long long)g.C * g.in_plane();
   if (n <= 0 || oh1 <= oh0) return;
-  col2im_kernel<<<blocks_for(n), kThreads>>>(g, 1, col, ldcol, 0, oh0, oh1 - oh0, dx, 0, true);
+  LRPFAST_LAUNCH(col2im_kernel, blocks_for(n), kThreads, g, 1, col, ldcol, 0, oh0, oh1 - oh0, dx, 0, true);
   LRPFAST_CUDA_LAUNCHED("col2im");
 }
 
@@ -78,7 +78,7 @@ void im2col_batched(const ConvGeom& g, int nb, const float* x, float* col) {
   const long long P = g.out_plane(), K = g.k_total();
   const long long n = nb * K * P;
   if (n <= 0) return;
-  im2col_kernel<<<blocks_for(n), kThreads>>>(g, nb, x, (long long)g.C * g.in_plane(), 0, g.Ho,
+  LRPFAST_LAUNCH(im2col_kernel, blocks_for(n), kThreads, g, nb, x, (long long)g.C * g.in_plane(), 0, g.Ho,
                                              col, P, K * P);
   LRPFAST_CUDA_LAUNCHED("im2col_batched");
 }
@@ -87,7 +87,7 @@ void col2im_batched(const ConvGeom& g, int nb, const float* col, float* dx) {
   const long long P = g.out_plane(), K = g.k_total(), x_img = (long long)g.C * g.in_plane();
   const long long n = nb * x_img;
   if (n <= 0) return;
-  col2im_kernel<<<blocks_for(n), kThreads>>>(g, nb, col, P, K * P, 0, g.Ho, dx, x_img, false);
+  LRPFAST_LAUNCH(col2im_kernel, blocks_for(n), kThreads, g, nb, col, P, K * P, 0, g.Ho, dx, x_img, false);
   LRPFAST_CUDA_LAUNCHED("col2im_batched");
 }
 

@@ -2,8 +2,9 @@
 // namespace lrpfast::cuda instead of lrpfast::cpu. Every pointer is a DEVICE pointer; geometry
 // structs (ConvGeom, PoolGeom, LinearGeom, LrnParams) are the validated host structs of the CPU
 // headers, and all index arithmetic goes through the LRPFAST_HD helpers of geometry.hpp.
-// Errors (CUDA or cuBLAS failures) throw std::runtime_error; calls are asynchronous on the
-// default stream except where noted. This header is plain C++ (the bindings are compiled by g++).
+// Errors (CUDA or cuBLAS failures) throw std::runtime_error naming the kernel or cuBLAS call and
+// the status; calls are asynchronous on the legacy default stream except where noted. This
+// header is plain C++ (the bindings are compiled by g++).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -19,24 +20,65 @@ namespace lrpfast {
 namespace cuda {
 
 // ---- runtime (memory.cu) ----------------------------------------------------------------------
+// Every call works on the CURRENT device of the calling thread (CUDA's per-thread setting); the
+// bindings select the device of the arrays with DeviceGuard first.
 // Number of usable devices; 0 with `why` set when there is no driver or GPU (never throws).
 int device_count(std::string* why);
 std::string device_name(int device);
-// Caching allocator keyed by size: freed blocks are kept for reuse by the next request of the same
-// (rounded) size, so a net that runs the same shapes again allocates nothing.
+int current_device();
+void set_device(int device);  // throws naming the device when it does not exist
+// The device holding ptr, or the current device for memory CUDA does not know as device memory.
+int pointer_device(const void* ptr);
+class DeviceGuard {           // makes `device` current for a scope, then restores the previous one
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_;
+};
+// Caching allocator per device, keyed by size: freed blocks are kept for reuse by the next request
+// of the same (rounded) size on the same device, so a net that runs the same shapes again
+// allocates nothing. Thread-safe. alloc acts on the current device, release on `device` (-1: the
+// current one; it never switches devices, so it is safe in destructors on any thread).
 void* alloc(std::size_t bytes);
-void release(void* p, std::size_t bytes);
-void empty_cache();                                        // cudaFree every cached block
-void memory_stats(std::size_t* in_use, std::size_t* cached);  // bytes
+void release(void* p, std::size_t bytes, int device = -1);
+// Stream-ordered reuse: `stream` (a cudaStream_t as an integer, e.g. a DLPack consumer's) may
+// still read or write block p (allocated on the current device) through work queued on it so
+// far. An event is recorded on it now; when p is next handed out, lrpfast's stream first waits
+// for that event, so the block is never reused under the consumer.
+void record_use(void* p, std::uintptr_t stream);
+void empty_cache();                                           // cudaFree every cached block
+void memory_stats(int device, std::size_t* in_use, std::size_t* cached);  // bytes
+// Copies and memset on the legacy default stream (copy_to_host waits for it).
 void copy_to_device(void* dst, const void* src, std::size_t bytes);
-void copy_to_host(void* dst, const void* src, std::size_t bytes);  // synchronous
+void copy_to_host(void* dst, const void* src, std::size_t bytes);
 void copy_device(void* dst, const void* src, std::size_t bytes);
 void memset0(void* p, std::size_t bytes);
 void synchronize();  // waits and throws on an asynchronous kernel error
-int current_device();
-// Makes `stream` (a cudaStream_t as an integer, e.g. a DLPack consumer's) wait for all work queued
-// so far on the legacy default stream, where every lrpfast kernel runs (no host synchronisation).
+// Makes `stream` wait for all work queued so far on the legacy default stream, where every
+// lrpfast kernel runs (DLPack export to a consumer's stream; no host synchronisation).
 void stream_wait(std::uintptr_t stream);
+// The reverse: the legacy default stream waits for the work queued so far on `stream` (a
+// producer's, e.g. the `stream` of __cuda_array_interface__).
+void wait_for_stream(std::uintptr_t stream);
+// The debug switch: every kernel launch and cuBLAS call waits for its work and reports its fault
+// under its own name. Initially on when the environment variable LRPFAST_CUDA_SYNC is 1.
+bool sync_launches();
+void set_sync_launches(bool on);
+
+// Device scratch from the caching allocator for the scope of a call (n elements of T).
+template <class T>
+struct Scratch {
+  T* p;
+  std::size_t bytes;
+  explicit Scratch(std::size_t n) : bytes(n * sizeof(T)) { p = static_cast<T*>(alloc(bytes)); }
+  ~Scratch() { release(p, bytes); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
 
 // ---- gemm (gemm.cu): the one cuBLAS wrapper, same row-major contract as lrpfast::gemm ---------
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -46,6 +88,9 @@ void gemm_batched(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
                   int lda, long long stride_a, const float* B, int ldb, long long stride_b,
                   float beta, float* C, int ldc, long long stride_c, int batch);
 std::string blas_name();
+// cuBLAS's math mode on lrpfast's handles: CUBLAS_PEDANTIC_MATH (exact FP32: no TF32 tensor cores,
+// no BF16x9 emulation, whatever NVIDIA_TF32_OVERRIDE or CUBLAS_EMULATE_SINGLE_PRECISION say).
+int blas_math_mode();
 
 // ---- im2col / col2im (im2col.cu) --------------------------------------------------------------
 void im2col(const ConvGeom& g, const float* x, int oh0, int oh1, float* col, std::int64_t ldcol);
@@ -100,7 +145,8 @@ void binary_scalar(BinaryOp op, std::int64_t n, const float* a, float s, bool sc
                    float* out);
 enum class UnaryOp : int { Neg, Abs, Square, PosPart, NegPart, Sqrt, Exp, Log };
 void unary(UnaryOp op, std::int64_t n, const float* a, float* out);
-// Reductions (synchronous): number of non-zero elements; sum in double.
+// Reductions (synchronous): number of non-zero elements; sum in double, deterministic (the same
+// bits on every run: a fixed-order tree, no floating-point atomics).
 std::int64_t count_nonzero(std::int64_t n, const float* a);
 double sum(std::int64_t n, const float* a);
 

@@ -47,7 +47,7 @@ void lrn_forward(const LrnParams& p, int N, int C, int H, int W, const float* x,
                  float* scale) {
   const long long n = (long long)N * C * H * W;
   if (n <= 0) return;
-  lrn_kernel<<<blocks_for(n), kThreads>>>(p, N, C, H, W, x, y, scale);
+  LRPFAST_LAUNCH(lrn_kernel, blocks_for(n), kThreads, p, N, C, H, W, x, y, scale);
   LRPFAST_CUDA_LAUNCHED("lrn_forward");
 }
 

@@ -75,28 +75,28 @@ __global__ void pool_bwd(PoolGeom g, const float* __restrict__ dy,
 void pool_max_forward(const PoolGeom& g, const float* x, float* y, std::int32_t* argmax) {
   const long long n = g.planes() * g.out_plane();
   if (n <= 0) return;
-  pool_fwd<true><<<blocks_for(n), kThreads>>>(g, x, y, argmax);
+  LRPFAST_LAUNCH(pool_fwd<true>, blocks_for(n), kThreads, g, x, y, argmax);
   LRPFAST_CUDA_LAUNCHED("pool_max_forward");
 }
 
 void pool_ave_forward(const PoolGeom& g, const float* x, float* y) {
   const long long n = g.planes() * g.out_plane();
   if (n <= 0) return;
-  pool_fwd<false><<<blocks_for(n), kThreads>>>(g, x, y, nullptr);
+  LRPFAST_LAUNCH(pool_fwd<false>, blocks_for(n), kThreads, g, x, y, nullptr);
   LRPFAST_CUDA_LAUNCHED("pool_ave_forward");
 }
 
 void pool_max_backward(const PoolGeom& g, const float* dy, const std::int32_t* argmax, float* dx) {
   const long long n = g.planes() * g.in_plane();
   if (n <= 0) return;
-  pool_bwd<true><<<blocks_for(n), kThreads>>>(g, dy, argmax, dx);
+  LRPFAST_LAUNCH(pool_bwd<true>, blocks_for(n), kThreads, g, dy, argmax, dx);
   LRPFAST_CUDA_LAUNCHED("pool_max_backward");
 }
 
 void pool_ave_backward(const PoolGeom& g, const float* dy, float* dx) {
   const long long n = g.planes() * g.in_plane();
   if (n <= 0) return;
-  pool_bwd<false><<<blocks_for(n), kThreads>>>(g, dy, nullptr, dx);
+  LRPFAST_LAUNCH(pool_bwd<false>, blocks_for(n), kThreads, g, dy, nullptr, dx);
   LRPFAST_CUDA_LAUNCHED("pool_ave_backward");
 }
 
