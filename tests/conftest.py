@@ -142,3 +142,19 @@ def he_weights(net, rng: np.random.Generator, bias_std: float = 0.0) -> dict:
                           else np.zeros(shape[0])).astype(np.float32))
         out[layer.name] = blobs
     return out
+
+
+@pytest.fixture(scope="session")
+def res10_astronaut(models_dir):
+    """(model folder, res10 SSD face detector as lrpfast.Net, lrpfast.preprocess of
+    scikit-image's astronaut resized to 300 x 300 minus the model's BGR mean); skips without
+    the model files or scikit-image."""
+    import lrpfast
+    d = models_dir / "res10_ssd_face"
+    model = d / "res10_300x300_ssd_iter_140000.caffemodel"
+    if not model.exists():
+        pytest.skip(f"{model} not found")
+    skd = pytest.importorskip("skimage.data")
+    net = lrpfast.Net(d / "deploy.prototxt", model, skip_unsupported=True)
+    return d, net, lrpfast.preprocess(skd.astronaut(), 300, mode="resize",
+                                      mean=(104.0, 177.0, 123.0))

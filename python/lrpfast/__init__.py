@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ._loader import _core
-from . import caffe, rules
+from . import caffe, detection, diagnostics, render, rules
 from .composites import COMPOSITE_NAMES, Composite, composite
 from .compat import RelPropOpts  # toolbox options; see lrpfast.compat
 from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, get_conv_algorithm,
@@ -17,11 +17,16 @@ from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, g
 from .layers import LayerError, supported_types
 from .net import Net
 from . import toolbox  # the LRP Toolbox's plain-text models, data files, python rules
+from .preprocess import Preprocessed, preprocess
+from .sentinels import LAST_INNER_PRODUCT, LOGITS, TOP1, TOP5
+from .composites import DEFAULT_RULES
 
 __version__: str = _core.__version__
 _warn_capped_env_threads()
 
-__all__ = ["Net", "RelPropOpts", "Composite", "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
+__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagnostics", "detection",
+           "DEFAULT_RULES", "TOP1", "TOP5", "LOGITS", "LAST_INNER_PRODUCT", "Composite",
+           "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
            "set_deterministic", "get_deterministic", "set_simd", "get_simd",

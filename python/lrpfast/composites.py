@@ -12,6 +12,10 @@ from __future__ import annotations
 from . import rules as R
 
 DEFAULT_EPS = 1e-6
+#: The composite that the API (``Net.relevance``), the ``heatmaps`` command and the demo use
+#: by default: LRP_CMP of Kohlbrenner et al. 2020 with alpha2-beta1 on convolutions, eps on
+#: dense layers and flat on the first linear layer (zennit: EpsilonAlpha2Beta1Flat).
+DEFAULT_RULES = "cmp_alpha2_flat"
 LINEAR_TYPES = ("Convolution", "InnerProduct")
 
 
@@ -68,6 +72,8 @@ class Composite:
                 rule = self.first[1]
             if rule is None:
                 rule = self.by_type.get(layer.type, self.default)
+            if rule is None and getattr(layer, "folded_into", None) is not None:
+                continue   # folded into its Convolution/InnerProduct: passes relevance on
             if rule is None:
                 raise ValueError(f"Composite {self.name}: no rule for layer '{layer.name}' "
                                  f"({layer.type}); give a default or a by_type entry")
@@ -100,7 +106,7 @@ def composite(name: str, *, eps: float | None = None, flat_layers: int | None = 
 
     ``eps``: the dense-layer epsilon (and the pooling/Eltwise stabiliser); default 1e-6
     (0.1 for the iNNvestigate presets). ``flat_layers``: how many of the first linear layers get
-    flat in the *_flat composites (default 1; Kohlbrenner et al. 2020, Fig. 1 e-g).
+    flat in the ``*_flat`` composites (default 1; Kohlbrenner et al. 2020, Fig. 1 e-g).
     ``low``/``high``: input bounds for the z^B rule of ``epsilon_gamma_box`` (required there).
     """
     key = name.lower().replace("-", "_")

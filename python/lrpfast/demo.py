@@ -37,8 +37,9 @@ __all__ = [
     "run",
 ]
 
-#: Rules and composites the demo shows (a uniform rule, two uniform alpha-beta rules, LRP_CMP).
-DEMO_RULES = ("epsilon", "alpha1beta0", "alpha2beta1", "cmp_alpha1", "cmp_alpha2_flat")
+#: Rules and composites the demo shows: the default (:data:`lrpfast.DEFAULT_RULES`) first, then a
+#: uniform rule, two uniform alpha-beta rules and another LRP_CMP.
+DEMO_RULES = ("cmp_alpha2_flat", "epsilon", "alpha1beta0", "alpha2beta1", "cmp_alpha1")
 
 
 def data_dir() -> Path:
@@ -124,7 +125,7 @@ def _draw_boxes(img: np.ndarray, bxs, k: int, colour=(255, 0, 0)) -> np.ndarray:
     return np.asarray(im)
 
 
-def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = "bwr",
+def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = render.DEFAULT_CMAP,
         verbose: bool = True, stream=None) -> dict:
     """Explain the bundled images under ``rules``; write PNGs to ``out_dir``; print scores.
 
@@ -175,7 +176,8 @@ def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = "b
             hm = render.heatmap(maps[rule][i], cmap=cmap, norm="symmetric")
             cells.append(_draw_boxes(_upscale(hm, scale), s["boxes"], scale, (0, 160, 0)))
             m, mw = scores[rule]["per_image"][i]
-            cl.append(f"{rule} mu={m:.2f} mu_w={mw:.2f}")
+            cl.append(f"{rule} " + (f"mu={m:.2f} mu_w={mw:.2f}" if np.isfinite(m) else
+                                    "mu=n/a (no positive relevance)"))
         g = render.grid(cells, cl, ncols=len(cells))
         f = out / f"{s['name']}.png"
         render.save_png(f, g)
@@ -195,7 +197,11 @@ def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = "b
     say(f"  explained {len(samples)} images for their true class under {len(rules)} rules")
     say(f"  {'rule':<18} {'mean mu':>8} {'mean mu_w':>10}   (uniform map: mu_w = 1)")
     for rule in rules:
+        n_nan = sum(not np.isfinite(m) for m, _ in scores[rule]["per_image"])
         say(f"  {rule:<18} {scores[rule]['mu']:>8.3f} {scores[rule]['mu_w']:>10.3f}")
+        if n_nan:
+            say(f"    ({rule}: mean of {len(samples) - n_nan}/{len(samples)} images; {n_nan} "
+                f"map(s) without positive relevance, where mu and mu_w are undefined)")
     colours = {"bwr": "red = positive relevance, blue = negative",
                "toolbox": "yellow = positive relevance, blue = negative"}.get(
         cmap, f"colour map {cmap}, zero relevance in the middle")
@@ -213,8 +219,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", default=",".join(DEMO_RULES),
                    help=f"comma-separated rules / composites (default: {','.join(DEMO_RULES)})")
     p.add_argument("--scale", type=int, default=3, help="pixel upscaling of the images (3)")
-    p.add_argument("--cmap", default="bwr", choices=sorted(render.COLORMAPS),
-                   help="colour map of the heatmaps (bwr)")
+    p.add_argument("--cmap", default=render.DEFAULT_CMAP, choices=sorted(render.COLORMAPS),
+                   help=f"colour map of the heatmaps ({render.DEFAULT_CMAP})")
 
 
 def run_from_args(args) -> int:

@@ -61,26 +61,40 @@ Modern interface (``lrpfast heatmaps``)
 =======================================
 
 ``lrpfast heatmaps --model PROTOTXT --weights CAFFEMODEL --images PATH_OR_DIR... --out DIR
-[--rules epsilon,alpha1beta0 | toolbox:CODE] [--classes -1 [281 ...]] [--mean B,G,R |
---mean-file F [--mean-kind 1]] [--size N] [--formats png,rawhm,npy,input,top10]
-[--cmap toolbox] [--norm toolbox] [--batch N] [--[no-]progress]``
+[--rules cmp_alpha2_flat,epsilon | toolbox:CODE] [--eps E] [--gamma G] [--low L --high H]
+[--flat-layers N] [--classes -1 [281 ...]] [--mean B,G,R | --mean-file F [--mean-kind 1]]
+[--top LAYER] [--skip-unsupported] [--resize crop|pad|resize] [--size N]
+[--formats png,overlay,rawhm,npy,input,top10]
+[--cmap bwr] [--norm symmetric] [--percentile 99.5] [--batch N] [--[no-]progress]``
 
-Same pre-processing (``--size`` = baseimgsize, default: the net's input size). Per image ``stem``
-and each rule and class: ``DIR/<stem>_<rule>_c<class>{_heatmap.png,_rawhm.txt,.npy}`` (the
-``.npy`` holds the (C, H, W) float32 relevance in the net's BGR layout); ``input`` and ``top10``
-write ``<stem>_as_inputted_into_the_dnn.png`` / ``<stem>_top10scores.txt`` once per image.
-Rules are composite names (``lrpfast.composites.COMPOSITE_NAMES``) or ``toolbox:CODE[:EPS]``
-(a caffe-mode :class:`RelPropOpts` with that formula code). Directories expand to the image
-files they hold (sorted; .jpg .jpeg .png .bmp .ppm .tif .tiff .gif .webp).
+Pre-processing is :func:`lrpfast.preprocess.preprocess` with ``mode=--resize`` (default
+``crop``: short side to ``--size``, default the net's input size, then the centre; ``pad`` is
+the toolbox's scheme above). Without ``--mean``/``--mean-file`` a warning says that the images
+go in as raw 0..255 values. Per image ``stem`` and each rule and class:
+``DIR/<stem>_<rule>_c<class>{_heatmap.png,_overlay.png,_rawhm.txt,.npy}``, where ``<class>``
+is the explained class (for ``-1`` the index of the best-scoring class; ``top5`` for ``-2``);
+``_heatmap.png`` is :func:`lrpfast.render.heatmap` (``--norm toolbox --cmap toolbox``: the
+toolbox's picture), ``_overlay.png`` :func:`lrpfast.render.relevance_overlay` over the input
+picture, the ``.npy`` holds the (C, H, W) float32 relevance in the net's BGR layout; ``input``
+and ``top10`` write ``<stem>_as_inputted_into_the_dnn.png`` / ``<stem>_top10scores.txt`` once
+per image. Rules are composite names (``lrpfast.composites.COMPOSITE_NAMES``; default
+``lrpfast.DEFAULT_RULES``) with the parameters ``--eps``, ``--gamma``, ``--low``/``--high``
+(per-channel bounds of ``epsilon_gamma_box``'s z^B rule) and ``--flat-layers``, or
+``toolbox:CODE[:EPS]`` (a caffe-mode :class:`RelPropOpts` with that formula code). Directories
+expand to the image files they hold (sorted; .jpg .jpeg .png .bmp .ppm .tif .tiff .gif
+.webp). The run ends with a one-line summary on stdout.
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .preprocess import mean_region as _mean_region, preprocess as _preprocess, resized_size
 
 __all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
            "read_mean", "read_synsets", "preprocess", "format_rawhm", "write_rawhm",
@@ -291,76 +305,38 @@ def read_synsets(path) -> list[str]:
 
 
 # =============================================================================== pre-processing
-def _fit_axis(a: np.ndarray, axis: int, size: int) -> tuple[np.ndarray, int]:
-    """Centre-crop or edge-pad ``a`` along ``axis`` to ``size``; returns (array, offset) where
-    offset > 0 is the crop start, < 0 minus the padding before."""
-    n = a.shape[axis]
-    if n > size:
-        o = (n - size) // 2
-        return np.take(a, range(o, o + size), axis=axis), o
-    if n < size:
-        before = (size - n) // 2
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (before, size - n - before)
-        return np.pad(a, pad, mode="edge"), -before
-    return a, 0
-
-
-def resized_size(w: int, h: int, base: int) -> tuple[int, int]:
-    """(width, height) with the long side = base, the short side rounded half up (min 1)."""
-    if w >= h:
-        return base, max(1, int(math.floor(h * base / w + 0.5)))
-    return max(1, int(math.floor(w * base / h + 0.5))), base
-
-
-def _load_image(path: str, base: int, size: tuple[int, int], mean):
+def _load_image(path: str, base, size: tuple[int, int], mean, mode: str = "pad"):
     """preprocess() of an image file, or the message saying why it cannot be used."""
     if not os.path.isfile(path):
         return "image file not found"
     try:
-        return preprocess(path, base, size, mean)
+        if mode != "pad":
+            p = _preprocess(path, size, mode=mode, base=base,
+                            mean=None if mean is None else mean_region(mean, size))
+            return p.image, p.x
+        return preprocess(path, base or max(size), size, mean)
     except Exception as e:   # Pillow raises many types for bad files
         return f"cannot read image: {e}"
 
 
 def preprocess(image, base: int, size: tuple[int, int], mean=None):
-    """One image -> (crop uint8 (H, W, 3) RGB, x float32 (3, H, W) BGR minus the mean).
+    """One image -> (crop uint8 (H, W, 3) RGB, x float32 (3, H, W) BGR minus the mean): the
+    toolbox's ``mode="pad"`` of :func:`lrpfast.preprocess.preprocess`.
 
     ``image``: a path or a PIL image; ``size``: the net input (H, W); ``mean``: None, a
     (3,) BGR vector or a (3, Hm, Wm) BGR image (its centre region is used)."""
-    from PIL import Image
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            im.load()
-            img = im.convert("RGB")
-    else:
-        img = image.convert("RGB")
-    w, h = resized_size(img.width, img.height, int(base))
-    if (w, h) != (img.width, img.height):
-        img = img.resize((w, h), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.uint8)
-    a, _ = _fit_axis(a, 0, int(size[0]))
-    a, _ = _fit_axis(a, 1, int(size[1]))
-    crop = np.ascontiguousarray(a)
-    x = crop[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
     if mean is not None:
-        x -= mean_region(mean, size)
-    return crop, np.ascontiguousarray(x)
+        mean = mean_region(mean, size)   # ConfigError for a bad mean
+    p = _preprocess(image, size, mode="pad", base=int(base), mean=mean)
+    return p.image, p.x
 
 
 def mean_region(mean, size) -> np.ndarray:
-    """The centre (H, W) region of a (C, Hm, Wm) mean image, or a (C,) vector as (C, 1, 1)."""
-    m = np.asarray(mean, np.float32)
-    H, W = int(size[0]), int(size[1])
-    if m.ndim == 1:
-        return m[:, None, None]
-    if m.ndim != 3:
-        raise ConfigError(f"mean must be (C,) or (C, H, W), got shape {m.shape}")
-    if m.shape[1] < H or m.shape[2] < W:
-        raise ConfigError(f"mean image {m.shape[1]}x{m.shape[2]} is smaller than the net's input "
-                          f"{H}x{W}")
-    oy, ox = (m.shape[1] - H) // 2, (m.shape[2] - W) // 2
-    return m[:, oy:oy + H, ox:ox + W]
+    """:func:`lrpfast.preprocess.mean_region`, raising ConfigError."""
+    try:
+        return _mean_region(mean, size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 # =============================================================================== outputs
@@ -610,8 +586,11 @@ def _expand_images(paths) -> list[str]:
     return out
 
 
-def _parse_rules(spec: str):
+def _parse_rules(spec: str, params=None):
+    """``--rules`` -> [(name for files, rules argument)]; ``params``: keyword parameters of
+    :func:`lrpfast.composite` (eps, flat_layers, gamma, low, high) for the composite names."""
     from .compat import RelPropOpts
+    from .composites import composite
     rules = []
     for name in [s.strip() for s in spec.split(",") if s.strip()]:
         if name.startswith("toolbox:"):
@@ -624,12 +603,15 @@ def _parse_rules(spec: str):
             except (ValueError, IndexError) as e:
                 raise ConfigError(f"--rules {name}: {e}") from None
         else:
-            from .composites import as_composite
+            kw = {k: v for k, v in (params or {}).items() if v is not None}
+            if "low" in kw and name != "epsilon_gamma_box":
+                kw.pop("low"), kw.pop("high", None)
+            if "flat_layers" in kw and not name.endswith("_flat"):
+                kw.pop("flat_layers")
             try:
-                as_composite(name)
+                rules.append((name, composite(name, **kw)))
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"--rules {name}: {e}") from None
-            rules.append((name, name))
     if not rules:
         raise ConfigError("--rules is empty")
     return rules
@@ -640,16 +622,24 @@ def run_heatmaps(args) -> int:
     from . import render
     try:
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-        bad = [f for f in formats if f not in ("png", "rawhm", "npy", "input", "top10")]
+        bad = [f for f in formats if f not in ("png", "overlay", "rawhm", "npy", "input",
+                                               "top10")]
         if bad:
-            raise ConfigError(f"--formats: unknown {', '.join(bad)} (png, rawhm, npy, input, "
-                              f"top10)")
-        rules = _parse_rules(args.rules)
-        for f in (args.model, args.weights):
+            raise ConfigError(f"--formats: unknown {', '.join(bad)} (png, overlay, rawhm, npy, "
+                              f"input, top10)")
+        bounds = {k: _parse_bounds(getattr(args, k), f"--{k}") for k in ("low", "high")}
+        rules = _parse_rules(args.rules, dict(eps=args.eps, flat_layers=args.flat_layers,
+                                              gamma=args.gamma, **bounds))
+        if (args.weights is None) != args.model.lower().endswith(".onnx"):
+            raise ConfigError("--weights (a caffemodel) goes with a prototxt --model, and not "
+                              "with an .onnx model, which carries its weights")
+        for f in (args.model, args.weights or args.model):
             if not os.path.isfile(f):
                 raise ConfigError(f"file {f} not found")
         try:
-            net = Net(args.model, args.weights)
+            net = Net(args.model, args.weights, skip_unsupported=args.skip_unsupported)
+            if args.top is not None:
+                net.top_layer(args.top)
         except (ValueError, KeyError) as e:
             raise ConfigError(f"cannot load the net: {e}") from None
         shape = next(iter(net.inputs.values()))
@@ -667,9 +657,12 @@ def run_heatmaps(args) -> int:
                 raise ConfigError(f"--mean needs 3 values B,G,R, got {args.mean!r}")
         else:
             mean = None
+            print("lrpfast: warning: no --mean or --mean-file: the images go in as raw 0..255 "
+                  "values; Caffe models expect the mean of their training data subtracted "
+                  "(e.g. --mean 104,117,123 for ImageNet models)", file=sys.stderr)
         if mean is not None:
             mean_region(mean, size)
-        base_size = args.size or max(size)
+        base_size = args.size
         classes = args.classes
         if any(c < -2 for c in classes):
             raise ConfigError("--classes: -1 (top-1), -2 (top-5) or a class index >= 0")
@@ -680,10 +673,17 @@ def run_heatmaps(args) -> int:
         _err(e)
         return 2
     images = _expand_images(args.images)
+    t0 = time.perf_counter()
+    written = [0]
 
     def compute(x, items):
-        scores = _output_scores(net, net.forward(x))
-        return scores, {rn: net.relevance_multi(x, list(classes), rules=r, progress=False)
+        if args.top is None:
+            scores = _output_scores(net, net.forward(x))
+        else:   # top10 and the class of -1 come from where relevance starts
+            blob = net.top_layer(args.top).tops[0]
+            scores = _output_scores(net, net.forward(x, blobs=[blob])[blob])
+        return scores, {rn: net.relevance_multi(x, list(classes), rules=r, top=args.top,
+                                                 progress=False)
                         for rn, r in rules}
 
     def write(i, item, result):
@@ -697,15 +697,20 @@ def run_heatmaps(args) -> int:
         for rn, Rk in results.items():
             for k, c in enumerate(classes):
                 R = Rk[k, i]
-                b = f"{base}_{rn}_c{c}"
+                b = f"{base}_{rn}_c{_class_tag(c, scores[i])}"
                 if "png" in formats:
                     img = render.toolbox_heatmap(R) if (args.cmap, args.norm) == (
-                        "toolbox", "toolbox") else render.heatmap(R, cmap=args.cmap, norm=args.norm)
+                        "toolbox", "toolbox") else render.heatmap(R, cmap=args.cmap, norm=args.norm,
+                                                                  percentile=args.percentile)
                     render.save_png(b + "_heatmap.png", img)
+                if "overlay" in formats:
+                    render.save_png(b + "_overlay.png", render.relevance_overlay(
+                        crop, R, cmap=args.cmap, percentile=args.percentile))
                 if "rawhm" in formats:
                     write_rawhm(b + "_rawhm.txt", R)
                 if "npy" in formats:
                     np.save(b + ".npy", np.asarray(R, np.float32))
+        written[0] += 1
 
     bar = _Bar(len(images), args.progress)
     run = _Batches(args.batch, bar, compute, write, write_errors=(OSError, ValueError))
@@ -715,7 +720,7 @@ def run_heatmaps(args) -> int:
         if stem in stems:
             run.skip(f"{path}: another image has the name '{stem}'; skipped")
             continue
-        loaded = _load_image(path, base_size, size, mean)
+        loaded = _load_image(path, base_size, size, mean, args.resize)
         if isinstance(loaded, str):
             run.skip(f"{path}: {loaded}")
             continue
@@ -727,7 +732,29 @@ def run_heatmaps(args) -> int:
     if not images:
         _err("no images given")
         return 2
+    print(f"lrpfast heatmaps: {written[0]} of {len(images)} images explained ({run.failed} "
+          f"failed) under {', '.join(rn for rn, _ in rules)} for classes "
+          f"{' '.join(map(str, classes))} in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 1 if run.failed else 0
+
+
+def _class_tag(c: int, scores) -> str:
+    """The explained class as it appears in file names: the index (-1: the best-scoring
+    class's index), or ``top5`` for -2."""
+    if c == -1:
+        return str(int(np.argmax(scores)))
+    return "top5" if c == -2 else str(c)
+
+
+def _parse_bounds(text, what):
+    """``--low``/``--high``: one number or B,G,R per-channel values (None: not given)."""
+    if text is None:
+        return None
+    try:
+        v = [float(t) for t in str(text).split(",")]
+    except ValueError:
+        raise ConfigError(f"{what} needs a number or B,G,R numbers, got {text!r}") from None
+    return v[0] if len(v) == 1 else np.array(v, np.float32)
 
 
 # =============================================================================== CLI
@@ -743,6 +770,9 @@ def main_heatmaps(args) -> int:
 def add_subcommands(sub) -> None:
     """Add ``explain`` and ``heatmaps`` to an argparse sub-parser collection."""
     import argparse
+
+    from .composites import DEFAULT_RULES
+    from .render import COLORMAPS, DEFAULT_CMAP, DEFAULT_PERCENTILE
     s = sub.add_parser("explain", help="toolbox heatmap tool: CONFIG FILELIST PREFIX",
                        description="The LRP toolbox's heatmap tool; see "
                                    "lrpfast.explain for the file formats.")
@@ -756,12 +786,22 @@ def add_subcommands(sub) -> None:
 
     h = sub.add_parser("heatmaps", help="heatmaps from command-line options (no config file)",
                        description="Relevance heatmaps for images; see lrpfast.explain.")
-    h.add_argument("--model", required=True, help="deploy prototxt")
-    h.add_argument("--weights", required=True, help="caffemodel")
+    h.add_argument("--model", required=True, help="deploy prototxt, or an .onnx model")
+    h.add_argument("--weights", default=None, help="caffemodel (with a prototxt --model)")
     h.add_argument("--images", required=True, nargs="+", help="image files or folders")
     h.add_argument("--out", required=True, help="output folder")
-    h.add_argument("--rules", default="epsilon",
-                   help="comma-separated composite names or toolbox:CODE[:EPS]")
+    h.add_argument("--rules", default=DEFAULT_RULES,
+                   help=f"comma-separated composite names or toolbox:CODE[:EPS] (default "
+                        f"{DEFAULT_RULES})")
+    h.add_argument("--eps", type=float, default=None,
+                   help="epsilon of the dense layers (and pooling/Eltwise stabiliser)")
+    h.add_argument("--gamma", type=float, default=None, help="gamma of epsilon_gamma_box")
+    h.add_argument("--low", default=None,
+                   help="lowest input value(s) for the z^B rule of epsilon_gamma_box (a number "
+                        "or B,G,R, in the net's input units after the mean)")
+    h.add_argument("--high", default=None, help="highest input value(s), as --low")
+    h.add_argument("--flat-layers", type=int, default=None,
+                   help="first linear layers that get flat in *_flat composites (default 1)")
     h.add_argument("--classes", type=int, nargs="+", default=[-1],
                    help="-1 top-1, -2 top-5 summed, or class indices (several allowed)")
     m = h.add_mutually_exclusive_group()
@@ -769,12 +809,27 @@ def add_subcommands(sub) -> None:
     m.add_argument("--mean-file", help="mean image file")
     h.add_argument("--mean-kind", type=int, default=1, choices=(0, 1, 2),
                    help="mean file kind: 1 binaryproto BGR, 2 reversed, 0 text")
+    h.add_argument("--resize", default="crop", choices=("crop", "pad", "resize"),
+                   help="crop (default): short side to --size, centre crop; pad: the toolbox's "
+                        "long side to --size, centre crop / edge pad; resize: to the input size")
     h.add_argument("--size", type=int, default=None,
-                   help="long side after resizing (default: the net's input size)")
-    h.add_argument("--formats", default="png,rawhm,input,top10",
-                   help="any of png,rawhm,npy,input,top10")
-    h.add_argument("--cmap", default="toolbox", choices=("toolbox", "bwr", "heat", "gray"))
-    h.add_argument("--norm", default="toolbox", choices=("toolbox", "symmetric", "positive"))
+                   help="side after resizing (short side for crop, long side for pad; default: "
+                        "the net's input size)")
+    h.add_argument("--formats", default="png,overlay,rawhm,input,top10",
+                   help="any of png,overlay,rawhm,npy,input,top10")
+    h.add_argument("--cmap", default=DEFAULT_CMAP, choices=sorted(COLORMAPS),
+                   help=f"colour map (default {DEFAULT_CMAP})")
+    h.add_argument("--norm", default="symmetric", choices=("symmetric", "positive", "toolbox"),
+                   help="normalisation (default symmetric; toolbox + --cmap toolbox: the "
+                        "toolbox's heatmap)")
+    h.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                   help=f"clip the colour scale at this percentile of |R| (default "
+                        f"{DEFAULT_PERCENTILE})")
+    h.add_argument("--top", default=None,
+                   help="layer or blob where relevance starts (default: the last InnerProduct "
+                        "layer), e.g. mbox_conf for an SSD")
+    h.add_argument("--skip-unsupported", action="store_true",
+                   help="drop layers lrpfast cannot run (an SSD's PriorBox/DetectionOutput)")
     h.add_argument("--synsets", default=None, help="synset file for top10 names")
     h.add_argument("--batch", type=int, default=1)
     h.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)

@@ -276,6 +276,8 @@ class _Affine(_RuleLayer):
     relevance on; otherwise it is a diagonal linear layer under the active rule."""
 
     folded_into: str | None = None
+    #: constant input normalisation of an ONNX net (lrpfast.onnx): relevance passes unchanged
+    input_normalisation = False
 
     def setup(self, in_shapes):
         if len(in_shapes[0]) < 1:
@@ -295,11 +297,13 @@ class _Affine(_RuleLayer):
         return [self.op.fwd(xs[0], "w", "b")], {}
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        if self.folded_into is not None:
+        if self.folded_into is not None or self.input_normalisation:
             return [Rs[0]]
         return super().relevance(xs, ys, state, Rs, ctx)
 
     def describe(self):
+        if self.input_normalisation:
+            return "input normalisation"
         return f"folded into '{self.folded_into}'" if self.folded_into else "per-channel affine"
 
 
@@ -490,6 +494,71 @@ class Power(_Pointwise):
         return f"({self.shift:g} + {self.scale:g} x) ^ {self.power:g}"
 
 
+class _Rectifier(_Pointwise):
+    """A ReLU-like activation (Clip, PReLU): LRP rules pass relevance unchanged; the gradient-like
+    rules multiply it by f'(x) and then apply their own ReLU treatment (deconvnet and guided
+    backprop keep the positive part), as ReLU with a slope does."""
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R, x = Rs[0], xs[0]
+        if ctx.gradient_like:   # f'(x), then the rule's own gate on an all-ones x
+            R = (R * self.derivative(x, ys[0])).astype(np.float32, copy=False)
+            x = np.ones_like(x)
+        return [ctx.rule.relu(R, x)]
+
+
+class Clip(_Rectifier):
+    """y = min(max(x, min), max) (Caffe's Clip; ONNX Clip, e.g. ReLU6)."""
+
+    type = "Clip"
+
+    def setup(self, in_shapes):
+        p = self.param.clip_param
+        self.lo = float(p.min) if p.HasField("min") else -np.inf
+        self.hi = float(p.max) if p.HasField("max") else np.inf
+        if not self.lo <= self.hi:
+            raise ValueError(f"min {self.lo:g} > max {self.hi:g}")
+        return [in_shapes[0]]
+
+    def f(self, x):
+        return np.clip(x, np.float32(self.lo), np.float32(self.hi))
+
+    def derivative(self, x, y):
+        return ((x > self.lo) & (x < self.hi)).astype(np.float32)
+
+    def describe(self):
+        return f"[{self.lo:g}, {self.hi:g}]"
+
+
+class PReLU(_Rectifier):
+    """y = x for x > 0, a_c * x else, with a learned slope per channel (axis 1) or one shared
+    slope (Caffe's PReLU; ONNX PRelu)."""
+
+    type = "PReLU"
+
+    def setup(self, in_shapes):
+        if len(in_shapes[0]) < 1:
+            raise ValueError("needs a channel axis")
+        self.shared = bool(self.param.prelu_param.channel_shared)
+        return [in_shapes[0]]
+
+    def expected_weights(self):
+        return [(1,)] if self.shared else [(self.in_shapes[0][0],)]
+
+    def _slope(self, x):
+        return self.blobs[0].reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, xs):
+        self.require_weights()
+        return super().forward(xs)
+
+    def f(self, x):
+        return np.where(x > 0, x, x * self._slope(x))
+
+    def derivative(self, x, y):
+        return np.where(x > 0, np.float32(1), self._slope(x))
+
+
 class Dropout(_PassThrough):
     type = "Dropout"
 
@@ -573,8 +642,8 @@ class Softmax(Layer):
         return [(e / e.sum(axis=self.axis, keepdims=True)).astype(np.float32)], {}
 
     def check_relevance(self, ctx):
-        raise self.error("relevance cannot pass a Softmax; start below it (top=-1 picks the "
-                         "layer right below the lowest Softmax)")
+        raise self.error("relevance cannot pass a Softmax; start below it (top=lrpfast.LOGITS, "
+                         "old spelling top=-1, picks the layer right below the lowest Softmax)")
 
 
 class Eltwise(Layer):
@@ -764,7 +833,8 @@ def _contiguous(a):
 
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
-    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power)}
+    Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power, Clip,
+    PReLU)}
 
 
 def supported_types() -> list[str]:

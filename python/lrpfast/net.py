@@ -17,13 +17,19 @@ import functools
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from . import caffe
-from .composites import Composite, as_composite
+from . import onnx as onnx_io
+from .composites import DEFAULT_RULES, Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
 from .rules import AlphaBeta
+from .sentinels import ClassesArg, RulesArg, Top, TopArg, resolve_top
+
+if TYPE_CHECKING:
+    from .diagnostics import ConservationReport
 
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 
@@ -79,8 +85,9 @@ class Net:
                 return super().__new__(ToolboxNet)
         return super().__new__(cls)
 
-    def __init__(self, prototxt, weights=None, *, device: str = "cpu", fold_batchnorm: bool = True,
-                 skip_unsupported: bool = False, memory_limit: int = _DEFAULT_MEMORY):
+    def __init__(self, prototxt: Any, weights: Any = None, *, device: str = "cpu",
+                 fold_batchnorm: bool = True, skip_unsupported: bool = False,
+                 memory_limit: int = _DEFAULT_MEMORY) -> None:
         self.cuda_device = None            # cuda: the device index ("cuda:N")
         if str(device).startswith("cuda"):  # the CUDA engine (lrpfast.cuda) is loaded only here
             from . import cuda as _cuda_engine
@@ -100,7 +107,12 @@ class Net:
         self._prototxt_source = prototxt   # compat.caffe_layers: Caffe's numbering (Input layers)
         self._local = threading.local()    # per thread: the input of its last forward()
         self._device_io = False            # cuda: the last call's inputs were device arrays
-        netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
+        from_onnx = onnx_io.is_onnx(prototxt)
+        if from_onnx:   # an ONNX model (lrpfast.onnx): graph and weights in one file
+            netdef, weights = onnx_io.read_onnx(prototxt, weights)
+            self.source = onnx_io.source_name(prototxt)
+        else:
+            netdef = prototxt if isinstance(prototxt, caffe.NetDef) else caffe.read_net(prototxt)
         if weights is None or isinstance(weights, dict):
             # the Net keeps its own read-only copies: changing the caller's arrays afterwards
             # changes nothing, and no cached derivative (W+, W-, W^2, folded BatchNorm) goes stale
@@ -116,6 +128,8 @@ class Net:
             raise LayerError(f"{self.source}: {e}") from None
         if fold_batchnorm and wdict is not None:
             self._fold_affine()
+        if from_onnx:
+            onnx_io.finish(self)
         if device == "cuda":
             self._ops_to_device()
 
@@ -124,6 +138,21 @@ class Net:
         """Build from prototxt text (handy in tests and notebooks)."""
         msg = caffe.parse_prototxt(text, path="<text>")
         return cls(msg, weights, **kw)
+
+    @classmethod
+    def from_onnx(cls, model, **kw) -> "Net":
+        """Load an ONNX model: a path (any name), serialized bytes or an ``onnx.ModelProto``.
+        Needs ``pip install "lrpfast[onnx]"``. Layers are named after the ONNX nodes and blobs
+        after the ONNX tensors (readout by tensor name); see lrpfast.onnx.importer for the
+        operators and the rule each one gets. ``Net("model.onnx")`` does the same."""
+        return cls(onnx_io.load(model), **kw)
+
+    @classmethod
+    def from_torch(cls, module, example_input, *, opset: int | None = None, **kw) -> "Net":
+        """Export a torch.nn.Module (eval mode) to ONNX in memory with ``torch.onnx.export``
+        and load it (see ``from_onnx``). ``example_input``: a tensor (N, C, H, W) of the input
+        shape. Needs torch and onnx; lrpfast itself does not depend on torch."""
+        return cls(onnx_io.export_torch(module, example_input, opset), **kw)
 
     # ------------------------------------------------------------------ construction
     def _build(self, netdef, wdict, skip_unsupported):
@@ -333,19 +362,23 @@ class Net:
         g = max(1, min(K, self.memory_limit // (self._bytes_per_sample() * m)))
         return [(k, min(k + g, K)) for k in range(0, K, g)]
 
+    def _require_weights(self):
+        if not self.has_weights:
+            raise ValueError(f"{self.source}: the net was loaded without weights")
+
     def _run_forward(self, xin: dict, stop: int | None = None,
                      zplus: frozenset = frozenset()) -> tuple[dict, dict]:
         """Blobs and layer states of a forward pass up to layer index ``stop``; the layers named
         in ``zplus`` also leave the alpha-beta rule's z+ in their state where they can compute
         it together with z (see _RuleLayer.forward_zplus)."""
-        if not self.has_weights:
-            raise ValueError(f"{self.source}: the net was loaded without weights")
+        self._require_weights()
         blobs = dict(xin)
         states = {}
         last = len(self.layers) if stop is None else stop + 1
         for layer in self.layers[:last]:
             xs = [blobs[b] for b in layer.bottoms]
-            ys, st = layer.forward_zplus(xs) if layer.name in zplus else layer.forward(xs)
+            ys, st = (layer.forward_zplus(xs)  # type: ignore[attr-defined]  # rule layers only
+                      if layer.name in zplus else layer.forward(xs))
             states[layer.name] = st
             for t, y in zip(layer.tops, ys):
                 blobs[t] = y
@@ -353,7 +386,7 @@ class Net:
 
     # ------------------------------------------------------------------ forward
     @_on_device
-    def forward(self, x, blobs=None):
+    def forward(self, x: Any, blobs: Sequence[str] | None = None) -> Any:
         """Run the net. x: float32 (N, C, H, W) in the net's input layout (Caffe: BGR, mean
         subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
         net has several outputs — or, with ``blobs=[names]``, {name: array} of those blobs."""
@@ -377,12 +410,16 @@ class Net:
                          else {w.split("#")[0]: v for w, v in res.items()})
 
     # ------------------------------------------------------------------ relevance
-    def top_layer(self, top=None) -> Layer:
-        """The layer where relevance starts: None or -2 = the highest InnerProduct layer,
-        -1 = the layer right below the lowest Softmax, else an index or name. A net without an
-        InnerProduct (e.g. ending in convolutions): None = the layer right below the last
+    def top_layer(self, top: TopArg = None) -> Layer:
+        """The layer where relevance starts: None or ``lrpfast.LAST_INNER_PRODUCT`` = the
+        highest InnerProduct layer, ``lrpfast.LOGITS`` = the layer right below the lowest
+        Softmax, else a layer index or name, or a blob name (its producer). The old codes -1
+        (LOGITS) and -2 (LAST_INNER_PRODUCT) still work with a DeprecationWarning. A net without
+        an InnerProduct (e.g. ending in convolutions): None = the layer right below the last
         Softmax if there is one, else the last layer (``default_top_reason`` says which)."""
-        if top is None or (isinstance(top, (int, np.integer)) and top == -2):
+        asked = top
+        top = resolve_top(top.item() if isinstance(top, np.integer) else top)
+        if top is None or top is Top.LAST_INNER_PRODUCT:
             ips = [l for l in self.layers if l.type == "InnerProduct"]
             if not ips and top is None:
                 return self._default_top_without_ip()
@@ -390,11 +427,12 @@ class Net:
                 raise ValueError(f"{self.source}: the net has no InnerProduct layer; pass top= "
                                  f"(a layer name or index)")
             return ips[-1]
-        if isinstance(top, (int, np.integer)) and top == -1:
+        if top is Top.LOGITS:
             for l in self.layers:
                 if l.type == "Softmax":
                     return self._producer_layer(l.bottoms[0])
-            raise ValueError(f"{self.source}: top=-1 needs a Softmax layer; the net has none")
+            raise ValueError(f"{self.source}: top={asked!r} needs a Softmax layer; the net has "
+                             f"none")
         if isinstance(top, str) and not any(l.name == top for l in self.layers):
             return self._producer_layer(self._ssa(top))
         return self.layer(top)
@@ -421,8 +459,8 @@ class Net:
     def _plan(self, top_layer: Layer, composite: Composite, readouts: list[str]):
         """Layers the relevance passes through (top down) with their contexts; errors first."""
         owner = getattr(top_layer, "folded_into", None)
-        if owner is not None and self.layer(owner).z_top != top_layer.tops[0]:
-            end = self._producer[self.layer(owner).z_top].name
+        if owner is not None and getattr(self.layer(owner), "z_top") != top_layer.tops[0]:
+            end = self._producer[getattr(self.layer(owner), "z_top")].name
             raise ValueError(f"top layer '{top_layer.name}' ({top_layer.type}) is folded into "
                              f"'{owner}' with the layers up to '{end}': start at '{owner}' or "
                              f"'{end}', or load the net with fold_batchnorm=False")
@@ -453,16 +491,18 @@ class Net:
             layer.check_relevance(ctx)
         return plan
 
-    def describe_rules(self, rules="epsilon", top=None) -> str:
+    def describe_rules(self, rules: RulesArg = DEFAULT_RULES, top: TopArg = None) -> str:
         """A table of which rule each layer gets under ``rules`` (composite, rule or name)."""
         comp = as_composite(rules)
         assigned = comp.assign(self.layers, net=self)
         top_l = self.top_layer(top) if self.has_weights or top is not None else None
+        nw = max([24] + [len(layer.name) for layer in self.layers])   # columns stay aligned
+        tw = max([13] + [len(layer.type) for layer in self.layers])
         head = f"{comp!r}"
         if top_l is not None:
             why = self.default_top_reason() if top is None else f"top={top!r}"
             head += f"; relevance starts at '{top_l.name}' ({why})"
-        lines = [head, f"{'idx':>4}  {'layer':<24} {'type':<13} treatment"]
+        lines = [head, f"{'idx':>4}  {'layer':<{nw}} {'type':<{tw}} treatment"]
         for layer in self.layers:
             if top_l is not None and layer.index > top_l.index:
                 break
@@ -472,7 +512,7 @@ class Net:
                     what += "  (BatchNorm/Scale folded in)"
             else:
                 what = _treatment(layer, comp)
-            lines.append(f"{layer.index:>4}  {layer.name:<24} {layer.type:<13} {what}")
+            lines.append(f"{layer.index:>4}  {layer.name:<{nw}} {layer.type:<{tw}} {what}")
         return "\n".join(lines)
 
     def _seed(self, top_val: np.ndarray, classes, n: int) -> np.ndarray:
@@ -529,14 +569,16 @@ class Net:
         return top_val * mask.reshape(top_val.shape)
 
     @_on_device
-    def relevance(self, x, classes=-1, rules="epsilon", *, top=None, readout=None,
-                  progress: bool | None = None):
+    def relevance(self, x: Any, classes: ClassesArg = -1, rules: RulesArg = DEFAULT_RULES, *,
+                  top: TopArg = None, readout: str | Sequence[str] | None = None,
+                  progress: bool | None = None) -> Any:
         """LRP relevance of the class(es) ``classes`` for the images ``x``.
 
         x: float32 (N, C, H, W) in the net's input layout. classes: an int for all images, or one
-        entry per image: class index, list of classes (summed), -1 (top-1), -2 (top-5 summed);
-        indices count over the flattened output of the top layer. rules: composite name, rule or
-        Composite. top: where relevance starts (see ``top_layer``). readout: blob name(s) to
+        entry per image: class index, list of classes (summed), -1 = ``lrpfast.TOP1`` (top-1),
+        -2 = ``lrpfast.TOP5`` (top-5 summed); indices count over the flattened output of the top
+        layer. rules: composite name, rule or Composite (default ``DEFAULT_RULES``,
+        "cmp_alpha2_flat"). top: where relevance starts (see ``top_layer``). readout: blob name(s) to
         read relevance at (default: the input). Returns float32 shaped like the readout blob
         (N, ...), or a dict when ``readout`` is a list.
         """
@@ -545,14 +587,18 @@ class Net:
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
     @_on_device
-    def relevance_multi(self, x, class_sets, rules="epsilon", *, top=None, readout=None,
-                        progress: bool | None = None):
+    def relevance_multi(self, x: Any, class_sets: Sequence[ClassesArg],
+                        rules: RulesArg = DEFAULT_RULES, *, top: TopArg = None,
+                        readout: str | Sequence[str] | None = None,
+                        progress: bool | None = None) -> Any:
         """Relevance for several class selections at one forward pass per chunk.
 
         class_sets: a list of K ``classes`` arguments (see ``relevance``). Returns float32
         (K, N, ...) (or a dict of them when ``readout`` is a list)."""
         if len(class_sets) == 0:
             raise ValueError("class_sets is empty")
+
+        from .diagnostics import blowup_scale
 
         def seeds(top_val, a, b, n):
             out = []
@@ -564,11 +610,48 @@ class Net:
                                          f"an int applies to all images, a list per image is summed")
                     c = c[a:b]
                 out.append(self._seed(top_val, c, b - a))
+                if isinstance(out[-1], np.ndarray):
+                    scores.append((a, b, blowup_scale(out[-1], top_val, b - a)))
             return out
-        return self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
+        scores: list = []
+        R = self._propagate_impl(x, seeds, rules, top, readout, progress, len(class_sets))
+        if readout is None and isinstance(R, np.ndarray) and len(scores) == R.shape[0] * len(
+                self._chunks(R.shape[1])):
+            self._check_blowup(x, class_sets, rules, top, R, scores)
+        return R
+
+    def _check_blowup(self, x, class_sets, rules, top, R, scores):
+        """One ConservationWarning naming the layer (lrpfast.diagnostics) when an image's input
+        relevance sums to more than BLOWUP times its score (or the RMS of its top outputs,
+        if larger) under an LRP (not gradient) rule."""
+        from .diagnostics import BLOWUP
+        comp = as_composite(rules)
+        if getattr(_family_rule(comp.assign(self.layers, net=self)), "gradient_like", False):
+            return
+        K = len(class_sets)
+        for j, (a, b, sc) in enumerate(scores):
+            k = j % K
+            tot = R[k, a:b].reshape(b - a, -1).sum(axis=1, dtype=np.float64)
+            bad = np.flatnonzero(np.abs(tot) > BLOWUP * sc)
+            if bad.size:
+                i = a + int(bad[0])
+                c = class_sets[k]
+                ci = c if isinstance(c, (int, np.integer)) else [list(c)[i]]
+                xi = {n: np.asarray(v)[i:i + 1] for n, v in self._check_input(x).items()}
+                self.conservation(xi, ci, rules, top=top)
+                return
+
+    def conservation(self, x: Any, classes: ClassesArg = -1, rules: RulesArg = DEFAULT_RULES, *,
+                     top: TopArg = None, rtol: float = 0.05,
+                     warn: bool = True) -> ConservationReport:
+        """The relevance sum after every layer against the explained score, and the first layer
+        where it departs by more than ``rtol``; see :func:`lrpfast.diagnostics.conservation`."""
+        from .diagnostics import conservation
+        return conservation(self, x, classes, rules, top=top, rtol=rtol, warn=warn)
 
     @_on_device
-    def propagate(self, x, R_top, *, top, rules="epsilon", readout=None):
+    def propagate(self, x: Any, R_top: Any, *, top: TopArg, rules: RulesArg = DEFAULT_RULES,
+                  readout: str | Sequence[str] | None = None) -> Any:
         """Propagate a given relevance ``R_top`` (shaped like ``top``'s output (N, ...)) down to
         ``readout`` (default: the input blob). Same return convention as ``relevance``."""
         on_dev = False
@@ -594,6 +677,7 @@ class Net:
         return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
 
     def _propagate_impl(self, x, seeds, rules, top, readout, progress, K):
+        self._require_weights()
         xin = self._check_input(x)
         comp = as_composite(rules)
         top_layer = self.top_layer(top)
@@ -641,7 +725,7 @@ class Net:
                             ts[ln] = dict(ts[ln], zp=_tile(zp, g, m))
                     R0 = R0s[k0] if g == 1 else np.concatenate(R0s[k0:k1])
 
-                    def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):
+                    def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):  # type: ignore[misc]
                         if bt in ssa_out:
                             results[bt][k0:k1, a:b] += rin.reshape((k1 - k0, m) + rin.shape[1:])
                     if top_layer.tops[0] in ssa_out:
@@ -747,6 +831,19 @@ class Net:
                 "on device='cuda' use net.relevance(x, classes, rules=RelPropOpts(...)) with "
                 "mode='lrpfast' options, or load the net with device='cpu'")
 
+    def _repr_html_(self) -> str:
+        """A table of the layers for Jupyter."""
+        import html
+        rows = "".join(
+            f"<tr><td>{layer.index}</td><td>{html.escape(layer.name)}</td><td>{layer.type}</td>"
+            f"<td>{html.escape(str([self.shapes[t] for t in layer.tops]))}</td>"
+            f"<td>{html.escape(layer.describe())}</td></tr>" for layer in self.layers)
+        head = html.escape(f"lrpfast.Net '{self.name}' ({self.source}), inputs " + ", ".join(
+            f"{k}{v}" for k, v in self.inputs.items()) + (f"; skipped: {', '.join(self.skipped)}"
+                                                           if self.skipped else ""))
+        return (f"<details><summary>{head}</summary><table><tr><th>#</th><th>layer</th>"
+                f"<th>type</th><th>output</th><th></th></tr>{rows}</table></details>")
+
     def __repr__(self) -> str:
         lines = [f"lrpfast.Net '{self.name}' ({self.source}), inputs "
                  + ", ".join(f"{k}{v}" for k, v in self.inputs.items())]
@@ -796,32 +893,55 @@ def _treatment(layer, comp) -> str:
     if t == "Eltwise":
         return {"sum": f"proportional (eps={comp.eps:g})", "max": "winner-take-all",
                 "prod": "gradient only"}[layer.op_name]
+    if getattr(layer, "input_normalisation", False):
+        return "identity (input normalisation)"
     if t in ("BatchNorm", "Scale") and getattr(layer, "folded_into", None):
         return f"folded into '{layer.folded_into}'"
     if t == "Softmax":
         return "(above the top: not reached)"
-    return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass",
+    return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass", "Clip": "pass",
+            "PReLU": "pass",
             "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
             "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
             "Permute": "inverse permutation"}.get(t, "")
 
 
 class _Progress:
-    """A minimal progress bar on stderr for runs of several chunks (auto: only on a terminal)."""
+    """A progress bar for runs of several chunks (auto: on a terminal or in a Jupyter
+    notebook). tqdm (``tqdm.auto``: a widget in notebooks) draws it where it is installed;
+    otherwise a minimal text bar on stderr."""
 
     def __init__(self, total: int, label: str, enabled: bool | None):
         if enabled is None:
-            enabled = total > 1 and sys.stderr.isatty()
+            enabled = total > 1 and (sys.stderr.isatty() or _in_notebook())
         self.total, self.label, self.enabled, self.done = total, label, bool(enabled), 0
+        self._tqdm = None
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+                self._tqdm = tqdm(total=total, desc=label)
+            except ImportError:
+                pass
 
     def update(self):
         self.done += 1
-        if self.enabled:
+        if self._tqdm is not None:
+            self._tqdm.update(1)
+        elif self.enabled:
             w = 30
             f = int(w * self.done / self.total)
             sys.stderr.write(f"\r{self.label} [{'#' * f}{'.' * (w - f)}] {self.done}/{self.total}")
             sys.stderr.flush()
 
     def close(self):
-        if self.enabled:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled:
             sys.stderr.write("\n")
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) session."""
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

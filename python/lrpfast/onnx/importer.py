@@ -1,0 +1,627 @@
+"""ONNX graph -> lrpfast NetDef + weights (the Caffe layer types of :mod:`lrpfast.layers`).
+
+Every ONNX node becomes at most one lrpfast layer named after the node, whose top is the
+node's output tensor, so relevance can be read out at any tensor by its ONNX name. Shapes are
+per sample (the batch axis is free, as in every lrpfast net). Operators and the relevance
+treatment each gets (the same in every composite; "rule" = the composite's rule for that layer):
+
+=====================================  ==================  ===================================
+ONNX operator                          lrpfast layer       relevance
+=====================================  ==================  ===================================
+Conv (pads, strides, dilations,        Convolution         rule (e.g. flat / z^B first, then
+group, auto_pad; a zero Pad before                         alpha-beta or gamma, per composite)
+it is folded into its pads)
+Gemm (alpha, beta, transB), MatMul     InnerProduct        rule (epsilon in the CMP composites)
+(+ the Add of its bias)
+BatchNormalization (inference),        Scale               folded into the Conv / Gemm before
+Add/Sub/Mul/Div with a per-channel                         it (canonisation, as zennit's
+or scalar constant                                         SequentialMergeBatchNorm); input
+                                                           normalisation (right after the
+                                                           input) passes relevance unchanged;
+                                                           elsewhere a diagonal linear layer
+                                                           under the rule
+Relu, LeakyRelu, PRelu, Clip (ReLU6)   ReLU, PReLU, Clip   passed unchanged (like ReLU)
+Sigmoid, Tanh                          Sigmoid, TanH       passed unchanged
+Softmax                                Softmax             relevance starts below it
+MaxPool, GlobalMaxPool                 Pooling max         winner-take-all (or as average)
+AveragePool, GlobalAveragePool         Pooling ave         proportional z-rule, composite eps
+LRN                                    LRN                 identity
+Dropout, Identity                      Dropout             identity
+Add / Sub / Sum of tensors (residual)  Eltwise SUM         proportional z-rule, composite eps
+                                                           (as zennit's ResNet canonizer)
+Mul of two tensors                     Eltwise PROD        gradient-like methods only
+Concat                                 Concat              sliced back to each input
+Flatten, Reshape, Squeeze, Unsqueeze   Flatten / Reshape   reshaped back
+Transpose                              Permute             inverse permutation
+Constant, Shape, Gather, Cast, ...     (none)              folded to constants at load time
+=====================================  ==================  ===================================
+
+Conventions: ONNX AveragePool with count_include_pad=0 and padding is refused (lrpfast's
+average pooling counts padded cells, as Caffe and PyTorch's default do); asymmetric padding is
+refused; Pooling uses ceil_mode as given (Caffe's CEIL / FLOOR rounding).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..caffe import LayerDef, NetDef
+from ..caffe import schema as pb
+from ..layers import LAYER_TYPES, LayerError
+
+#: the batch size Shape reports while constant folding (the batch axis of every Reshape target
+#: is then kept free, see _reshape)
+_BATCH = 1
+
+
+class OnnxImportError(ValueError):
+    """An ONNX model lrpfast cannot represent; the message names the model, node and op."""
+
+
+def convert(model, source: str):
+    """(NetDef, weights) from an ``onnx.ModelProto``; see the module docstring."""
+    return _Converter(model, source).run()
+
+
+def mark_input_normalisation(net) -> None:
+    """Scale layers that read the net input (a chain of them: constant normalisation such as
+    (x - mean) / std) pass relevance unchanged: the relevance of a normalised pixel is that of
+    the raw pixel. They then take no rule (describe_rules says 'input normalisation')."""
+    marked = set(net.inputs)
+    for layer in net.layers:
+        if layer.type == "Scale" and layer.bottoms[0] in marked \
+                and getattr(layer, "folded_into", None) is None:
+            layer.input_normalisation = True
+            layer.takes_rule = False
+            marked.add(layer.tops[0])
+
+
+class _Converter:
+    def __init__(self, model, source):
+        import onnx
+        from onnx import numpy_helper
+
+        self.onnx, self.nh = onnx, numpy_helper
+        self.model, self.source = model, source
+        self.graph = model.graph
+        self.opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          0)
+        self.const: dict[str, np.ndarray] = {}
+        self.shape: dict[str, tuple] = {}       # tensor -> per-sample shape
+        self.pads: dict[str, tuple] = {}        # Pad output -> (input, (pad_h, pad_w))
+        self.layers: list[LayerDef] = []
+        self.weights: dict[str, list] = {}
+        self.names: set[str] = set()
+        self.merged: set[int] = set()           # indices of the Add nodes merged into a MatMul
+
+    # -------------------------------------------------------------- driver
+    def run(self):
+        for t in self.graph.initializer:
+            self.const[t.name] = self.nh.to_array(t)
+        inputs = []
+        for vi in self.graph.input:
+            if vi.name in self.const:
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") else None
+                    for d in vi.type.tensor_type.shape.dim]
+            if len(dims) < 2 or any(d is None or d <= 0 for d in dims[1:]):
+                raise OnnxImportError(f"{self.source}: input '{vi.name}' needs a fixed shape "
+                                      f"after the batch axis, got {dims}")
+            inputs.append((vi.name, (1,) + tuple(dims[1:])))
+            self.shape[vi.name] = tuple(dims[1:])
+        if not inputs:
+            raise OnnxImportError(f"{self.source}: the graph has no non-constant input")
+        self.consumers: dict[str, list] = {}   # tensor -> [(node index, node)]
+        for k, node in enumerate(self.graph.node):
+            for i in node.input:
+                self.consumers.setdefault(i, []).append((k, node))
+        for k, node in enumerate(self.graph.node):
+            if k in self.merged:
+                continue
+            self.node_name = node.name or f"{node.op_type}_{k}"
+            try:
+                self.convert_node(node)
+            except (OnnxImportError, LayerError):
+                raise
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                raise self.error(node, str(e)) from None
+        for o in self.graph.output:
+            if o.name in self.pads or (o.name in self.const and o.name not in self.shape):
+                raise OnnxImportError(f"{self.source}: output '{o.name}' is a constant or a Pad")
+        name = self.graph.name or "onnx"
+        return NetDef(name=name, inputs=inputs, layers=self.layers), self.weights
+
+    def error(self, node, msg):
+        return OnnxImportError(f"{self.source}: node '{self.node_name}' ({node.op_type}, opset "
+                               f"{self.opset}): {msg}")
+
+    # -------------------------------------------------------------- helpers
+    def attrs(self, node) -> dict:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def is_const(self, name):
+        return name == "" or name in self.const
+
+    def cval(self, node, name, what):
+        if name not in self.const:
+            raise self.error(node, f"{what} ('{name}') must be a constant")
+        return self.const[name]
+
+    def src(self, node, name):
+        """A non-constant input tensor (a Pad output may only feed a Conv)."""
+        if name in self.pads:
+            raise self.error(node, "reads the output of a Pad; lrpfast folds Pad only into the "
+                             "Conv right after it")
+        if name not in self.shape:
+            raise self.error(node, f"input '{name}' is not produced by an earlier node")
+        return name
+
+    def emit(self, node, ltype, bottoms, tops=None, blobs=None, **params):
+        """Append a layer of ``ltype`` with ``<field>_param`` values ``params``; returns it.
+        Its output shape comes from the layer class itself (shape-only instantiation)."""
+        name = self.node_name
+        while name in self.names:
+            name += "_"
+        self.names.add(name)
+        lp = pb.LayerParameter(name=name, type=ltype)
+        for field, values in params.items():
+            sub = getattr(lp, field)
+            for key, v in values.items():
+                if key == "shape":
+                    sub.shape.dim.extend(v)
+                elif isinstance(v, (list, tuple)):
+                    getattr(sub, key).extend(v)
+                else:
+                    setattr(sub, key, v)
+            sub.SetInParent()
+        tops = list(tops or node.output[:1])
+        ldef = LayerDef(name=name, type=ltype, bottoms=list(bottoms), tops=tops, param=lp)
+        layer = LAYER_TYPES[ltype](len(self.layers), ldef, [self.shape[b] for b in bottoms], None)
+        for t, s in zip(tops, layer.out_shapes):
+            self.shape[t] = s
+        self.layers.append(ldef)
+        if blobs is not None:
+            self.weights[name] = [np.ascontiguousarray(b, dtype=np.float32) for b in blobs]
+        return ldef
+
+    # -------------------------------------------------------------- dispatch
+    def convert_node(self, node):
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            raise self.error(node, f"operator domain '{node.domain}' is not supported "
+                             f"(supported: the default ONNX domain: {', '.join(SUPPORTED_OPS)})")
+        real = [i for i in node.input if i]
+        if op in _FOLD and all(i in self.const for i in real) and (real or op == "Constant"):
+            self.fold(node)
+            return
+        if op == "Shape" and node.input[0] in self.shape:
+            full = np.array((_BATCH,) + self.shape[node.input[0]], np.int64)
+            a = self.attrs(node)
+            self.const[node.output[0]] = full[a.get("start", 0):a.get("end", len(full))]
+            return
+        handler = getattr(self, "op_" + op, None)
+        if handler is None:
+            raise self.error(node, f"unsupported operator {op}; supported: "
+                             f"{', '.join(SUPPORTED_OPS)}")
+        handler(node, self.attrs(node))
+
+    # -------------------------------------------------------------- constant folding
+    def fold(self, node):
+        a = self.attrs(node)
+        ins = [self.const[i] if i else None for i in node.input]
+        op = node.op_type
+        if op == "Constant":
+            if "value" in a:
+                out = self.nh.to_array(a["value"])
+            else:
+                key = next(k for k in a if k.startswith("value_"))
+                out = np.asarray(a[key])
+        elif op == "Identity" or op == "Dropout":
+            out = ins[0]
+        elif op == "Cast":
+            out = ins[0].astype(self.onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
+        elif op == "Gather":
+            out = np.take(ins[0], ins[1].astype(np.int64), axis=a.get("axis", 0))
+        elif op == "Concat":
+            out = np.concatenate([np.atleast_1d(x) for x in ins], axis=a["axis"])
+        elif op in ("Unsqueeze", "Squeeze"):
+            axes = a.get("axes") if "axes" in a else (ins[1].tolist() if len(ins) > 1 else None)
+            x = ins[0]
+            if op == "Squeeze":
+                out = np.squeeze(x, axis=None if axes is None else tuple(axes))
+            else:
+                out = x.reshape(_unsqueeze_shape(x.shape, axes))
+        elif op == "Reshape":
+            shape = [d if d != 0 else ins[0].shape[i] for i, d in enumerate(ins[1].tolist())]
+            out = ins[0].reshape(shape)
+        elif op in ("Add", "Sub", "Mul", "Div"):
+            f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}.get(op)
+            if op == "Div":
+                f = np.floor_divide if ins[0].dtype.kind in "iu" else np.divide
+            out = f(ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]))
+        elif op == "Slice":
+            starts, ends = ins[1].tolist(), ins[2].tolist()
+            axes = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else range(len(starts))
+            steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+            sl = [slice(None)] * ins[0].ndim
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                sl[ax] = slice(s, e, st)
+            out = ins[0][tuple(sl)]
+        elif op == "ConstantOfShape":
+            v = self.nh.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+            out = np.full(ins[0].astype(np.int64).tolist(), v.reshape(-1)[0], dtype=v.dtype)
+        elif op == "Transpose":
+            out = np.transpose(ins[0], a.get("perm"))
+        else:   # pragma: no cover (every _FOLD entry is handled above)
+            raise self.error(node, "cannot fold")
+        self.const[node.output[0]] = np.asarray(out)
+
+    # -------------------------------------------------------------- linear layers
+    def op_Conv(self, node, a):
+        x = node.input[0]
+        extra = (0, 0)
+        if x in self.pads:   # a zero Pad right before: its padding joins the convolution's
+            x, extra = self.pads[x]
+        x = self.src(node, x)
+        w = self.cval(node, node.input[1], "the weight W")
+        b = self.const.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if w.ndim != 4:
+            raise self.error(node, f"only 2-D convolutions are supported (W has shape {w.shape})")
+        kernel = a.get("kernel_shape", list(w.shape[2:]))
+        stride = a.get("strides", [1, 1])
+        dil = a.get("dilations", [1, 1])
+        pads = self.pool_pads(node, a, self.shape[x], kernel, stride, dil)
+        pads = [pads[0] + extra[0], pads[1] + extra[1]]
+        if b is None and len(node.input) > 2 and node.input[2]:
+            raise self.error(node, "the bias B must be a constant")
+        self.emit(node, "Convolution", [x], blobs=[w] + ([b] if b is not None else []),
+                  convolution_param=dict(num_output=int(w.shape[0]), bias_term=b is not None,
+                                         pad=pads, kernel_size=list(kernel), stride=list(stride),
+                                         dilation=list(dil), group=int(a.get("group", 1))))
+
+    def pool_pads(self, node, a, shape, kernel, stride, dil=(1, 1)):
+        """Symmetric (pad_h, pad_w) from pads / auto_pad; asymmetric padding is refused."""
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = []
+            for n, k, s, d in zip(shape[1:], kernel, stride, dil):
+                total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+                if total % 2:
+                    raise self.error(node, f"auto_pad {auto} needs an odd total padding "
+                                     f"({total}); lrpfast pads symmetrically")
+                pads.append(total // 2)
+            return pads
+        if auto == "VALID":
+            return [0, 0]
+        p = list(a.get("pads", [0, 0, 0, 0]))
+        if len(p) != 4:
+            raise self.error(node, f"only 2-D pads are supported, got {p}")
+        if p[0] != p[2] or p[1] != p[3]:
+            raise self.error(node, f"asymmetric padding {p} is not supported")
+        return [int(p[0]), int(p[1])]
+
+    def op_Gemm(self, node, a):
+        x = self.src(node, node.input[0])
+        if a.get("transA", 0):
+            raise self.error(node, "transA = 1 is not supported")
+        w = self.cval(node, node.input[1], "B") * np.float64(a.get("alpha", 1.0))
+        w = w if a.get("transB", 0) else w.T          # (out, in)
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            c = self.cval(node, node.input[2], "C") * np.float64(a.get("beta", 1.0))
+            bias = np.broadcast_to(np.asarray(c).reshape(-1) if c.size > 1 else c.reshape(()),
+                                   (w.shape[0],))
+        self.inner_product(node, x, w, bias, node.output[0])
+
+    def op_MatMul(self, node, a):
+        x = self.src(node, node.input[0])
+        w = self.cval(node, node.input[1], "the second operand")
+        if w.ndim != 2:
+            raise self.error(node, f"the constant operand must be 2-D, got shape {w.shape}")
+        top, bias = node.output[0], None
+        readers = self.consumers.get(top, [])
+        if len(readers) == 1 and readers[0][1].op_type == "Add" \
+                and top not in {o.name for o in self.graph.output}:
+            k, add = readers[0]
+            other = [i for i in add.input if i != top]
+            if len(other) == 1 and other[0] in self.const \
+                    and self.const[other[0]].size == w.shape[1]:
+                bias = self.const[other[0]].reshape(-1)
+                top = add.output[0]
+                self.merged.add(k)
+        self.inner_product(node, x, w.T, bias, top)
+
+    def inner_product(self, node, x, w, bias, top):
+        s = self.shape[x]
+        axis = 1 if w.shape[1] == int(np.prod(s)) else len(s)   # Gemm: flatten; MatMul: last axis
+        if w.shape[1] != int(np.prod(s[axis - 1:])):
+            raise self.error(node, f"weight shape {w.shape} does not fit the input {s}")
+        self.emit(node, "InnerProduct", [x], tops=[top],
+                  blobs=[w] + ([bias] if bias is not None else []),
+                  inner_product_param=dict(num_output=int(w.shape[0]), bias_term=bias is not None,
+                                           axis=axis))
+
+    def op_BatchNormalization(self, node, a):
+        x = self.src(node, node.input[0])
+        if a.get("training_mode", 0):
+            raise self.error(node, "training_mode = 1 is not supported (deploy nets only)")
+        g, beta, mean, var = (self.cval(node, i, n).astype(np.float64) for i, n in
+                              zip(node.input[1:5], ("scale", "B", "mean", "var")))
+        scale = g / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+        self.affine(node, x, scale, beta - mean * scale)
+
+    def affine(self, node, x, a, c):
+        """A per-channel (axis 1) or scalar y = a*x + c as a Scale layer."""
+        C = self.shape[x][0]
+        a, c = (np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (C,)) for v in (a, c))
+        self.emit(node, "Scale", [x], blobs=[a, c], scale_param=dict(bias_term=True))
+
+    def channel_vector(self, node, k, shape):
+        """A constant broadcast against (N,) + shape -> its (C,) or scalar values, or an error
+        when it varies along any other axis."""
+        full = (1,) + tuple(shape)
+        if k.ndim > len(full):
+            raise self.error(node, f"constant of shape {k.shape} does not broadcast to {full}")
+        kk = k.reshape((1,) * (len(full) - k.ndim) + k.shape)
+        if k.size == 1:
+            return k.reshape(())
+        if any(d != 1 for i, d in enumerate(kk.shape) if i != 1) or kk.shape[1] != full[1]:
+            raise self.error(node, f"only scalar or per-channel constants (shape ({full[1]}, 1, "
+                             f"...)) are supported, got shape {k.shape} for an input {full}")
+        return kk.reshape(-1)
+
+    def arith(self, node, a):
+        op = node.op_type
+        x0, x1 = node.input[:2]
+        c0, c1 = self.is_const(x0), self.is_const(x1)
+        if not c0 and not c1:
+            s0, s1 = self.shape[self.src(node, x0)], self.shape[self.src(node, x1)]
+            if s0 != s1:
+                raise self.error(node, f"operands of shapes {s0} and {s1}: broadcasting between "
+                                 f"two tensors is not supported")
+            if op == "Div":
+                raise self.error(node, "division of two tensors is not supported")
+            p = {"Add": dict(operation=1), "Sub": dict(operation=1, coeff=[1.0, -1.0]),
+                 "Mul": dict(operation=0)}[op]
+            self.emit(node, "Eltwise", [x0, x1], eltwise_param=p)
+            return
+        x, k = (x1, self.const[x0]) if c0 else (x0, self.const[x1])
+        x = self.src(node, x)
+        k = self.channel_vector(node, k.astype(np.float64), self.shape[x])
+        if op == "Add":
+            self.affine(node, x, 1.0, k)
+        elif op == "Sub":
+            self.affine(node, x, -1.0, k) if c0 else self.affine(node, x, 1.0, -k)
+        elif op == "Mul":
+            self.affine(node, x, k, 0.0)
+        elif c1:
+            self.affine(node, x, 1.0 / k, 0.0)
+        else:
+            raise self.error(node, "a constant divided by a tensor is not supported")
+
+    op_Add = op_Sub = op_Mul = op_Div = arith
+
+    def op_Sum(self, node, a):
+        xs = [self.src(node, i) for i in node.input]
+        if len({self.shape[x] for x in xs}) != 1:
+            raise self.error(node, "broadcasting between tensors is not supported")
+        if len(xs) == 1:
+            self.emit(node, "Dropout", xs)
+        else:
+            self.emit(node, "Eltwise", xs, eltwise_param=dict(operation=1))
+
+    # -------------------------------------------------------------- activations
+    def op_Relu(self, node, a):
+        self.emit(node, "ReLU", [self.src(node, node.input[0])])
+
+    def op_LeakyRelu(self, node, a):
+        self.emit(node, "ReLU", [self.src(node, node.input[0])],
+                  relu_param=dict(negative_slope=float(a.get("alpha", 0.01))))
+
+    def op_PRelu(self, node, a):
+        x = self.src(node, node.input[0])
+        k = self.channel_vector(node, self.cval(node, node.input[1], "the slope"), self.shape[x])
+        shared = k.size == 1
+        self.emit(node, "PReLU", [x], blobs=[k.reshape(-1)],
+                  prelu_param=dict(channel_shared=shared))
+
+    def op_Clip(self, node, a):
+        x = self.src(node, node.input[0])
+        lo, hi = a.get("min"), a.get("max")
+        if len(node.input) > 1 and node.input[1]:
+            lo = float(self.cval(node, node.input[1], "min"))
+        if len(node.input) > 2 and node.input[2]:
+            hi = float(self.cval(node, node.input[2], "max"))
+        p = {}
+        if lo is not None:
+            p["min"] = float(lo)
+        if hi is not None:
+            p["max"] = float(hi)
+        self.emit(node, "Clip", [x], clip_param=p)
+
+    def op_Sigmoid(self, node, a):
+        self.emit(node, "Sigmoid", [self.src(node, node.input[0])])
+
+    def op_Tanh(self, node, a):
+        self.emit(node, "TanH", [self.src(node, node.input[0])])
+
+    def op_Softmax(self, node, a):
+        x = self.src(node, node.input[0])
+        r = len(self.shape[x]) + 1
+        axis = int(a.get("axis", -1 if self.opset >= 13 else 1))
+        axis = axis + r if axis < 0 else axis
+        if self.opset < 13 and any(d != 1 for d in self.shape[x][axis:]):
+            raise self.error(node, f"Softmax before opset 13 with axis {axis} on a rank-{r} "
+                             f"input flattens the trailing axes; not supported")
+        self.emit(node, "Softmax", [x], softmax_param=dict(axis=axis))
+
+    def op_LRN(self, node, a):
+        self.emit(node, "LRN", [self.src(node, node.input[0])],
+                  lrn_param=dict(local_size=int(a["size"]), alpha=float(a.get("alpha", 1e-4)),
+                                 beta=float(a.get("beta", 0.75)), k=float(a.get("bias", 1.0))))
+
+    def op_Identity(self, node, a):
+        self.emit(node, "Dropout", [self.src(node, node.input[0])])
+
+    op_Dropout = op_Identity
+
+    # -------------------------------------------------------------- pooling
+    def pool(self, node, a, method):
+        x = self.src(node, node.input[0])
+        if len(node.output) > 1 and node.output[1]:
+            raise self.error(node, "the Indices output of MaxPool is not supported")
+        kernel = list(a["kernel_shape"])
+        if len(kernel) != 2:
+            raise self.error(node, f"only 2-D pooling is supported, got kernel {kernel}")
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise self.error(node, "dilated pooling is not supported")
+        stride = list(a.get("strides", [1, 1]))
+        ceil = bool(a.get("ceil_mode", 0))
+        p = list(a.get("pads", [0, 0, 0, 0]))
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(p) != 4 \
+                or (p[0] == p[2] and p[1] == p[3]):
+            pads = self.pool_pads(node, a, self.shape[x], kernel, stride)
+        else:   # extra padding at the end only (Caffe's ceil rounding, as converters write it)
+            pads, ceil = self.end_padding(node, p, self.shape[x], kernel, stride, ceil)
+        if method == 1 and any(pads) and not a.get("count_include_pad", 0):
+            raise self.error(node, "AveragePool with padding and count_include_pad = 0 is not "
+                             "supported (lrpfast counts the padded cells, as Caffe and "
+                             "PyTorch's default count_include_pad=True do)")
+        self.emit(node, "Pooling", [x], pooling_param=dict(
+            pool=method, kernel_h=kernel[0], kernel_w=kernel[1], stride_h=stride[0],
+            stride_w=stride[1], pad_h=pads[0], pad_w=pads[1], round_mode=0 if ceil else 1))
+
+    def end_padding(self, node, p, shape, kernel, stride, ceil):
+        """Pooling pads [top, left, bottom, right] with bottom/right >= top/left: the same
+        windows as symmetric pads (top, left) where the output size matches under ceil or floor
+        rounding (the extra end cells are never the only cells of a window, and pooling ignores
+        them: max over the input, average over the input when the begin pads are 0)."""
+        from .._loader import _core
+
+        out = []
+        for i in range(2):
+            n, k, s = shape[1 + i], kernel[i], stride[i]
+            span = n + p[i] + p[i + 2] - k
+            want = (-(-span // s) if ceil else span // s) + 1
+            out.append([_core.pool_out_size(n, k, s, p[i], c) == want for c in (True, False)])
+        for c, col in ((True, 0), (False, 1)):
+            if p[2] >= p[0] and p[3] >= p[1] and out[0][col] and out[1][col]:
+                return [int(p[0]), int(p[1])], c
+        raise self.error(node, f"asymmetric padding {p} is not supported")
+
+    def op_MaxPool(self, node, a):
+        self.pool(node, a, 0)
+
+    def op_AveragePool(self, node, a):
+        self.pool(node, a, 1)
+
+    def op_GlobalAveragePool(self, node, a):
+        self.emit(node, "Pooling", [self.src(node, node.input[0])],
+                  pooling_param=dict(pool=1, global_pooling=True))
+
+    def op_GlobalMaxPool(self, node, a):
+        self.emit(node, "Pooling", [self.src(node, node.input[0])],
+                  pooling_param=dict(pool=0, global_pooling=True))
+
+    # -------------------------------------------------------------- shape operators
+    def op_Concat(self, node, a):
+        xs = [self.src(node, i) for i in node.input]
+        r = len(self.shape[xs[0]]) + 1
+        axis = int(a["axis"])
+        self.emit(node, "Concat", xs, concat_param=dict(axis=axis + r if axis < 0 else axis))
+
+    def op_Flatten(self, node, a):
+        x = self.src(node, node.input[0])
+        axis = int(a.get("axis", 1))
+        if axis < 0:
+            axis += len(self.shape[x]) + 1
+        if axis != 1:   # Flatten always gives 2-D: any other axis merges the batch axis
+            raise self.error(node, f"axis {a.get('axis', 1)} merges the batch axis; only "
+                             f"axis 1 is supported")
+        self.emit(node, "Flatten", [x], flatten_param=dict(axis=1, end_axis=-1))
+
+    def reshape_to(self, node, x, shape):
+        self.emit(node, "Reshape", [x], reshape_param=dict(shape=[0] + [int(d) for d in shape]))
+
+    def op_Reshape(self, node, a):
+        x = self.src(node, node.input[0])
+        dims = [int(d) for d in self.cval(node, node.input[1], "the target shape").tolist()]
+        if a.get("allowzero", 0) and 0 in dims:
+            raise self.error(node, "allowzero = 1 with a zero dimension is not supported")
+        if not dims or dims[0] not in (0, -1, _BATCH):
+            raise self.error(node, f"target shape {dims} changes the batch axis")
+        rest = [self.shape[x][i - 1] if d == 0 else d for i, d in enumerate(dims) if i > 0]
+        if -1 in rest and dims[0] == -1:
+            raise self.error(node, f"target shape {dims} leaves the batch axis undetermined")
+        self.reshape_to(node, x, rest)
+
+    def squeeze(self, node, a, unsqueeze):
+        x = self.src(node, node.input[0])
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.cval(node, node.input[1], "axes").tolist()
+        s = self.shape[x]
+        r = len(s) + 1
+        if unsqueeze:
+            full = _unsqueeze_shape((1,) + s, axes)
+            if full[0] != 1 or 0 in [ax % len(full) for ax in axes]:
+                raise self.error(node, "unsqueezing the batch axis is not supported")
+            new = full[1:]
+        else:
+            axes = [i for i in range(1, r) if s[i - 1] == 1] if axes is None \
+                else [ax % r for ax in axes]
+            if 0 in axes:
+                raise self.error(node, "squeezing the batch axis is not supported")
+            new = tuple(d for i, d in enumerate(s) if i + 1 not in axes)
+        self.reshape_to(node, x, new)
+
+    def op_Squeeze(self, node, a):
+        self.squeeze(node, a, False)
+
+    def op_Unsqueeze(self, node, a):
+        self.squeeze(node, a, True)
+
+    def op_Transpose(self, node, a):
+        x = self.src(node, node.input[0])
+        perm = a.get("perm", list(range(len(self.shape[x]), -1, -1)))
+        self.emit(node, "Permute", [x], permute_param=dict(order=[int(p) for p in perm]))
+
+    def op_Pad(self, node, a):
+        x = self.src(node, node.input[0])
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = a.get("pads")
+        if pads is None:
+            pads = self.cval(node, node.input[1], "pads").tolist()
+        value = a.get("value", 0.0)
+        if len(node.input) > 2 and node.input[2]:
+            value = float(self.cval(node, node.input[2], "constant_value").reshape(-1)[0])
+        if len(node.input) > 3 and node.input[3]:
+            raise self.error(node, "the axes input of Pad is not supported")
+        r = len(pads) // 2
+        lo, hi = pads[:r], pads[r:]
+        readers = self.consumers.get(node.output[0], [])
+        if (mode != "constant" or value != 0.0 or r != 4 or any(lo[:2]) or any(hi[:2])
+                or lo[2:] != hi[2:] or min(pads) < 0
+                or not readers or any(n.op_type != "Conv" or n.input[0] != node.output[0]
+                                      for _, n in readers)):
+            raise self.error(node, f"only a symmetric zero Pad of the spatial axes right before "
+                             f"a Conv is supported (mode {mode}, value {value}, pads {pads})")
+        self.pads[node.output[0]] = (x, (int(lo[2]), int(lo[3])))
+
+
+def _unsqueeze_shape(shape, axes):
+    r = len(shape) + len(axes)
+    axes = sorted(ax % r for ax in axes)
+    out, it = [], iter(shape)
+    for i in range(r):
+        out.append(1 if i in axes else next(it))
+    return tuple(out)
+
+
+_FOLD = ("Constant", "Identity", "Dropout", "Cast", "Gather", "Concat", "Unsqueeze", "Squeeze",
+         "Reshape", "Add", "Sub", "Mul", "Div", "Slice", "ConstantOfShape", "Transpose")
+
+#: operators of the default domain that lrpfast imports (with Shape, folded to a constant)
+SUPPORTED_OPS = tuple(sorted({n[3:] for n in dir(_Converter) if n.startswith("op_")}
+                             | set(_FOLD) | {"Shape"}))

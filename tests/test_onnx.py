@@ -1,0 +1,378 @@
+"""ONNX import (lrpfast.onnx): forward agreement with onnxruntime at every tensor both expose,
+the operator set, the Net API on an ONNX net, and clear errors.
+
+Needs onnx and onnxruntime (the models built in PyTorch also need torch); skipped cleanly
+without them, run in CI by .ci/steps/50-onnx.sh.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import lrpfast  # noqa: E402
+from lrpfast.onnx.importer import SUPPORTED_OPS, OnnxImportError  # noqa: E402
+
+pytestmark = pytest.mark.onnx
+
+#: forward agreement with onnxruntime, max |a - b| / max |b| per tensor: both compute in float32
+#: with different summation orders (BLAS vs MLAS, BatchNorm folded or not); the issue's bound
+FWD_RTOL = 1e-4
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+def _session(model):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # no fusions
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _with_all_outputs(model, names):
+    """A copy of ``model`` whose graph also outputs the tensors ``names``."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    return m
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def check_forward(model, x, net=None):
+    """lrpfast's forward equals onnxruntime's at the outputs and every intermediate tensor that
+    is an lrpfast blob (the tensors of folded constants / Pads exist only in ONNX)."""
+    net = net or lrpfast.Net.from_onnx(model)
+    inner = [t for layer in net.layers for t in layer.tops]
+    sess = _session(_with_all_outputs(model, inner))
+    names = [o.name for o in sess.get_outputs()]
+    ref = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+    got = net.forward(x, blobs=inner)
+    worst = max(((_rel(got[t], ref[t]), t) for t in inner), default=(0.0, None))
+    assert worst[0] <= FWD_RTOL, f"tensor {worst[1]}: relative error {worst[0]:.3g}"
+    return net, len(inner)
+
+
+# --------------------------------------------------------------------------- PyTorch models
+@pytest.mark.parametrize("name", ["vgg16", "vgg16_bn", "resnet18",
+                                  pytest.param("resnet50", marks=pytest.mark.slow),
+                                  "mobilenet_v2", "squeezenet", "densenet", "alexnet"])
+def test_torch_models_forward_match_onnxruntime(name):
+    torch = pytest.importorskip("torch")
+    import onnx_models
+
+    model, size = onnx_models.build(name)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, size, size),
+                                                                  dtype=np.float32))
+    proto = onnx.load_from_string(lrpfast.onnx.export_torch(model, x))
+    net, n = check_forward(proto, x.numpy())
+    assert n >= 10
+    with torch.no_grad():   # and PyTorch itself, at the output
+        assert _rel(net.forward(x.numpy()), model(x).numpy()) <= FWD_RTOL
+
+
+def test_from_torch_and_readout_by_tensor_name():
+    torch = pytest.importorskip("torch")
+    import onnx_models
+
+    model, size = onnx_models.build("resnet18")
+    x = np.random.default_rng(2).standard_normal((3, 3, size, size), dtype=np.float32)
+    net = lrpfast.Net.from_torch(model, torch.from_numpy(x[:1]))
+    # an intermediate tensor by its ONNX name: the output of the first residual sum + ReLU
+    relu = [layer for layer in net.layers if layer.type == "ReLU"][2].tops[0]
+    out = net.relevance(x, [0, 1, 2], "epsilon_plus_flat", readout=[relu, "input"])
+    assert out[relu].shape == (3,) + net.shapes[relu]
+    assert out["input"].shape == x.shape
+    rm = net.relevance_multi(x, [0, 1], "epsilon_plus_flat")
+    np.testing.assert_allclose(rm[1][1], out["input"][1], rtol=1e-5, atol=1e-7)
+    assert "alpha1beta0" in net.describe_rules("epsilon_plus_flat")
+
+
+# --------------------------------------------------------------------------- the operator set
+def _const(name, a):
+    return numpy_helper.from_array(np.asarray(a), name)
+
+
+def _zoo_model():
+    """One graph with the operators a PyTorch / tf2onnx export of a classifier uses: input
+    normalisation (Sub / Div by per-channel constants), a zero Pad before a Conv, Conv with
+    BatchNormalization, LeakyRelu, PRelu, Clip, MaxPool (ceil), AveragePool, a depthwise Conv
+    with auto_pad, residual Add, Sigmoid, Tanh, LRN, Transpose back and forth, Concat, the
+    Shape -> Gather -> Unsqueeze -> Concat -> Reshape chain, MatMul + Add, Gemm, Squeeze /
+    Unsqueeze, Identity, Dropout and Softmax."""
+    rng = np.random.default_rng(5)
+
+    def r(*s, scale=0.3):
+        return (rng.standard_normal(s) * scale).astype(np.float32)
+
+    inits = [
+        _const("mean", r(1, 3, 1, 1)), _const("std", (rng.random((1, 3, 1, 1)) + 0.5).astype(np.float32)),
+        _const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+        _const("W1", r(8, 3, 3, 3)), _const("B1", r(8)),
+        _const("bn_s", (rng.random(8) + 0.5).astype(np.float32)), _const("bn_b", r(8)),
+        _const("bn_m", r(8)), _const("bn_v", (rng.random(8) + 0.5).astype(np.float32)),
+        _const("slope", (rng.random((8, 1, 1)) * 0.3).astype(np.float32)),
+        _const("W2", r(8, 1, 3, 3)), _const("lo", np.array(0, np.float32)),
+        _const("hi", np.array(6, np.float32)), _const("W3", r(4, 8, 1, 1)),
+        _const("idx0", np.array(0, np.int64)), _const("minus1", np.array([-1], np.int64)),
+        _const("axes0", np.array([0], np.int64)), _const("Wm", r(12 * 3 * 3, 16, scale=0.1)),
+        _const("bm", r(16)), _const("Wg", r(10, 16)), _const("bg", r(10)),
+        _const("axes2", np.array([2], np.int64)), _const("two", np.array(2.0, np.float32)),
+    ]
+    N = helper.make_node
+    nodes = [
+        N("Sub", ["x", "mean"], ["xc"], name="sub_mean"),
+        N("Div", ["xc", "std"], ["xn"], name="div_std"),
+        N("Pad", ["xn", "pads"], ["xp"], name="pad"),
+        N("Conv", ["xp", "W1", "B1"], ["c1"], name="conv1", kernel_shape=[3, 3]),
+        N("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["b1"], name="bn1",
+          epsilon=1e-3),
+        N("LeakyRelu", ["b1"], ["l1"], name="leaky", alpha=0.1),
+        N("MaxPool", ["l1"], ["p1"], name="pool1", kernel_shape=[3, 3], strides=[2, 2],
+          ceil_mode=1),
+        N("Conv", ["p1", "W2"], ["c2"], name="dw", group=8, kernel_shape=[3, 3],
+          auto_pad="SAME_UPPER"),
+        N("PRelu", ["c2", "slope"], ["r2"], name="prelu"),
+        N("Add", ["r2", "p1"], ["s2"], name="residual"),
+        N("Clip", ["s2", "lo", "hi"], ["k2"], name="relu6"),
+        N("Mul", ["k2", "two"], ["m2"], name="times2"),
+        N("Sigmoid", ["m2"], ["g2"], name="sigmoid"),
+        N("Tanh", ["m2"], ["t2"], name="tanh"),
+        N("LRN", ["t2"], ["n2"], name="lrn", size=3, alpha=1e-2, beta=0.75, bias=1.0),
+        N("Transpose", ["n2"], ["tr"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        N("Transpose", ["tr"], ["n3"], name="to_nchw", perm=[0, 3, 1, 2]),
+        N("Conv", ["n3", "W3"], ["c3"], name="conv3", kernel_shape=[1, 1]),
+        N("Concat", ["g2", "c3"], ["cat"], name="concat", axis=1),
+        N("AveragePool", ["cat"], ["a3"], name="avg", kernel_shape=[2, 2], strides=[2, 2]),
+        N("Identity", ["a3"], ["a4"], name="identity"),
+        N("Shape", ["a4"], ["shp"], name="shape"),
+        N("Gather", ["shp", "idx0"], ["n"], name="gather", axis=0),
+        N("Unsqueeze", ["n", "axes0"], ["n1"], name="unsq_n"),
+        N("Concat", ["n1", "minus1"], ["newshape"], name="cat_shape", axis=0),
+        N("Reshape", ["a4", "newshape"], ["flat"], name="reshape"),
+        N("MatMul", ["flat", "Wm"], ["mm"], name="matmul"),
+        N("Add", ["mm", "bm"], ["fc1"], name="matmul_bias"),
+        N("Relu", ["fc1"], ["h"], name="relu"),
+        N("Dropout", ["h"], ["hd"], name="dropout"),
+        N("Unsqueeze", ["hd", "axes2"], ["hu"], name="unsq"),
+        N("Squeeze", ["hu", "axes2"], ["hs"], name="sq"),
+        N("Gemm", ["hs", "Wg", "bg"], ["logits"], name="fc2", transB=1, alpha=0.5, beta=2.0),
+        N("Softmax", ["logits"], ["prob"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 15, 15])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_operator_zoo_forward_and_rules():
+    model = _zoo_model()
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(3).standard_normal((4, 3, 15, 15), dtype=np.float32)
+    net, n = check_forward(model, x)
+    types = {layer.name: layer.type for layer in net.layers}
+    assert types["matmul"] == "InnerProduct" and "matmul_bias" not in types   # bias merged
+    assert "pad" not in types and net.layer("conv1").pad == (1, 1)            # Pad folded
+    assert net.layer("bn1").folded_into == "conv1"                            # canonisation
+    table = net.describe_rules("epsilon_plus_flat", top="fc2")
+    for name, treatment in [("sub_mean", "identity (input normalisation)"),
+                            ("div_std", "identity (input normalisation)"),
+                            ("conv1", "flat"), ("bn1", "folded into 'conv1'"),
+                            ("leaky", "pass"), ("prelu", "pass"), ("relu6", "pass"),
+                            ("sigmoid", "pass"), ("tanh", "pass"), ("lrn", "identity"),
+                            ("residual", "proportional"), ("dw", "alpha1beta0"),
+                            ("fc2", "epsilon")]:
+        line = next(l for l in table.splitlines() if f" {name} " in l)
+        assert treatment in line, line
+    R = net.relevance(x, -1, "epsilon_plus_flat", top="fc2")
+    assert R.shape == x.shape and np.all(np.isfinite(R))
+
+
+def test_rules_of_new_operators_in_every_composite():
+    """Each new operator's treatment is the same in every composite: the activations (ReLU6,
+    LeakyRelu, PRelu, Sigmoid, Tanh) pass relevance unchanged, the input normalisation passes
+    it unchanged, the residual sum splits it proportionally (conservation with eps -> 0)."""
+    net = lrpfast.Net.from_onnx(_zoo_model())
+    x = np.random.default_rng(4).standard_normal((2, 3, 15, 15), dtype=np.float32)
+    fwd = net.forward(x, blobs=[net.layer("residual").bottoms[0], net.layer("residual").tops[0]])
+    for name in lrpfast.COMPOSITE_NAMES:
+        comp = lrpfast.composite(name, low=-3.0, high=3.0) if name == "epsilon_gamma_box" \
+            else lrpfast.composite(name)
+        grad = comp.default is not None and comp.default.gradient_like
+        acts = ["leaky", "prelu", "relu6", "sigmoid", "tanh"]
+        blobs = {n: net.layer(n).tops[0] for n in acts + ["residual", "div_std"]}
+        bottoms = {n: net.layer(n).bottoms for n in blobs}
+        ro = sorted({b for n in blobs for b in bottoms[n]} | set(blobs.values()) | {"x"})
+        out = net.relevance(x, 3, comp, top="fc2", readout=ro)
+        if grad:
+            continue   # the gradient-like methods multiply by the derivative instead
+        for n in acts:
+            top, bot = blobs[n], bottoms[n][0]
+            if n in ("sigmoid", "tanh"):
+                continue   # their bottom also feeds the other one: checked through the sum
+            np.testing.assert_array_equal(out[bot], out[top], err_msg=f"{name}: {n}")
+        both = out[blobs["sigmoid"]] + out[blobs["tanh"]]
+        np.testing.assert_allclose(out[bottoms["sigmoid"][0]], both, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out["x"], out[blobs["div_std"]], err_msg=name)
+        # the residual branch's share: R_branch = branch * R_sum / sum (the branch's bottom
+        # is read by the Add only; the other operand also feeds the depthwise Conv)
+        r2, s2 = bottoms["residual"][0], blobs["residual"]
+        den = fwd[s2] + comp.eps * np.where(fwd[s2] >= 0, 1, -1)   # the composite's stabiliser
+        np.testing.assert_allclose(out[r2], fwd[r2] * out[s2] / den, rtol=1e-4, atol=1e-7,
+                                   err_msg=f"{name}: residual sum")
+
+
+# --------------------------------------------------------------------------- model zoo graphs
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "squeezenet", "zfnet512",
+                                  *(pytest.param(n, marks=pytest.mark.slow)
+                                    for n in ("resnet50", "vgg19", "densenet121"))])
+def test_onnx_model_zoo_graphs(name):
+    """The ONNX model zoo's graphs (Caffe2 exports, opset 9: Sum, LRN, Gemm, BatchNormalization,
+    end-padded pools) that the onnx wheel ships as backend test data ("light" copies whose
+    weights are constants). No trained ONNX image classifier ships in a PyPI package with only
+    these operators: see the report in the test below."""
+    path = os.path.join(LIGHT, f"light_{name}.onnx")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not in this onnx wheel")
+    model = onnx.load(path)
+    net = lrpfast.Net(path)
+    x = np.random.default_rng(6).standard_normal((1,) + next(iter(net.inputs.values())),
+                                                 dtype=np.float32)
+    check_forward(model, x, net)
+
+
+# --------------------------------------------------------------------------- errors and API
+def _tiny(op_nodes, inits=(), opset=17, shape=(3, 8, 8)):
+    g = helper.make_graph(op_nodes, "tiny",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *shape])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                          list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_unsupported_operator_error_names_node_op_opset_and_list():
+    m = _tiny([helper.make_node("Erf", ["x"], ["y"], name="erf_1")])
+    with pytest.raises(OnnxImportError) as e:
+        lrpfast.Net.from_onnx(m)
+    msg = str(e.value)
+    for part in ("erf_1", "Erf", "opset 17", "Conv", "Gemm", "BatchNormalization"):
+        assert part in msg, msg
+    assert "Conv" in SUPPORTED_OPS and "Erf" not in SUPPORTED_OPS
+
+
+@pytest.mark.parametrize("nodes,inits,what", [
+    ([helper.make_node("Conv", ["x", "W"], ["y"], pads=[0, 0, 1, 1], name="c")],
+     [_const("W", np.ones((2, 3, 3, 3), np.float32))], "asymmetric padding"),
+    ([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                       name="a")], [], "count_include_pad"),
+    ([helper.make_node("Mul", ["x", "k"], ["y"], name="m")],
+     [_const("k", np.ones((3, 8, 1), np.float32))], "per-channel"),
+    ([helper.make_node("Pad", ["x", "p"], ["y"], name="p", mode="reflect")],
+     [_const("p", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], "zero Pad"),
+    ([helper.make_node("Reshape", ["x", "s"], ["y"], name="r")],
+     [_const("s", np.array([3, -1], np.int64))], "batch axis"),
+    ([helper.make_node("Flatten", ["x"], ["y"], name="f", axis=2)], [], "batch axis"),
+    ([helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="ct")],
+     [_const("W", np.ones((3, 2, 3, 3), np.float32))], "unsupported operator ConvTranspose"),
+])
+def test_refused_constructs_are_clear(nodes, inits, what):
+    with pytest.raises(OnnxImportError, match=what):
+        lrpfast.Net.from_onnx(_tiny(nodes, inits))
+
+
+def test_path_bytes_and_modelproto_load_the_same(tmp_path):
+    model = _zoo_model()
+    path = tmp_path / "zoo.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(7).standard_normal((2, 3, 15, 15), dtype=np.float32)
+    ref = lrpfast.Net(str(path)).forward(x)
+    for src in (model, model.SerializeToString(), path):
+        np.testing.assert_array_equal(lrpfast.Net.from_onnx(src).forward(x), ref)
+    with pytest.raises(ValueError, match="its own weights"):
+        lrpfast.Net(str(path), "weights.caffemodel")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage\xff\xff")
+    with pytest.raises(ValueError, match="bad.onnx"):
+        lrpfast.Net(str(bad))
+
+
+def test_missing_onnx_package_says_what_to_install(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_zoo_model(), str(path))
+    code = ("import sys; sys.modules['onnx'] = None\n"
+            "import lrpfast\n"
+            f"try:\n    lrpfast.Net({str(path)!r})\n"
+            "except ImportError as e:\n    print('ERR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert 'pip install "lrpfast[onnx]"' in out.stdout, out.stdout + out.stderr
+
+
+def test_cli_heatmaps_with_an_onnx_model(tmp_path):
+    from PIL import Image
+
+    from lrpfast.cli import main
+
+    path = tmp_path / "zoo.onnx"
+    onnx.save(_zoo_model(), str(path))
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 255, (20, 20, 3), np.uint8)).save(img)
+    out = tmp_path / "out"
+    rc = main(["heatmaps", "--model", str(path), "--images", str(img), "--out", str(out),
+               "--rules", "epsilon_plus_flat", "--formats", "png,npy"])
+    assert rc == 0
+    assert any(p.suffix == ".png" for p in out.iterdir())
+
+
+def test_gradient_through_the_new_activations_matches_torch():
+    """The gradient-like path of Clip (ReLU6), LeakyRelu, PRelu, Sigmoid and Tanh: lrpfast's
+    ``gradient`` composite is the seed (the logit) times d logit / d x, here against torch's
+    autograd in float64."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 6, 3),
+                          nn.LeakyReLU(0.2), nn.Conv2d(6, 6, 3), nn.PReLU(6), nn.Conv2d(6, 4, 1),
+                          nn.Sigmoid(), nn.Conv2d(4, 4, 1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()
+    with torch.no_grad():
+        model[5].weight.uniform_(0.05, 0.5)
+    x = np.random.default_rng(9).standard_normal((3, 3, 10, 10), dtype=np.float32) * 2
+    net = lrpfast.Net.from_torch(model, torch.from_numpy(x[:1]))
+    assert [layer.type for layer in net.layers if layer.type in
+            ("Clip", "ReLU", "PReLU", "Sigmoid", "TanH")] == ["Clip", "ReLU", "PReLU", "Sigmoid",
+                                                             "TanH"]
+    classes = [0, 2, 4]
+    m64 = model.double()
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    out = m64(xt)
+    sel = out[torch.arange(3), classes]
+    (g,) = torch.autograd.grad(sel.sum(), xt)
+    ref = (g * sel.detach()[:, None, None, None]).numpy()
+    R = net.relevance(x, classes, "gradient")
+    assert _rel(R, ref) <= FWD_RTOL
+
+
+@pytest.mark.parametrize("opset", [13, 17, 20])
+def test_exporter_opsets(opset):
+    """The TorchScript exporter's opsets from 13 to 20 (the newest it supports in torch 2.13): the
+    MobileNetV2 shape (depthwise Conv, Clip, residual Add, GlobalAveragePool, Gemm)."""
+    torch = pytest.importorskip("torch")
+    import onnx_models
+
+    model, size = onnx_models.build("mobilenet_v2")
+    x = np.random.default_rng(10).standard_normal((2, 3, size, size), dtype=np.float32)
+    proto = onnx.load_from_string(lrpfast.onnx.export_torch(model, torch.from_numpy(x), opset))
+    assert proto.opset_import[0].version == opset
+    check_forward(proto, x)
