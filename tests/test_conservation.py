@@ -161,7 +161,8 @@ def test_chunked_batch_equals_whole_batch():
     x = nets.random_input(shape, rng)
     whole = lrpfast.Net.from_text(tn.text, tn.weights)
     try:
-        chunked = lrpfast.Net.from_text(tn.text, tn.weights, memory_limit=1)
+        one_sample = sum(int(np.prod(v)) for v in whole.shapes.values()) * 12   # see layer_memory
+        chunked = lrpfast.Net.from_text(tn.text, tn.weights, memory_limit=one_sample)
     except TypeError:
         pytest.skip("Net has no memory_limit option")
     for rules in ["cmp_alpha2_flat", R.Epsilon(0.01)]:

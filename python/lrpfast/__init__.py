@@ -15,7 +15,7 @@ from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, g
                    set_deterministic, get_deterministic, set_simd, get_simd,
                    _warn_capped_env_threads)
 from .layers import LayerError, supported_types
-from .net import Net
+from .net import Net, NonFiniteError, SampleMemoryError
 from . import toolbox  # the LRP Toolbox's plain-text models, data files, python rules
 from .preprocess import Preprocessed, preprocess
 from .sentinels import LAST_INNER_PRODUCT, LOGITS, TOP1, TOP5
@@ -30,4 +30,5 @@ __all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagno
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
            "set_deterministic", "get_deterministic", "set_simd", "get_simd",
-           "supported_types", "LayerError", "toolbox", "__version__"]
+           "supported_types", "LayerError", "NonFiniteError", "SampleMemoryError", "toolbox",
+           "__version__"]

@@ -38,7 +38,10 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, KeyError) as e:
+    except KeyboardInterrupt:   # outputs are written atomically: nothing half-written is left
+        print("lrpfast: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError, MemoryError) as e:
         print(f"lrpfast: error: {e}", file=sys.stderr)
         return 1
 

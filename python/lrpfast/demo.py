@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _files, metrics, render
 from . import boxes as _boxes
-from . import metrics, render
 
 __all__ = [
     "DEMO_RULES",
@@ -180,12 +180,12 @@ def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = re
                                     "mu=n/a (no positive relevance)"))
         g = render.grid(cells, cl, ncols=len(cells))
         f = out / f"{s['name']}.png"
-        render.save_png(f, g)
+        _files.save_png(f, g)
         files.append(str(f))
         overview += cells
         ov_labels += cl
     f = out / "overview.png"
-    render.save_png(f, render.grid(overview, ov_labels, ncols=len(rules) + 1))
+    _files.save_png(f, render.grid(overview, ov_labels, ncols=len(rules) + 1))
     files.append(str(f))
     seconds = time.perf_counter() - t0
 

@@ -83,6 +83,22 @@ per image. Rules are composite names (``lrpfast.composites.COMPOSITE_NAMES``; de
 ``toolbox:CODE[:EPS]`` (a caffe-mode :class:`RelPropOpts` with that formula code). Directories
 expand to the image files they hold (sorted; .jpg .jpeg .png .bmp .ppm .tif .tiff .gif
 .webp). The run ends with a one-line summary on stdout.
+
+Output files (both commands)
+============================
+
+Every output file is written under a temporary name in its folder (``.<name>.<random>.part``)
+and renamed into place, so a file is either complete or absent, also after Ctrl-C (the run
+then stops with exit status 130 and one line on stderr, and removes its temporary file). The
+rename replaces what the folder holds under that name: files from an earlier run are
+overwritten, and a symbolic link there is replaced by the new file, never followed (its
+target is left untouched). Two inputs of one run that would write the same files (one
+image listed twice in a file list; ``a.png`` and ``a.jpg`` for ``heatmaps``, whose names drop
+the extension) are a collision: the later one is reported as failed and skipped (exit status
+1), the first one's files are kept. Every image
+that fails, for any reason (unreadable file, not enough memory, a non-finite result...), is
+one ``lrpfast: error:`` line; the others are still processed. ``baseimgsize`` / ``--size``
+are bounded by :data:`MAX_IMAGE_SIDE` and ``--batch`` by :data:`MAX_BATCH`.
 """
 from __future__ import annotations
 
@@ -94,6 +110,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._files import atomic_path as _atomic_path
+from ._files import save_npy as _save_npy
+from ._files import save_png as _save_png
+from ._files import write_text as _write_text
 from .preprocess import mean_region as _mean_region, preprocess as _preprocess, resized_size
 
 __all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
@@ -111,6 +131,13 @@ _INT_KEYS = ("use_mean_file_asbinaryprotoblob", "lastlayerindex", "firstlayerind
              "auxiliaryvariable_maxlayerindexforflatdistinconv")
 _FLOAT_KEYS = ("epsstab", "alphabeta_beta")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
+
+
+#: Largest baseimgsize / --size: an image is resized to this long side before cropping
+#: (8192**2 RGB pixels are 192 MiB as uint8), so a typo cannot exhaust memory.
+MAX_IMAGE_SIDE = 8192
+#: Largest --batch (images stacked into one pass; the engine still splits by memory_limit).
+MAX_BATCH = 1024
 
 
 class ConfigError(ValueError):
@@ -205,12 +232,15 @@ def parse_config(text: str, source: str = "<config>") -> ToolboxConfig:
             if not v and k != "synsetfile":
                 raise ConfigError(f"{at}: key '{k}' has an empty value")
             parsed[k] = v
-    checks = {"use_mean_file_asbinaryprotoblob": (lambda x: x in (0, 1, 2), "0, 1 or 2"),
-              "baseimgsize": (lambda x: x > 0, "> 0"), "numclasses": (lambda x: x > 0, "> 0"),
-              "epsstab": (lambda x: x >= 0, ">= 0"), "alphabeta_beta": (lambda x: x >= 0, ">= 0"),
-              "firstlayerindex": (lambda x: x >= 0, ">= 0"),
-              "lastlayerindex": (lambda x: x >= -2, ">= -2")}
-    for k, (ok, what) in checks.items():
+    checks = [("use_mean_file_asbinaryprotoblob", lambda x: x in (0, 1, 2), "0, 1 or 2"),
+              ("baseimgsize", lambda x: x > 0, "> 0"),
+              ("baseimgsize", lambda x: x <= MAX_IMAGE_SIDE,
+               f"<= {MAX_IMAGE_SIDE} (the long side an image is resized to)"),
+              ("numclasses", lambda x: x > 0, "> 0"), ("epsstab", lambda x: x >= 0, ">= 0"),
+              ("alphabeta_beta", lambda x: x >= 0, ">= 0"),
+              ("firstlayerindex", lambda x: x >= 0, ">= 0"),
+              ("lastlayerindex", lambda x: x >= -2, ">= -2")]
+    for k, ok, what in checks:
         if not ok(parsed[k]):
             raise ConfigError(f"{source}:{where[k]}: key '{k}' must be {what}, got "
                               f"{values[k]!r}")
@@ -354,11 +384,9 @@ def format_rawhm(R_chw) -> str:
 
 
 def write_rawhm(path, R_chw) -> None:
-    d = os.path.dirname(os.fspath(path))
-    if d:
-        os.makedirs(d, exist_ok=True)
-    with open(path, "w", encoding="ascii", newline="\n") as f:
-        f.write(format_rawhm(R_chw))
+    text = format_rawhm(R_chw)
+    with _atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as f:
+        f.write(text)
 
 
 def read_rawhm(path) -> np.ndarray:
@@ -387,12 +415,7 @@ def format_top10(scores, synsets=(), k: int = 10) -> str:
     return "".join(lines)
 
 
-def _write_text(path, text):
-    d = os.path.dirname(os.fspath(path))
-    if d:
-        os.makedirs(d, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
+
 
 
 class _Bar:
@@ -419,19 +442,27 @@ def _err(msg):
     print(f"lrpfast: error: {msg}", file=sys.stderr)
 
 
+def _describe(e: BaseException) -> str:
+    """One line for a per-image failure: the message, with the type where it is not a
+    ValueError/OSError (whose messages say enough), e.g. MemoryError."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, (ValueError, OSError, KeyError)) and msg:
+        return msg
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 class _Batches:
     """The images of a run in batches of ``size``, one forward + relevance call each, with the
     per-image accounting both commands share: every failure (``skip``, a batch whose call
     fails, an image whose outputs cannot be written) is one message on stderr, counts in
     ``failed`` and advances the progress bar, as does every image written.
 
-    compute(x, items) -> result for the stacked inputs x (N, ...) may raise ValueError/KeyError
+    compute(x, items) -> result for the stacked inputs x (N, ...) may raise any Exception
     (the whole batch fails); write(i, item, result) writes image i's outputs and may raise
-    ``write_errors`` (that image fails)."""
+    any Exception (that image fails). KeyboardInterrupt passes through."""
 
-    def __init__(self, size, bar, compute, write, write_errors=(OSError,)):
+    def __init__(self, size, bar, compute, write):
         self.size, self.bar, self.compute, self.write = size, bar, compute, write
-        self.write_errors = write_errors
         self.failed, self.pending = 0, []
 
     def skip(self, message):
@@ -451,17 +482,17 @@ class _Batches:
             return
         try:
             res = self.compute(np.stack([x for _, x, _ in pending]), [it for _, _, it in pending])
-        except (ValueError, KeyError) as e:
+        except Exception as e:   # noqa: BLE001 - any failure (memory, NaN...) fails this batch
             for label, _, _ in pending:
-                _err(f"{label}: relevance failed: {e}")
+                _err(f"{label}: relevance failed: {_describe(e)}")
             self.failed += len(pending)
             self.bar.step(len(pending))
             return
         for i, (label, _, item) in enumerate(pending):
             try:
                 self.write(i, item, res)
-            except self.write_errors as e:
-                _err(f"{label}: cannot write outputs: {e}")
+            except Exception as e:   # noqa: BLE001 - this image fails, the others go on
+                _err(f"{label}: cannot write outputs: {_describe(e)}")
                 self.failed += 1
             self.bar.step()
 
@@ -513,8 +544,8 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
     except ConfigError as e:
         _err(e)
         return 2
-    if batch < 1:
-        _err("--batch must be >= 1")
+    if not 1 <= batch <= MAX_BATCH:
+        _err(f"--batch must be in 1..{MAX_BATCH}, got {batch}")
         return 2
 
     def compute(x, items):
@@ -526,12 +557,13 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
         scores, res = result
         R = res.R[i]
         write_rawhm(base + "_rawhm.txt", R)
-        render.save_png(base + "_heatmap.png", render.toolbox_heatmap(R))
-        render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
+        _save_png(base + "_heatmap.png", render.toolbox_heatmap(R))
+        _save_png(base + "_as_inputted_into_the_dnn.png", crop)
         _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
 
     bar = _Bar(len(items), progress)
     run = _Batches(batch, bar, compute, write)
+    bases: dict[str, int] = {}   # output base -> the file list line that writes it
     for path, cls, line in items:
         where = f"{path} (file list line {line})"
         try:
@@ -547,6 +579,12 @@ def run_toolbox(config, filelist, prefix="", *, batch: int = 1, progress=None) -
             run.skip(f"{where}: {loaded}")
             continue
         crop, x = loaded
+        key = os.path.normcase(os.path.normpath(base))
+        if key in bases:
+            run.skip(f"{where}: would overwrite the outputs of file list line {bases[key]} "
+                     f"({base}_*); skipped")
+            continue
+        bases[key] = line
         run.add(where, x, (cls, crop, base))
     run.flush()
     bar.close()
@@ -653,8 +691,8 @@ def run_heatmaps(args) -> int:
                 mean = np.array([float(v) for v in args.mean.split(",")], np.float32)
             except ValueError:
                 raise ConfigError(f"--mean needs B,G,R numbers, got {args.mean!r}") from None
-            if mean.size != 3:
-                raise ConfigError(f"--mean needs 3 values B,G,R, got {args.mean!r}")
+            if mean.size != 3 or not np.all(np.isfinite(mean)):
+                raise ConfigError(f"--mean needs 3 finite values B,G,R, got {args.mean!r}")
         else:
             mean = None
             print("lrpfast: warning: no --mean or --mean-file: the images go in as raw 0..255 "
@@ -662,12 +700,14 @@ def run_heatmaps(args) -> int:
                   "(e.g. --mean 104,117,123 for ImageNet models)", file=sys.stderr)
         if mean is not None:
             mean_region(mean, size)
+        if args.size is not None and not 1 <= args.size <= MAX_IMAGE_SIDE:
+            raise ConfigError(f"--size must be in 1..{MAX_IMAGE_SIDE}, got {args.size}")
         base_size = args.size
         classes = args.classes
         if any(c < -2 for c in classes):
             raise ConfigError("--classes: -1 (top-1), -2 (top-5) or a class index >= 0")
-        if args.batch < 1:
-            raise ConfigError("--batch must be >= 1")
+        if not 1 <= args.batch <= MAX_BATCH:
+            raise ConfigError(f"--batch must be in 1..{MAX_BATCH}, got {args.batch}")
         synsets = read_synsets(args.synsets) if args.synsets else []
     except ConfigError as e:
         _err(e)
@@ -691,7 +731,7 @@ def run_heatmaps(args) -> int:
         scores, results = result
         base = os.path.join(args.out, stem)
         if "input" in formats:
-            render.save_png(base + "_as_inputted_into_the_dnn.png", crop)
+            _save_png(base + "_as_inputted_into_the_dnn.png", crop)
         if "top10" in formats:
             _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
         for rn, Rk in results.items():
@@ -702,18 +742,18 @@ def run_heatmaps(args) -> int:
                     img = render.toolbox_heatmap(R) if (args.cmap, args.norm) == (
                         "toolbox", "toolbox") else render.heatmap(R, cmap=args.cmap, norm=args.norm,
                                                                   percentile=args.percentile)
-                    render.save_png(b + "_heatmap.png", img)
+                    _save_png(b + "_heatmap.png", img)
                 if "overlay" in formats:
-                    render.save_png(b + "_overlay.png", render.relevance_overlay(
+                    _save_png(b + "_overlay.png", render.relevance_overlay(
                         crop, R, cmap=args.cmap, percentile=args.percentile))
                 if "rawhm" in formats:
                     write_rawhm(b + "_rawhm.txt", R)
                 if "npy" in formats:
-                    np.save(b + ".npy", np.asarray(R, np.float32))
+                    _save_npy(b + ".npy", R)
         written[0] += 1
 
     bar = _Bar(len(images), args.progress)
-    run = _Batches(args.batch, bar, compute, write, write_errors=(OSError, ValueError))
+    run = _Batches(args.batch, bar, compute, write)
     stems = set()
     for path in images:
         stem = os.path.splitext(os.path.basename(path))[0]

@@ -49,6 +49,30 @@ def _pair(values, h=None, w=None, default=None, what="value"):
     raise ValueError(f"{what}: 2-D layers take 1 or 2 values, got {len(vals)}")
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _param(value, what: str, low: float | None = None, strict: bool = False) -> float:
+    """A layer's numeric parameter as a float, refused at load (ValueError naming it) unless
+    finite in float32 and, with ``low``, >= low (> low with ``strict``): a degenerate value
+    (NaN coefficient, negative LRN k, zero Normalize eps...) would turn a finite input into a
+    non-finite output."""
+    v = float(value)
+    if not abs(v) <= _F32_MAX:   # NaN fails too
+        raise ValueError(f"{what} must be a finite number, got {v!r}")
+    if low is not None and (v < low or (strict and v == low)):
+        raise ValueError(f"{what} must be {'>' if strict else '>='} {low:g}, got {v!r}")
+    return v
+
+
+def _shapes_summary(blobs, limit: int = 6) -> str:
+    """The shapes of a blob list, at most ``limit`` of them and a count of the rest (errors
+    stay short whatever a file holds)."""
+    shapes = [tuple(np.shape(b)) for b in blobs[:limit]]
+    more = f" and {len(blobs) - limit} more" if len(blobs) > limit else ""
+    return f"{', '.join(map(str, shapes))}{more}"
+
+
 def _opt(msg, field):
     """protobuf optional scalar field: its value if set, else None."""
     return getattr(msg, field) if msg.HasField(field) else None
@@ -95,13 +119,16 @@ class Layer:
         exp = self.expected_weights()
         self.blobs = []
         if not exp:
+            if blobs:   # as Caffe's CopyTrainedLayersFrom: the blob counts must agree
+                raise self.error(f"takes no weight blobs, got {len(blobs)} with shapes "
+                                 f"{_shapes_summary(blobs)}")
             return
         if blobs is None:
             self.blobs = None  # a net without weights: forward will refuse
             return
         if len(blobs) != len(exp):
             raise self.error(f"expected {len(exp)} weight blobs with shapes {exp}, "
-                             f"got {len(blobs)} with shapes {[tuple(b.shape) for b in blobs]}")
+                             f"got {len(blobs)} with shapes {_shapes_summary(blobs)}")
         for k, (b, e) in enumerate(zip(blobs, exp)):
             b = np.asarray(b, dtype=np.float32)
             if tuple(b.shape) != tuple(e):
@@ -289,6 +316,8 @@ class _Affine(_RuleLayer):
         super().load_weights(blobs)
         if self.blobs:
             a, c = self.affine()
+            if not (np.all(np.abs(a) <= _F32_MAX) and np.all(np.abs(c) <= _F32_MAX)):
+                raise ValueError("its per-channel scale or shift is not finite in float32")
             self.a, self.c = a.astype(np.float32), c.astype(np.float32)
             self.rel_op = self.op = ops.DiagOp(self.a, self.c, self.in_shapes[0])
 
@@ -319,8 +348,16 @@ class BatchNorm(_Affine):
             raise ValueError("use_global_stats: false (batch statistics) is not supported; "
                              "lrpfast runs deploy nets")
         mean, var, factor = (b.astype(np.float64) for b in self.blobs)
+        eps = _param(p.eps, "eps", 0.0)
+        if factor[0] < 0:
+            raise ValueError(f"the moving-average factor (blob 2) must be >= 0, got {factor[0]:g}")
         f = 0.0 if factor[0] == 0 else 1.0 / factor[0]
-        a = 1.0 / np.sqrt(var * f + float(p.eps))
+        v = var * f + eps
+        if np.any(var < 0) or not np.all(v > 0):
+            k = int(np.flatnonzero((var < 0) | ~(v > 0))[0])
+            raise ValueError(f"channel {k}: variance {var[k] * f:g} + eps {eps:g} must be > 0 "
+                             "(a negative or zero variance gives a non-finite output)")
+        a = 1.0 / np.sqrt(v)
         return a, -mean * f * a
 
 
@@ -406,7 +443,7 @@ class ReLU(Layer):
     type = "ReLU"
 
     def setup(self, in_shapes):
-        self.slope = float(self.param.relu_param.negative_slope)
+        self.slope = _param(self.param.relu_param.negative_slope, "negative_slope")
         return [in_shapes[0]]
 
     def forward(self, xs):
@@ -575,7 +612,10 @@ class LRN(_PassThrough):
         p = self.param.lrn_param
         if len(in_shapes[0]) != 3:
             raise ValueError(f"needs a (C, H, W) input, got {in_shapes[0]}")
-        self.size, self.alpha, self.beta, self.k = int(p.local_size), float(p.alpha), float(p.beta), float(p.k)
+        self.size = int(p.local_size)
+        # scale = k + alpha/n * sum(x^2) must stay > 0 for any input: k > 0, alpha >= 0
+        self.alpha, self.beta = _param(p.alpha, "alpha", 0.0), _param(p.beta, "beta")
+        self.k = _param(p.k, "k", 0.0, strict=True)
         if self.size < 1 or self.size % 2 == 0:
             raise ValueError(f"local_size must be odd and >= 1, got {self.size}")
         self.region = "within" if p.norm_region == 1 else "across"
@@ -603,7 +643,7 @@ class Normalize(_PassThrough):
         p = self.param.norm_param
         self.across_spatial = bool(p.across_spatial)
         self.channel_shared = bool(p.channel_shared)
-        self.eps = float(p.eps)
+        self.eps = _param(p.eps, "eps", 0.0, strict=True)   # eps 0: 0/0 on a zero input
         if len(in_shapes[0]) != 3:
             raise ValueError(f"needs a (C, H, W) input, got {in_shapes[0]}")
         return [in_shapes[0]]
@@ -660,7 +700,7 @@ class Eltwise(Layer):
         coeffs = list(p.coeff)
         if coeffs and (len(coeffs) != len(in_shapes) or self.op_name != "sum"):
             raise ValueError("coeff needs one value per bottom and operation SUM")
-        self.coeffs = [float(c) for c in coeffs] or [1.0] * len(in_shapes)
+        self.coeffs = [_param(c, "coeff") for c in coeffs] or [1.0] * len(in_shapes)
         return [in_shapes[0]]
 
     def forward(self, xs):

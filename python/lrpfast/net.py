@@ -14,6 +14,7 @@ are never modified, so the same call twice gives the same result.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import threading
@@ -32,6 +33,27 @@ if TYPE_CHECKING:
     from .diagnostics import ConservationReport
 
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
+_MACHINE_CHECK_FROM = 64 << 20  # samples needing more also get checked against the machine
+
+
+class NonFiniteError(FloatingPointError):
+    """A forward or relevance pass produced NaN or infinity from finite inputs.
+
+    Raised by ``Net.forward`` / ``relevance`` / ``propagate`` (unless the Net was made with
+    ``check_finite=False``). The message names the first layer whose values became
+    non-finite; ``layer`` holds its name and ``stage`` is ``"forward"`` or ``"relevance"``.
+    Usual causes: weights so large that products overflow float32, or a degenerate rule or
+    layer parameter.
+    """
+
+    def __init__(self, message: str, layer: str | None = None, stage: str | None = None):
+        super().__init__(message)
+        self.layer, self.stage = layer, stage
+
+
+class SampleMemoryError(MemoryError, ValueError):
+    """One sample needs more memory than ``memory_limit`` (or the memory the machine has
+    left) allows; raised before any work, naming the largest layer and the bytes needed."""
 
 
 def _own_weights(weights):
@@ -71,7 +93,13 @@ class Net:
             for the relevance pass (canonisation); unfoldable ones act as per-channel linear layers.
         skip_unsupported: drop layers of unsupported types (and everything that depends on them)
             instead of raising, e.g. an SSD's PriorBox/DetectionOutput heads; listed in ``skipped``.
-        memory_limit: bytes one chunk of a batch may use for activations and relevance.
+        memory_limit: bytes one chunk of a batch may use for activations and relevance (a
+            positive integer). Batches are split into chunks that fit; a single sample that
+            does not fit it (or the memory the machine has available) raises
+            ``SampleMemoryError`` before any work (see ``layer_memory``).
+        check_finite: after each pass, check that the outputs and every layer's relevance are
+            finite and raise ``NonFiniteError`` naming the first layer that was not (costs one
+            read of each array; False skips it).
     """
 
     def __new__(cls, prototxt=None, weights=None, *args, **kw):
@@ -87,7 +115,7 @@ class Net:
 
     def __init__(self, prototxt: Any, weights: Any = None, *, device: str = "cpu",
                  fold_batchnorm: bool = True, skip_unsupported: bool = False,
-                 memory_limit: int = _DEFAULT_MEMORY) -> None:
+                 memory_limit: int = _DEFAULT_MEMORY, check_finite: bool = True) -> None:
         self.cuda_device = None            # cuda: the device index ("cuda:N")
         if str(device).startswith("cuda"):  # the CUDA engine (lrpfast.cuda) is loaded only here
             from . import cuda as _cuda_engine
@@ -118,9 +146,13 @@ class Net:
             # changes nothing, and no cached derivative (W+, W-, W^2, folded BatchNorm) goes stale
             wdict, self.weights_source = _own_weights(weights), "<arrays>"
         else:
-            wdict, self.weights_source = caffe.read_caffemodel(weights), str(weights)
+            # only the prototxt's layers are decoded: a file's other layers cost a scan
+            names = {ldef.name for ldef in netdef.layers}
+            wdict = caffe.read_caffemodel(weights, layers=names)
+            self.weights_source = str(weights)
         self.name = netdef.name
-        self.memory_limit = int(memory_limit)
+        self.memory_limit = _positive_bytes(memory_limit, "memory_limit")
+        self.check_finite = bool(check_finite)
         self.skipped: list[str] = []
         try:
             self._build(netdef, wdict, skip_unsupported)
@@ -289,7 +321,7 @@ class Net:
             return name
         if name.endswith("#1") and name[:-2] in self.shapes:  # the first version is stored bare
             return name[:-2]
-        raise KeyError(f"no blob named {name!r} in the net (blobs: {', '.join(self.blob_names)})")
+        raise KeyError(f"no blob named {name!r} in the net (blobs: {_few(self.blob_names)})")
 
     @property
     def blob_names(self) -> list[str]:
@@ -304,7 +336,7 @@ class Net:
         for layer in self.layers:
             if layer.name == key:
                 return layer
-        raise KeyError(f"no layer named {key!r} (layers: {', '.join(l.name for l in self.layers)})")
+        raise KeyError(f"no layer named {key!r} (layers: {_few([l.name for l in self.layers])})")
 
     def _check_input(self, x) -> dict[str, np.ndarray]:
         if not isinstance(x, dict):
@@ -352,7 +384,32 @@ class Net:
         """Activations of one image plus room for the relevance pass (x3), in bytes."""
         return max(1, sum(int(np.prod(s)) for s in self.shapes.values()) * 4 * 3)
 
+    def layer_memory(self) -> dict[str, int]:
+        """Bytes one sample needs at each layer (and net input), in the accounting that splits
+        batches: the float32 outputs times 3 (activations, relevance, a temporary). The
+        values sum to what one sample costs."""
+        per = {name: int(np.prod(self.shapes[name])) * 12 for name in self.inputs}
+        for layer in self.layers:
+            per[layer.name] = sum(int(np.prod(self.shapes[t])) for t in layer.tops) * 12
+        return per
+
+    def _check_sample_memory(self) -> None:
+        """SampleMemoryError when one sample cannot fit memory_limit or the machine."""
+        need = self._bytes_per_sample()
+        limit, what = self.memory_limit, f"memory_limit={self.memory_limit}"
+        if need > _MACHINE_CHECK_FROM:
+            avail = _available_memory()
+            if avail is not None and avail < limit:
+                limit, what = avail, "the memory this process can still allocate"
+        if need > limit:
+            name, most = max(self.layer_memory().items(), key=lambda kv: kv[1])
+            raise SampleMemoryError(
+                f"{self.source}: one sample needs {_mib(need)} for activations and relevance, "
+                f"more than {what} ({_mib(limit)}); layer '{name}' alone needs {_mib(most)} "
+                f"({need} bytes in all)")
+
     def _chunks(self, n: int):
+        self._check_sample_memory()
         size = max(1, min(n, self.memory_limit // self._bytes_per_sample()))
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -382,7 +439,25 @@ class Net:
             states[layer.name] = st
             for t, y in zip(layer.tops, ys):
                 blobs[t] = y
+        if self.check_finite:
+            self._check_forward_finite(blobs, self.layers[:last])
         return blobs, states
+
+    def _check_forward_finite(self, blobs: dict, ran: list) -> None:
+        """NonFiniteError naming the first layer of ``ran`` with a non-finite output, when a
+        final output of the pass (the last layer's tops, the net outputs) is not finite."""
+        if not ran:
+            return
+        ends = set(ran[-1].tops) | {o for o in self.outputs if o in blobs}
+        if all(_all_finite(blobs[t]) for t in ends):
+            return
+        for layer in ran:
+            if not all(_all_finite(blobs[t]) for t in layer.tops):
+                raise NonFiniteError(
+                    f"{self.source}: layer {layer.index} '{layer.name}' ({layer.type}): its "
+                    f"output is not finite (NaN or infinity) for a finite input; check its "
+                    f"weights and parameters (Net(..., check_finite=False) skips this check)",
+                    layer=layer.name, stage="forward")
 
     # ------------------------------------------------------------------ forward
     @_on_device
@@ -435,6 +510,9 @@ class Net:
                              f"none")
         if isinstance(top, str) and not any(l.name == top for l in self.layers):
             return self._producer_layer(self._ssa(top))
+        if isinstance(top, (bool, np.bool_)):   # True would silently be layer 1
+            raise ValueError(f"top={top!r}: expected None, lrpfast.LOGITS, "
+                             f"lrpfast.LAST_INNER_PRODUCT, a layer index or a layer or blob name")
         return self.layer(top)
 
     def _default_top_without_ip(self) -> Layer:
@@ -595,8 +673,12 @@ class Net:
 
         class_sets: a list of K ``classes`` arguments (see ``relevance``). Returns float32
         (K, N, ...) (or a dict of them when ``readout`` is a list)."""
+        if isinstance(class_sets, (str, bytes)) or not hasattr(class_sets, "__len__"):
+            raise TypeError(f"class_sets: expected a list of classes arguments, got "
+                            f"{type(class_sets).__name__}")
         if len(class_sets) == 0:
             raise ValueError("class_sets is empty")
+        class_sets = [_classes_arg(c) for c in class_sets]
 
         from .diagnostics import blowup_scale
 
@@ -804,6 +886,12 @@ class Net:
                     continue
                 if not getattr(rin, "_lrpfast_device", False):
                     rin = np.asarray(rin, dtype=np.float32)
+                if self.check_finite and not _all_finite(rin):
+                    raise NonFiniteError(
+                        f"{self.source}: layer {layer.index} '{layer.name}' ({layer.type}): its "
+                        f"relevance is not finite (NaN or infinity); check the rule's "
+                        f"parameters and the layer's weights (Net(..., check_finite=False) "
+                        f"skips this check)", layer=layer.name, stage="relevance")
                 sink(bt, layer, rin)
                 rel[bt] = rin if bt not in rel else rel[bt] + rin
             if layer is stop_after:
@@ -945,3 +1033,93 @@ def _in_notebook() -> bool:
     ip = sys.modules.get("IPython")
     shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _positive_bytes(value, what: str) -> int:
+    """A positive byte count (an integer, or an integral float such as 2e9)."""
+    ok = isinstance(value, (int, np.integer, float, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+    if ok and math.isfinite(value) and value == int(value) and value > 0:
+        return int(value)
+    raise ValueError(f"{what} must be a positive number of bytes, got {value!r}")
+
+
+def _few(names: list, limit: int = 20) -> str:
+    """At most ``limit`` names and a count of the rest: messages stay short for any net."""
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(map(str, names[:limit])) + more
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _available_memory() -> int | None:
+    """Bytes this process may still allocate: the lower of the kernel's MemAvailable and what
+    an address-space limit (``ulimit -v``) leaves; None where neither is known."""
+    out = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    out.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            out.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return min(out) if out else None
+
+
+def _all_finite(v) -> bool:
+    """No NaN or infinity in ``v`` (host or device array). Host: one float32 sum (vectorised,
+    no temporary); only when it is not finite (a NaN/inf, or finite values overflowing the
+    sum) an exact element test decides."""
+    if not isinstance(v, np.ndarray):
+        from . import cuda
+        return bool(cuda.all_finite(v))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(np.add.reduce(v, axis=None))):
+            return True
+    return bool(np.isfinite(v).all())
+
+
+def _is_int(c) -> bool:
+    return isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+
+
+def _classes_arg(classes):
+    """Check and normalise one ``classes`` argument of relevance(): an int (for all images)
+    or one entry per image, each an int or a non-empty list of ints; a 0-d integer array
+    counts as an int. TypeError naming the argument otherwise (bools, floats, None...)."""
+    if isinstance(classes, np.ndarray) and classes.ndim == 0:
+        classes = classes[()]
+    if _is_int(classes):
+        return int(classes)
+    if isinstance(classes, (str, bytes, dict)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"classes: expected an int or one entry per image, got "
+                        f"{type(classes).__name__} {classes!r}")
+    out = []
+    for i, c in enumerate(classes):
+        if isinstance(c, np.ndarray) and c.ndim == 0:
+            c = c[()]
+        if _is_int(c):
+            out.append(int(c))
+            continue
+        if isinstance(c, (str, bytes, dict)) or not hasattr(c, "__iter__"):
+            raise TypeError(f"classes[{i}]: expected an int or a list of ints, got "
+                            f"{type(c).__name__} {c!r}")
+        ks = list(c)
+        bad = [k for k in ks if not _is_int(k)]
+        if bad:
+            raise TypeError(f"classes[{i}]: expected ints, got {type(bad[0]).__name__} "
+                            f"{bad[0]!r}")
+        out.append([int(k) for k in ks])
+    return out

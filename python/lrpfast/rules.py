@@ -40,6 +40,22 @@ def safe_divide(r: np.ndarray, z: np.ndarray) -> np.ndarray:
     return kernels(r).stabilized_divide(r, z, 0.0, True)
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite_param(rule: str, name: str, value, nonneg: bool = True) -> float:
+    """A rule parameter as a float: finite (in float32, the engine's precision) and, with
+    ``nonneg``, >= 0; else ValueError naming the rule and the parameter."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{rule}: {name} must be a number, got {value!r}") from None
+    if not abs(v) <= _F32_MAX or (nonneg and v < 0):   # NaN fails the first test
+        raise ValueError(f"{rule}: {name} must be a finite number{' >= 0' * nonneg}, "
+                         f"got {value!r}")
+    return v
+
+
 class Rule:
     """Base class. ``linear`` maps upper to lower relevance through a linear operator;
     ``relu`` says how the rule passes a ReLU (LRP rules pass relevance unchanged)."""
@@ -70,9 +86,7 @@ class Epsilon(Rule):
     (Bach et al. 2015). ``z`` may pass the stored layer output to save a product."""
 
     def __init__(self, eps: float = 1e-6):
-        if not np.isfinite(eps) or eps < 0:
-            raise ValueError(f"Epsilon: eps must be a finite number >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = _finite_param("Epsilon", "eps", eps)
         self.name = f"epsilon({self.eps:g})"
 
     def linear(self, op, x, R, z=None):
@@ -95,7 +109,8 @@ class AlphaBeta(Rule):
     a zero denominator contributes 0. Requires alpha - beta = 1, alpha, beta >= 0."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0):
-        alpha, beta = float(alpha), float(beta)
+        alpha = _finite_param("AlphaBeta", "alpha", alpha, nonneg=False)
+        beta = _finite_param("AlphaBeta", "beta", beta, nonneg=False)
         if alpha < 0 or beta < 0 or not np.isclose(alpha - beta, 1.0, rtol=0, atol=1e-9):
             raise ValueError(f"AlphaBeta: need alpha - beta = 1 and alpha, beta >= 0; "
                              f"got alpha={alpha:g}, beta={beta:g}")
@@ -169,6 +184,9 @@ class ZBox(Rule):
         self.high = np.asarray(high, dtype=np.float32)
         if self.low.ndim > 1 or self.high.ndim > 1:
             raise ValueError("ZBox: low/high must be scalars or 1-D per-channel arrays")
+        if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high))):
+            raise ValueError(f"ZBox: low/high must be finite (in float32), got low={low!r}, "
+                             f"high={high!r}")
         if np.any(self.low > self.high):
             raise ValueError("ZBox: low must be <= high")
         self.name = f"zbox(low={np.round(self.low, 4).tolist()}, high={np.round(self.high, 4).tolist()})"
@@ -197,7 +215,8 @@ class Gamma(Rule):
     def __init__(self, gamma: float = 0.25, eps: float = 1e-6):
         if gamma < 0:
             raise ValueError(f"Gamma: gamma must be >= 0, got {gamma}")
-        self.gamma, self.eps = float(gamma), float(eps)
+        self.gamma = _finite_param("Gamma", "gamma", gamma)
+        self.eps = _finite_param("Gamma", "eps", eps)
         self.name = f"gamma({self.gamma:g})"
 
     def linear(self, op, x, R, z=None):

@@ -1,14 +1,13 @@
 """Text prototxt files and the plain-data net view (``NetDef``) built from them."""
 from __future__ import annotations
 
-import codecs
 import os
 from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
 from . import schema as pb
-from .errors import CaffeFormatError
+from .errors import CaffeFormatError, check_regular_file
 
 # Bytes that never occur in a text prototxt but always in a binary protobuf file.
 _BINARY_BYTES = frozenset(range(9)) | frozenset(range(14, 32))
@@ -40,22 +39,21 @@ def read_prototxt(path, *, allow_unknown_fields: bool = False) -> pb.NetParamete
     Raises ``FileNotFoundError`` for a missing file and ``CaffeFormatError`` for a file that
     is binary (e.g. a caffemodel), not UTF-8, or not valid Caffe protobuf text.
     """
-    path = os.fspath(path)
+    path = check_regular_file(path)
     with open(path, "rb") as f:
         head = f.read(4096)
-        try:  # cheap sniff before reading a possibly huge binary file
-            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-            binary = any(b in _BINARY_BYTES for b in head)
-        except UnicodeDecodeError:
-            binary = True
-        if binary:
+        # cheap sniff before reading a possibly huge binary file: control bytes mean binary;
+        # text that merely is not UTF-8 (a Latin-1 comment) is reported as such below
+        if any(b in _BINARY_BYTES for b in head):
             raise CaffeFormatError(path, "expected a text prototxt, found binary data "
                                          "(a .caffemodel or .binaryproto?)")
         data = head + f.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CaffeFormatError(path, f"expected a UTF-8 text prototxt: {e}") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CaffeFormatError(path, f"line {line}: byte 0x{data[e.start]:02x} is not UTF-8 "
+                                     "text; expected a UTF-8 text prototxt") from None
     return parse_prototxt(text, path=path, allow_unknown_fields=allow_unknown_fields)
 
 

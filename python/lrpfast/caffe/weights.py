@@ -19,12 +19,15 @@ from math import prod
 import numpy as np
 
 from . import schema as pb
-from .errors import CaffeFormatError
+from .errors import CaffeFormatError, check_regular_file
 
 # Wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 5: "fixed32"}
 _MAX_FIELD = (1 << 29) - 1
+# Blobs one layer may hold. Caffe's layers have at most a handful (BatchNorm: 3); the cap keeps
+# a small hostile file (a million 2-byte empty blob entries) from costing a Python array each.
+MAX_BLOBS_PER_LAYER = 64
 
 
 class _Source:
@@ -177,10 +180,18 @@ def _read_dims(src: _Source, start: int, length: int, what: str, layer) -> list[
     return dims
 
 
+# What an empty BlobProto (no data, no shape) decodes to: one shared read-only array, so that
+# a file of 2-byte empty blob entries costs a list slot per entry, not an array each.
+_EMPTY_BLOB = np.empty(0, np.float32)
+_EMPTY_BLOB.flags.writeable = False
+
+
 def _read_blob(src: _Source, start: int, length: int, what: str, layer=None,
                require_content: bool = False) -> np.ndarray:
     """Decode one BlobProto into a float32 array of its shape (see ``read_caffemodel``).
     With ``require_content`` a message without data, shape or legacy dims is an error."""
+    if length == 0 and not require_content:
+        return _EMPTY_BLOB
     fields = _Fields(src, start, start + length, what, layer, _BLOB_WIRES)
     legacy, dims = {}, None
     segments = {5: [], 8: []}  # float data / double data: (offset, count) or ndarray
@@ -235,8 +246,9 @@ _LAYER_WIRES = {1: (_LEN,), 2: (_LEN,), 3: (_LEN,), 4: (_LEN,), 7: (_LEN,)}
 _V1_WIRES = {2: (_LEN,), 3: (_LEN,), 4: (_LEN,), 5: (_VARINT,), 6: (_LEN,)}
 
 
-def _read_layer(src: _Source, start: int, length: int, index: int, v1: bool):
-    """Return (name, type, blobs) of one LayerParameter (or V1LayerParameter)."""
+def _read_layer(src: _Source, start: int, length: int, index: int, v1: bool, wanted=None):
+    """Return (name, type, blobs) of one LayerParameter (or V1LayerParameter); blobs is None
+    for a layer whose name is not in ``wanted`` (None: every layer), its blobs not decoded."""
     name_f, type_f, blobs_f = (4, 5, 6) if v1 else (1, 2, 7)
     what = f"{'V1 layers' if v1 else 'layer'} #{index}"
     fields = _Fields(src, start, start + length, what, None, _V1_WIRES if v1 else _LAYER_WIRES)
@@ -256,27 +268,36 @@ def _read_layer(src: _Source, start: int, length: int, index: int, v1: bool):
                 except UnicodeDecodeError:
                     raise fields.error("layer type is not UTF-8 text") from None
         elif number == blobs_f:
+            if len(spans) == MAX_BLOBS_PER_LAYER:
+                raise fields.error(f"more than {MAX_BLOBS_PER_LAYER} blobs in one layer "
+                                   "(corrupt or hostile file?)")
             spans.append(value)
     if not name:
         raise CaffeFormatError(src.path, f"{what} has no name; expected every layer to be named")
+    if wanted is not None and name not in wanted:
+        return name, ltype, None
     blobs = [_read_blob(src, s, n, f"blob {i}", name) for i, (s, n) in enumerate(spans)]
     return name, ltype, blobs
 
 
 def _open(path):
-    path = os.fspath(path)
+    path = check_regular_file(path)
     f = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - callers close it
     return f, _Source(f, path, os.fstat(f.fileno()).st_size)
 
 
-def read_caffemodel(path, *, with_types: bool = False) -> dict:
+def read_caffemodel(path, *, with_types: bool = False, layers=None) -> dict:
     """Read a binary caffemodel's weights: ``{layer name: [blob arrays]}`` in file order.
 
     Each blob is a new, writable, C-contiguous float32 array with the blob's shape: from
     ``shape.dim``, or ``(num, channels, height, width)`` when the legacy fields are present
     (as Caffe's ``Blob::FromProto``); ``double_data`` is converted to float32. Layers without
-    blobs map to ``[]``. Both ``layer`` (V2) and legacy V1 ``layers`` are read. With
-    ``with_types=True`` returns ``(weights, {layer name: type string})`` instead.
+    blobs map to ``[]``; an empty BlobProto (no data, no shape) gives one shared read-only
+    empty array. Both ``layer`` (V2) and legacy V1 ``layers`` are read. With
+    ``with_types=True`` returns ``(weights, {layer name: type string})`` instead. ``layers``:
+    a collection of layer names; only those layers' blobs are decoded and returned (the others
+    are checked for structure and skipped), so a file of many unneeded layers costs a scan.
+    A layer may hold at most ``MAX_BLOBS_PER_LAYER`` blobs.
     Raises ``FileNotFoundError`` for a missing file and ``CaffeFormatError`` (naming the file
     and layer) for anything that is not a well-formed caffemodel.
     """
@@ -287,8 +308,10 @@ def read_caffemodel(path, *, with_types: bool = False) -> dict:
         for number, _, value in _Fields(src, 0, src.size, "NetParameter", None, _NET_WIRES):
             if number not in (100, 2):
                 continue
-            name, ltype, blobs = _read_layer(src, *value, count, v1=number == 2)
+            name, ltype, blobs = _read_layer(src, *value, count, v1=number == 2, wanted=layers)
             count += 1
+            if blobs is None:
+                continue
             if name in weights:
                 if blobs and weights[name]:
                     raise CaffeFormatError(src.path, "appears twice with weights; expected "

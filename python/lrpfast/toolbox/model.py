@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..caffe.errors import CaffeFormatError, check_regular_file
+
 __all__ = [
     "LAYER_NAMES",
     "ToolboxFormatError",
@@ -204,9 +206,10 @@ def read_model(path) -> ToolboxModel:
             f"file); write the model as plain text with the toolbox's model_io.write(model, "
             f"'model.txt') and load that")
     try:
+        check_regular_file(path)   # a FIFO would block open() forever
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, CaffeFormatError) as e:
         raise ToolboxFormatError(f"cannot read toolbox model {path}: {e}") from None
     return parse_model(text, path)
 
@@ -214,9 +217,10 @@ def read_model(path) -> ToolboxModel:
 def looks_like_model(path) -> bool:
     """True when the file's first word is a toolbox layer name (a plain-text model)."""
     try:
+        check_regular_file(path)   # not a regular file: not a model (the caller's reader says why)
         with open(os.fspath(path), encoding="utf-8", errors="replace") as f:
             words = f.read(256).split(None, 1)
-    except OSError:
+    except (OSError, CaffeFormatError):
         return False
     return bool(words) and words[0] in LAYER_NAMES
 

@@ -196,9 +196,13 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
   const bool split = out.y2 != nullptr;
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
-  // Output channels per gemm: a group's, or for a pair each weight set's half, so that y and y2
-  // come from the very calls conv_forward makes with W or V alone (bit-identical on any BLAS)
-  const int run = split ? Og / 2 : Og;  // channels stored P apart (see OutPlanes)
+  // Output channels stored P apart (see OutPlanes): a group's, or a pair's half-group.
+  const int run = split ? Og / 2 : Og;
+  // Output channels per im2col gemm: a group's (a pair: both weight sets stacked, one call that
+  // packs the columns once); in deterministic mode a pair runs each weight set's own call, so
+  // y and y2 come from the very calls conv_forward makes with W or V alone (the same bits
+  // whichever way the net computes z and z+, on any BLAS).
+  const int rows = split && deterministic() ? Og / 2 : Og;
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
   if (winograd_applies(g, false)) {
     if (!split) return winograd_forward(g, x, w, b, out.y);
@@ -232,8 +236,8 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       for (int i = 0; i < nb; ++i)
         im2col(g, x + std::int64_t(n0 + i) * g.C * HW, 0, g.Ho, col + i * P, ld);
       for (int gr = 0; gr < g.group; ++gr)
-        for (int h = 0; h < Og; h += run)
-          gemm(false, false, run, cols, Kg, 1.f, w + gr * wg_stride + std::int64_t(h) * Kg, Kg,
+        for (int h = 0; h < Og; h += rows)
+          gemm(false, false, rows, cols, Kg, 1.f, w + gr * wg_stride + std::int64_t(h) * Kg, Kg,
                col + gr * Kg * ld, int(ld), 0.f, tmp + (std::int64_t(gr) * Og + h) * ld, int(ld));
       if (b) add_bias(b, g.O, cols, tmp, ld);
       scatter_rows(tmp, ld, n0, nb, 0, g.O, 0, P, out);
@@ -252,12 +256,19 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       im2col(g, xn, oh0, oh1, col, cols);
       for (int gr = 0; gr < g.group; ++gr) {
         const float* cg = col + std::int64_t(gr) * Kg * cols;
-        for (int h = 0; h < Og; h += run) {  // a pair: each weight set's own product
+        if (rows > run) {  // a stacked pair: through a block buffer, then each half to y / y2
+          float* t = sc.get(1, std::int64_t(Og) * cols);
+          gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, cg, cols, 0.f, t, cols);
+          if (b) add_bias(b + gr * Og, Og, cols, t, cols);
+          scatter_rows(t, cols, n, 1, gr * Og, Og, j0, cols, out);
+          continue;
+        }
+        for (int h = 0; h < Og; h += rows) {  // straight into y (and y2)
           const int c = gr * Og + h;
           float* dst = out.plane(n, c) + j0;
-          gemm(false, false, run, cols, Kg, 1.f, w + std::int64_t(c) * Kg, Kg, cg, cols, 0.f, dst,
-               Ip);
-          if (b) add_bias(b + c, run, cols, dst, P);
+          gemm(false, false, rows, cols, Kg, 1.f, w + std::int64_t(c) * Kg, Kg, cg, cols, 0.f,
+               dst, Ip);
+          if (b) add_bias(b + c, rows, cols, dst, P);
         }
       }
     }

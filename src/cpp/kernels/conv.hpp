@@ -57,10 +57,11 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
 // Two convolutions of the same x in one pass over its im2col columns (one gemm per block with
 // both weight sets): g describes the stacked convolution, w (O, C/group, kh, kw) holds every
 // group's Og = O/group rows as [first Og/2 rows: W_gr; last Og/2: V_gr], b (O) likewise or
-// nullptr. y (N, O/2, Ho, Wo) = conv(x, W) + b_W, y2 = conv(x, V) + b_V: off the Winograd path
-// each is bit-identical to conv_forward(x, W, b_W) / conv_forward(x, V, b_V) (the same gemm calls
-// on shared im2col blocks), on it to conv_forward with the stacked weights followed by the split.
-// Og must be even. Used for LRP's z and z+ (W, W+) of the alpha-beta rule (Bach et al. 2015).
+// nullptr. y (N, O/2, Ho, Wo) = conv(x, W) + b_W, y2 = conv(x, V) + b_V, each bit-identical to
+// conv_forward with the stacked weights followed by the split; in deterministic mode (off the
+// Winograd path) to conv_forward(x, W, b_W) / conv_forward(x, V, b_V) instead (each weight set's
+// own gemm calls on the shared im2col blocks). Og must be even. Used for LRP's z and z+ (W, W+)
+// of the alpha-beta rule (Bach et al. 2015).
 void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
                        float* y2);
 

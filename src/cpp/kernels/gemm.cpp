@@ -69,17 +69,24 @@ bool deterministic() {
   return v == 1;
 }
 
-// The slices are a function of the product's shape and of the *setting* (threads, or the fixed
-// count in deterministic mode) -- never of whether the pool is free: a call made inside a pool
-// task or while another Python thread holds the pool runs the same slices one after another, so
-// concurrent calls give the serial results bit for bit.
+// The slices are a function of the product's shape and of the *settings* (threads, or the fixed
+// count in deterministic mode) and of the caller (inside a pooled unit of parallel_units: one
+// slice) -- never of whether the pool is free: a call made while another Python thread holds
+// the pool runs the same slices one after another, so concurrent calls give the serial results
+// bit for bit.
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc, bool threaded) {
   (void)g_blas_single_threaded;
   if (M <= 0 || N <= 0) return;
   const bool split_n = N >= M;  // slice the longer side of C
   const int len = split_n ? N : M, align = split_n ? kAlignN : kAlignM;
-  const int want = !threaded ? 1 : deterministic() ? kFixedSlices : num_threads();
+  // one call inside a unit that parallel_units spreads over the pool (the units already use
+  // the threads), except in deterministic mode, where whether units are spread depends on the
+  // batch
+  const int want = !threaded                ? 1
+                   : deterministic()        ? kFixedSlices
+                   : in_pooled_unit()       ? 1
+                                            : num_threads();
   const int parts = std::min(want, std::max(1, len / kMinSlice));
   if (parts <= 1 || double(M) * N * K < kParallelGemmWork) {
     gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -12,18 +12,22 @@
 
 namespace lrpfast {
 
+// Output sizes are computed in 64 bits (any int arguments, e.g. 2^30, cannot overflow) and
+// saturate at INT_MAX; the host-only *_checked wrappers refuse sizes out of range.
+LRPFAST_HD inline int saturate_int(long long v) { return v > 2147483647LL ? 2147483647 : int(v); }
+
 // ---- convolution -------------------------------------------------------------------------------
 
 // Extent of a dilated kernel: d(k-1)+1 input positions between its first and last tap.
-LRPFAST_HD inline int dilated_extent(int kernel, int dilation) {
-  return dilation * (kernel - 1) + 1;
+LRPFAST_HD inline long long dilated_extent(int kernel, int dilation) {
+  return (long long)dilation * (kernel - 1) + 1;
 }
 
 // Caffe's convolution output size (floor). The result is < 1 when the kernel does not fit the
 // padded input; callers validate that.
 LRPFAST_HD inline int conv_out_size(int in, int kernel, int stride, int pad, int dilation) {
-  const int span = in + 2 * pad - dilated_extent(kernel, dilation);
-  return span < 0 ? 0 : span / stride + 1;
+  const long long span = (long long)in + 2LL * pad - dilated_extent(kernel, dilation);
+  return span < 0 ? 0 : saturate_int(span / stride + 1);
 }
 
 // Input coordinate read by output coordinate `o` through kernel tap `k` (may lie in the padding,
@@ -84,11 +88,11 @@ LRPFAST_HD inline long long group_out_offset(int gi, int cout_per_group, long lo
 // pad > 0, drop the last window if it would start inside the right/bottom padding
 // ((out-1)*s >= in + p). floor mode: floor((in + 2p - k)/s) + 1. Returns 0 when in + 2p < k.
 LRPFAST_HD inline int pool_out_size(int in, int kernel, int stride, int pad, bool ceil_mode) {
-  const int span = in + 2 * pad - kernel;
+  const long long span = (long long)in + 2LL * pad - kernel;
   if (span < 0) return 0;
-  int out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
-  if (ceil_mode && pad > 0 && (out - 1) * stride >= in + pad) --out;
-  return out;
+  long long out = (ceil_mode ? (span + stride - 1) / stride : span / stride) + 1;
+  if (ceil_mode && pad > 0 && (out - 1) * stride >= (long long)in + pad) --out;
+  return saturate_int(out);
 }
 
 // Window of output coordinate `o` along one axis, Caffe-style.

@@ -53,6 +53,7 @@ int default_threads() {
 
 std::atomic<int> g_threads{default_threads()};
 thread_local bool t_in_task = false;  // set on pool workers and on a caller running a task
+thread_local bool t_pooled_unit = false;  // inside a parallel_units unit spread over the pool
 
 // Spin (yielding after a short while) until pred() or the budget runs out; true if pred() held.
 template <class Pred>
@@ -205,6 +206,10 @@ Pool* pool_for(int threads, std::unique_lock<std::mutex>& busy) {
 }
 
 }  // namespace
+
+bool in_pooled_unit() { return t_pooled_unit; }
+PooledUnit::PooledUnit() : saved_(t_pooled_unit) { t_pooled_unit = true; }
+PooledUnit::~PooledUnit() { t_pooled_unit = saved_; }
 
 int set_num_threads(int n) {
   if (n < 1 || n > 4096)

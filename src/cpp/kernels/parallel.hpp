@@ -91,13 +91,30 @@ class Scratch {
 // per thread they are spread over the pool in dynamic order, each running single-threaded inside
 // (its gemm and parallel_for calls see a pool task); otherwise they run in order on the calling
 // thread with the pool available inside each. Either way a unit's arithmetic is the same.
+// True inside a unit that parallel_units spreads over the pool (see there).
+bool in_pooled_unit();
+// Marks the calling thread as running such a unit while it lives.
+class PooledUnit {
+ public:
+  PooledUnit();
+  ~PooledUnit();
+  PooledUnit(const PooledUnit&) = delete;
+  PooledUnit& operator=(const PooledUnit&) = delete;
+
+ private:
+  bool saved_;
+};
+
 template <class F>
 void parallel_units(int units, F&& body) {
   const int T = num_threads();
   if (T > 1 && units >= 2 * T) {
+    // the units are marked (in_pooled_unit()) whether they run on the pool or -- when another
+    // thread holds it -- one after another here, so their gemm() calls make the same slices
     std::atomic<int> next{0};
     auto task = [&](int, int) {
       Scratch sc;
+      PooledUnit unit;
       for (int u; (u = next.fetch_add(1)) < units;) body(u, sc);
     };
     parallel_run(T, TaskRef(task));
