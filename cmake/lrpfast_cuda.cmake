@@ -7,8 +7,11 @@
 # version as nvcc): used when importable by ${Python_EXECUTABLE}, else fetched at configure time
 # into <build>/cublas-wheel with pip. No network -> a clear message and a CPU-only build (AUTO).
 #
-# Architectures: sm_75, 80, 86, 89 (SASS) and 90 (SASS + PTX for newer GPUs). Never `native`: it
-# fails at configure time on machines without a GPU. Override with -DCMAKE_CUDA_ARCHITECTURES=...
+# Architectures: SASS for sm_75 (Turing), sm_80 (Ampere; its SASS also runs on sm_86 / sm_87 /
+# sm_89, same major version), sm_90 (Hopper), sm_100 (Blackwell B100/B200, also sm_103) and sm_120
+# (Blackwell RTX), plus compute_80 PTX that the driver compiles once for any newer GPU. Five SASS
+# targets instead of one per minor version keep the build short. Never `native`: it fails at
+# configure time on machines without a GPU. Override with -DCMAKE_CUDA_ARCHITECTURES=...
 #
 # Sets LRPFAST_WITH_CUDA (ON when the target _cuda is built).
 set(LRPFAST_CUDA "AUTO" CACHE STRING "Build the CUDA engine: AUTO, ON or OFF")
@@ -107,18 +110,16 @@ function(_lrpfast_cuda_target)
       INTERFACE_INCLUDE_DIRECTORIES "${_inc}")
     set(_cublas_target lrpfast_cublas)
     get_filename_component(_libdir "${_lib}" DIRECTORY)
-    # run time: the wheel next to lrpfast in site-packages (pip install lrpfast[cuda]); then the
-    # copy found at build time (editable installs, in-tree builds)
+    # run time: only the nvidia-cublas wheel next to lrpfast in site-packages (the [cuda] extra),
+    # never a build-machine path (a wheel must not look into the builder's directories)
     get_filename_component(_sub "${_libdir}" DIRECTORY)
     get_filename_component(_sub "${_sub}" NAME)  # e.g. cu13
-    set(_cublas_rpath "$ORIGIN/../nvidia/${_sub}/lib;$ORIGIN/../nvidia/cublas/lib;${_libdir}")
+    set(_cublas_rpath "$ORIGIN/../nvidia/${_sub}/lib;$ORIGIN/../nvidia/cublas/lib")
     set(_cublas_desc "${_cublas_desc}: ${_lib}")
   endif()
 
   # ---- the extension module -----------------------------------------------------------------
-  file(GLOB _cpu_sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/cpp/kernels/*.cpp)
-  pybind11_add_module(_cuda MODULE src/cuda/bindings/module.cpp ${LRPFAST_CUDA_SOURCES}
-                      ${_cpu_sources})
+  pybind11_add_module(_cuda MODULE src/cuda/bindings/module.cpp ${LRPFAST_CUDA_SOURCES})
   set_target_properties(_cuda PROPERTIES
     CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}"
     CUDA_SEPARABLE_COMPILATION OFF
@@ -127,13 +128,14 @@ function(_lrpfast_cuda_target)
     BUILD_WITH_INSTALL_RPATH OFF)
   target_include_directories(_cuda PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src/cpp
                                            ${CMAKE_CURRENT_SOURCE_DIR}/src/cuda)
-  target_link_libraries(_cuda PRIVATE ${_cublas_target} CUDA::cudart_static lrpfast::blas
-                                      Threads::Threads)
+  # lrpfast_cpu: the CPU kernels, compiled once for _core and _cuda (CMakeLists.txt)
+  target_link_libraries(_cuda PRIVATE ${_cublas_target} CUDA::cudart_static lrpfast_cpu)
   target_compile_options(_cuda PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-O3>
     $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-fvisibility=hidden>)
   target_compile_definitions(_cuda PRIVATE LRPFAST_VERSION="${SKBUILD_PROJECT_VERSION}"
                                            LRPFAST_BLAS_NAME="${LRPFAST_BLAS_NAME}")
+  lrpfast_keep_objects(_cuda _cuda)
   install(TARGETS _cuda LIBRARY DESTINATION lrpfast)
   message(STATUS "lrpfast: CUDA engine ON: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures "
                  "${CMAKE_CUDA_ARCHITECTURES}, cuBLAS from ${_cublas_desc}")
@@ -157,7 +159,7 @@ else()
 endif()
 if(_lrp_cuda_ok)
   if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
-    set(CMAKE_CUDA_ARCHITECTURES "75-real;80-real;86-real;89-real;90" CACHE STRING
+    set(CMAKE_CUDA_ARCHITECTURES "75-real;80-real;90-real;100-real;120-real;80-virtual" CACHE STRING
         "lrpfast: CUDA architectures (no 'native': it needs a GPU at configure time)" FORCE)
   endif()
   set(CMAKE_CUDA_STANDARD 17)

@@ -1,8 +1,10 @@
 """Shared fixtures: where the real model files are, and random weights for a net's structure.
 
-The model-zoo files (SPEC section 8) live outside the repository, in ``../shared/models`` next
-to the checkout (override with the environment variable ``LRPFAST_MODELS``); tests that need
-them skip cleanly when they are absent.
+The deploy prototxts of CaffeNet, AlexNet, GoogLeNet and the res10 SSD face detector ship in
+``tests/data/models`` (see its README.md). Trained weights are not shipped: the res10 tests need
+``res10_300x300_ssd_iter_140000.caffemodel`` in ``tests/data/models/res10_ssd_face/``, or a
+folder named by the environment variable ``LRPFAST_MODELS`` with the same layout (searched
+first); without it they skip and say what is missing.
 """
 from __future__ import annotations
 
@@ -13,21 +15,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+SHIPPED_MODELS = Path(__file__).resolve().parent / "data" / "models"
 
 
-def _models_dir() -> Path:
-    return Path(os.environ.get("LRPFAST_MODELS", _DEFAULT_MODELS))
+def find_model_file(relpath: str) -> Path | None:
+    """``relpath`` (e.g. ``"res10_ssd_face/deploy.prototxt"``) under ``$LRPFAST_MODELS`` if
+    that has it, else under ``tests/data/models``; None when neither has it."""
+    roots = [Path(os.environ["LRPFAST_MODELS"])] if os.environ.get("LRPFAST_MODELS") else []
+    for root in roots + [SHIPPED_MODELS]:
+        if (root / relpath).is_file():
+            return root / relpath
+    return None
 
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    """Directory holding bvlc_reference_caffenet/, bvlc_alexnet/, bvlc_googlenet/,
-    res10_ssd_face/ (skips the test when it is missing)."""
-    d = _models_dir()
-    if not d.is_dir():
-        pytest.skip(f"model files not found at {d} (set LRPFAST_MODELS)")
-    return d
+    """The folder searched first: ``$LRPFAST_MODELS`` if set, else ``tests/data/models``
+    (prefer ``model_file``, which also falls back and skips cleanly)."""
+    return Path(os.environ.get("LRPFAST_MODELS") or SHIPPED_MODELS)
+
+
+@pytest.fixture(scope="session")
+def model_file():
+    """``model_file(relpath)``: the path of a model file (see :func:`find_model_file`);
+    skips the test, naming the file and where to put it, when it is missing."""
+    def get(relpath: str) -> Path:
+        path = find_model_file(relpath)
+        if path is None:
+            pytest.skip(f"model file {relpath} not found: put it under {SHIPPED_MODELS} or "
+                        f"under $LRPFAST_MODELS (see tests/data/models/README.md)")
+        return path
+    return get
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ from lrpfast.caffe import (
 
 REAL = ["bvlc_alexnet", "bvlc_googlenet", "bvlc_reference_caffenet", "res10_ssd_face"]
 RES10_WEIGHTS = "res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel"
-# models_dir (conftest.py) is ../shared/models or $LRPFAST_MODELS; tests skip without it.
+# model_file (conftest.py) finds these under $LRPFAST_MODELS or tests/data/models and skips
+# the test when a file is missing (the res10 weights are not shipped).
 
 
 # --- a tiny independent protobuf encoder for hand-made files --------------------------------
@@ -150,8 +151,8 @@ def test_v1_enum_is_complete_and_mapped():
 # --- real prototxts and the real caffemodel -------------------------------------------------
 
 @pytest.mark.parametrize("model", REAL)
-def test_real_prototxts_parse_with_grepped_layer_types(models_dir, model):
-    deploy = models_dir / model / "deploy.prototxt"
+def test_real_prototxts_parse_with_grepped_layer_types(model_file, model):
+    deploy = model_file(f"{model}/deploy.prototxt")
     text = deploy.read_text()
     # Layer-level "type:" lines are indented by two spaces in these files (fillers deeper).
     grepped = collections.Counter(re.findall(r'^  type: "(\w+)"', text, re.MULTILINE))
@@ -163,8 +164,8 @@ def test_real_prototxts_parse_with_grepped_layer_types(models_dir, model):
     assert len(netdef.layers) == len(net.layer)
 
 
-def test_caffenet_details(models_dir):
-    net = read_net(models_dir / "bvlc_reference_caffenet" / "deploy.prototxt")
+def test_caffenet_details(model_file):
+    net = read_net(model_file("bvlc_reference_caffenet/deploy.prototxt"))
     assert net.name == "CaffeNet" and net.inputs == [("data", (10, 3, 227, 227))]
     linear = [layer for layer in net.layers if layer.type in ("Convolution", "InnerProduct")]
     assert len(linear) == 8
@@ -180,8 +181,8 @@ def test_caffenet_details(models_dir):
     assert groups == [1, 2, 1, 2, 2]
 
 
-def test_res10_ssd_params_parse_fully(models_dir):
-    net = read_net(models_dir / "res10_ssd_face" / "deploy.prototxt")
+def test_res10_ssd_params_parse_fully(model_file):
+    net = read_net(model_file("res10_ssd_face/deploy.prototxt"))
     assert net.inputs == [("data", (1, 3, 300, 300))]
     by_name = {layer.name: layer for layer in net.layers}
     det = by_name["detection_out"]  # include { phase: TEST } -> kept in deploy
@@ -204,11 +205,11 @@ def test_res10_ssd_params_parse_fully(models_dir):
     assert [list(layer.param.convolution_param.dilation) for layer in dilated] == [[2]]
 
 
-def test_real_res10_caffemodel_matches_protobuf_and_prototxt(models_dir):
-    weights, types = read_caffemodel(models_dir / RES10_WEIGHTS, with_types=True)
+def test_real_res10_caffemodel_matches_protobuf_and_prototxt(model_file):
+    weights, types = read_caffemodel(model_file(RES10_WEIGHTS), with_types=True)
     assert [a.shape for a in weights["conv1_h"]] == [(32, 3, 7, 7), (32,)]
     assert [a.shape for a in weights["data_bn"]] == [(3,), (3,), (1,)]
-    ref = pb.NetParameter.FromString((models_dir / RES10_WEIGHTS).read_bytes())
+    ref = pb.NetParameter.FromString((model_file(RES10_WEIGHTS)).read_bytes())
     assert list(weights) == [layer.name for layer in ref.layer]
     for layer in ref.layer:
         assert types[layer.name] == layer.type
@@ -220,7 +221,7 @@ def test_real_res10_caffemodel_matches_protobuf_and_prototxt(models_dir):
             assert a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
     # Every convolution of the deploy net has weights (num_output, C/group, k, k), and a bias
     # exactly when bias_term (default true) says so.
-    net = read_net(models_dir / "res10_ssd_face" / "deploy.prototxt")
+    net = read_net(model_file("res10_ssd_face/deploy.prototxt"))
     convs = [layer for layer in net.layers if layer.type == "Convolution"]
     assert len(convs) == 32
     for layer in convs:
@@ -614,10 +615,10 @@ def test_wrong_file_kinds(tmp_path, small_model):
             read_binaryproto(path)
 
 
-def test_real_caffemodel_is_not_a_prototxt_or_binaryproto(models_dir):
+def test_real_caffemodel_is_not_a_prototxt_or_binaryproto(model_file):
     with pytest.raises(CaffeFormatError, match="wire type"):
-        read_binaryproto(models_dir / RES10_WEIGHTS)
+        read_binaryproto(model_file(RES10_WEIGHTS))
     with pytest.raises(CaffeFormatError, match="binary"):
-        read_prototxt(models_dir / RES10_WEIGHTS)
+        read_prototxt(model_file(RES10_WEIGHTS))
     with pytest.raises(CaffeFormatError, match="wire type"):
-        read_caffemodel(models_dir / "res10_ssd_face" / "deploy.prototxt")
+        read_caffemodel(model_file("res10_ssd_face/deploy.prototxt"))

@@ -1,4 +1,4 @@
-"""Whole-net tests on real Caffe files (SPEC section 8).
+"""Whole-net tests on real Caffe files (tests/data/models; see its README.md).
 
 * res10_ssd_face (a real trained SSD face detector, prototxt + caffemodel): lrpfast's forward
   pass against OpenCV 4.x's independent Caffe implementation (``cv2.dnn``), layer by layer, on a
@@ -90,11 +90,9 @@ FACE_BOX = (105, 34, 159, 103)
 
 
 @pytest.fixture(scope="module")
-def res10(models_dir):
-    d = models_dir / "res10_ssd_face"
-    proto, model = d / "deploy.prototxt", d / "res10_300x300_ssd_iter_140000.caffemodel"
-    if not model.exists():
-        pytest.skip(f"{model} not found")
+def res10(model_file):
+    model = model_file("res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel")
+    proto = model.parent / "deploy.prototxt"
     net = lrpfast.Net(proto, model, skip_unsupported=True)
     x = bgr_input([skimage_data.astronaut()], 300, RES10_MEAN)
     return net, lambda: _opencv_net(proto, model), x
@@ -257,13 +255,11 @@ IMAGENET_MEAN = (104.0, 117.0, 123.0)
 
 
 @pytest.fixture(scope="module", params=ZOO)
-def zoo(request, models_dir, tmp_path_factory):
+def zoo(request, model_file, tmp_path_factory):
     """A zoo net loaded from its prototxt and a generated caffemodel file (with small random
     biases), its bias-free twin (also from a file), and two real photos."""
     name = request.param
-    proto = models_dir / name / "deploy.prototxt"
-    if not proto.exists():
-        pytest.skip(f"{proto} not found")
+    proto = model_file(f"{name}/deploy.prototxt")
     skeleton = lrpfast.Net(proto)              # structure only: shapes for the weights
     weights = he_weights(skeleton, seeded_rng("zoo", name), bias_std=0.05)
     bias_free = {k: [v[0]] + [np.zeros_like(b) for b in v[1:]] for k, v in weights.items()}
@@ -464,9 +460,9 @@ def small_caffenet():
     return net, refnet, x
 
 
-def test_small_caffenet_structure_matches_caffenet(models_dir):
+def test_small_caffenet_structure_matches_caffenet(model_file):
     """The reduced net has CaffeNet's layer sequence (types and wiring), only smaller."""
-    big = lrpfast.Net(models_dir / "bvlc_reference_caffenet" / "deploy.prototxt")
+    big = lrpfast.Net(model_file("bvlc_reference_caffenet/deploy.prototxt"))
     small = lrpfast.Net.from_text(SMALL_CAFFENET)
     def sig(net):
         return [(x.name, x.type, x.bottoms_user, x.tops_user) for x in net.layers]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._loader import _core
 from . import caffe, detection, diagnostics, render, rules
 from .composites import COMPOSITE_NAMES, Composite, composite
-from .compat import RelPropOpts  # toolbox options (SPEC 4); see lrpfast.compat
+from .compat import RelPropOpts  # toolbox options; see lrpfast.compat
 from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, get_conv_algorithm,
                    set_linear_algorithm, get_linear_algorithm, set_memory_reuse, get_memory_reuse,
                    set_deterministic, get_deterministic, set_simd, get_simd,

@@ -1,5 +1,5 @@
 """Ground-truth bounding boxes: PASCAL VOC / ILSVRC XML readers and the box transform that
-follows the image pre-processing (SPEC §5, §6). Pure Python + numpy.
+follows the image pre-processing. Pure Python + numpy.
 
 Box convention
 --------------

@@ -1,5 +1,5 @@
 """Toolbox compatibility ("caffe mode"): the LRP Toolbox Caffe plugin's options, rule codes,
-layer indices, numbers and result layout (SPEC section 4).
+layer indices, numbers and result layout (docs/caffe_mode.md, also installed as lrpfast/docs/caffe_mode.md).
 
     opts = lrpfast.RelPropOpts(relpropformulatype=54, epsstab=0.1,
                                auxiliaryvariable_maxlayerindexforflatdistinconv=4)
@@ -21,33 +21,34 @@ layer indices, numbers and result layout (SPEC section 4).
   ``Net::Backward_Relevance(_multi)``: start at ``lastlayerindex``, seed with the class logits
   (summed over a list of classes), read out at ``firstlayerindex``. They re-use the input of the
   last ``net.forward`` and never modify activations, so a second call gives the same numbers
-  (the original did not: SPEC 4.8).
+  (the original re-ran forward passes inside the relevance pass and corrupted its stored
+  activations, so a second call gave different numbers).
 
-Differences between the modes (caffe mode = the original plugin's numbers, SPEC 4.1-4.9):
+Differences between the modes (caffe mode = the original plugin's numbers):
 
 ===========================  ================================  ================================
-switch (SPEC)                lrpfast mode                      caffe mode
+switch                       lrpfast mode                      caffe mode
 ===========================  ================================  ================================
-eps_zero_passthrough (4.1)   ε rule: z_j = 0 takes ε·(+1),     z_j = 0: R_j passes undivided
+eps_zero_passthrough         ε rule: z_j = 0 takes ε·(+1),     z_j = 0: R_j passes undivided
                              i.e. R_j / ε                      (x_i w_ij R_j); else ε·sign(z_j)
 alphabeta_toolbox_guards     αβ: a zero z⁺_j / z⁻_j gives      αβ: z⁺_j must be > 0 (z⁻_j < 0),
-(4.2)                        nothing (same numbers)            else nothing; β = 0 skips z⁻
-grouped_bias_bug (4.3)       grouped conv αβ: each channel     group g > 0 takes bias[o] of
+                             nothing (same numbers)            else nothing; β = 0 skips z⁻
+grouped_bias_bug             grouped conv αβ: each channel     group g > 0 takes bias[o] of
                              uses its own bias                 group 0's channel o (the bug)
-flat_kernel_area (4.4)       flat: R_j / n_j, n_j = inputs     flat on conv: R_j / (kh·kw):
+flat_kernel_area             flat: R_j / n_j, n_j = inputs     flat on conv: R_j / (kh·kw):
                              of j (conservative)               relevance grows by Cin/group
-drop_padded_taps (4.4)       flat / w²: divisor over the       flat / w² on conv: divisor over
+drop_padded_taps             flat / w²: divisor over the       flat / w² on conv: divisor over
                              non-padded taps (conservative)    the whole kernel; padded share lost
-avgpool_toolbox (4.5)        average pooling: z-rule with      R·x_i / Σ_window x, no ε; a window
+avgpool_toolbox              average pooling: z-rule with      R·x_i / Σ_window x, no ε; a window
                              the composite's ε                 with |Σ x| < 1e-6 adds x_i instead
-lrn_type1 (4.6)              LRN: identity                     lrn_backward_type 1: first-order
+lrn_type1                    LRN: identity                     lrn_backward_type 1: first-order
                                                                rule (not conservative)
 lrn_true_gradient            codes 11/99: LRN passes the       codes 11/99: Caffe's LRN backward
                              gradient as identity              (the true derivative)
-(none) (4.7)                 max pooling winner-take-all;      the same; averaging follows
+(none)                       max pooling winner-take-all;      the same; averaging follows
                              maxpooling...pass = 1: average    avgpool_toolbox
-(always) (4.8)               idempotent                        idempotent (the original was not)
-(always) (4.9)               relevance(): (N, C, H, W)         backward_relevance*: also rawhm
+(always)                     idempotent                        idempotent (the original was not)
+(always)                     relevance(): (N, C, H, W)         backward_relevance*: also rawhm
 ===========================  ================================  ================================
 
 Also: ``alphabeta_beta`` = β with α = 1 + β; ``biastreatmenttype`` must be 0 (1 made the
@@ -114,7 +115,7 @@ _NEEDS_AUX = tuple(c for c, (a, b) in FORMULA_CODES.items() if "|" in a or "|" i
 _USES_EPS = tuple(c for c, (a, b) in FORMULA_CODES.items() if "eps" in a + b)
 _TRUE_GRADIENT = (11, 99)
 
-#: the caffe-mode switches (SPEC 4.1-4.6), see the module docstring's table
+#: the caffe-mode switches, see the module docstring's table
 SWITCHES = ("eps_zero_passthrough", "alphabeta_toolbox_guards", "grouped_bias_bug",
             "flat_kernel_area", "drop_padded_taps", "avgpool_toolbox", "lrn_type1",
             "lrn_true_gradient")
@@ -123,13 +124,13 @@ SWITCHES = ("eps_zero_passthrough", "alphabeta_toolbox_guards", "grouped_bias_bu
 # =============================================================================== options
 @dataclass
 class RelPropOpts:
-    """The toolbox's ``relpropopts`` (SPEC 4) as a dataclass; pass it as ``rules=`` anywhere or
+    """The toolbox's ``relpropopts`` as a dataclass; pass it as ``rules=`` anywhere or
     to ``net.backward_relevance*``.
 
     Toolbox fields (defaults: its ``relpropopts`` constructor for ``epsstab``/``alphabeta_beta``,
     its heatmap tool / python demo for the rest; ``relpropformulatype`` -1 (unset) becomes 0):
 
-    * ``relpropformulatype``: formula code, see ``FORMULA_CODES`` (SPEC 4's table).
+    * ``relpropformulatype``: formula code, see ``FORMULA_CODES`` (tabled in docs/caffe_mode.md).
     * ``epsstab``: ε of the ε rule (>= 0). ``alphabeta_beta``: β >= 0, α = 1 + β.
     * ``lastlayerindex``: Caffe index of the layer where relevance starts; -2 = highest
       InnerProduct, -1 = the layer right below the lowest Softmax.
@@ -315,7 +316,7 @@ def _bias_shape(op, ndim: int) -> tuple:
 
 
 class ToolboxEpsilon(_rules.Epsilon):
-    """ε rule as the toolbox computes it (SPEC 4.1): s_j = R_j / (z_j + ε·sign(z_j)) where
+    """ε rule as the toolbox computes it: s_j = R_j / (z_j + ε·sign(z_j)) where
     z_j != 0 and s_j = R_j (undivided) where z_j == 0 exactly; R_i = x_i Σ_j w_ij s_j."""
 
     def __init__(self, eps: float):
@@ -334,7 +335,7 @@ class ToolboxEpsilon(_rules.Epsilon):
 
 
 class ToolboxAlphaBeta(Rule):
-    """αβ as the toolbox computes it (SPEC 4.2, 4.3): contributions split by the sign of
+    """αβ as the toolbox computes it: contributions split by the sign of
     x_i·w_ij, z⁺_j = Σ z⁺_ij + b⁺_j, z⁻_j = Σ z⁻_ij + b⁻_j, no ε.
 
     ``guards``: a z⁺_j that is not > 0 (z⁻_j not < 0) contributes nothing, and β = 0 skips the
@@ -390,7 +391,7 @@ class ToolboxAlphaBeta(Rule):
 
 
 class ToolboxFlat(Rule):
-    """Flat on convolutions as the toolbox computes it (SPEC 4.4): R_i = Σ_j R_j / d_j over the
+    """Flat on convolutions as the toolbox computes it: R_i = Σ_j R_j / d_j over the
     taps i of j's receptive field that are not padding (padded taps' share is dropped).
 
     d_j = (kh·kw if ``drop_padded_taps`` else the number of non-padded spatial taps of j) ×
@@ -418,7 +419,7 @@ class ToolboxFlat(Rule):
 
 
 class ToolboxWSquare(Rule):
-    """w² on convolutions as the toolbox computes it (SPEC 4.4): R_i = Σ_j w_ij² / Σ_kernel w² ·
+    """w² on convolutions as the toolbox computes it: R_i = Σ_j w_ij² / Σ_kernel w² ·
     R_j with the divisor over the whole kernel (``drop_padded_taps``), so the share of padded
     taps is lost; off: lrpfast's w² (divisor over the non-padded taps). Other layers: w²."""
 
@@ -449,7 +450,7 @@ def _pool_sizes(layer, Ho: int, Wo: int) -> np.ndarray:
 
 
 def toolbox_avgpool(layer, x: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """SPEC 4.5: R_i = Σ_j R_j x_i / S_j, S_j = Σ_{window j} x (no ε); a window with
+    """Average pooling as the toolbox computes it: R_i = Σ_j R_j x_i / S_j, S_j = Σ_{window j} x (no ε); a window with
     |S_j| < 1e-6 adds x_i itself to each of its inputs instead."""
     op = layer.avg_op
     z = op.fwd(x)                                   # Caffe average = S_j / P_j
@@ -470,7 +471,7 @@ def _channel_window_sum(a: np.ndarray, half: int) -> np.ndarray:
 
 
 def lrn_type1(layer, x: np.ndarray, scale: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """SPEC 4.6 (across channels, per pixel):
+    """The toolbox's LRN rule for ``lrn_backward_type = 1`` (across channels, per pixel):
     R_in(c) = R(c) x_c (k + α/n x_c²)^(-β)
               - (2αβ/n) x_c² Σ_{c'≠c, |c'-c| <= n/2} x_c' s_c'^(-β-1) R(c')."""
     if layer.region != "across":

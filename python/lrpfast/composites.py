@@ -1,4 +1,4 @@
-"""Composites: which rule each layer gets (SPEC section 3).
+"""Composites: which rule each layer gets.
 
 A :class:`Composite` maps the rule-taking layers of a net (Convolution, InnerProduct and
 BatchNorm/Scale layers that could not be folded) to rules, by layer name, by position (the first
@@ -27,7 +27,7 @@ class Composite:
         by_type: {"Convolution": rule, "InnerProduct": rule, "BatchNorm": rule, ...}.
         by_name: {layer_name: rule}; wins over everything else.
         first: (n, rule): the first n Convolution/InnerProduct layers (net order) get ``rule``.
-        eps: stabiliser of average pooling and Eltwise SUM (SPEC section 2).
+        eps: stabiliser of average pooling and Eltwise SUM.
         maxpool: "wta" (winner-take-all) or "average" (max pooling treated as average pooling).
         name: shown in listings.
     """
@@ -102,7 +102,7 @@ def _uniform(rule, name, eps=DEFAULT_EPS):
 
 def composite(name: str, *, eps: float | None = None, flat_layers: int | None = None,
               low=None, high=None, gamma: float = 0.25) -> Composite:
-    """A named composite (SPEC section 3), with its parameters.
+    """A named composite, with its parameters.
 
     ``eps``: the dense-layer epsilon (and the pooling/Eltwise stabiliser); default 1e-6
     (0.1 for the iNNvestigate presets). ``flat_layers``: how many of the first linear layers get

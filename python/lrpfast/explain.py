@@ -1,4 +1,4 @@
-"""The heatmap tool (SPEC section 5): the LRP toolbox's demonstrator, and a modern interface.
+"""The heatmap tool: the LRP toolbox's demonstrator, and a modern interface.
 
 Toolbox interface (``lrpfast explain CONFIG FILELIST PREFIX [--batch N] [--[no-]progress]``)
 ==========================================================================================
@@ -814,7 +814,7 @@ def add_subcommands(sub) -> None:
     from .composites import DEFAULT_RULES
     from .render import COLORMAPS, DEFAULT_CMAP, DEFAULT_PERCENTILE
     s = sub.add_parser("explain", help="toolbox heatmap tool: CONFIG FILELIST PREFIX",
-                       description="The LRP toolbox's heatmap tool (SPEC 5); see "
+                       description="The LRP toolbox's heatmap tool; see "
                                    "lrpfast.explain for the file formats.")
     s.add_argument("config")
     s.add_argument("filelist")

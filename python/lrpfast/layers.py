@@ -3,7 +3,7 @@
 Every layer works on per-sample shapes (no batch axis) at build time and on batched float32
 arrays (N, ...) at run time. ``forward(xs) -> (ys, state)``; ``relevance(xs, ys, state, Rs, ctx)``
 maps the relevance of each top (None where none arrived) to the relevance of each bottom
-(SPEC section 2: LRP rules on linear layers, winner-take-all max pooling, proportional average
+(LRP rules on linear layers, winner-take-all max pooling, proportional average
 pooling and Eltwise SUM, identity for LRN/Dropout/Normalize, slicing for Concat, sums for Split).
 """
 from __future__ import annotations
@@ -604,7 +604,7 @@ class Dropout(_PassThrough):
 
 
 class LRN(_PassThrough):
-    """Local response normalisation; relevance passes as identity (SPEC section 2)."""
+    """Local response normalisation; relevance passes as identity (lrpfast mode)."""
 
     type = "LRN"
 
@@ -626,7 +626,7 @@ class LRN(_PassThrough):
         return [y], {"scale": scale}
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        if ctx.caffe is not None:   # caffe mode: the toolbox's LRN rules (SPEC 4.6)
+        if ctx.caffe is not None:   # caffe mode: the toolbox's LRN rules (compat.lrn_type1)
             out = ctx.caffe.lrn(self, xs[0], ys[0], state, Rs[0], ctx)
             if out is not None:
                 return [out]

@@ -1,4 +1,4 @@
-"""Localisation measures of Kohlbrenner et al. (2020) (SPEC §6), pure numpy.
+"""Localisation measures of Kohlbrenner et al. (2020), pure numpy.
 
 Definitions, for one heatmap ``h`` (relevance summed over colour channels, ``(H, W)``) and the
 union mask of the target class's ground-truth boxes (``S_in`` of ``S_tot = H * W`` pixels):

@@ -6,7 +6,7 @@ first version is ``conv1`` or ``conv1#1``), so a
 blob read by several layers (Caffe's implicit Split) simply accumulates the relevance of all its
 readers. Shapes are inferred and weights checked once, at construction.
 
-Relevance (SPEC sections 1-3): the seed at the top layer is the output (logit) of the selected
+Relevance: the seed at the top layer is the output (logit) of the selected
 class(es), zero elsewhere; it is propagated down layer by layer with the rule the composite
 assigns to each layer, and read out at the input or at any other blob. The forward activations
 are never modified, so the same call twice gives the same result.
@@ -897,7 +897,7 @@ class Net:
             if layer is stop_after:
                 break
 
-    # ------------------------------------------------------------------ toolbox (SPEC 4)
+    # ------------------------------------------------------------------ toolbox (lrpfast.compat)
     @_on_device
     def backward_relevance(self, classinds, opts=None):
         """Toolbox ``Backward_Relevance`` after ``forward(x)``; see lrpfast.compat."""

@@ -251,7 +251,7 @@ class DiagOp(LinearOp):
 
 class AvgPoolOp(LinearOp):
     """Average pooling as a linear map with weights 1/pool_size (Caffe's divisor); only the
-    plain variant exists (the z/eps rule is what SPEC section 2 applies to it)."""
+    plain variant exists (lrpfast mode applies the z/eps rule to it)."""
 
     def __init__(self, in_shape, kernel, stride, pad, ceil_mode=True):
         super().__init__(np.ones(1, np.float32), None, in_shape)
