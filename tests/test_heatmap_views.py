@@ -327,7 +327,12 @@ def test_sentinels_no_longer_clash():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         net.relevance(x, lrpfast.TOP1, "epsilon", top=lrpfast.LOGITS)
-        assert net.top_layer(-3).name == net.layers[-3].name   # other indices: Python's
+        assert net.top_layer(len(net.layers) - 3).name == net.layers[-3].name
+    for bad in (-3, -len(net.layers)):   # a silent pick from the end: refused
+        with pytest.raises(ValueError, match=f"top={bad}: negative layer indices are refused"):
+            net.top_layer(bad)
+        with pytest.raises(ValueError, match="negative layer indices"):
+            net.relevance(x, 1, "epsilon", top=bad)
 
 
 def test_composite_without_default_needs_no_rule_for_folded_layers():

@@ -2,8 +2,8 @@
 
 ``classes`` keeps the LRP toolbox's integer codes, which file lists use: :data:`TOP1` (= -1, the
 best-scoring output) and :data:`TOP5` (= -2, the five best summed). ``top`` (the layer where
-relevance starts) takes a layer name, a layer index (Python-style; negative counts from the
-end), or one of the :class:`Top` members: :data:`LAST_INNER_PRODUCT` (the default) and
+relevance starts) takes a layer name, a non-negative layer index (negative ones are refused: a
+silent pick from the end is too easy to get by mistake), or one of the :class:`Top` members: :data:`LAST_INNER_PRODUCT` (the default) and
 :data:`LOGITS` (the layer right below the lowest Softmax). The integers -1 and -2 for ``top``,
 which used to mean LOGITS and LAST_INNER_PRODUCT, still do so with a DeprecationWarning.
 """
@@ -53,4 +53,8 @@ def resolve_top(top):
         warnings.warn(f"top={int(top)} is deprecated (it clashes with classes={int(top)}); use "
                       f"top={new!r}", DeprecationWarning, stacklevel=4)
         return new
+    if isinstance(top, int) and not isinstance(top, (bool, enum.Enum)) and top < 0:
+        raise ValueError(f"top={top}: negative layer indices are refused (-1 and -2 are the old "
+                         f"codes of lrpfast.LOGITS and lrpfast.LAST_INNER_PRODUCT); pass a layer "
+                         f"name, an index >= 0, lrpfast.LOGITS or lrpfast.LAST_INNER_PRODUCT")
     return top
