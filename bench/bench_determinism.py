@@ -1,6 +1,7 @@
 """Benchmark: the cost of deterministic mode, on each SIMD path, lrpfast against itself.
 
     python bench/bench_determinism.py [--threads 2] [--repeats 3] [--batch 8] [--nets vgg16,caffenet]
+                                      [--concurrency]
 
 For each path -- the CPU's native one, and (on x86 with AVX2) the AVX2 path forced the way an
 AVX2-only CPU would run it (LRPFAST_SIMD=avx2 and OpenBLAS's Haswell kernels) -- a fresh process
@@ -9,7 +10,8 @@ the given batch size, the forward pass and relevance under uniform eps and cmp_a
 deterministic mode off and on. The two modes' repeats alternate, so a slower spell of a shared
 machine falls on both; best of --repeats. Prints a markdown table: seconds, and the ratio
 deterministic / default. It also checks that deterministic mode keeps its promise on that path
-(image 0 alone == image 0 in the batch, bit for bit).
+(image 0 alone == image 0 in the batch, bit for bit). With --concurrency it also times calls
+from several Python threads on one shared Net against the same calls made one after another.
 """
 from __future__ import annotations
 
@@ -54,6 +56,52 @@ def measure(args) -> list:
     return out
 
 
+def concurrency(args) -> None:
+    """Calls from several Python threads on one shared Net: throughput against the same calls
+    made one after another, with lrpfast's pool at 1 thread (so Python threads are what spreads
+    the work) and at --threads; and whether the results equal the serial ones bit for bit."""
+    import threading
+    import time
+
+    import numpy as np
+
+    import lrpfast
+    from bench_speed import build_model
+
+    proto, weights = build_model("caffenet", args.out)
+    net = lrpfast.Net(proto, weights)
+    x = np.random.default_rng(1).standard_normal((4,) + net.inputs["data"], np.float32)
+    calls = 8
+    print(f"\nConcurrent calls on one Net (CaffeNet, batch 4, cmp_alpha2_flat, {calls} calls):\n")
+    print("| pool threads | Python threads | serial s | concurrent s | speed-up | same bits |")
+    print("|---|---|---|---|---|---|")
+    for pool in sorted({1, args.threads}):
+        lrpfast.set_num_threads(pool)
+        serial_out = net.relevance(x, -1, rules="cmp_alpha2_flat")
+        for nthreads in (2, 4):
+            t = time.perf_counter()
+            for _ in range(calls):
+                net.relevance(x, -1, rules="cmp_alpha2_flat")
+            serial = time.perf_counter() - t
+            outs: list = []
+
+            def work(n):
+                for _ in range(n):
+                    outs.append(net.relevance(x, -1, rules="cmp_alpha2_flat"))
+            ths = [threading.Thread(target=work, args=(calls // nthreads,))
+                   for _ in range(nthreads)]
+            t = time.perf_counter()
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+            conc = time.perf_counter() - t
+            same = all(np.array_equal(o, serial_out) for o in outs)
+            print(f"| {pool} | {nthreads} | {serial:.3f} | {conc:.3f} | {serial / conc:.2f} | "
+                  f"{'yes' if same else 'NO'} |")
+    lrpfast.set_num_threads(args.threads)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -61,10 +109,16 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--nets", default="vgg16,caffenet")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--concurrency", action="store_true",
+                    help="also: calls from several Python threads on one Net")
+    ap.add_argument("--concurrency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args)))
+        return 0
+    if args.concurrency_only:
+        concurrency(args)
         return 0
     import lrpfast
 
@@ -87,6 +141,8 @@ def main(argv=None) -> int:
         for kind, label, t0, t1, same in json.loads(res.stdout.strip().splitlines()[-1]):
             print(f"| {name} | {kind} | {label} | {t0:.3f} | {t1:.3f} | {t1 / t0:.2f} | "
                   f"{'yes' if same else 'NO'} |")
+    if args.concurrency:
+        concurrency(args)
     return 0
 
 
