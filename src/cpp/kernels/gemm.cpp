@@ -3,12 +3,12 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "kernels/parallel.hpp"
+#include "kernels/setting.hpp"
 
 #ifdef LRPFAST_BLAS_PREFIX_SCIPY
 #define LRPFAST_SGEMM scipy_cblas_sgemm
@@ -43,12 +43,15 @@ constexpr double kParallelGemmWork = double(1 << 21);
 // Deterministic mode cuts the sliced side into this many slices (at most), whatever the threads.
 constexpr int kFixedSlices = 8;
 
-bool deterministic_from_env() {
+enum class Determinism { Off = 0, On = 1 };
+
+Determinism determinism_from_env() {
   const char* s = std::getenv("LRPFAST_DETERMINISTIC");
-  return s && *s && std::strcmp(s, "0") != 0 && std::strcmp(s, "false") != 0 &&
-         std::strcmp(s, "off") != 0;
+  const bool on = s && *s && std::strcmp(s, "0") != 0 && std::strcmp(s, "false") != 0 &&
+                  std::strcmp(s, "off") != 0;
+  return on ? Determinism::On : Determinism::Off;
 }
-std::atomic<int> g_deterministic{-1};  // -1: not read from the environment yet
+Setting<Determinism> g_determinism(determinism_from_env);
 
 void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
@@ -58,16 +61,9 @@ void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float
 
 }  // namespace
 
-void set_deterministic(bool on) { g_deterministic.store(on ? 1 : 0); }
+void set_deterministic(bool on) { g_determinism.set(on ? Determinism::On : Determinism::Off); }
 
-bool deterministic() {
-  int v = g_deterministic.load();
-  if (v < 0) {
-    v = deterministic_from_env() ? 1 : 0;
-    g_deterministic.store(v);
-  }
-  return v == 1;
-}
+bool deterministic() { return g_determinism.get() == Determinism::On; }
 
 // The slices are a function of the product's shape and of the *settings* (threads, or the fixed
 // count in deterministic mode) and of the caller (inside a pooled unit of parallel_units: one
