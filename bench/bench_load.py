@@ -1,6 +1,6 @@
 """Benchmark: loading a VGG-16-sized caffemodel with lrpfast.caffe.read_caffemodel.
 
-Targets (SPEC section 7): load time <= 2x the time to read the file's bytes, and peak memory
+Targets: load time <= 2x the time to read the file's bytes, and peak memory
 increase < 2x the file size. Writes bench/out/vgg16_random.{prototxt,caffemodel} once
 (random float32 weights, VGG-16 layer shapes, ~550 MB) and reuses them.
 

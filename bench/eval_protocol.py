@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The evaluation protocol of Kohlbrenner et al. (2020) (SPEC section 6) for lrpfast.
+"""The evaluation protocol of Kohlbrenner et al. (2020) for lrpfast.
 
 For every (image, class present in its annotation) pair, explain the class's logit with each
 rule / composite, sum the relevance over colour channels and score it against the union of the
@@ -56,7 +56,7 @@ LABELS = {"z": "LRP-z", "alpha1beta0": "LRP α1β0", "alpha2beta1": "LRP α2β1"
           "cmp_alpha2_box": "LRP CMP α2 + z^B",
           "guided_backprop": "Guided backprop", "baseline": "uniform baseline"}
 
-#: The paper's Table 1 mu_w (SPEC section 6). "CMP α2+b" is the composite with flat (box /
+#: The paper's Table 1 mu_w. "CMP α2+b" is the composite with flat (box /
 #: flat) on the first layers, i.e. cmp_alpha2_flat here.
 PAPER_VGG16 = {"cmp_alpha2_flat": 1.902, "cmp_alpha2": 1.797, "cmp_alpha1": 1.704,
                "alpha2beta1": 1.702, "guided_backprop": 1.640, "alpha1beta0": 1.609,
@@ -399,7 +399,7 @@ def markdown(res, rules, occ, meta) -> str:
          f" of the image (mean {np.mean(fr):.3f}; {int(np.sum(fr <= 0.25))} with ≤ 25 %, "
          f"{int(np.sum(fr <= 0.5))} with ≤ 50 %). Model: {meta['model']}; accuracy on these "
          f"samples {meta['accuracy']:.1%}. Heatmaps for the true class; relevance summed over "
-         f"colour channels; positive relevance only (SPEC §6).", "",
+         f"colour channels; positive relevance only.", "",
          "| method | μ_w (± s.e.) | μ≤0.25 | μ≤0.5 | μ | paper μ_w (VGG-16, ImageNet) | "
          "paper μ_w (CaffeNet, VOC07) |", "|---|---:|---:|---:|---:|---:|---:|"]
 

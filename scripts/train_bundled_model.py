@@ -7,7 +7,7 @@ colour onto a 64x64 RGB canvas that carries a random background texture (a smoot
 plus pixel noise) and distractors (random strokes, outlines, blobs and cut-off halves of other
 digits), their amount set by a per-scene difficulty. Ten classes (the digit).
 Every image has one ground-truth box (the tight box of the painted digit), written as PASCAL VOC
-XML, so the localisation measures of Kohlbrenner et al. (2020) (SPEC section 6) apply.
+XML, so the localisation measures of Kohlbrenner et al. (2020) apply.
 
 Digits are split once (seeded) into a training pool and a held-out pool; held-out scenes use only
 held-out digits *and* a different scene seed, so a held-out image shares neither its digit nor its

@@ -12,7 +12,7 @@ import lrpfast
 from lrpfast import cuda
 
 # GPU and CPU differ only in float32 summation order (cuBLAS vs OpenBLAS blocking, gather vs
-# scatter, float32 Normalize/Softmax sums): normalised MSE well below this (SPEC's backend
+# scatter, float32 Normalize/Softmax sums): normalised MSE well below this (the backend
 # tolerance). The emulation runs the CPU kernels, so it is exact in practice.
 NMSE_TOL = 1e-6
 # eps = 1e-3 on mixed-sign contributions amplifies summation-order differences near z_j = 0

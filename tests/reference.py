@@ -11,7 +11,7 @@ Written for clarity, not speed, and independent of the engine:
   at every output position and group and scatters the result back; an InnerProduct applies it
   once to the flattened input; an unfolded BatchNorm / Scale applies it per element (J = K = 1).
 
-Semantics follow SPEC.md section 2 (lrpfast mode).  Everything is float64; callers pass the same
+Semantics follow lrpfast mode's rule definitions (README, docs/).  Everything is float64; callers pass the same
 float32 weights/inputs they give the engine, so both see exactly the same numbers.
 
 The whole-net part (``RefNet``) takes a list of ``Layer`` records (see ``tests/nets.py``, which

@@ -1,4 +1,4 @@
-"""Toolbox compatibility (SPEC section 4): RelPropOpts, formula codes by Caffe layer index,
+"""Toolbox compatibility (caffe mode, docs/caffe_mode.md): RelPropOpts, formula codes by Caffe layer index,
 the caffe-mode numerics (one switch at a time), backward_relevance(_multi), rawhm.
 
 The float64 references below are written independently of the engine: convolutions loop over
@@ -92,7 +92,7 @@ def conv_fwd(x, Wt, b, pad=0, stride=1, group=1):
 
 
 def conv_rule(x, Wt, b, Rup, kind, pad=0, stride=1, group=1, eps=0.1, beta=1.0, bias_bug=True):
-    """Toolbox rules on a convolution, position by position (SPEC 4.1-4.4 all on)."""
+    """Toolbox rules on a convolution, position by position (the quirks of docs/caffe_mode.md all on)."""
     N, _C, H, Wd = x.shape
     O, Cg, kh, kw = Wt.shape
     Og = O // group
@@ -203,7 +203,7 @@ def avgpool_fwd(x, k, s, p=0):
 
 
 def avgpool_rule(x, Rup, k, s, p, kind):
-    """Toolbox rule (SPEC 4.5), or the adjoint for the true gradient."""
+    """Toolbox rule (average pooling, docs/caffe_mode.md), or the adjoint for the true gradient."""
     out = np.zeros_like(x)
     H, W = x.shape[2:]
     for n, c in itertools.product(range(x.shape[0]), range(x.shape[1])):

@@ -1,5 +1,5 @@
 """Engine-level properties: conservation of the total relevance through conv+relu+pool+IP
-stacks, batch independence, and idempotence (SPEC §2, §4 point 8)."""
+stacks, batch independence, and idempotence (lrpfast mode's rules; no stored activation is changed by a pass)."""
 from __future__ import annotations
 
 import os

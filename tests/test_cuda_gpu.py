@@ -31,7 +31,7 @@ if not _OK:
 hardware = pytest.mark.skipif(cuda.emulated(), reason="needs a real GPU (host build)")
 
 # GPU and CPU differ only in float32 summation order (cuBLAS vs OpenBLAS blocking, gather vs
-# scatter): normalised MSE well below 1e-6 (SPEC's tolerance for backends).
+# scatter): normalised MSE well below 1e-6 (the tolerance for backends).
 NMSE_TOL = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""The toolbox heatmap tool (lrpfast.explain, SPEC section 5): config / file list parsing, mean
+"""The toolbox heatmap tool (lrpfast.explain): config / file list parsing, mean
 files, pre-processing, output formats, and an end-to-end run of ``lrpfast explain``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""lrpfast.metrics (SPEC §6, Kohlbrenner et al. 2020) and lrpfast.boxes: hand-made cases."""
+"""lrpfast.metrics (Kohlbrenner et al. 2020) and lrpfast.boxes: hand-made cases."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The public contract of ``lrpfast.Net`` (SPEC sections 1-3) and every error path.
+"""The public contract of ``lrpfast.Net`` (the README's Use section) and every error path.
 
 Small nets written here as prototxt text, weights from ``conftest.he_weights``; every test
 seeds its own generator. Each error test checks that the message names what went wrong.

@@ -358,7 +358,7 @@ def test_zoo_conservation(zoo, rule):
     if name == "bvlc_googlenet" and rule in ("flat", "wsquare"):
         # flat / w^2 ignore the activations: they also hand relevance to units that are 0
         # (dead ReLUs). GoogLeNet's average pooling pool5 (z-rule: proportional to its
-        # inputs, SPEC section 2) cannot pass on what reaches a channel whose 7x7 input is
+        # inputs, lrpfast mode) cannot pass on what reaches a channel whose 7x7 input is
         # all zero: exactly that relevance is lost below pool5, nothing else.
         feat = net0.forward(x1, blobs=["inception_5b/output"])["inception_5b/output"][0]
         dead = ~feat.reshape(feat.shape[0], -1).any(axis=1)

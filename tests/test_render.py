@@ -7,7 +7,7 @@ from lrpfast import render
 
 
 def _toolbox_reference(R):
-    """Straight transcription of the toolbox demonstrator's loop (SPEC §5), for comparison."""
+    """Straight transcription of the toolbox demonstrator's loop, for comparison."""
     C, H, W = R.shape
     vs = np.zeros((H, W))
     maxabs = 0.0

@@ -64,7 +64,7 @@ RULES = {
     "guided": (lambda: R.GuidedBackprop(), ref.guided(), "signed"),
 }
 
-DEFAULT_AUX_EPS = 1e-6   # SPEC: stabiliser of average pooling / Eltwise when the rule has no ε
+DEFAULT_AUX_EPS = 1e-6   # lrpfast's stabiliser of average pooling / Eltwise when the rule has no ε
 ZBOX_OTHER_EPS = 0.1     # z^B cases: the layers not reading the input get ε = 0.1
 
 
