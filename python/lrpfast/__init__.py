@@ -12,7 +12,7 @@ from .composites import COMPOSITE_NAMES, Composite, composite
 from .compat import RelPropOpts  # toolbox options; see lrpfast.compat
 from .info import (info, set_num_threads, get_num_threads, set_conv_algorithm, get_conv_algorithm,
                    set_linear_algorithm, get_linear_algorithm, set_memory_reuse, get_memory_reuse,
-                   set_deterministic, get_deterministic, set_simd, get_simd,
+                   release_memory, set_deterministic, get_deterministic, set_simd, get_simd,
                    _warn_capped_env_threads)
 from .layers import LayerError, supported_types
 from .net import Net, NonFiniteError, SampleMemoryError
@@ -29,6 +29,6 @@ __all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagno
            "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",
            "set_linear_algorithm", "get_linear_algorithm", "set_memory_reuse", "get_memory_reuse",
-           "set_deterministic", "get_deterministic", "set_simd", "get_simd",
+           "release_memory", "set_deterministic", "get_deterministic", "set_simd", "get_simd",
            "supported_types", "LayerError", "NonFiniteError", "SampleMemoryError", "toolbox",
            "__version__"]

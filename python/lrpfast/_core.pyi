@@ -61,6 +61,8 @@ def set_memory_reuse(on: bool) -> None:
     """Keep freed host memory for reuse (glibc malloc settings, process-wide; default on)."""
 
 def get_memory_reuse() -> bool: ...
+def release_memory() -> bool:
+    """Return the freed memory the process holds to the system (glibc malloc_trim)."""
 def linear_streamed_native() -> bool:
     """True where the streamed fully connected kernels run on AVX-512 (see set_simd)."""
 
@@ -161,10 +163,12 @@ def stabilized_divide(
     """r / (z + eps*sign(z)), sign(0) = +1; 0 where that denominator is exactly 0 (zero_to_zero)."""
 
 def alphabeta_signal(
-    r: ArrayLike, z: ArrayLike, zp: ArrayLike, alpha: float, beta: float, groups: int = 1
+    r: ArrayLike, z: ArrayLike, zp: ArrayLike, alpha: float, beta: float, groups: int = 1,
+    guards: bool = False,
 ) -> FloatArray:
     """(N, C, ...) -> (N, 2C, ...): per group [alpha*r/zp ; -beta*r/(z-zp)], 0 where a
-    denominator is exactly 0 (the alpha-beta signal for x >= 0, for the stacked weights [W+; W-])."""
+    denominator is exactly 0 (the alpha-beta signal for x >= 0, for the stacked weights [W+; W-]);
+    guards (the LRP Toolbox's alpha-beta): 0 unless zp > 0, resp. z - zp < 0."""
 
 def eltwise_forward(
     xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (no broadcasting)

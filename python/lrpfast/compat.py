@@ -326,6 +326,9 @@ class ToolboxEpsilon(_rules.Epsilon):
     def linear(self, op, x, R, z=None):
         if z is None:
             z = op.fwd(x, "w", "b")
+        if isinstance(z, np.ndarray) and not (z == 0).any():
+            # where no z_j is exactly 0 the formula is lrpfast's (fused, same float32 steps)
+            return super().linear(op, x, R, z)
         R = np.asarray(R, np.float32)
         z = np.asarray(z, np.float32)
         e = np.float32(self.eps)
@@ -334,14 +337,18 @@ class ToolboxEpsilon(_rules.Epsilon):
         return x * op.bwd(s, "w")
 
 
-class ToolboxAlphaBeta(Rule):
+class ToolboxAlphaBeta(_rules.AlphaBeta):
     """αβ as the toolbox computes it: contributions split by the sign of
     x_i·w_ij, z⁺_j = Σ z⁺_ij + b⁺_j, z⁻_j = Σ z⁻_ij + b⁻_j, no ε.
 
     ``guards``: a z⁺_j that is not > 0 (z⁻_j not < 0) contributes nothing, and β = 0 skips the
     negative part (off: lrpfast's "a zero denominator contributes nothing").
     ``grouped_bias_bug``: in a grouped convolution every group g > 0 takes the biases of
-    group 0's channels (bias[o], o = channel index inside the group)."""
+    group 0's channels (bias[o], o = channel index inside the group).
+
+    Cost: lrpfast's αβ (:class:`lrpfast.rules.AlphaBeta`, z⁺ from the forward pass where it can
+    be, one stacked transposed product). The guards are sign tests inside the same signal
+    kernel; the bias bug, where it changes a layer's biases, shifts z and z⁺ per channel."""
 
     def __init__(self, alpha: float, beta: float, guards: bool = True,
                  grouped_bias_bug: bool = True):
@@ -349,7 +356,7 @@ class ToolboxAlphaBeta(Rule):
         if alpha < 0 or beta < 0 or not np.isclose(alpha - beta, 1.0, rtol=0, atol=1e-9):
             raise ValueError(f"ToolboxAlphaBeta: need alpha - beta = 1 and alpha, beta >= 0; "
                              f"got alpha={alpha:g}, beta={beta:g}")
-        self.alpha, self.beta = alpha, beta
+        super().__init__(alpha, beta)
         self.guards, self.grouped_bias_bug = bool(guards), bool(grouped_bias_bug)
         flags = [f for f, on in (("guards", guards), ("grouped_bias_bug", grouped_bias_bug)) if on]
         self.name = f"toolbox_alpha{alpha:g}beta{beta:g}" + (f"[{','.join(flags)}]" if flags else "")
@@ -363,11 +370,28 @@ class ToolboxAlphaBeta(Rule):
             b = np.tile(b[:per], op.group)
         return b
 
-    def linear(self, op, x, R, z=None):
+    def linear(self, op, x, R, z=None, zp=None):
+        b = self._bias(op)
+        bugged = b is not None and not np.array_equal(b, op.b)   # the bug changes this layer
+        fast = (isinstance(x, np.ndarray) and z is not None and op.stacked_pm
+                and (zp is not None or not bool((x < 0).any())))
+        if fast:
+            # x >= 0: lrpfast's stacked path; z- = z - z+ inside the signal kernel
+            if bugged:   # z+ = x W+ + b+[tiled], z = x W + b[tiled]: shifted per channel
+                shape = _bias_shape(op, z.ndim)
+                bp = np.maximum(b, 0).reshape(shape)
+                zp = op.fwd(x, "pos", None) + bp if zp is None else \
+                    np.maximum(zp + (bp - op.bias("pos").reshape(shape)), np.float32(0))
+                z = z + (b - op.b).reshape(shape)
+            elif zp is None:
+                zp = op.fwd(x, "pos", "pos")
+            if self.beta == 0.0:   # alpha = 1; the toolbox skips z-; z+ >= 0, so "> 0" is "!= 0"
+                return op.bwd_signal(R, "pos", z=zp, eps=0.0, times=x)
+            return op.bwd_signal(op.pm_signal(R, z, zp, self.alpha, self.beta, self.guards),
+                                 "pm", times=x)
         R = np.asarray(R, np.float32)
         xp = np.maximum(x, 0)
         xn = np.minimum(x, 0)
-        b = self._bias(op)
 
         def part(w_same, w_other, bias, positive):
             zz = op.fwd(xp, w_same, None) + op.fwd(xn, w_other, None)
@@ -921,8 +945,11 @@ def _exact_pass(net, x, per_image: list, comp, top, blob: str, only_from=None) -
     plan = net._plan(top, comp, [blob])
     n = next(iter(xin.values())).shape[0]
     out = np.zeros((n,) + tuple(net.shapes[blob]), np.float32)
-    for a, b in net._chunks(n):
-        blobs, states = net._run_forward({k: v[a:b] for k, v in xin.items()}, stop=top.index)
+    chunks = net._chunks(n)
+    kept = net._kept_forward(xin, chunks)   # the activations of the last forward()
+    for a, b in chunks:
+        blobs, states = kept or net._run_forward({k: v[a:b] for k, v in xin.items()},
+                                                 stop=top.index)
 
         def sink(bt, layer, rin, a=a, b=b):
             if bt == blob and (only_from is None or layer is only_from):

@@ -124,6 +124,14 @@ def get_memory_reuse() -> bool:
     return bool(_core.get_memory_reuse())
 
 
+def release_memory() -> bool:
+    """Return the freed memory this process holds for reuse to the system (glibc malloc_trim;
+    see ``set_memory_reuse``), e.g. after a large batch. What lrpfast objects still reference
+    stays: ``Net.release()`` also drops a net's kept forward pass and derived weights. Returns
+    False where the C library is not glibc (nothing to do)."""
+    return bool(_core.release_memory())
+
+
 def _gpu_count() -> int:
     """Number of CUDA devices the driver reports (0 without a driver); loads nothing else."""
     for name in ("libcuda.so.1", "libcuda.so"):

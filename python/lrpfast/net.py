@@ -466,23 +466,56 @@ class Net:
         subtracted), or {input name: array}. Returns the output blob (N, ...) — a dict when the
         net has several outputs — or, with ``blobs=[names]``, {name: array} of those blobs."""
         xin = self._check_input(x)
-        # for backward_relevance, per thread: threads sharing a Net never see each other's input
-        self._local.last_input = {k: v.copy() for k, v in xin.items()}
+        # for backward_relevance, per thread: threads sharing a Net never see each other's
+        # input. The pass runs on this private copy, and its activations and layer states are
+        # kept (one chunk only) so that backward_relevance does not compute them again.
+        keep = {k: v.copy() for k, v in xin.items()}
+        self._local.last_input, self._local.last_forward = keep, None
         # dict.fromkeys: two names of one blob (e.g. 'conv1' and 'conv1#2') are computed once,
         # else their chunks would be concatenated twice (a doubled batch)
         wanted = list(dict.fromkeys(self._ssa(b) for b in blobs)) if blobs is not None \
             else self.outputs
-        n = next(iter(xin.values())).shape[0]
+        n = next(iter(keep.values())).shape[0]
         parts: dict[str, list] = {w: [] for w in wanted}
-        for a, b in self._chunks(n):
-            vals, _ = self._run_forward({k: v[a:b] for k, v in xin.items()})
+        chunks = self._chunks(n)
+        for a, b in chunks:
+            vals, states = self._run_forward({k: v[a:b] for k, v in keep.items()})
             for w in wanted:
                 parts[w].append(vals[w])
+        if len(chunks) == 1 and self.device != "cuda":
+            self._local.last_forward = (keep, chunks, vals, states)
         res = {w: np.concatenate(p) if len(p) > 1 else p[0] for w, p in parts.items()}
         if blobs is not None:
             return self._out({name: res[self._ssa(name)] for name in blobs})
         return self._out(res[wanted[0]] if len(wanted) == 1
                          else {w.split("#")[0]: v for w, v in res.items()})
+
+    def _kept_forward(self, xin: dict, chunks: list):
+        """(blobs, states) of this thread's last ``forward`` when ``xin`` is its kept input
+        (the very arrays, as ``backward_relevance`` passes them) and the batch is still one
+        chunk; else None. Read only: the relevance pass never writes activations or states."""
+        kept = getattr(self._local, "last_forward", None)
+        if kept is None:
+            return None
+        keep, kchunks, blobs, states = kept
+        if kchunks != chunks or keep.keys() != xin.keys() or \
+                any(keep[k] is not v for k, v in xin.items()):
+            return None
+        return blobs, states
+
+    def release(self) -> None:
+        """Free what the net keeps between calls: the calling thread's last ``forward`` input
+        and activations (kept for ``backward_relevance``), the weight variants the rules
+        derived (W+, W-, W², stacked copies; rebuilt on the next call that needs them), and the
+        freed memory the process holds for reuse (``lrpfast.release_memory()``)."""
+        self._local.last_input = self._local.last_forward = None
+        for layer in self.layers:
+            for op in {id(o): o for o in (getattr(layer, "op", None),
+                                          getattr(layer, "rel_op", None)) if o is not None}.values():
+                if hasattr(op, "release"):
+                    op.release()
+        from . import release_memory
+        release_memory()
 
     # ------------------------------------------------------------------ relevance
     def top_layer(self, top: TopArg = None) -> Layer:
@@ -779,9 +812,10 @@ class Net:
         # z+ of the alpha-beta layers comes with the forward pass where it shares its columns
         zplus = frozenset(layer.name for layer, op in self._alpha_beta_layers(plan, top_layer)
                           if op is layer.op)
+        kept = self._kept_forward(xin, chunks)   # backward_relevance after forward: reuse it
         for ci, (a, b) in enumerate(chunks):
-            blobs, states = self._run_forward({k: v[a:b] for k, v in xin.items()},
-                                              stop=top_layer.index, zplus=zplus)
+            blobs, states = kept or self._run_forward({k: v[a:b] for k, v in xin.items()},
+                                                      stop=top_layer.index, zplus=zplus)
             R0s = seeds(blobs[top_layer.tops[0]], a, b, n)
             if dev:
                 for k, R0 in enumerate(R0s):

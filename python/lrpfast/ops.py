@@ -5,7 +5,7 @@ need. Each operator offers
   (kind: "w" = W, "pos" = W+, "neg" = W-, "sq" = W**2, "ones" = all-ones of W's shape) plus
   the bias variant (None, "b" = b, "pos" = b+, "neg" = b-);
 * ``bwd(s, kind)``: the transposed product (gradient w.r.t. the input) with that variant;
-* ``pm_signal(R, z, zp, alpha, beta)`` (Convolution/InnerProduct, ``stacked_pm`` True): the
+* ``pm_signal(R, z, zp, alpha, beta, guards)`` (Convolution/InnerProduct, ``stacked_pm``): the
   alpha-beta signal [alpha*R/z+ ; -beta*R/(z - z+)] laid out for ``bwd(s, "pm")``, the transposed
   product with the stacked weights [W+; W-] (per group): both halves of alpha-beta in ONE gemm;
 * ``fwd_zplus(x)`` (ConvOp, where ``pairs_zplus(x)``): ``(fwd(x, "w", "b"),
@@ -91,6 +91,12 @@ class LinearOp:
         if self.group == 1:
             pos, neg = pm[:o], pm[o:]
         self._w_cache["pos"], self._w_cache["neg"] = pos, neg
+
+    def release(self) -> None:
+        """Drop the derived weights, biases and normalisers (rebuilt when next needed)."""
+        self._w_cache = {"w": self.w}
+        self._b_cache = {"b": self.b}
+        self._count_cache = {}
 
     def bias(self, kind: str | None) -> np.ndarray | None:
         if kind is None or self.b is None:
@@ -203,7 +209,9 @@ class ConvOp(LinearOp):
                                      self.dilation, g)
         return np.repeat(d, self.in_shape[0] // g, axis=1)
 
-    def pm_signal(self, R, z, zp, alpha, beta):
+    def pm_signal(self, R, z, zp, alpha, beta, guards=False):
+        if guards:   # the toolbox's sign tests (host arrays: lrpfast.compat.ToolboxAlphaBeta)
+            return _core.alphabeta_signal(R, z, zp, float(alpha), float(beta), self.group, True)
         return _kernels(R).alphabeta_signal(R, z, zp, float(alpha), float(beta), self.group)
 
 
@@ -231,10 +239,11 @@ class InnerProductOp(LinearOp):
         dx = _core.linear_backward_data(s.reshape(-1, w.shape[0]), w)
         return dx.reshape((s.shape[0],) + self.in_shape)
 
-    def pm_signal(self, R, z, zp, alpha, beta):
+    def pm_signal(self, R, z, zp, alpha, beta, guards=False):
         o = self.w.shape[0]
-        s = _kernels(R).alphabeta_signal(R.reshape(-1, o), z.reshape(-1, o), zp.reshape(-1, o),
-                                         float(alpha), float(beta), 1)
+        args = (R.reshape(-1, o), z.reshape(-1, o), zp.reshape(-1, o), float(alpha), float(beta))
+        s = _core.alphabeta_signal(*args, 1, True) if guards else \
+            _kernels(R).alphabeta_signal(*args, 1)
         return s.reshape(tuple(R.shape[:-1]) + (2 * o,))
 
 

@@ -300,7 +300,8 @@ py::array_t<float> stabilized_divide(const py::object& ro, const py::object& zo,
 }
 
 py::array_t<float> alphabeta_signal(const py::object& ro, const py::object& zo,
-                                    const py::object& zpo, double alpha, double beta, i64 groups) {
+                                    const py::object& zpo, double alpha, double beta, i64 groups,
+                                    bool guards) {
   auto r = input<float>(ro, "r", -1, "");
   auto z = input<float>(zo, "z", -1, "");
   auto zp = input<float>(zpo, "zp", -1, "");
@@ -318,7 +319,7 @@ py::array_t<float> alphabeta_signal(const py::object& ro, const py::object& zo,
   {
     py::gil_scoped_release nogil;
     lrpfast::cpu::alphabeta_signal(N, groups, C / groups, P, r.data(), z.data(), zp.data(),
-                                   float(alpha), float(beta), op);
+                                   float(alpha), float(beta), guards, op);
   }
   return out;
 }
@@ -479,6 +480,9 @@ PYBIND11_MODULE(_core, m) {
       "Reuse freed host memory between and within passes (glibc malloc settings, process-wide;\n"
       "default on unless $LRPFAST_MEMORY_REUSE=0 or glibc's MALLOC_*_ variables are set).");
   m.def("get_memory_reuse", &lrpfast::memory_reuse, "The setting of set_memory_reuse.");
+  m.def("release_memory", &lrpfast::release_memory,
+        "Return the freed memory the process holds (glibc malloc_trim) to the system; False\n"
+        "where the C library is not glibc.");
   m.def("linear_streamed_native", &lrpfast::streamed_native,
         "True where the streamed fully connected kernels run on AVX-512 (see set_simd).");
   m.def(
@@ -568,11 +572,12 @@ PYBIND11_MODULE(_core, m) {
         "r and z must have the same shape; returns a new float32 array of that shape.");
 
   m.def("alphabeta_signal", &alphabeta_signal, py::arg("r"), py::arg("z"), py::arg("zp"),
-        py::arg("alpha"), py::arg("beta"), py::arg("groups") = 1,
+        py::arg("alpha"), py::arg("beta"), py::arg("groups") = 1, py::arg("guards") = false,
         "The alpha-beta signal for inputs x >= 0: r, z (layer output), zp (its positive part)\n"
         "(N, C, ...) -> (N, 2C, ...) laid out per group g as [alpha*r/zp ; -beta*r/(z-zp)] over\n"
         "that group's C/groups channels (a zero denominator gives 0), for one transposed product\n"
-        "with the stacked weights [W+; W-] (ops weight kind 'pm').");
+        "with the stacked weights [W+; W-] (ops weight kind 'pm'). guards (the LRP Toolbox's\n"
+        "alpha-beta): a part contributes only where zp > 0, resp. z - zp < 0.");
 
   m.def("eltwise_forward", &eltwise_forward, py::arg("xs"), py::arg("operation"),
         py::arg("coeffs") = py::none(),

@@ -56,12 +56,16 @@ void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
 
 namespace {
 // One channel plane of alphabeta_signal (restrict + safe divisors: the loop vectorises).
+template <bool kGuards>
 void alphabeta_row(std::int64_t P, const float* __restrict rr, const float* __restrict zz,
                    const float* __restrict pp, float alpha, float beta, float* __restrict op,
                    float* __restrict on) {
   for (std::int64_t i = 0; i < P; ++i) {
     const float zpi = pp[i], zni = zz[i] - pp[i];
-    const bool p0 = zpi == 0.f, n0 = zni == 0.f;
+    // guards: the toolbox's z+ > 0 / z- < 0 tests (they differ from "== 0" only where
+    // rounding in z - zp gave z- the wrong sign)
+    const bool p0 = kGuards ? !(zpi > 0.f) : zpi == 0.f;
+    const bool n0 = kGuards ? !(zni < 0.f) : zni == 0.f;
     const float qp = alpha * (rr[i] / (p0 ? 1.f : zpi));
     const float qn = -beta * (rr[i] / (n0 ? 1.f : zni));
     op[i] = p0 ? 0.f : qp;
@@ -72,7 +76,7 @@ void alphabeta_row(std::int64_t P, const float* __restrict rr, const float* __re
 
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,
                       const float* r, const float* z, const float* zp, float alpha, float beta,
-                      float* out) {
+                      bool guards, float* out) {
   const std::int64_t rows = N * G * Og;  // one (n, g, o) channel plane per row
   parallel_for(rows, rows * P, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t t = lo; t < hi; ++t) {
@@ -82,7 +86,10 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
       const float* pp = zp + t * P;
       float* op = out + (ng * 2 * Og + o) * P;  // (n, g, 0, o, :)
       float* on = op + Og * P;                  // (n, g, 1, o, :)
-      alphabeta_row(P, rr, zz, pp, alpha, beta, op, on);
+      if (guards)
+        alphabeta_row<true>(P, rr, zz, pp, alpha, beta, op, on);
+      else
+        alphabeta_row<false>(P, rr, zz, pp, alpha, beta, op, on);
     }
   });
 }

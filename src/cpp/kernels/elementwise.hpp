@@ -36,9 +36,10 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
 // (z - zp is the negative part zn, since b = b+ + b-), a zero denominator giving 0. The
 // transposed product with the stacked weights [W+; W-] (per group) then yields
 // alpha * W+^T (r/zp) - beta * W-^T (r/zn) in ONE gemm of depth 2*Og.
+// guards (the LRP Toolbox's alpha-beta): a part contributes only where zp > 0 (zn < 0).
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,
                       const float* r, const float* z, const float* zp, float alpha, float beta,
-                      float* out);
+                      bool guards, float* out);
 
 // Caffe's ReLU forward, y = x > 0 ? x : slope * x, rounded as numpy's np.where(x > 0, x, slope*x);
 // slope 0 gives +0 for x <= 0 (as np.maximum(x, 0)), NaN staying NaN.

@@ -38,6 +38,15 @@ bool set_memory_reuse(bool on) {
 
 bool memory_reuse() { return g_on.load(); }
 
+bool release_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+  return true;
+#else
+  return false;
+#endif
+}
+
 void init_memory_reuse() {
   if (env_off("LRPFAST_MEMORY_REUSE")) return;
   for (const char* v : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"})

@@ -18,6 +18,10 @@ namespace lrpfast {
 bool set_memory_reuse(bool on);
 bool memory_reuse();  // the current setting
 
+// Returns the freed memory the process holds (the heap's free pages, glibc malloc_trim) to the
+// system, whatever the setting. Returns false where it cannot (not glibc).
+bool release_memory();
+
 // At import: on, unless $LRPFAST_MEMORY_REUSE is "0"/"off" or the user set glibc's own
 // MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ / MALLOC_TOP_PAD_ (their choice stands).
 void init_memory_reuse();
