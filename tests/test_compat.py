@@ -897,3 +897,118 @@ def test_lrpfast_mode_rules_are_the_plain_lrpfast_rules():
     caffe = RelPropOpts(relpropformulatype=104, auxiliaryvariable_maxlayerindexforflatdistinconv=0)
     c = caffe.to_composite()
     assert isinstance(c.rule("eps"), compat.ToolboxEpsilon) and c.caffe is not None
+
+
+# ============================================================================ speed paths (issue 19)
+# A grouped convolution on inputs >= 0 (the alpha-beta rule's stacked path) whose biases differ
+# between the groups, so the grouped-bias bug changes the numbers, then a ReLU and a classifier.
+G_TEXT = header((3, 4, 5, 5), name="G") + conv_layer("conv", "data", 6, 3, pad=1, group=2) + \
+    relu_layer("relu", "conv") + ip_layer("fc", "conv", 4)
+# float32 products against the float64 reference, relative L2 over the map: the rules divide by
+# sums of 27..150 terms that stay far from 0 with these positive inputs (measured ~1e-7)
+FAST_PATH_TOL = 1e-5
+
+
+def g_net(seed):
+    rng = np.random.default_rng(seed)
+    Wd = {"conv": [rng.normal(0, 0.5, (6, 2, 3, 3)), rng.normal(0, 0.5, 6)],
+          "fc": [rng.normal(0, 0.3, (4, 150)), rng.normal(0, 0.3, 4)]}
+    Wd = {k: [np.asarray(v, np.float32) for v in vs] for k, vs in Wd.items()}
+    x = np.abs(rng.normal(0, 1, (3, 4, 5, 5))).astype(np.float32)
+    return make_net(G_TEXT, Wd), Wd, x
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.0])
+def test_caffe_alpha_beta_stacked_path_matches_float64_reference(beta):
+    """Caffe mode's alpha-beta (guards and grouped-bias bug on) on inputs >= 0 takes lrpfast's
+    stacked path: through compat (the kept forward, z+ computed by the rule) and through
+    relevance (z+ from the forward pass, then shifted by the bug) it matches the reference."""
+    net, Wd, x = g_net(11)
+    f = {k: [np.asarray(v, np.float64) for v in vs] for k, vs in Wd.items()}
+    conv = conv_fwd(x.astype(np.float64), *f["conv"], pad=1, group=2)
+    a = np.maximum(conv, 0)
+    fc = a.reshape(3, -1) @ f["fc"][0].T + f["fc"][1]
+    classes = [[1], [0, 3], [2]]
+    seed = np.zeros_like(fc)
+    for n, cs in enumerate(classes):
+        seed[n, cs] = fc[n, cs]
+    Rv = ip_rule(a, *f["fc"], seed, "ab", beta=beta).reshape(conv.shape)
+    ref = conv_rule(x.astype(np.float64), *f["conv"], Rv, "ab", pad=1, group=2, beta=beta)
+    opts = RelPropOpts(relpropformulatype=2, alphabeta_beta=beta)
+    net.forward(x)
+    res = net.backward_relevance_multi(classes, opts)
+    assert rel_err(res.R, ref) < FAST_PATH_TOL
+    R2 = net.relevance(x, classes, rules=opts)
+    assert rel_err(R2, ref) < FAST_PATH_TOL
+    # the bug matters here: without it the numbers move far beyond the tolerance
+    ok = conv_rule(x.astype(np.float64), *f["conv"], Rv, "ab", pad=1, group=2, beta=beta,
+                   bias_bug=False)
+    assert rel_err(ok, ref) > 100 * FAST_PATH_TOL
+
+
+def test_alphabeta_signal_guards_are_the_toolbox_sign_tests():
+    from lrpfast._loader import _core
+    r = np.ones((1, 1, 4), np.float32)
+    zp = np.array([[[2.0, 0.0, 1.0, 4.0]]], np.float32)
+    z = np.array([[[1.0, -1.0, 1.0 + 2 ** -20, 4.0]]], np.float32)   # z- = -1, -1, +2^-20, 0
+    plain = _core.alphabeta_signal(r, z, zp, 2.0, 1.0)
+    guarded = _core.alphabeta_signal(r, z, zp, 2.0, 1.0, 1, True)
+    np.testing.assert_array_equal(plain[0, 0], [1.0, 0.0, 2.0, 0.5])
+    np.testing.assert_array_equal(guarded[0, 0], [1.0, 0.0, 2.0, 0.5])
+    np.testing.assert_array_equal(plain[0, 1], [1.0, 1.0, -(2.0 ** 20), 0.0])
+    # a z- of the wrong sign (rounding in z - z+) contributes nothing, as z- < 0 is required
+    np.testing.assert_array_equal(guarded[0, 1], [1.0, 1.0, 0.0, 0.0])
+
+
+CODES_REUSE = [(0, -1), (2, -1), (58, 4), (114, 4), (11, -1), (99, -1), (26, -1)]
+
+
+@pytest.mark.parametrize("code,aux", CODES_REUSE)
+def test_backward_relevance_reuses_the_forward_pass(net_a, code, aux, monkeypatch):
+    """forward then backward_relevance computes the forward pass once; the kept activations
+    are read only (a second call and a recomputed pass give the same bits)."""
+    net, _Wd, x = net_a
+    opts = RelPropOpts(relpropformulatype=code, epsstab=0.1, alphabeta_beta=1.0,
+                       auxiliaryvariable_maxlayerindexforflatdistinconv=aux)
+    calls = []
+    real = net._run_forward
+    monkeypatch.setattr(net, "_run_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net.forward(x)
+    assert len(calls) == 1
+    blobs, states = net._local.last_forward[2:]
+    before = {k: np.array(v) for k, v in blobs.items()}
+    r1 = net.backward_relevance_multi(CLASSES, opts)
+    r2 = net.backward_relevance_multi(CLASSES, opts)
+    assert len(calls) == 1                     # no second forward pass
+    np.testing.assert_array_equal(r1.R, r2.R)
+    for k, v in blobs.items():
+        np.testing.assert_array_equal(v, before[k])
+    net._local.last_forward = None             # as if not kept: recomputed, same bits
+    np.testing.assert_array_equal(net.backward_relevance_multi(CLASSES, opts).R, r1.R)
+    assert len(calls) == 2
+
+
+def test_forward_kept_only_for_one_chunk_and_released(net_a):
+    net, _Wd, x = net_a
+    opts = RelPropOpts(relpropformulatype=2, alphabeta_beta=1.0)
+    net.forward(x)
+    full = net.backward_relevance_multi(CLASSES, opts).R
+    assert net._local.last_forward is not None
+    limit = net.memory_limit
+    try:
+        net.memory_limit = net._bytes_per_sample()          # one image per chunk
+        net.forward(x)
+        assert net._local.last_forward is None              # not kept: recomputed per chunk
+        assert rel_err(net.backward_relevance_multi(CLASSES, opts).R, full) < 1e-6
+    finally:
+        net.memory_limit = limit
+    net.forward(x)
+    assert any(len(op._w_cache) > 1 for op in (l.op for l in net.layers if hasattr(l, "op")))
+    net.release()
+    assert net._local.last_forward is None and net._local.last_input is None
+    assert all(len(op._w_cache) == 1 for op in (l.op for l in net.layers if hasattr(l, "op")))
+    with pytest.raises(ValueError, match="forward pass first"):
+        net.backward_relevance_multi(CLASSES, opts)
+    net.forward(x)
+    np.testing.assert_array_equal(net.backward_relevance_multi(CLASSES, opts).R, full)
+    assert isinstance(lrpfast.release_memory(), bool)
