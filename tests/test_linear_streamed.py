@@ -195,3 +195,44 @@ def test_net_relevance_alone_equals_in_batch_and_multi(rules, deterministic):
     multi = net.relevance_multi(x[:2], sets, rules=rules)
     for j in (0, 5, 69):
         np.testing.assert_array_equal(multi[j], net.relevance(x[:2], sets[j], rules=rules))
+
+
+# ============================================================================ sign variants, blocked
+def test_weight_signs_kernel():
+    w = rng_for("signs").normal(0, 1, (37, 53)).astype(np.float32)
+    w[0, :5] = [0.0, -0.0, 1e-38, -1e-38, 3.0]
+    np.testing.assert_array_equal(_core.weight_signs(w, "pos"), np.maximum(w, 0))
+    np.testing.assert_array_equal(_core.weight_signs(w, "neg"), np.minimum(w, 0))
+    np.testing.assert_array_equal(_core.weight_signs(w, "pm"),
+                                  np.concatenate([np.maximum(w, 0), np.minimum(w, 0)]))
+    with pytest.raises(ValueError, match="kind"):
+        _core.weight_signs(w, "sq")
+
+
+@pytest.mark.parametrize("o,k", [(70, 33), (9, 1000)])
+def test_large_layers_derive_sign_variants_per_block(monkeypatch, o, k):
+    """Above SIGN_VARIANTS_KEPT_UP_TO an InnerProduct keeps no W+ / W- / [W+; W-]: the products
+    run over blocks of output rows (several here, as the limits are lowered) and match the
+    float64 products, and a row's result does not depend on its batch."""
+    from lrpfast import ops
+    monkeypatch.setattr(ops, "SIGN_VARIANTS_KEPT_UP_TO", 0)
+    monkeypatch.setattr(ops, "SIGN_BLOCK_BYTES", 8 * k * 4)      # 8 rows per block
+    rng = rng_for("blocked", o, k)
+    w = rng.normal(0, 1, (o, k)).astype(np.float32)
+    b = rng.normal(0, 1, o).astype(np.float32)
+    op = ops.InnerProductOp(w, b, (k,))
+    assert len(op._row_blocks(1)) > 1
+    x = np.abs(rng.normal(0, 1, (5, k))).astype(np.float32)
+    s = rng.normal(0, 1, (5, 2 * o)).astype(np.float32)
+    wp, wn = np.maximum(w, 0), np.minimum(w, 0)
+    check_bound(op.fwd(x, "pos", None), x, wp.T)
+    check_bound(op.fwd(x, "neg", None), x, wn.T)
+    check_bound(op.fwd(x, "pos", "pos"), np.hstack([x, np.ones((5, 1), np.float32)]),
+                np.vstack([wp.T, np.maximum(b, 0)[None]]))               # with the bias b+
+    check_bound(op.bwd(s[:, :o], "pos"), s[:, :o], wp)
+    check_bound(op.bwd(s[:, :o], "neg"), s[:, :o], wn)
+    check_bound(op.bwd(s, "pm"), s, np.concatenate([wp, wn]))
+    assert set(op._w_cache) == {"w"}                              # nothing derived was kept
+    for kind in ("pos", "neg"):
+        np.testing.assert_array_equal(op.fwd(x[2:3], kind), op.fwd(x, kind)[2:3])
+    np.testing.assert_array_equal(op.bwd(s[2:3], "pm"), op.bwd(s, "pm")[2:3])

@@ -61,6 +61,8 @@ def set_memory_reuse(on: bool) -> None:
     """Keep freed host memory for reuse (glibc malloc settings, process-wide; default on)."""
 
 def get_memory_reuse() -> bool: ...
+def weight_signs(w: ArrayLike, kind: str) -> FloatArray:
+    """w (rows, K) -> max(w, 0) ("pos"), min(w, 0) ("neg") or both stacked (2*rows, K) ("pm")."""
 def release_memory() -> bool:
     """Return the freed memory the process holds to the system (glibc malloc_trim)."""
 def linear_streamed_native() -> bool:

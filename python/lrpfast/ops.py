@@ -215,9 +215,22 @@ class ConvOp(LinearOp):
         return _kernels(R).alphabeta_signal(R, z, zp, float(alpha), float(beta), self.group)
 
 
+#: weight matrices from this size on derive W+ / W- (and the stacked [W+; W-]) block by block
+#: at each use instead of keeping them: a kept copy would double or triple the memory of the
+#: largest layers (CaffeNet's and VGG-16's fully connected layers, 64-392 MiB each)
+SIGN_VARIANTS_KEPT_UP_TO = 32 << 20
+#: bytes of one derived block (a few dozen rows; stays in cache while its product reads it)
+SIGN_BLOCK_BYTES = 2 << 20
+
+
 class InnerProductOp(LinearOp):
     """InnerProduct (Caffe ``axis``): the per-sample input (..., K) -> (..., O), with K the
-    product of the axes from ``axis`` on; w (O, K). ``lead`` = axes kept before ``axis``."""
+    product of the axes from ``axis`` on; w (O, K). ``lead`` = axes kept before ``axis``.
+
+    Large weights (``SIGN_VARIANTS_KEPT_UP_TO``) never keep W+ / W- / [W+; W-]: the products
+    with them run over blocks of output rows, each block's variant derived just before its
+    product (the forward: columns of y; the transposed product: partial sums added in block
+    order, so a row's result still depends on that row alone)."""
 
     stacked_pm = True
 
@@ -225,18 +238,51 @@ class InnerProductOp(LinearOp):
         super().__init__(w, b, in_shape)
         self.lead_shape = self.in_shape[:lead]
 
+    def _blocked(self, kind: str) -> bool:
+        return kind in ("pos", "neg", "pm") and self.w.nbytes > SIGN_VARIANTS_KEPT_UP_TO
+
+    def _row_blocks(self, per_row: int):
+        O, K = self.w.shape
+        step = max(8, SIGN_BLOCK_BYTES // (per_row * K * 4))
+        return [(o, min(o + step, O)) for o in range(0, O, step)]
+
     def fwd(self, x, kind="w", bias="b"):
-        w = self.weights(kind)
-        y = _core.linear_forward(x.reshape(-1, w.shape[1]), w, self.bias(bias))
-        return y.reshape((x.shape[0],) + self.lead_shape + (w.shape[0],))
+        x2 = x.reshape(-1, self.w.shape[1])
+        if self._blocked(kind):
+            b = self.bias(bias)
+            y = np.empty((x2.shape[0], self.w.shape[0]), np.float32)
+            for o0, o1 in self._row_blocks(1):
+                y[:, o0:o1] = _core.linear_forward(x2, _core.weight_signs(self.w[o0:o1], kind),
+                                                   None if b is None else b[o0:o1])
+        else:
+            w = self.weights(kind)
+            y = _core.linear_forward(x2, w, self.bias(bias))
+        return y.reshape((x.shape[0],) + self.lead_shape + (self.w.shape[0],))
+
+    def _bwd_blocked(self, s2, kind):
+        """bwd for the sign variants of large weights, block by block (see the class)."""
+        O = self.w.shape[0]
+        pm = kind == "pm"
+        dx = None
+        for o0, o1 in self._row_blocks(2 if pm else 1):
+            wb = _core.weight_signs(self.w[o0:o1], kind)   # [W+; W-] rows of the block for "pm"
+            sb = np.concatenate([s2[:, o0:o1], s2[:, O + o0:O + o1]], axis=1) if pm else \
+                np.ascontiguousarray(s2[:, o0:o1])
+            part = _core.linear_backward_data(sb, wb)
+            dx = part if dx is None else np.add(dx, part, out=dx)
+        return dx
 
     def bwd(self, s, kind="w"):
         if kind == "ones":  # every input receives the sum of s over the outputs
             tot = s.reshape(-1, self.w.shape[0]).sum(axis=1, keepdims=True)
             dx = np.broadcast_to(tot, (tot.shape[0], self.w.shape[1]))
             return np.ascontiguousarray(dx).reshape((s.shape[0],) + self.in_shape)
-        w = self.weights(kind)
-        dx = _core.linear_backward_data(s.reshape(-1, w.shape[0]), w)
+        if self._blocked(kind):
+            rows = (2 if kind == "pm" else 1) * self.w.shape[0]
+            dx = self._bwd_blocked(s.reshape(-1, rows), kind)
+        else:
+            w = self.weights(kind)
+            dx = _core.linear_backward_data(s.reshape(-1, w.shape[0]), w)
         return dx.reshape((s.shape[0],) + self.in_shape)
 
     def pm_signal(self, R, z, zp, alpha, beta, guards=False):

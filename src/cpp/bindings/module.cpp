@@ -353,6 +353,21 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   return py::make_tuple(y, am);
 }
 
+py::array_t<float> weight_signs(const py::object& wo, const std::string& kind) {
+  auto w = input<float>(wo, "w", 2, "(rows, K)");
+  const i64 rows = w[0], K = w[1];
+  require(kind == "pos" || kind == "neg" || kind == "pm", "kind must be 'pos', 'neg' or 'pm', got '",
+          kind, "'");
+  auto out = output<float>({kind == "pm" ? 2 * rows : rows, K});
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::weight_signs(rows, K, w.data(), kind == "neg" ? nullptr : op,
+                               kind == "pos" ? nullptr : (kind == "pm" ? op + rows * K : op));
+  }
+  return out;
+}
+
 py::array_t<float> relu_forward(const py::object& xo, double slope) {
   auto x = input<float>(xo, "x", -1, "");
   require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
@@ -586,6 +601,9 @@ PYBIND11_MODULE(_core, m) {
         "loop). operation 'sum': y = sum_k coeffs[k] * xs[k] (coeffs: K values, None = all 1);\n"
         "'prod': the product; 'max': the maximum, argmax (int32, shape of y) the index k of the\n"
         "first input holding it. argmax is None except for 'max'.");
+  m.def("weight_signs", &weight_signs, py::arg("w"), py::arg("kind"),
+        "Sign parts of w (rows, K): 'pos' max(w, 0), 'neg' min(w, 0), 'pm' both stacked\n"
+        "(2*rows, K) = [W+; W-], from one pass over w.");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,
         "Caffe's ReLU: x > 0 ? x : negative_slope * x (any shape), rounded as numpy's\n"
         "np.where(x > 0, x, slope * x); slope 0 gives +0 where x <= 0, as np.maximum(x, 0).");

@@ -74,6 +74,21 @@ void alphabeta_row(std::int64_t P, const float* __restrict rr, const float* __re
 }
 }  // namespace
 
+void weight_signs(std::int64_t rows, std::int64_t K, const float* w, float* pos, float* neg) {
+  parallel_for(rows, rows * K, [&](std::int64_t lo, std::int64_t hi) {
+    const float* __restrict src = w + lo * K;
+    const std::int64_t n = (hi - lo) * K;
+    if (pos) {
+      float* __restrict p = pos + lo * K;
+      for (std::int64_t i = 0; i < n; ++i) p[i] = src[i] > 0.f ? src[i] : 0.f;
+    }
+    if (neg) {
+      float* __restrict q = neg + lo * K;
+      for (std::int64_t i = 0; i < n; ++i) q[i] = src[i] < 0.f ? src[i] : 0.f;
+    }
+  });
+}
+
 void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int64_t P,
                       const float* r, const float* z, const float* zp, float alpha, float beta,
                       bool guards, float* out) {

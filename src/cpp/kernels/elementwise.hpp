@@ -41,6 +41,10 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
                       const float* r, const float* z, const float* zp, float alpha, float beta,
                       bool guards, float* out);
 
+// Sign parts of a weight matrix w (rows, K): pos = max(w, 0) and/or neg = min(w, 0) (either
+// may be null), one pass over w; the alpha-beta rule's W+ / W- derived where they are used.
+void weight_signs(std::int64_t rows, std::int64_t K, const float* w, float* pos, float* neg);
+
 // Caffe's ReLU forward, y = x > 0 ? x : slope * x, rounded as numpy's np.where(x > 0, x, slope*x);
 // slope 0 gives +0 for x <= 0 (as np.maximum(x, 0)), NaN staying NaN.
 void relu_forward(std::int64_t n, const float* x, float slope, float* y);
