@@ -28,7 +28,6 @@ import argparse
 import copy
 import os
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -125,6 +124,7 @@ def main(argv=None) -> int:
 
     import lrpfast
     import onnx_models   # adds the torchvision stand-in to sys.path
+    from bench_speed import timed_pair
     from lrpfast.caffe import write_model
     from zennit.attribution import Gradient
     from zennit.canonizers import MergeBatchNorm
@@ -151,13 +151,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
 
     def best(fa, fb):
-        ta, tb = [], []
-        for _ in range(args.repeats):
-            for f, t in ((fa, ta), (fb, tb)):
-                s = time.perf_counter()
-                f()
-                t.append(time.perf_counter() - s)
-        return min(ta), min(tb)
+        (ta, _, _), (tb, _, _) = timed_pair(fa, fb, args.repeats)
+        return ta, tb
 
     merge = MergeBatchNorm.merge_batch_norm
 

@@ -436,6 +436,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--nets", default="vgg16,caffenet")
     ap.add_argument("--big", action="store_true", help="also VGG-16 at batch 256 (slow)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="one batch size for every net (default: VGG-16 8, CaffeNet 16)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--conv-algo", default="auto", choices=["auto", "direct", "winograd"],
                     help="lrpfast's algorithm for 3x3 stride-1 convolutions (default auto: "
@@ -467,7 +469,7 @@ def main(argv=None) -> int:
     print(f"sgemm 2048^3 peak ({args.threads} threads): lrpfast's gemm {peak:.0f} GFLOP/s, "
           f"torch {tpeak:.0f} GFLOP/s\n")
     rows, extra = [], []
-    sizes = {"vgg16": 8, "caffenet": 16}
+    sizes = {"vgg16": args.batch or 8, "caffenet": args.batch or 16}
     for kind in args.nets.split(","):
         bench_net(kind, sizes[kind], args, rows, extra)
     if args.big:
