@@ -596,6 +596,89 @@ class PReLU(_Rectifier):
         return np.where(x > 0, np.float32(1), self._slope(x))
 
 
+class HardSigmoid(Power):
+    """y = min(max(shift + scale * x, 0), 1): ONNX HardSigmoid (alpha = scale, beta = shift;
+    PyTorch's Hardsigmoid is scale 1/6, shift 1/2). Its parameters are those of a Power layer
+    with power 1. LRP rules pass relevance unchanged (as through Sigmoid); the gradient-like
+    rules multiply it by f'(x) = scale inside (0, 1), else 0."""
+
+    type = "HardSigmoid"
+
+    def setup(self, in_shapes):
+        out = super().setup(in_shapes)
+        if self.power != 1.0:
+            raise ValueError(f"power must be 1, got {self.power:g}")
+        return out
+
+    def f(self, x):
+        return np.clip(super().f(x), np.float32(0), np.float32(1))
+
+    def derivative(self, x, y):
+        z = np.float32(self.shift) + np.float32(self.scale) * x
+        return np.float32(self.scale) * ((z > 0) & (z < 1)).astype(np.float32)
+
+    def describe(self):
+        return f"clip({self.shift:g} + {self.scale:g} x, 0, 1)"
+
+
+class HardSwish(_Rectifier):
+    """y = x * min(max(x / 6 + 1/2, 0), 1) (ONNX HardSwish, PyTorch's Hardswish, MobileNetV3):
+    ReLU-like (0 below -3, x above 3), so treated like Clip / PReLU: LRP rules pass relevance
+    unchanged; the gradient-like rules multiply it by f'(x) (0 below -3, 1 above 3, x/3 + 1/2
+    between) and then apply their own ReLU treatment."""
+
+    type = "HardSwish"
+
+    def f(self, x):
+        return x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), np.float32(0), np.float32(1))
+
+    def derivative(self, x, y):
+        return np.where(x <= -3, np.float32(0),
+                        np.where(x >= 3, np.float32(1), x * np.float32(1 / 3) + np.float32(0.5)))
+
+
+class Gate(Layer):
+    """y = x * g, the second bottom broadcast over the first (each axis of g equal to x's or 1):
+    a multiplicative gate such as squeeze-and-excitation's x (C, H, W) * g (C, 1, 1) (ONNX Mul
+    of two tensors with broadcasting).
+
+    Relevance: LRP rules treat the gate as a constant weight of the gated input, so all relevance
+    goes to x unchanged and none to g (R_x = R, R_g = 0; the "signal-take-all" treatment of
+    multiplicative gates in LRP for LSTMs, Arras et al. 2017). For a fixed g, y = g * x is a
+    diagonal linear map without bias, whose z-rule returns R itself; g only says how strongly
+    x passes, and the evidence is what passes. Conservation therefore holds through the gate.
+    Gradient-like rules take the exact gradient: R_x = R * g, R_g = sum over the broadcast axes
+    of R * x."""
+
+    type = "Gate"
+    n_bottoms = (2, 2)
+
+    def setup(self, in_shapes):
+        x, g = in_shapes
+        if len(g) != len(x) or any(b not in (a, 1) for a, b in zip(x, g)):
+            raise ValueError(f"the gate's shape {g} does not broadcast to the input's {x}")
+        self.axes = tuple(i + 1 for i, (a, b) in enumerate(zip(x, g)) if a != b)
+        return [x]
+
+    def forward(self, xs):
+        x, g = xs
+        if not isinstance(x, np.ndarray):
+            raise NotImplementedError(f"layer '{self.name}' ({self.type}) is not supported on "
+                                      f"CUDA yet; load the net with device='cpu'")
+        return [(x * g).astype(np.float32, copy=False)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R = Rs[0]
+        if not ctx.gradient_like:
+            return [R, None]
+        x, g = xs
+        return [(R * g).astype(np.float32, copy=False),
+                (R * x).sum(axis=self.axes, keepdims=True, dtype=np.float64).astype(np.float32)]
+
+    def describe(self):
+        return "x * gate"
+
+
 class Dropout(_PassThrough):
     type = "Dropout"
 
@@ -874,7 +957,7 @@ def _contiguous(a):
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
     Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power, Clip,
-    PReLU)}
+    PReLU, HardSigmoid, HardSwish, Gate)}
 
 
 def supported_types() -> list[str]:

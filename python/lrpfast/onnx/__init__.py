@@ -43,6 +43,44 @@ def load(src):
         raise ValueError(f"{source_name(src)}: not a readable ONNX model ({e})") from None
 
 
+def with_input_shape(model, input_shape, source: str = "<onnx model>"):
+    """A copy of ``model`` whose graph input has the per-sample shape ``input_shape`` (e.g.
+    (3, 48, 192) for an input (N, 3, H, W) with dynamic H and W); the batch axis stays free.
+    ``input_shape``: a tuple for a one-input graph, or {input name: tuple}. A dimension the
+    model fixes must be given with the same value (ValueError naming the input otherwise)."""
+    import onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    if not isinstance(input_shape, dict):
+        if len(inputs) != 1:
+            raise ValueError(f"{source}: the graph has inputs {[vi.name for vi in inputs]}; "
+                             f"give input_shape as {{name: shape}}")
+        input_shape = {inputs[0].name: input_shape}
+    unknown = set(input_shape) - {vi.name for vi in inputs}
+    if unknown:
+        raise ValueError(f"{source}: input_shape names {sorted(unknown)}, not inputs of the "
+                         f"graph (its inputs: {[vi.name for vi in inputs]})")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        if vi.name not in input_shape:
+            continue
+        shape = [int(d) for d in input_shape[vi.name]]
+        dims = vi.type.tensor_type.shape.dim
+        if len(shape) != len(dims) - 1 or any(d <= 0 for d in shape):
+            raise ValueError(f"{source}: input '{vi.name}' has rank {len(dims)}: input_shape "
+                             f"must give its {len(dims) - 1} positive dimensions after the "
+                             f"batch axis, got {tuple(shape)}")
+        for i, (d, v) in enumerate(zip(list(dims)[1:], shape), 1):
+            if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v:
+                raise ValueError(f"{source}: input '{vi.name}' fixes dimension {i} to "
+                                 f"{d.dim_value}; input_shape gives {v}")
+            d.Clear()
+            d.dim_value = v
+    return m
+
+
 def read_onnx(src, weights=None):
     """(NetDef, {layer name: [float32 arrays]}) for ``Net`` from an ONNX model (see ``load``)."""
     if weights is not None:
@@ -98,4 +136,4 @@ def source_name(src) -> str:
 
 
 __all__ = ["INSTALL_HINT", "export_torch", "finish", "is_onnx", "load", "read_onnx",
-           "source_name"]
+           "source_name", "with_input_shape"]

@@ -91,7 +91,8 @@ class _Converter:
         self.layers: list[LayerDef] = []
         self.weights: dict[str, list] = {}
         self.names: set[str] = set()
-        self.merged: set[int] = set()           # indices of the Add nodes merged into a MatMul
+        self.merged: set[int] = set()           # indices of nodes merged into an earlier layer
+        self.outputs = {o.name for o in self.graph.output}
 
     # -------------------------------------------------------------- driver
     def run(self):
@@ -104,8 +105,11 @@ class _Converter:
             dims = [d.dim_value if d.HasField("dim_value") else None
                     for d in vi.type.tensor_type.shape.dim]
             if len(dims) < 2 or any(d is None or d <= 0 for d in dims[1:]):
-                raise OnnxImportError(f"{self.source}: input '{vi.name}' needs a fixed shape "
-                                      f"after the batch axis, got {dims}")
+                shown = [d if d is not None and d > 0 else "?" for d in dims]
+                raise OnnxImportError(
+                    f"{self.source}: input '{vi.name}' needs a fixed shape after the batch axis, "
+                    f"got {shown} ('?': dynamic); give it with Net.from_onnx(model, "
+                    f"input_shape={tuple(shown[1:])} with each '?' replaced by its size)")
             inputs.append((vi.name, (1,) + tuple(dims[1:])))
             self.shape[vi.name] = tuple(dims[1:])
         if not inputs:
@@ -114,6 +118,11 @@ class _Converter:
         for k, node in enumerate(self.graph.node):
             for i in node.input:
                 self.consumers.setdefault(i, []).append((k, node))
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                # first, so that a peephole (hardswish_from_add) sees the constants of later nodes
+                self.node_name = node.name or f"Constant_{k}"
+                self.fold(node)
+                self.merged.add(k)
         for k, node in enumerate(self.graph.node):
             if k in self.merged:
                 continue
@@ -154,6 +163,20 @@ class _Converter:
         if name not in self.shape:
             raise self.error(node, f"input '{name}' is not produced by an earlier node")
         return name
+
+    def only_reader(self, tensor, *op_types):
+        """(index, node) of the one node that reads ``tensor`` when its op type is one of
+        ``op_types`` and the tensor is no graph output (so a peephole may merge it); else None."""
+        readers = self.consumers.get(tensor, [])
+        if len({k for k, _ in readers}) != 1 or readers[0][1].op_type not in op_types \
+                or tensor in self.outputs:
+            return None
+        return readers[0]
+
+    def scalar(self, name):
+        """The value of a one-element constant tensor, or None."""
+        v = self.const.get(name)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
 
     def emit(self, node, ltype, bottoms, tops=None, blobs=None, **params):
         """Append a layer of ``ltype`` with ``<field>_param`` values ``params``; returns it.
@@ -319,10 +342,9 @@ class _Converter:
         if w.ndim != 2:
             raise self.error(node, f"the constant operand must be 2-D, got shape {w.shape}")
         top, bias = node.output[0], None
-        readers = self.consumers.get(top, [])
-        if len(readers) == 1 and readers[0][1].op_type == "Add" \
-                and top not in {o.name for o in self.graph.output}:
-            k, add = readers[0]
+        reader = self.only_reader(top, "Add")
+        if reader is not None:
+            k, add = reader
             other = [i for i in add.input if i != top]
             if len(other) == 1 and other[0] in self.const \
                     and self.const[other[0]].size == w.shape[1]:
@@ -376,6 +398,10 @@ class _Converter:
         c0, c1 = self.is_const(x0), self.is_const(x1)
         if not c0 and not c1:
             s0, s1 = self.shape[self.src(node, x0)], self.shape[self.src(node, x1)]
+            if op == "Mul" and s0 != s1 and len(s0) == len(s1):   # x * gate, gate broadcast
+                x, g = (x0, x1) if all(b in (a, 1) for a, b in zip(s0, s1)) else (x1, x0)
+                self.emit(node, "Gate", [x, g])
+                return
             if s0 != s1:
                 raise self.error(node, f"operands of shapes {s0} and {s1}: broadcasting between "
                                  f"two tensors is not supported")
@@ -387,6 +413,9 @@ class _Converter:
             return
         x, k = (x1, self.const[x0]) if c0 else (x0, self.const[x1])
         x = self.src(node, x)
+        if op == "Add" and k.size == 1 and float(k.reshape(-1)[0]) == 3.0 \
+                and self.hardswish_from_add(node, x):
+            return
         k = self.channel_vector(node, k.astype(np.float64), self.shape[x])
         if op == "Add":
             self.affine(node, x, 1.0, k)
@@ -425,19 +454,63 @@ class _Converter:
         self.emit(node, "PReLU", [x], blobs=[k.reshape(-1)],
                   prelu_param=dict(channel_shared=shared))
 
-    def op_Clip(self, node, a):
-        x = self.src(node, node.input[0])
+    def clip_bounds(self, node, a):
+        """(min, max) of a Clip node (None where unbounded): attributes before opset 11,
+        constant inputs after."""
         lo, hi = a.get("min"), a.get("max")
         if len(node.input) > 1 and node.input[1]:
             lo = float(self.cval(node, node.input[1], "min"))
         if len(node.input) > 2 and node.input[2]:
             hi = float(self.cval(node, node.input[2], "max"))
+        return lo, hi
+
+    def op_Clip(self, node, a):
+        x = self.src(node, node.input[0])
+        lo, hi = self.clip_bounds(node, a)
         p = {}
         if lo is not None:
             p["min"] = float(lo)
         if hi is not None:
             p["max"] = float(hi)
         self.emit(node, "Clip", [x], clip_param=p)
+
+    def op_HardSigmoid(self, node, a):
+        x = self.src(node, node.input[0])
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        mul = self.only_reader(node.output[0], "Mul")
+        if mul is not None and np.float32(alpha) == np.float32(1 / 6) and beta == 0.5 \
+                and sorted(mul[1].input) == sorted([x, node.output[0]]):
+            # x * HardSigmoid(x): PyTorch's Hardswish before opset 14
+            self.merged.add(mul[0])
+            self.emit(node, "HardSwish", [x], tops=[mul[1].output[0]])
+            return
+        self.emit(node, "HardSigmoid", [x],
+                  power_param=dict(power=1.0, scale=alpha, shift=beta))
+
+    def op_HardSwish(self, node, a):
+        self.emit(node, "HardSwish", [self.src(node, node.input[0])])
+
+    def hardswish_from_add(self, node, x):
+        """x + 3 -> Clip(0, 6) -> Mul by x -> Div by 6 (or Mul by 1/6), the HardSwish of
+        PaddlePaddle's and tf2onnx's exports, becomes one HardSwish layer named after the Add
+        whose top is the last node's output; False (nothing emitted) when the chain differs."""
+        clip = self.only_reader(node.output[0], "Clip")
+        if clip is None or any(i not in self.const for i in clip[1].input[1:] if i) \
+                or self.clip_bounds(clip[1], self.attrs(clip[1])) != (0.0, 6.0):
+            return False
+        mul = self.only_reader(clip[1].output[0], "Mul")
+        if mul is None or sorted(mul[1].input) != sorted([x, clip[1].output[0]]):
+            return False
+        last = self.only_reader(mul[1].output[0], "Div", "Mul")
+        if last is None:
+            return False
+        k = [i for i in last[1].input if i != mul[1].output[0]]
+        v = self.scalar(k[0]) if len(k) == 1 else None
+        if v is None or np.float32(v if last[1].op_type == "Div" else 1 / v) != np.float32(6):
+            return False
+        self.merged.update((clip[0], mul[0], last[0]))
+        self.emit(node, "HardSwish", [x], tops=[last[1].output[0]])
+        return True
 
     def op_Sigmoid(self, node, a):
         self.emit(node, "Sigmoid", [self.src(node, node.input[0])])
