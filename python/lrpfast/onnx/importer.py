@@ -399,8 +399,12 @@ class _Converter:
         if not c0 and not c1:
             s0, s1 = self.shape[self.src(node, x0)], self.shape[self.src(node, x1)]
             if op == "Mul" and s0 != s1 and len(s0) == len(s1):   # x * gate, gate broadcast
-                x, g = (x0, x1) if all(b in (a, 1) for a, b in zip(s0, s1)) else (x1, x0)
-                self.emit(node, "Gate", [x, g])
+                def fits(g, x):
+                    return all(b in (a, 1) for a, b in zip(self.shape[x], self.shape[g]))
+                if not fits(x1, x0) and not fits(x0, x1):
+                    raise self.error(node, f"operands of shapes {s0} and {s1}: neither "
+                                     f"broadcasts to the other (a gate must)")
+                self.emit(node, "Gate", [x0, x1] if fits(x1, x0) else [x1, x0])
                 return
             if s0 != s1:
                 raise self.error(node, f"operands of shapes {s0} and {s1}: broadcasting between "
