@@ -77,6 +77,9 @@ class Composite:
             if rule is None:
                 raise ValueError(f"Composite {self.name}: no rule for layer '{layer.name}' "
                                  f"({layer.type}); give a default or a by_type entry")
+            affine = getattr(layer, "input_affine", None)   # see lrpfast.onnx.importer
+            if affine is not None and isinstance(rule, R.ZBox):
+                rule = rule.through_affine(*affine)   # bounds are given for the net's input
             out[layer.name] = rule
         return out
 

@@ -65,14 +65,25 @@ def convert(model, source: str):
 def mark_input_normalisation(net) -> None:
     """Scale layers that read the net input (a chain of them: constant normalisation such as
     (x - mean) / std) pass relevance unchanged: the relevance of a normalised pixel is that of
-    the raw pixel. They then take no rule (describe_rules says 'input normalisation')."""
-    marked = set(net.inputs)
+    the raw pixel. They then take no rule (describe_rules says 'input normalisation').
+
+    A rule layer reading the normalised tensor gets ``input_affine`` = (a, c), per channel, the
+    whole chain's map x -> a * x + c: a z^B (ZBox) rule on it takes its bounds in the units
+    of the net's input (e.g. low=0, high=1 for pixels in [0, 1]) and maps them through (a, c),
+    so that it sees the bounds of what it reads (lrpfast.composites.Composite.assign)."""
+    affine = {name: (1.0, 0.0) for name in net.inputs}   # tensor -> its (a, c) from the input
     for layer in net.layers:
-        if layer.type == "Scale" and layer.bottoms[0] in marked \
-                and getattr(layer, "folded_into", None) is None:
+        src = affine.get(layer.bottoms[0]) if layer.bottoms else None
+        if src is None:
+            continue
+        if layer.type == "Scale" and getattr(layer, "folded_into", None) is None:
             layer.input_normalisation = True
             layer.takes_rule = False
-            marked.add(layer.tops[0])
+            a, c = (v.astype(np.float64) for v in layer.affine())
+            affine[layer.tops[0]] = (a * src[0], a * src[1] + c)
+        elif layer.takes_rule and layer.bottoms[0] not in net.inputs:
+            C = layer.in_shapes[0][0]
+            layer.input_affine = tuple(np.broadcast_to(v, (C,)).copy() for v in src)
 
 
 class _Converter:
