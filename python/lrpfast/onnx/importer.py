@@ -17,11 +17,18 @@ BatchNormalization (inference),        Scale               folded into the Conv 
 Add/Sub/Mul/Div with a per-channel                         it (canonisation, as zennit's
 or scalar constant                                         SequentialMergeBatchNorm); input
                                                            normalisation (right after the
-                                                           input) passes relevance unchanged;
-                                                           elsewhere a diagonal linear layer
-                                                           under the rule
+                                                           input) passes relevance unchanged
+                                                           (z^B bounds: see below); elsewhere
+                                                           a diagonal linear layer under the
+                                                           rule
 Relu, LeakyRelu, PRelu, Clip (ReLU6)   ReLU, PReLU, Clip   passed unchanged (like ReLU)
-Sigmoid, Tanh                          Sigmoid, TanH       passed unchanged
+HardSwish; x * HardSigmoid(x);         HardSwish           passed unchanged (like ReLU)
+x * Clip(x + 3, 0, 6) / 6
+Sigmoid, Tanh, HardSigmoid             Sigmoid, TanH,      passed unchanged
+                                       HardSigmoid
+Mul of a tensor by a broadcast one     Gate                all to the gated tensor, none to
+(squeeze-and-excitation gate,                              the gate: the gate counts as a
+x (C, H, W) * g (C, 1, 1))                                 constant weight (see layers.Gate)
 Softmax                                Softmax             relevance starts below it
 MaxPool, GlobalMaxPool                 Pooling max         winner-take-all (or as average)
 AveragePool, GlobalAveragePool         Pooling ave         proportional z-rule, composite eps
@@ -38,7 +45,18 @@ Constant, Shape, Gather, Cast, ...     (none)              folded to constants a
 
 Conventions: ONNX AveragePool with count_include_pad=0 and padding is refused (lrpfast's
 average pooling counts padded cells, as Caffe and PyTorch's default do); asymmetric padding is
-refused; Pooling uses ceil_mode as given (Caffe's CEIL / FLOOR rounding).
+refused; Pooling uses ceil_mode as given (Caffe's CEIL / FLOOR rounding). An input with
+dynamic dimensions after the batch axis needs ``Net.from_onnx(model, input_shape=...)``.
+
+Constant input normalisation ((x - mean) / std by Sub / Div / Mul / Add nodes right after the
+input) is kept as its own layers and passes relevance unchanged, so the map is that of the raw
+input; it is not folded into the first convolution, because with zero padding that fold is not
+exact at the borders (a padded zero of the normalised input is the raw value ``mean``, not 0)
+and it would change the first layer's rule (w^2 and flat see the weights, which the fold
+rescales by 1 / std). The first layer's rule therefore sees the normalised input, as zennit's
+rules do when the normalisation is applied outside the model; the z^B rule's bounds are given
+in the units of the net's input (e.g. 0 and 1 for pixels in [0, 1]) and mapped through the
+normalisation to the bounds of the normalised input ((0 - mean) / std, (1 - mean) / std).
 """
 from __future__ import annotations
 
