@@ -437,6 +437,125 @@ def test_input_shape_for_dynamic_height_and_width():
             lrpfast.Net.from_onnx(model, input_shape=bad)
 
 
+# --------------------------------------------------------------------------- ConvTranspose
+def _conv_transpose_model(rng, **attrs):
+    """ConvTranspose (4 -> 6 channels, 3x3, with bias; ``attrs``) -> BatchNormalization ->
+    Relu -> GlobalAveragePool -> Flatten -> Gemm, input (4, 5, 5)."""
+    g = attrs.get("group", 1)
+    w = dict(W=(rng.standard_normal((4, 6 // g, 3, 3)) * 0.5).astype(np.float32),
+             B=(rng.standard_normal(6) * 0.3).astype(np.float32),
+             s=(rng.random(6) + 0.5).astype(np.float32), b=(rng.standard_normal(6) * 0.3).astype(np.float32),
+             m=(rng.standard_normal(6) * 0.3).astype(np.float32), v=(rng.random(6) + 0.5).astype(np.float32),
+             W2=rng.standard_normal((5, 6)).astype(np.float32))
+    N = helper.make_node
+    nodes = [N("ConvTranspose", ["x", "W", "B"], ["c"], name="deconv", kernel_shape=[3, 3], **attrs),
+             N("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn", epsilon=1e-5),
+             N("Relu", ["n"], ["r"], name="relu"),
+             N("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             N("Flatten", ["p"], ["f"], name="flatten"),
+             N("Gemm", ["f", "W2"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(
+        nodes, "deconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        [_const(k, v) for k, v in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+def _transposed_conv_matrix(W, in_shape, out_shape, stride, pad, dilation, group):
+    """The explicit (O*Ho*Wo, C*H*W) matrix of a transposed convolution, float64, from its
+    definition: input pixel (c, i, j) adds W[c, o', ky, kx] to output pixel
+    (g * O/group + o', i * s - p + ky * d, j * s - p + kx * d) of its group g."""
+    C, H, Wd = in_shape
+    O, Ho, Wo = out_shape
+    Og = O // group
+    M = np.zeros((O, Ho, Wo, C, H, Wd))
+    for c in range(C):
+        gi = c // (C // group)
+        for oo in range(Og):
+            for ky in range(W.shape[2]):
+                for kx in range(W.shape[3]):
+                    for i in range(H):
+                        y = i * stride[0] - pad[0] + ky * dilation[0]
+                        for j in range(Wd):
+                            x = j * stride[1] - pad[1] + kx * dilation[1]
+                            if 0 <= y < Ho and 0 <= x < Wo:
+                                M[gi * Og + oo, y, x, c, i, j] += W[c, oo, ky, kx]
+    return M.reshape(O * Ho * Wo, C * H * Wd)
+
+
+CONV_T = {"s2p1": dict(strides=[2, 2], pads=[1, 1, 1, 1]),
+          "s21_d12_g2": dict(strides=[2, 1], pads=[0, 1, 0, 1], dilations=[1, 2], group=2),
+          "s3_output_shape": dict(strides=[3, 3], output_shape=[13, 13])}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_T))
+@pytest.mark.parametrize("rule", ["epsilon", "alpha2beta1", "flat"])
+def test_conv_transpose_forward_and_relevance_match_float64_reference(case, rule):
+    """ConvTranspose (strides, pads, dilations, group, output_shape) with BatchNormalization
+    folded into it: forward vs onnxruntime at every tensor; relevance at the input vs the rule
+    applied to the transposed convolution's explicit matrix (float64, BatchNorm folded into
+    its rows), the same rule a convolution gets in every composite."""
+    import reference as ref
+    from lrpfast import rules as R
+
+    rng = np.random.default_rng(16)
+    attrs = CONV_T[case]
+    model, w = _conv_transpose_model(rng, **attrs)
+    net = lrpfast.Net.from_onnx(model)
+    dc = net.layer("deconv")
+    assert dc.type == "Deconvolution" and net.layer("bn").folded_into == "deconv"
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
+    check_forward(model, x, net)
+    M = _transposed_conv_matrix(w["W"].astype(np.float64), (4, 5, 5), net.shapes["c"],
+                                dc.stride, dc.pad, dc.dilation, attrs.get("group", 1))
+    a = w["s"] / np.sqrt(w["v"].astype(np.float64) + 1e-5)      # BatchNorm folded
+    HW = int(np.prod(net.shapes["c"][1:]))
+    Mf, bf = M * np.repeat(a, HW)[:, None], np.repeat(a * (w["B"] - w["m"]) + w["b"], HW)
+    x64 = x.astype(np.float64).reshape(3, -1)
+    n = (x64 @ Mf.T + bf).reshape((3,) + net.shapes["c"])
+    r = np.maximum(n, 0)
+    p = r.mean(axis=(2, 3), keepdims=True)
+    R_top = rng.standard_normal((3, 5)).astype(np.float32)
+    eps = ref.epsilon(0.01)   # the Gemm's rule and the pooling's stabiliser
+    Rp = ref.ip_relevance(p, w["W2"], None, R_top, eps).reshape(p.shape)
+    Rr = ref.pool_relevance(r, Rp, "AVE", "epsilon", global_pooling=True, eps=0.01)
+    if rule == "flat":   # every connected input alike: R_i = sum_j [M_ji != 0] R_j / n_j
+        P = (Mf != 0).astype(np.float64)
+        want = (Rr.reshape(3, -1) / P.sum(axis=1)) @ P
+        eng = lrpfast.Composite(default=R.Epsilon(0.01), by_type={"Convolution": R.Flat()},
+                                eps=0.01)
+    else:
+        rr = ref.epsilon(0.01) if rule == "epsilon" else ref.alphabeta(2.0, 1.0)
+        want = ref.linear_rule(x64, Mf, bf, Rr.reshape(3, -1), rr)
+        eng = lrpfast.Composite(default=R.Epsilon(0.01), by_type={
+            "Convolution": R.Epsilon(0.01) if rule == "epsilon" else R.AlphaBeta(2.0, 1.0)},
+            eps=0.01)
+    assert repr(eng.assign(net.layers)["deconv"]) == repr(eng.by_type["Convolution"])
+    got = net.propagate(x, R_top, top="fc", rules=eng)
+    assert _rel(got, want.reshape(x.shape)) <= REL_RTOL
+
+
+def test_conv_transpose_from_torch():
+    """torch's ConvTranspose2d (groups, dilation, stride, padding) exported and imported:
+    forward equal to onnxruntime and torch; output_padding is refused by name."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, groups=2, dilation=2),
+                          nn.ReLU(), nn.ConvTranspose2d(6, 4, 2, stride=2)).eval()
+    x = np.random.default_rng(17).standard_normal((2, 3, 12, 12), dtype=np.float32)
+    proto = onnx.load_from_string(lrpfast.onnx.export_torch(model, torch.from_numpy(x)))
+    net, _ = check_forward(proto, x)
+    assert [layer.type for layer in net.layers].count("Deconvolution") == 2
+    with torch.no_grad():
+        assert _rel(net.forward(x), model(torch.from_numpy(x)).numpy()) <= FWD_RTOL
+    model[4] = nn.ConvTranspose2d(6, 4, 3, stride=2, output_padding=1)
+    with pytest.raises(OnnxImportError, match="output_padding"):
+        lrpfast.Net.from_torch(model, torch.from_numpy(x))
+
+
 # --------------------------------------------------------------------------- model zoo graphs
 @pytest.mark.parametrize("name", ["bvlc_alexnet", "squeezenet", "zfnet512",
                                   *(pytest.param(n, marks=pytest.mark.slow)
@@ -489,8 +608,12 @@ def test_unsupported_operator_error_names_node_op_opset_and_list():
     ([helper.make_node("Flatten", ["x"], ["y"], name="f", axis=2)], [], "batch axis"),
     ([helper.make_node("Transpose", ["x"], ["t"], name="t", perm=[0, 2, 1, 3]),
       helper.make_node("Mul", ["x", "t"], ["y"], name="m2")], [], "neither broadcasts"),
-    ([helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="ct")],
-     [_const("W", np.ones((3, 2, 3, 3), np.float32))], "unsupported operator ConvTranspose"),
+    ([helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="ct", strides=[2, 2],
+                       output_padding=[1, 1])],
+     [_const("W", np.ones((3, 2, 3, 3), np.float32))], "output_padding"),
+    ([helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="ct", strides=[2, 2],
+                       auto_pad="SAME_UPPER")],
+     [_const("W", np.ones((3, 2, 3, 3), np.float32))], "symmetrically"),
 ])
 def test_refused_constructs_are_clear(nodes, inits, what):
     with pytest.raises(OnnxImportError, match=what):

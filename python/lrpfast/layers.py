@@ -210,8 +210,14 @@ class Convolution(_RuleLayer):
     type = "Convolution"
 
     def setup(self, in_shapes):
+        s = self._read_params(in_shapes[0])
+        Ho = _core.conv_out_size(s[1], self.kernel[0], self.stride[0], self.pad[0], self.dilation[0])
+        Wo = _core.conv_out_size(s[2], self.kernel[1], self.stride[1], self.pad[1], self.dilation[1])
+        return [(self.num_output, Ho, Wo)]
+
+    def _read_params(self, s):
+        """convolution_param, checked against the per-sample input shape s; returns s."""
         p = self.param.convolution_param
-        s = in_shapes[0]
         if len(s) != 3:
             raise ValueError(f"needs a (C, H, W) input, got per-sample shape {s}")
         if p.HasField("axis") and p.axis != 1:
@@ -232,9 +238,7 @@ class Convolution(_RuleLayer):
         if C % self.group or self.num_output % self.group:
             raise ValueError(f"group {self.group} must divide input channels {C} and "
                              f"num_output {self.num_output}")
-        Ho = _core.conv_out_size(s[1], self.kernel[0], self.stride[0], self.pad[0], self.dilation[0])
-        Wo = _core.conv_out_size(s[2], self.kernel[1], self.stride[1], self.pad[1], self.dilation[1])
-        return [(self.num_output, Ho, Wo)]
+        return s
 
     def expected_weights(self):
         w = (self.num_output, self.in_shapes[0][0] // self.group) + self.kernel
@@ -255,6 +259,40 @@ class Convolution(_RuleLayer):
     def describe(self):
         return (f"k{self.kernel} s{self.stride} p{self.pad} d{self.dilation} g{self.group} "
                 f"-> {self.num_output}")
+
+
+class Deconvolution(Convolution):
+    """Caffe's Deconvolution (ONNX ConvTranspose): the transposed convolution, output size
+    (H - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1; weights (C, num_output / group,
+    kh, kw). Rules treat it as the linear map it is (ops.TransposedConvOp); the composites give
+    it the Convolution rule."""
+
+    type = "Deconvolution"
+    rule_type = "Convolution"
+
+    def setup(self, in_shapes):
+        s = self._read_params(in_shapes[0])
+        out = [(s[1 + i] - 1) * self.stride[i] - 2 * self.pad[i]
+               + self.dilation[i] * (self.kernel[i] - 1) + 1 for i in range(2)]
+        return [(self.num_output, out[0], out[1])]
+
+    def expected_weights(self):
+        w = (self.in_shapes[0][0], self.num_output // self.group) + self.kernel
+        return [w, (self.num_output,)] if self.bias_term else [w]
+
+    def _make_op(self, w, b):
+        return ops.TransposedConvOp(w, b, self.in_shapes[0], self.out_shapes[0], self.stride,
+                                    self.pad, self.dilation, self.group)
+
+    def fold(self, a, c):
+        """A following per-output-channel map y -> a*y + c: output channel o of group g is
+        w[g's inputs, o - g * O/group]."""
+        op, g = self.rel_op, self.group
+        C, Og = op.w.shape[:2]
+        w = (op.w.reshape((g, C // g, Og) + op.w.shape[2:])
+             * a.reshape(g, 1, Og, 1, 1)).reshape(op.w.shape)
+        b = (op.b if op.b is not None else np.zeros_like(a)) * a + c
+        self.rel_op = self._make_op(w, b)
 
 
 class InnerProduct(_RuleLayer):
@@ -957,7 +995,7 @@ def _contiguous(a):
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
     Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power, Clip,
-    PReLU, HardSigmoid, HardSwish, Gate)}
+    PReLU, HardSigmoid, HardSwish, Gate, Deconvolution)}
 
 
 def supported_types() -> list[str]:

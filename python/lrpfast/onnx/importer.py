@@ -11,6 +11,9 @@ ONNX operator                          lrpfast layer       relevance
 Conv (pads, strides, dilations,        Convolution         rule (e.g. flat / z^B first, then
 group, auto_pad; a zero Pad before                         alpha-beta or gamma, per composite)
 it is folded into its pads)
+ConvTranspose (pads, strides,          Deconvolution       the Convolution rule, on the
+dilations, group, auto_pad,                                transposed convolution's own
+output_shape; no output_padding)                           linear map
 Gemm (alpha, beta, transB), MatMul     InnerProduct        rule (epsilon in the CMP composites)
 (+ the Add of its bias)
 BatchNormalization (inference),        Scale               folded into the Conv / Gemm before
@@ -329,6 +332,48 @@ class _Converter:
                   convolution_param=dict(num_output=int(w.shape[0]), bias_term=b is not None,
                                          pad=pads, kernel_size=list(kernel), stride=list(stride),
                                          dilation=list(dil), group=int(a.get("group", 1))))
+
+    def op_ConvTranspose(self, node, a):
+        x = self.src(node, node.input[0])
+        w = self.cval(node, node.input[1], "the weight W")
+        if w.ndim != 4:
+            raise self.error(node, f"only 2-D transposed convolutions are supported (W has "
+                             f"shape {w.shape})")
+        b = None
+        if len(node.input) > 2 and node.input[2]:
+            b = self.cval(node, node.input[2], "the bias B")
+        kernel = [int(k) for k in a.get("kernel_shape", list(w.shape[2:]))]
+        stride = [int(v) for v in a.get("strides", [1, 1])]
+        dil = [int(v) for v in a.get("dilations", [1, 1])]
+        group = int(a.get("group", 1))
+        if any(a.get("output_padding", [0, 0])):
+            raise self.error(node, f"output_padding {list(a['output_padding'])} is not supported "
+                             f"(lrpfast's Deconvolution, as Caffe's, crops both ends alike)")
+        H = self.shape[x][1:]
+        full = [(H[i] - 1) * stride[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(2)]
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if "output_shape" in a:
+            want = [int(v) for v in a["output_shape"]][-2:]
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            want = [H[i] * stride[i] for i in range(2)]
+        else:
+            want = None
+        if want is not None:   # the total padding that gives this size, split evenly
+            total = [full[i] - want[i] for i in range(2)]
+            if any(t < 0 or t % 2 for t in total):
+                raise self.error(node, f"output size {want} needs the padding {total} split "
+                                 f"unevenly or negative; lrpfast pads symmetrically")
+            pads = [t // 2 for t in total]
+        elif auto == "VALID":
+            pads = [0, 0]
+        else:
+            pads = self.pool_pads(node, a, self.shape[x], kernel, stride, dil)
+        self.emit(node, "Deconvolution", [x], blobs=[w] + ([b] if b is not None else []),
+                  convolution_param=dict(num_output=int(w.shape[1]) * group,
+                                         bias_term=b is not None, pad=pads,
+                                         kernel_size=kernel, stride=stride, dilation=dil,
+                                         group=group))
 
     def pool_pads(self, node, a, shape, kernel, stride, dil=(1, 1)):
         """Symmetric (pad_h, pad_w) from pads / auto_pad; asymmetric padding is refused."""
