@@ -606,6 +606,10 @@ def test_unsupported_operator_error_names_node_op_opset_and_list():
     ([helper.make_node("Reshape", ["x", "s"], ["y"], name="r")],
      [_const("s", np.array([3, -1], np.int64))], "batch axis"),
     ([helper.make_node("Flatten", ["x"], ["y"], name="f", axis=2)], [], "batch axis"),
+    ([helper.make_node("Constant", [], ["k"], name="cst", sparse_value=helper.make_sparse_tensor(
+        helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+        helper.make_tensor("i", TensorProto.INT64, [1], [0]), [3])),
+      helper.make_node("Add", ["x", "k"], ["y"], name="add")], [], "no dense value"),
     ([helper.make_node("Transpose", ["x"], ["t"], name="t", perm=[0, 2, 1, 3]),
       helper.make_node("Mul", ["x", "t"], ["y"], name="m2")], [], "neither broadcasts"),
     ([helper.make_node("ConvTranspose", ["x", "W"], ["y"], name="ct", strides=[2, 2],

@@ -152,24 +152,26 @@ class _Converter:
                 self.consumers.setdefault(i, []).append((k, node))
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 # first, so that a peephole (hardswish_from_add) sees the constants of later nodes
-                self.node_name = node.name or f"Constant_{k}"
-                self.fold(node)
+                self.guarded(k, node, self.fold)
                 self.merged.add(k)
         for k, node in enumerate(self.graph.node):
-            if k in self.merged:
-                continue
-            self.node_name = node.name or f"{node.op_type}_{k}"
-            try:
-                self.convert_node(node)
-            except (OnnxImportError, LayerError):
-                raise
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                raise self.error(node, str(e)) from None
+            if k not in self.merged:
+                self.guarded(k, node, self.convert_node)
         for o in self.graph.output:
             if o.name in self.pads or (o.name in self.const and o.name not in self.shape):
                 raise OnnxImportError(f"{self.source}: output '{o.name}' is a constant or a Pad")
         name = self.graph.name or "onnx"
         return NetDef(name=name, inputs=inputs, layers=self.layers), self.weights
+
+    def guarded(self, k, node, convert):
+        """convert(node) with any error naming the node, its op type and the opset."""
+        self.node_name = node.name or f"{node.op_type}_{k}"
+        try:
+            convert(node)
+        except (OnnxImportError, LayerError):
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, StopIteration) as e:
+            raise self.error(node, str(e) or type(e).__name__) from None
 
     def error(self, node, msg):
         return OnnxImportError(f"{self.source}: node '{self.node_name}' ({node.op_type}, opset "
@@ -268,8 +270,11 @@ class _Converter:
             if "value" in a:
                 out = self.nh.to_array(a["value"])
             else:
-                key = next(k for k in a if k.startswith("value_"))
-                out = np.asarray(a[key])
+                keys = [k for k in a if k.startswith("value_")]
+                if not keys:
+                    raise self.error(node, f"a Constant with {sorted(a)} (no dense value) is "
+                                     f"not supported")
+                out = np.asarray(a[keys[0]])
         elif op == "Identity" or op == "Dropout":
             out = ins[0]
         elif op == "Cast":
