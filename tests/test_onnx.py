@@ -594,6 +594,20 @@ def test_unsupported_operator_error_names_node_op_opset_and_list():
     assert "Conv" in SUPPORTED_OPS and "Erf" not in SUPPORTED_OPS
 
 
+@pytest.mark.parametrize("how", ["Net", "from_onnx", "from_onnx+input_shape"])
+def test_conversion_error_names_the_file(tmp_path, how):
+    path = tmp_path / "erf_model.onnx"
+    onnx.save(_tiny([helper.make_node("Erf", ["x"], ["y"], name="erf_1")]), str(path))
+    with pytest.raises(OnnxImportError) as e:
+        if how == "Net":
+            lrpfast.Net(str(path))
+        elif how == "from_onnx":
+            lrpfast.Net.from_onnx(path)
+        else:
+            lrpfast.Net.from_onnx(str(path), input_shape=(3, 8, 8))
+    assert str(path) in str(e.value) and "erf_1" in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("nodes,inits,what", [
     ([helper.make_node("Conv", ["x", "W"], ["y"], pads=[0, 0, 1, 1], name="c")],
      [_const("W", np.ones((2, 3, 3, 3), np.float32))], "asymmetric padding"),

@@ -179,12 +179,11 @@ class Net:
         operators and the rule each one gets. ``Net("model.onnx")`` does the same.
         ``input_shape``: the per-sample input shape, e.g. (3, 48, 192), for a model whose
         height / width are dynamic (a dict {input name: shape} for several inputs)."""
+        name = onnx_io.source_name(model)
         proto = onnx_io.load(model)
         if input_shape is not None:
-            proto = onnx_io.with_input_shape(proto, input_shape, onnx_io.source_name(model))
-        net = cls(proto, **kw)
-        net.source = onnx_io.source_name(model)
-        return net
+            proto = onnx_io.with_input_shape(proto, input_shape, name)
+        return cls(onnx_io.Named(proto, name), **kw)   # errors keep naming the file
 
     @classmethod
     def from_torch(cls, module, example_input, *, opset: int | None = None, **kw) -> "Net":

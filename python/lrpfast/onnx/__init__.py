@@ -14,9 +14,21 @@ from typing import Any
 INSTALL_HINT = 'ONNX support needs the onnx package: pip install "lrpfast[onnx]"'
 
 
+class Named:
+    """An ONNX source (path, bytes or ModelProto) with the name its errors should give, e.g. a
+    ModelProto that ``Net.from_onnx`` read from a file keeps naming that file."""
+
+    __slots__ = ("model", "name")
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+
 def is_onnx(src) -> bool:
     """True for what Net should read as ONNX: a path ending in .onnx, serialized bytes, or an
     ``onnx.ModelProto`` (checked by class name, so that onnx is not imported here)."""
+    if isinstance(src, Named):
+        return True
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src).lower().endswith(".onnx")
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -27,6 +39,8 @@ def is_onnx(src) -> bool:
 def load(src):
     """An ``onnx.ModelProto`` from a path, serialized bytes or a ModelProto; ImportError saying
     what to install when onnx is missing, ValueError naming the file when it does not parse."""
+    if isinstance(src, Named):
+        return load(src.model)
     try:
         import onnx
     except ImportError:
@@ -130,10 +144,12 @@ def export_torch(module, example_input, opset: int | None = None) -> bytes:
 
 def source_name(src) -> str:
     """The path of an ONNX source, or '<onnx model>' for bytes / a ModelProto."""
+    if isinstance(src, Named):
+        return src.name
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
     return "<onnx model>"
 
 
-__all__ = ["INSTALL_HINT", "export_torch", "finish", "is_onnx", "load", "read_onnx",
+__all__ = ["INSTALL_HINT", "Named", "export_torch", "finish", "is_onnx", "load", "read_onnx",
            "source_name", "with_input_shape"]
