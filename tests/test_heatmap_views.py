@@ -399,6 +399,22 @@ def test_blow_up_gives_one_warning_naming_the_layer():
         net.relevance(x, -1, "epsilon")            # a sound rule: no warning
 
 
+def test_blow_up_is_diagnosed_once_per_rules_and_top(monkeypatch):
+    """The diagnosis (a conservation pass) runs on the first call that blows up, not on every
+    call with the same rules and top: it would double the cost of each batch-1 call."""
+    net, x = _small_net(seeded_rng("cons", "blowup"))
+    comp = lrpfast.Composite(default=R.Epsilon(), by_name={"fc1": _Amplify()})
+    calls = []
+    real = net.conservation
+    monkeypatch.setattr(net, "conservation", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lrpfast.diagnostics.ConservationWarning)
+        R1 = net.relevance(x, -1, comp)
+        R2 = net.relevance(x, -1, comp)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(R1, R2)
+
+
 def test_res10_gamma_box_blow_up_is_located(res10_face):
     net, p, idx = res10_face
     m = np.asarray(RES10_MEAN, np.float32)

@@ -744,10 +744,16 @@ class Net:
     def _check_blowup(self, x, class_sets, rules, top, R, scores):
         """One ConservationWarning naming the layer (lrpfast.diagnostics) when an image's input
         relevance sums to more than BLOWUP times its score (or the RMS of its top outputs,
-        if larger) under an LRP (not gradient) rule."""
+        if larger) under an LRP (not gradient) rule. The diagnosis (a conservation pass of that
+        image) runs once per net, rules and top: a rule that blows up does so on every call,
+        and repeating the pass would double the cost of each batch-1 call."""
         from .diagnostics import BLOWUP
         comp = as_composite(rules)
         if getattr(_family_rule(comp.assign(self.layers, net=self)), "gradient_like", False):
+            return
+        key = (repr(comp), repr(top))
+        seen = self.__dict__.setdefault("_blowup_seen", set())
+        if key in seen:
             return
         K = len(class_sets)
         for j, (a, b, sc) in enumerate(scores):
@@ -759,6 +765,7 @@ class Net:
                 c = class_sets[k]
                 ci = c if isinstance(c, (int, np.integer)) else [list(c)[i]]
                 xi = {n: np.asarray(v)[i:i + 1] for n, v in self._check_input(x).items()}
+                seen.add(key)
                 self.conservation(xi, ci, rules, top=top)
                 return
 
