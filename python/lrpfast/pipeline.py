@@ -502,6 +502,25 @@ def _class_boxes(ann, tag: str, class_names) -> np.ndarray:
     return np.asarray([o["box"] for o in ann["objects"]], np.int64).reshape(-1, 4)
 
 
+def deliver(res: ChunkResult, on_image=None) -> List[Tuple[str, str]]:
+    """Call ``on_image(decoded, top_row, scores_row, {rule: (K, C, H, W)})`` for each computed
+    image of a chunk; returns ``[(label, message)]`` of the images that failed (to decode, in
+    the engine, or in ``on_image``), in order."""
+    ok = {i: j for j, i in enumerate(res.ok)}
+    errors = []
+    for i, d in enumerate(res.decoded):
+        label = d.item.path or d.item.name
+        j = ok.get(i)
+        if d.error or res.error:
+            errors.append((label, d.error or res.error))
+        elif on_image is not None:
+            try:
+                on_image(d, res.top[j], res.scores[j], {rn: R[:, j] for rn, R in res.rel.items()})
+            except Exception as e:   # noqa: BLE001 - this image fails, the others go on
+                errors.append((label, f"cannot write outputs: {_describe(e)}"))
+    return errors
+
+
 def chunk_relevance(plan: Plan, engine: Engine, res: ChunkResult) -> Dict[str, np.ndarray]:
     """{rule: (n, K, C, H, W)} in the store's dtype; failed images are zero."""
     a, b = plan.chunk(res.index)
@@ -758,26 +777,14 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
 
     def write(res: ChunkResult):
         rows = chunk_rows(plan, engine, res)
-        ok = {i: j for j, i in enumerate(res.ok)}
-        bad = set()
-        for i, d in enumerate(res.decoded):
-            label = d.item.path or d.item.name
-            j = ok.get(i)
-            if d.error or res.error:
-                on_error(label, d.error or res.error)
-                bad.add(i)
-            elif on_image is not None:
-                try:
-                    on_image(d, res.top[j], res.scores[j],
-                             {rn: R[:, j] for rn, R in res.rel.items()})
-                except Exception as e:   # noqa: BLE001 - this image fails, the others go on
-                    on_error(label, f"cannot write outputs: {_describe(e)}")
-                    bad.add(i)
+        errors = deliver(res, on_image)
+        for label, msg in errors:
+            on_error(label, msg)
         if store is not None:
             store.write_chunk(plan, res.index, chunk_relevance(plan, engine, res), rows)
         else:
             rows_now[res.index] = rows
-        stats["failed"] += len(bad)
+        stats["failed"] += len(errors)
         stats["computed"] += len(res.decoded)
         bar.step(len(res.decoded))
 
