@@ -53,7 +53,7 @@ def _shipped(plan: Plan, payload) -> Plan:
     if not payload:
         return plan
     import dataclasses
-    paths = []
+    paths: list = []
     for name, data in payload:
         if data is None:
             paths.append(None)
@@ -95,11 +95,17 @@ def _chunk_task(index: int, plan: Plan, payload=None, on_image=None, hook=None) 
     res = compute_chunk(engine, index, decoded)
     t2 = time.perf_counter()
     rows = chunk_rows(plan, engine, res)
-    Store(plan.out).write_chunk(plan, index, chunk_relevance(plan, engine, res), rows)
+    Store(plan.out or "").write_chunk(plan, index, chunk_relevance(plan, engine, res), rows)
     errors = deliver(res, on_image)
     return {"index": index, "images": b - a, "errors": errors, "pid": os.getpid(),
             "loads": LOADS[0], "decode_s": t1 - t0, "engine_s": t2 - t1,
             "seconds": time.perf_counter() - t0}
+
+
+def _preload(plan: Plan, payload=None) -> int:
+    """Load this worker's Net for ``plan`` now (``client.run``); returns the process id."""
+    worker_net(_shipped(plan, payload))
+    return os.getpid()
 
 
 def _input_shape(plan: Plan):
@@ -112,25 +118,39 @@ def _input_shape(plan: Plan):
 def run(client, model, images, *, out, weights=None, rules=None, classes=None, table=None,
         batch: int = 16, preprocessing=None, dtype: str = "float32", top=None, boxes=None,
         class_names=None, resume: bool = True, progress=None, threads: Optional[int] = None,
-        retries: int = 3, ship_model: bool = False, prefix=None, net_options=None,
-        on_image=None, on_error=None, _hook=None) -> RunResult:
-    """:func:`lrpfast.run` on a Dask cluster; the same arguments, plus:
-
-    client : a ``dask.distributed.Client``
-    out : the Zarr store (required: the workers write their chunks there); a path every worker
-        sees (a shared file system)
-    threads : engine threads per worker process (``lrpfast.set_num_threads``; None: lrpfast's
-        default, all the CPUs the process may use -- give ``nthreads`` / process count so that
-        the workers of one machine do not oversubscribe it)
-    retries : retries of a chunk whose task raised
-    on_image : as for :func:`lrpfast.run`, but called in the task on the worker (so it must
-        pickle, and write where the client can see it)
-    ship_model : send the model files to the workers (once per worker machine, into its
-        temporary folder) instead of reading them from the same path there
+        retries: int = 3, ship_model: bool = False, preload: bool = True, prefix=None,
+        net_options=None, on_image=None, on_error=None, _hook=None) -> RunResult:
+    """:func:`lrpfast.run` on a Dask cluster, with its arguments (see there) and these.
 
     The decoding runs inside each task; a worker with 2 threads runs two tasks at once (one
-    decodes while the other computes, on one shared Net). Returns :class:`RunResult`
-    (``engine_s``: the engine time summed over the tasks)."""
+    decodes while the other computes, on one shared Net).
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    out : str
+        The Zarr store (required: the workers write their chunks there), on a file system
+        every worker sees.
+    threads : int, optional
+        Engine threads per worker process (``lrpfast.set_num_threads``; None: lrpfast's default,
+        all the CPUs the process may use; give each process its share of the machine).
+    retries : int
+        Retries of a chunk whose task raised.
+    preload : bool
+        Load the Net on every worker before the first task (a worker that joins later loads it
+        with its first task).
+    ship_model : bool
+        Send the model files to the workers (written once per worker machine into its temporary
+        folder) instead of reading them from the same path there.
+    on_image : callable, optional
+        As for :func:`lrpfast.run`, but called in the task, on the worker: it must pickle, and
+        write where the client can see it.
+
+    Returns
+    -------
+    RunResult
+        ``engine_s`` is the engine time summed over the tasks.
+    """
     from dask.distributed import as_completed
     if out is None:
         raise ValueError("lrpfast.dask.run needs out= (a Zarr store every worker can write)")
@@ -142,7 +162,7 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
     shape = _input_shape(plan)
     store = Store.open(plan, shape, resume)
     todo = sorted(set(range(plan.n_chunks)) - store.done())
-    payload = None
+    payload: Optional[list] = None
     if ship_model:
         payload = []
         for p in (plan.model, plan.weights):
@@ -156,6 +176,8 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
                                                      file=sys.stderr))
     failed = computed = 0
     engine_s = 0.0
+    if todo and preload:
+        client.run(_preload, plan, payload)
     if todo:
         [plan_f] = client.scatter([plan], broadcast=True, hash=False)
         pay_f = None

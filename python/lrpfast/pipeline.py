@@ -186,11 +186,10 @@ class Preprocessing:
         if self.mode == "resize":
             need = (W, H)
         else:
-            base = self.size or (max(H, W) if self.mode == "pad" else None)
             if self.mode == "pad":
-                f = base / max(w0, h0)
+                f = (self.size or max(H, W)) / max(w0, h0)
             else:
-                f = max(H / h0, W / w0) if base is None else base / min(w0, h0)
+                f = max(H / h0, W / w0) if self.size is None else self.size / min(w0, h0)
             need = (math.ceil(w0 * f), math.ceil(h0 * f))
         im.draft("RGB", (2 * need[0], 2 * need[1]))
         im.load()
@@ -249,7 +248,8 @@ def collect_images(images, prefix: Optional[str] = None) -> List[_Item]:
                 add_path(os.fspath(im))
             else:
                 entries.append((im, -1, ""))
-    items, seen = [], {}
+    items: List[_Item] = []
+    seen: Dict[str, str] = {}
     for i, (src, cls, path) in enumerate(entries):
         name = os.path.splitext(os.path.basename(path))[0] if path else f"image_{i:06d}"
         if name in seen:
@@ -282,7 +282,7 @@ def _class_list(classes, listed: bool) -> List[Any]:
         return ["listed"] if listed else [-1]
     if isinstance(classes, (int, np.integer, str)):
         classes = [classes]
-    out = []
+    out: List[Any] = []
     for c in classes:
         if c == "listed":
             out.append("listed")
@@ -454,7 +454,7 @@ def compute_chunk(engine: Engine, index: int, decoded: List[_Decoded]) -> ChunkR
     ok = res.ok
     if not ok:
         return res
-    x = np.stack([decoded[i].pre.x for i in ok])
+    x = np.stack([decoded[i].pre.x for i in ok])   # type: ignore[union-attr]
     try:
         res.top, res.scores, res.rel = engine.compute(x, [decoded[i].item.listed for i in ok])
     except Exception as e:   # noqa: BLE001 - any failure (memory, NaN...) fails this batch
@@ -486,8 +486,8 @@ def chunk_rows(plan: Plan, engine: Engine, res: ChunkResult) -> List[dict]:
                     row["relevance_sum"] = float(np.sum(R, dtype=np.float64))
                     if d.boxes is not None:
                         H, W = R.shape[-2:]
-                        mask = box_mask(d.pre.boxes_to_input(
-                            _class_boxes(d.boxes, row["class"], plan.class_names)), (H, W))
+                        mask = box_mask(d.pre.boxes_to_input(   # type: ignore[union-attr]
+                            _class_boxes(d.boxes, str(row["class"]), plan.class_names)), (H, W))
                         row["mu"], row["mu_w"] = mu_and_mu_w(R, mask)
                         row["box_fraction"] = box_fraction(mask)
                 rows.append(row)
@@ -563,7 +563,7 @@ class Store:
     @classmethod
     def open(cls, plan: Plan, input_shape, resume: bool) -> "Store":
         zarr = _zarr()
-        st = cls(plan.out)
+        st = cls(plan.out or "")
         meta = plan.describe(input_shape)
         if resume and os.path.isdir(st.markers):
             group = zarr.open_group(st.path, mode="r")
@@ -737,7 +737,8 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
     table : the table's path (``.csv`` or ``.parquet``); default ``<out>/table.csv``
     batch : images per engine pass and per store chunk
     preprocessing : :class:`Preprocessing`, ``"caffe"`` (default) or ``"torchvision"``
-    dtype : ``"float32"`` or ``"float16"`` (store; float16 flushes |R| < 6e-8 to zero)
+    dtype : ``"float32"`` or ``"float16"`` (the store's; float16 flushes values of magnitude
+        below 6e-8 to zero)
     top : where relevance starts (``Net.top_layer``)
     boxes, class_names : for μ / μ_w (module docstring); class_names may be a synset file (the
         first word of each line)
@@ -746,14 +747,16 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
     threads : engine threads (``lrpfast.set_num_threads``; None: unchanged)
     decode_workers : decoding threads (default ``min(4, CPUs)``)
     prefetch : batches decoded ahead of the engine
-    on_image : called in the writer thread with ``(decoded, top_row, scores_row, {rule: (K, C,
-        H, W)})`` per computed image (the heatmaps command writes its files here); may raise
-        (that image is then reported as failed)
+    on_image : called in the writer thread per computed image with the decoded image, its
+        top-layer values, the net's output and ``{rule: relevance}`` (``(K, C, H, W)`` each;
+        the heatmaps command writes its files here); may raise (that image then fails)
     on_error : called with ``(label, message)`` per failed image (default: one
         ``lrpfast: error:`` line on stderr)
     net : an already loaded :class:`lrpfast.Net` of ``model`` (else it is loaded)
 
-    Returns :class:`RunResult`.
+    Returns
+    -------
+    RunResult
     """
     t0 = time.perf_counter()
     plan = make_plan(model, images, weights=weights, rules=rules, classes=classes, top=top,
@@ -772,7 +775,7 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
     bar = Progress(sum(plan.chunk(i)[1] - plan.chunk(i)[0] for i in todo), progress)
     on_error = on_error or (lambda label, msg: print(f"lrpfast: error: {label}: {msg}",
                                                      file=sys.stderr))
-    stats = {"failed": 0, "computed": 0, "engine": 0.0, "wait": 0.0}
+    stats: Dict[str, Any] = {"failed": 0, "computed": 0, "engine": 0.0, "wait": 0.0}
     rows_now: Dict[int, List[dict]] = {}
 
     def write(res: ChunkResult):
