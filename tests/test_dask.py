@@ -124,7 +124,7 @@ def test_shipped_model_and_heatmaps_scheduler(client, single, tmp_path, capsys):
     argv = ["heatmaps", "--model", PROTO, "--weights", WEIGHTS, "--images", str(DATA / "images"),
             "--out", str(tmp_path / "o"), "--mean", ",".join(map(str, MEAN)), "--rules",
             "epsilon", "--formats", "png", "--store", str(tmp_path / "c.zarr"), "--batch", "2",
-            "--threads", "1", "--scheduler", addr, "--no-progress"]
+            "--threads", "1", "--scheduler", addr, "--ship-model", "--no-progress"]
     assert cli_main(argv) == 0, capsys.readouterr().err
     assert "8 of 8 images explained" in capsys.readouterr().out
     assert len(list((tmp_path / "o").glob("*_heatmap.png"))) == 8

@@ -63,9 +63,22 @@ Modern interface (``lrpfast heatmaps``)
 ``lrpfast heatmaps --model PROTOTXT --weights CAFFEMODEL --images PATH_OR_DIR... --out DIR
 [--rules cmp_alpha2_flat,epsilon | toolbox:CODE] [--eps E] [--gamma G] [--low L --high H]
 [--flat-layers N] [--classes -1 [281 ...]] [--mean B,G,R | --mean-file F [--mean-kind 1]]
+[--preprocessing caffe|torchvision [--std R,G,B]] [--fast-decode]
 [--top LAYER] [--skip-unsupported] [--resize crop|pad|resize] [--size N]
 [--formats png,overlay,rawhm,npy,input,top10]
-[--cmap bwr] [--norm symmetric] [--percentile 99.5] [--batch N] [--[no-]progress]``
+[--cmap bwr] [--norm symmetric] [--percentile 99.5] [--batch N] [--[no-]progress]
+[--store S.zarr [--dtype float16] [--table T.csv] [--no-resume]] [--boxes DIR
+[--class-names FILE]] [--scheduler ADDRESS [--ship-model]] [--threads N] [--decode-workers N]``
+
+The run goes through :func:`lrpfast.pipeline.run` (images decoded in background threads, files
+written by a writer thread; ``--scheduler``: :func:`lrpfast.dask.run` on a Dask cluster, the
+files then written by the workers). ``--store`` adds the Zarr store of all relevance maps and
+the table (one row per image, rule and class; mu / mu_w with ``--boxes``), and resumes an
+interrupted run of the same settings. A PATH that is a text file (not an image) is a file list
+in the toolbox's format (its classes are ignored here: ``--classes`` applies).
+``--preprocessing torchvision``: RGB, values / 255, minus ``--mean`` (default ImageNet's
+0.485,0.456,0.406), divided by ``--std`` (0.229,0.224,0.225), short side to ``--size``
+(default 256), centre crop.
 
 Pre-processing is :func:`lrpfast.preprocess.preprocess` with ``mode=--resize`` (default
 ``crop``: short side to ``--size``, default the net's input size, then the centre; ``pad`` is
@@ -794,7 +807,7 @@ def run_heatmaps(args) -> int:
             from dask.distributed import Client
             from . import dask as lrpdask
             with Client(args.scheduler) as client:
-                res = lrpdask.run(client, args.model, images, **kw)
+                res = lrpdask.run(client, args.model, images, ship_model=args.ship_model, **kw)
         elif images:
             res = pipeline.run(args.model, images, net=net, decode_workers=args.decode_workers,
                                **kw)
@@ -931,6 +944,9 @@ def add_subcommands(sub) -> None:
     h.add_argument("--scheduler", default=None,
                    help="a Dask scheduler address (tcp://host:8786): run on its workers (needs "
                         "lrpfast[dask] and --store on a file system all workers see)")
+    h.add_argument("--ship-model", action="store_true",
+                   help="with --scheduler: send the model files to the workers through Dask "
+                        "(default: the workers read them at the same path)")
     h.add_argument("--threads", type=int, default=None,
                    help="engine threads (per worker with --scheduler)")
     h.add_argument("--decode-workers", type=int, default=None,
