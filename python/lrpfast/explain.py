@@ -348,15 +348,12 @@ def read_synsets(path) -> list[str]:
 
 
 # =============================================================================== pre-processing
-def _load_image(path: str, base, size: tuple[int, int], mean, mode: str = "pad"):
-    """preprocess() of an image file, or the message saying why it cannot be used."""
+def _load_image(path: str, base, size: tuple[int, int], mean):
+    """The toolbox's preprocess() of an image file, or the message saying why it cannot be
+    used."""
     if not os.path.isfile(path):
         return "image file not found"
     try:
-        if mode != "pad":
-            p = _preprocess(path, size, mode=mode, base=base,
-                            mean=None if mean is None else mean_region(mean, size))
-            return p.image, p.x
         return preprocess(path, base or max(size), size, mean)
     except Exception as e:   # Pillow raises many types for bad files
         return f"cannot read image: {e}"
@@ -446,7 +443,7 @@ def _describe(e: BaseException) -> str:
 
 class _Batches:
     """The images of a run in batches of ``size``, one forward + relevance call each, with the
-    per-image accounting both commands share: every failure (``skip``, a batch whose call
+    per-image accounting of the toolbox command: every failure (``skip``, a batch whose call
     fails, an image whose outputs cannot be written) is one message on stderr, counts in
     ``failed`` and advances the progress bar, as does every image written.
 
