@@ -75,6 +75,13 @@ class DeviceArray:
     def reshape(self, shape):
         return DeviceArray(self._h.reshape([int(s) for s in shape]), self._owner)
 
+    def view(self, offset, shape):
+        n = int(np.prod([int(d) for d in shape]))
+        flat = self._h.reshape(-1)
+        if offset < 0 or offset + n > flat.size:
+            raise ValueError(f"view: {n} elements at offset {offset} do not fit {self.shape}")
+        return DeviceArray(flat[offset:offset + n].reshape([int(d) for d in shape]), self._owner)
+
     def __dlpack__(self, stream=None, *, max_version=None, dl_device=None, copy=None):
         if stream is not None and int(stream) == 0:
             raise ValueError("__dlpack__: stream 0 is ambiguous for CUDA")

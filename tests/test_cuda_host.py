@@ -57,6 +57,34 @@ def test_dlpack_export_block_not_reused_under_consumer(stream_kind):
         np.testing.assert_array_equal(got, 7.0)
 
 
+@pytest.mark.parametrize("key", [slice(1, 3), 2])
+def test_dlpack_exported_slice_hands_consumer_stream_to_parent_block(key):
+    """A view (``d[a:b]``, ``d[i]``) shares its parent's block: the consumer's stream recorded at
+    export keeps the whole block from reuse until the consumer's queued work is done."""
+    m.empty_cache()
+    rows = 4
+    d = _dev((np.arange(rows * N) % 97).reshape(rows, N))
+    part = d[key]
+    out = _dev(np.zeros(part.size))
+    s = H.stream_create(False)
+    view = m.from_dlpack(part.__dlpack__(stream=s))
+    H.enqueue_copy(s, out._a.ptr, view.ptr, 4 * part.size)   # consumer reads the slice, queued
+    expect = (np.arange(rows * N) % 97).reshape(rows, N)[key].astype(np.float32)
+    ptr = d._a.ptr
+    del view, part, d                              # the parent goes back with the last view
+    d2 = _dev(np.full(rows * N, -1.0))             # same size: the same block again
+    assert d2._a.ptr == ptr
+    m.synchronize()
+    np.testing.assert_array_equal(out.to_host(), expect.reshape(-1))
+
+
+def test_view_bounds_checked():
+    d = _dev(np.zeros(8))
+    with pytest.raises(ValueError, match="do not fit"):
+        d._a.view(6, [3])
+    np.testing.assert_array_equal(d[3:5].to_host(), [0, 0])
+
+
 def test_dlpack_export_orders_consumer_after_queued_work():
     """The consumer's stream waits for the work queued on the array (stream_wait)."""
     x = _dev(np.arange(N) - 5.0)

@@ -201,20 +201,6 @@ def _prod(s) -> int:
     return n
 
 
-class _View:
-    """A ``__cuda_array_interface__`` for a contiguous range of a device array (keeps it alive)."""
-
-    __slots__ = ("__cuda_array_interface__", "_owner")
-
-    def __init__(self, raw, offset: int, shape):
-        cai = raw.__cuda_array_interface__
-        self.__cuda_array_interface__ = {
-            "shape": tuple(int(d) for d in shape), "typestr": cai["typestr"],
-            "data": (int(cai["data"][0]) + 4 * int(offset), False), "strides": None,
-            "version": 3}
-        self._owner = raw
-
-
 class DeviceArray:
     """A float32 (or int32) C-contiguous array in GPU memory.
 
@@ -319,7 +305,7 @@ class DeviceArray:
         return _transpose(self, axes)
 
     def _view(self, offset: int, shape) -> "DeviceArray":
-        return DeviceArray(_load().from_cuda_array_interface(_View(self._a, offset, shape)))
+        return DeviceArray(self._a.view(int(offset), [int(d) for d in shape]))
 
     def __getitem__(self, key):
         """Views along the first axis: ``d[i]`` and ``d[a:b]`` (contiguous, no copy)."""

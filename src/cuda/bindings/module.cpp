@@ -184,6 +184,22 @@ DeviceArray from_cuda_array_interface(const py::object& obj) {
   return d;
 }
 
+// A view of `shape` starting `offset` elements into `a` (same memory, same owner). It shares the
+// block, so a view exported through DLPack hands the consumer's stream back to the parent block.
+DeviceArray view(const DeviceArray& a, i64 offset, const std::vector<i64>& shape) {
+  i64 n = 1;
+  for (i64 d : shape) {
+    require(d >= 0, "view: negative dimension in ", shape_str(shape));
+    n *= d;
+  }
+  require(offset >= 0 && offset + n <= a.size(), "view: ", n, " elements at offset ", offset,
+          " do not fit a device array of shape ", shape_str(a.shape));
+  DeviceArray r = a;
+  r.ptr = static_cast<char*>(a.ptr) + 4 * offset;
+  r.shape = shape;
+  return r;
+}
+
 DeviceArray reshape(const DeviceArray& a, const std::vector<i64>& shape) {
   DeviceArray r = a;
   i64 n = 1, neg = -1;
@@ -840,6 +856,8 @@ PYBIND11_MODULE(LRPFAST_CUDA_MODULE, m) {
       }, "(2, the array's device id): kDLCUDA")
       .def("to_host", &to_host, "Copy to a new numpy array (synchronous).")
       .def("reshape", &reshape, "A view with another shape (same memory).")
+      .def("view", &view, py::arg("offset"), py::arg("shape"),
+           "A view of `shape` starting `offset` elements in (same memory and owner).")
       .def("copy", &copy);
   m.def("from_host", &from_host, "Copy a numpy array to the device (float32, or int32 for ints).");
   m.def("from_cuda_array_interface", &from_cuda_array_interface,
