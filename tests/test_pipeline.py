@@ -236,6 +236,11 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         _run(tmp_path, out=s, rules=["cmp_alpha2_flat"])
     r = _run(tmp_path, out=s, rules=["cmp_alpha2_flat"], resume=False)   # starts over
     assert r.chunks_computed == 3
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not an lrpfast store; refusing to overwrite"):
+        _run(tmp_path, out=tmp_path / "mine", resume=False)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
 # ----------------------------------------------------------------------------- overlap

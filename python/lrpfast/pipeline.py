@@ -42,7 +42,7 @@ Store (``out``, a Zarr group; needs ``zarr``)
     them an interrupted run left), so an interrupted run resumed gives the store of an
     uninterrupted one, and nothing done is computed twice. The store's attributes record the
     run's settings; resuming with different settings is an error (``resume=False`` starts
-    over).
+    over). A non-empty folder that is not an lrpfast store is never overwritten.
 
 Table (one row per image x rule x class selection; ``RunResult.table``)
     ``image`` (name), ``path`` (the file, empty for arrays), ``index`` (in the store), ``rule``,
@@ -575,6 +575,9 @@ class Store:
                                  f"in: {', '.join(diff)}); pass another out, or resume=False "
                                  f"to start over")
             return st
+        if os.path.isdir(st.path) and os.listdir(st.path) and not os.path.isdir(st.markers):
+            raise ValueError(f"out: {st.path} is a non-empty folder that is not an lrpfast "
+                             f"store; refusing to overwrite it")
         group = zarr.open_group(st.path, mode="w")
         rel = group.create_group("relevance")
         n, K = len(plan.items), len(plan.classes)
