@@ -85,7 +85,7 @@ def _chunk_task(index: int, plan: Plan, payload=None, on_image=None, hook=None) 
     """One chunk on a worker: decode, compute, write the chunk and its marker."""
     if hook is not None:
         hook(index)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plan = _shipped(plan, payload)
     net = worker_net(plan)
     engine = Engine(net, plan.rules, plan.classes, plan.top)
@@ -99,7 +99,7 @@ def _chunk_task(index: int, plan: Plan, payload=None, on_image=None, hook=None) 
     errors = deliver(res, on_image)
     return {"index": index, "images": b - a, "errors": errors, "pid": os.getpid(),
             "loads": LOADS[0], "decode_s": t1 - t0, "engine_s": t2 - t1,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def _preload(plan: Plan, payload=None) -> int:
@@ -149,7 +149,8 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
     Returns
     -------
     RunResult
-        ``engine_s`` is the engine time summed over the tasks.
+        ``engine_s``, ``task_s`` and ``task_cpu_s``: the engine time, the task time and the
+        worker processes' CPU time during the tasks, summed over the tasks.
     """
     from dask.distributed import as_completed
     if out is None:
@@ -175,7 +176,7 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
     on_error = on_error or (lambda label, msg: print(f"lrpfast: error: {label}: {msg}",
                                                      file=sys.stderr))
     failed = computed = 0
-    engine_s = 0.0
+    engine_s = task_s = cpu_s = 0.0
     if todo and preload:
         client.run(_preload, plan, payload)
     if todo:
@@ -193,6 +194,8 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
                 failed += len(r["errors"])
                 computed += r["images"]
                 engine_s += r["engine_s"]
+                task_s += r["seconds"]
+                cpu_s += r["cpu_s"]
                 bar.step(r["images"])
         finally:
             client.cancel(futures)
@@ -200,4 +203,4 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
     rows = store.rows(plan.n_chunks)
     write_table(os.fspath(table) if table else os.path.join(store.path, "table.csv"), rows)
     return RunResult(rows, computed, failed, time.perf_counter() - t0, engine_s, 0.0,
-                     plan.out, len(todo))
+                     plan.out, len(todo), task_s, cpu_s)

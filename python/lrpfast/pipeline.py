@@ -682,6 +682,8 @@ class RunResult:
     engine_wait_s: float
     store: Optional[str]
     chunks_computed: int = 0
+    task_s: float = 0.0       # lrpfast.dask.run: task wall time summed over the tasks
+    task_cpu_s: float = 0.0   # and the workers' CPU time during them
 
     @property
     def images_per_s(self) -> float:
