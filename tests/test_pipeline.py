@@ -161,6 +161,21 @@ def test_filelist_classes_are_listed(tmp_path, net):
     np.testing.assert_allclose(sums, R.reshape(4, -1).sum(1, dtype=np.float64), rtol=1e-4)
 
 
+def test_pictures_as_the_heatmaps_command_names_them(tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{p} {i}\n" for i, p in enumerate(IMAGES[:2])))
+    res = lrpfast.run(PROTO, str(lst), weights=WEIGHTS, rules="epsilon", classes=["listed", -1],
+                      preprocessing=_prep(), pictures=tmp_path / "pics",
+                      picture_formats="png,overlay,npy")
+    best = [r["class"] for r in res.table if r["selection"] == "-1"]
+    names = sorted(p.name for p in (tmp_path / "pics").iterdir())
+    want = sorted(f"demo_0{i}_epsilon_c{c}{ext}" for i in range(2) for c in (i, best[i])
+                  for ext in ("_heatmap.png", "_overlay.png", ".npy"))
+    assert names == sorted(set(want))
+    with pytest.raises(ValueError, match="picture_formats: unknown gif"):
+        _run(tmp_path, pictures=tmp_path / "p2", picture_formats="png,gif")
+
+
 def test_float16_store(tmp_path):
     pytest.importorskip("zarr")
     _run(tmp_path, out=tmp_path / "a.zarr", rules=["epsilon"])

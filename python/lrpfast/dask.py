@@ -37,7 +37,8 @@ import time
 from typing import Optional
 
 from .pipeline import (Engine, Plan, Progress, RunResult, Store, chunk_relevance, chunk_rows,
-                       compute_chunk, decode, deliver, load_net, make_plan, write_table)
+                       compute_chunk, decode, deliver, image_hook, load_net, make_plan,
+                       write_table)
 
 __all__ = ["run", "worker_net"]
 
@@ -119,7 +120,8 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
         batch: int = 16, preprocessing=None, dtype: str = "float32", top=None, boxes=None,
         class_names=None, resume: bool = True, progress=None, threads: Optional[int] = None,
         retries: int = 3, ship_model: bool = False, preload: bool = True, prefix=None,
-        net_options=None, on_image=None, on_error=None, _hook=None) -> RunResult:
+        net_options=None, on_image=None, on_error=None, pictures=None,
+        picture_formats: str = "png,overlay", _hook=None) -> RunResult:
     """:func:`lrpfast.run` on a Dask cluster, with its arguments (see there) and these.
 
     The decoding runs inside each task; a worker with 2 threads runs two tasks at once (one
@@ -144,7 +146,7 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
         folder) instead of reading them from the same path there.
     on_image : callable, optional
         As for :func:`lrpfast.run`, but called in the task, on the worker: it must pickle, and
-        write where the client can see it.
+        write where the client can see it (so must ``pictures``).
 
     Returns
     -------
@@ -160,6 +162,7 @@ def run(client, model, images, *, out, weights=None, rules=None, classes=None, t
                      preprocessing=preprocessing, batch=batch, out=os.path.abspath(out),
                      dtype=dtype, boxes=boxes, class_names=class_names, threads=threads,
                      prefix=prefix, net_options=net_options)
+    on_image = image_hook(plan, on_image, pictures, picture_formats)
     shape = _input_shape(plan)
     store = Store.open(plan, shape, resume)
     todo = sorted(set(range(plan.n_chunks)) - store.done())

@@ -664,6 +664,7 @@ class _HeatmapFiles:
         for rn, Rk in rel.items():
             for k, c in enumerate(self.classes):
                 R = Rk[k]
+                c = decoded.item.listed if c == "listed" else c
                 b = f"{base}_{rn}_c{_class_tag(c, scores)}"
                 if "png" in formats:
                     img = render.toolbox_heatmap(R) if (self.cmap, self.norm) == (

@@ -521,6 +521,35 @@ def deliver(res: ChunkResult, on_image=None) -> List[Tuple[str, str]]:
     return errors
 
 
+class _Chain:
+    """Call several ``on_image`` hooks in turn (picklable, for Dask)."""
+
+    def __init__(self, *fns):
+        self.fns = [f for f in fns if f is not None]
+
+    def __call__(self, *args):
+        for f in self.fns:
+            f(*args)
+
+
+def image_hook(plan: Plan, on_image=None, pictures=None, formats: str = "png,overlay"):
+    """``on_image`` plus, with ``pictures`` (a folder), the heatmaps command's picture files
+    there: ``<image>_<rule>_c<class>_heatmap.png`` / ``_overlay.png`` (``formats``: any of
+    png, overlay, rawhm, npy, input, top10; see :mod:`lrpfast.explain`)."""
+    if pictures is None:
+        return on_image
+    from .explain import _HeatmapFiles
+    from .render import DEFAULT_CMAP, DEFAULT_PERCENTILE
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in ("png", "overlay", "rawhm", "npy", "input", "top10")]
+    if bad:
+        raise ValueError(f"picture_formats: unknown {', '.join(bad)} (png, overlay, rawhm, npy, "
+                         f"input, top10)")
+    files = _HeatmapFiles(os.fspath(pictures), fmts, plan.classes, [], DEFAULT_CMAP,
+                          "symmetric", DEFAULT_PERCENTILE)
+    return _Chain(files, on_image)
+
+
 def chunk_relevance(plan: Plan, engine: Engine, res: ChunkResult) -> Dict[str, np.ndarray]:
     """{rule: (n, K, C, H, W)} in the store's dtype; failed images are zero."""
     a, b = plan.chunk(res.index)
@@ -726,7 +755,8 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
         batch: int = 16, preprocessing=None, dtype: str = "float32", top=None, boxes=None,
         class_names=None, resume: bool = True, progress=None, threads: Optional[int] = None,
         decode_workers: Optional[int] = None, prefetch: int = 2, prefix=None, on_image=None,
-        on_error=None, net=None, net_options=None) -> RunResult:
+        on_error=None, net=None, net_options=None, pictures=None,
+        picture_formats: str = "png,overlay") -> RunResult:
     """Explain a whole data set: decode in the background, compute, write in the background.
 
     Parameters
@@ -758,6 +788,9 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
     on_error : called with ``(label, message)`` per failed image (default: one
         ``lrpfast: error:`` line on stderr)
     net : an already loaded :class:`lrpfast.Net` of ``model`` (else it is loaded)
+    pictures : a folder for picture files of each image, rule and class (optional):
+        ``<image>_<rule>_c<class>_heatmap.png`` and ``_overlay.png`` as ``lrpfast heatmaps``
+        writes them; ``picture_formats`` picks them (png, overlay, rawhm, npy, input, top10)
 
     Returns
     -------
@@ -768,6 +801,7 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
                      preprocessing=preprocessing, batch=batch, out=out, dtype=dtype,
                      boxes=boxes, class_names=class_names, threads=threads, prefix=prefix,
                      net_options=net_options)
+    on_image = image_hook(plan, on_image, pictures, picture_formats)
     if net is None:
         net = load_net(plan)
     elif threads:
