@@ -1,6 +1,11 @@
-"""Benchmark: a ResNet-50 loaded from ONNX, lrpfast vs zennit (PyTorch CPU), same weights.
+"""Benchmark: a ResNet-50 loaded from ONNX, lrpfast vs zennit (PyTorch CPU), same weights,
+and the same network loaded from ONNX and from a caffemodel, side by side.
 
     python bench/bench_onnx.py --threads 2 --batch 8 --repeats 3
+    python bench/bench_onnx.py --threads 2 --batch 8 --repeats 3 --only caffe
+
+``--only caffe``: only the ONNX vs caffemodel rows (the importer's layer list written as a
+prototxt, its weights as a caffemodel, both loaded in this process and timed alternating).
 
 Builds torchvision's ResNet-50 layout (tests/torchvision_stub: the same module names, so
 zennit's ResNetCanonizer applies) with random weights and BatchNorm statistics calibrated on
@@ -31,6 +36,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["zennit", "caffe"], default=None,
+                    help="run only the zennit rows or only the ONNX-vs-caffemodel rows")
     args = ap.parse_args()
 
     import torch
@@ -53,6 +60,13 @@ def main():
     t0 = time.perf_counter()
     net = lrpfast.Net.from_torch(model, torch.from_numpy(x[:1]))
     load_s = time.perf_counter() - t0
+    header = (f"lrpfast {lrpfast.__version__}, torch {torch.__version__}, {args.threads} "
+              f"threads, ResNet-50 {args.size}x{args.size} batch {args.batch}, ONNX load "
+              f"{load_s:.2f} s")
+    if args.only == "caffe":
+        print(header)
+        onnx_vs_caffemodel(lrpfast, model, torch, net, x, classes, args)
+        return
 
     xt = torch.from_numpy(x)
     mask = torch.zeros((args.batch, 1000))
@@ -96,25 +110,67 @@ def main():
         return max(float(np.abs(a[i] - b[i]).max() / np.abs(b[i]).max()) for i in range(2))
     agree = f"max rel vs zennit f64 {rel(Ro, R64):.1e} (zennit f32 {rel(Rt, R64):.1e}), 2 images"
 
-    def best(fa, fb):
-        ta, tb = [], []
-        for _ in range(args.repeats):
-            for f, t in ((fa, ta), (fb, tb)):
-                s = time.perf_counter()
-                f()
-                t.append(time.perf_counter() - s)
-        return min(ta), min(tb)
-
-    fa, fb = best(ours_fwd, theirs_fwd)
-    ra, rb = best(ours, theirs)
-    print(f"lrpfast {lrpfast.__version__}, torch {torch.__version__}, {args.threads} threads, "
-          f"ResNet-50 {args.size}x{args.size} batch {args.batch}, ONNX load {load_s:.2f} s")
+    fa, fb = best_of(args.repeats, ours_fwd, theirs_fwd)
+    ra, rb = best_of(args.repeats, ours, theirs)
+    print(header)
     print("| net | pass (lrpfast / zennit) | lrpfast s | torch/zennit s | speed-up | agreement |")
     print("|---|---|---|---|---|---|")
     print(f"| ResNet-50 (ONNX) b{args.batch} | forward | {fa:.3f} | {fb:.3f} | {fb / fa:.2f}x | "
           f"logits {logit_err:.1e} |")
     print(f"| ResNet-50 (ONNX) b{args.batch} | epsilon_plus_flat / EpsilonPlusFlat + "
           f"ResNetCanonizer | {ra:.3f} | {rb:.3f} | {rb / ra:.2f}x | {agree} |")
+    if args.only is None:
+        onnx_vs_caffemodel(lrpfast, model, torch, net, x, classes, args)
+
+
+def best_of(repeats, fa, fb):
+    """Best times of fa and fb over ``repeats`` rounds, the two alternating."""
+    ta, tb = [], []
+    for _ in range(repeats):
+        for f, t in ((fa, ta), (fb, tb)):
+            s = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - s)
+    return min(ta), min(tb)
+
+
+def onnx_vs_caffemodel(lrpfast, model, torch, net, x, classes, args):
+    """The ONNX net's layer list written as a prototxt and its weights as a caffemodel (what a
+    Caffe user of the same network would load), both nets timed in this process."""
+    import tempfile
+
+    from lrpfast import caffe
+
+    netdef, weights = lrpfast.onnx.read_onnx(
+        lrpfast.onnx.export_torch(model, torch.from_numpy(x[:1])))
+    msg = caffe.NetParameter(name=netdef.name)
+    for name, shape in netdef.inputs:
+        msg.input.append(name)
+        msg.input_shape.add().dim.extend(shape)
+    for ldef in netdef.layers:
+        lp = msg.layer.add()
+        lp.CopyFrom(ldef.param)
+        lp.bottom.extend(ldef.bottoms)
+        lp.top.extend(ldef.tops)
+    with tempfile.TemporaryDirectory() as d:
+        proto = caffe.write_prototxt(msg, os.path.join(d, "resnet50.prototxt"))
+        model_path = os.path.join(d, "resnet50.caffemodel")
+        caffe.write_caffemodel(model_path, weights, msg)
+        t0 = time.perf_counter()
+        cnet = lrpfast.Net(proto, model_path)
+        load_s = time.perf_counter() - t0
+    same_f = float(np.abs(net.forward(x) - cnet.forward(x)).max())
+    same_r = float(np.abs(net.relevance(x, classes, "epsilon_plus_flat")
+                          - cnet.relevance(x, classes, "epsilon_plus_flat")).max())
+    fo, fc = best_of(args.repeats, lambda: net.forward(x), lambda: cnet.forward(x))
+    ro, rc = best_of(args.repeats, lambda: net.relevance(x, classes, "epsilon_plus_flat"),
+                     lambda: cnet.relevance(x, classes, "epsilon_plus_flat"))
+    print(f"caffemodel load {load_s:.2f} s")
+    print("| net | pass | from ONNX s | from caffemodel s | ONNX / caffemodel | max abs difference |")
+    print("|---|---|---|---|---|---|")
+    print(f"| ResNet-50 b{args.batch} | forward | {fo:.3f} | {fc:.3f} | {fo / fc:.3f} | {same_f:.1e} |")
+    print(f"| ResNet-50 b{args.batch} | epsilon_plus_flat | {ro:.3f} | {rc:.3f} | {ro / rc:.3f} | "
+          f"{same_r:.1e} |")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,53 @@ def mobilenet_v2(classes=10):
     return nn.Sequential(*layers)
 
 
+class SqueezeExcitation(nn.Module):
+    """MobileNetV3's squeeze-and-excitation: GAP, 1x1 conv, ReLU, 1x1 conv, Hardsigmoid, and
+    the gate multiplied onto the input (ONNX: a Mul of (N, C, H, W) by (N, C, 1, 1))."""
+
+    def __init__(self, c, squeeze):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+
+    def forward(self, x):
+        g = nn.functional.adaptive_avg_pool2d(x, 1)
+        g = nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(g))))
+        return g * x
+
+
+class MBConv3(nn.Module):
+    """MobileNetV3's block: 1x1 expand, depthwise k x k, optional SE, 1x1 project (no
+    activation), residual without an activation after the sum; Hardswish or ReLU."""
+
+    def __init__(self, cin, hidden, cout, k, stride, se, hs):
+        super().__init__()
+        act = nn.Hardswish if hs else nn.ReLU
+        layers = [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act(),
+                  nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
+                  nn.BatchNorm2d(hidden), act()]
+        layers += [SqueezeExcitation(hidden, max(hidden // 4, 4))] if se else []
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.use_res = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.use_res else self.block(x)
+
+
+def mobilenet_v3(classes=10):
+    """MobileNetV3-Small's pattern: Hardswish, SE gates with Hardsigmoid, residuals, a
+    Hardswish classifier head (narrow widths)."""
+    cfg = [(8, 8, 8, 3, 2, True, False), (8, 24, 12, 3, 2, False, False),
+           (12, 32, 12, 3, 1, False, False), (12, 48, 16, 5, 2, True, True),
+           (16, 64, 16, 5, 1, True, True)]
+    layers = [nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish()]
+    layers += [MBConv3(*c) for c in cfg]
+    layers += [nn.Conv2d(16, 64, 1, bias=False), nn.BatchNorm2d(64), nn.Hardswish(),
+               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 32), nn.Hardswish(),
+               nn.Dropout(0.2), nn.Linear(32, classes)]
+    return nn.Sequential(*layers)
+
+
 class Fire(nn.Module):
     def __init__(self, cin, squeeze, e1, e3):
         super().__init__()
@@ -153,7 +200,8 @@ def alexnet(classes=10):
 MODELS = {
     "vgg16": (vgg16, 32), "vgg16_bn": (lambda: vgg16(bn=True), 32),
     "resnet18": (resnet18, 48), "resnet50": (resnet50, 48),
-    "mobilenet_v2": (mobilenet_v2, 32), "squeezenet": (squeezenet, 64),
+    "mobilenet_v2": (mobilenet_v2, 32), "mobilenet_v3": (mobilenet_v3, 64),
+    "squeezenet": (squeezenet, 64),
     "densenet": (densenet, 32), "alexnet": (alexnet, 127),
 }
 

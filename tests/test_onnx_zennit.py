@@ -138,3 +138,53 @@ def test_relevance_matches_zennit(name, canonizer):
                 tol = 3 * _rel(R32[i], Rz[i])
                 assert err <= tol, (f"{name} {label} image {i}: relative error {err:.3g}, "
                                     f"zennit float32 vs float64 {tol / 3:.3g}")
+
+
+class _Normalize(torch.nn.Module):
+    """(x - mean) / std inside the model (ONNX: Sub and Div by per-channel constants)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def test_input_normalisation_inside_the_model_matches_zennit():
+    """A model that normalises its own input (x in [0, 1], then (x - mean) / std with
+    ImageNet's constants) explained from raw pixels: lrpfast's relevance of the raw pixels
+    equals zennit's relevance of the normalised pixels on the model without the normalisation
+    (zennit's usual setup: normalisation outside the model), per map within REL_TOL.
+
+    * EpsilonGammaBox: lrpfast takes the z^B bounds in the units of the net's input (low=0,
+      high=1) and maps them through the normalisation, (0 - mean) / std and (1 - mean) / std,
+      which is what zennit is given;
+    * EpsilonPlusFlat: the flat rule does not look at the input values, so it agrees as is;
+    * the normalisation itself passes relevance unchanged (not folded into the first
+      convolution: with zero padding that fold would not be exact at the borders, where a
+      padded zero of the normalised input is the raw value mean, not 0)."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    inner, size = onnx_models.build("vgg16_bn", seed=5)
+    model = torch.nn.Sequential(_Normalize(mean, std), inner).eval()
+    x = np.random.default_rng(21).random((2, 3, size, size), dtype=np.float32)
+    xn = ((x.astype(np.float64) - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1)))
+    classes = [2, 6]
+    net = lrpfast.Net.from_torch(model, torch.from_numpy(x[:1]))
+    norm = [layer.name for layer in net.layers if getattr(layer, "input_normalisation", False)]
+    assert len(norm) == 2   # the Sub and the Div
+    low = torch.tensor([(0 - m) / s for m, s in zip(mean, std)], dtype=torch.float64)
+    high = torch.tensor([(1 - m) / s for m, s in zip(mean, std)], dtype=torch.float64)
+    box = lrpfast.composite("epsilon_gamma_box", low=0.0, high=1.0)
+    first = net.layers[len(norm)].name
+    assert f"zbox(low={np.round(low.numpy().astype(np.float32), 4).tolist()}" in \
+        net.describe_rules(box).split(f" {first} ")[1].splitlines()[0]
+    for zcomp, ours in [
+            (EpsilonGammaBox(low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1),
+                             canonizers=[SequentialMergeBatchNorm()]), box),
+            (EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]), "epsilon_plus_flat")]:
+        Rz = _zennit(inner, xn, classes, zcomp)
+        Rl = net.relevance(x, classes, ours)
+        for i in range(len(classes)):
+            assert _rel(Rl[i], Rz[i]) <= REL_TOL, (ours, i, _rel(Rl[i], Rz[i]))

@@ -61,7 +61,10 @@ class Composite:
         unknown = set(self.by_name) - names
         if unknown:
             raise ValueError(f"Composite {self.name}: no layers named {sorted(unknown)} in the net")
-        linear_order = [layer.name for layer in layers if layer.type in LINEAR_TYPES]
+        def kind(layer):   # Deconvolution takes the Convolution rule unless named itself
+            return getattr(layer, "rule_type", layer.type)
+
+        linear_order = [layer.name for layer in layers if kind(layer) in LINEAR_TYPES]
         firsts = set(linear_order[: self.first[0]]) if self.first else set()
         out = {}
         for layer in layers:
@@ -71,12 +74,15 @@ class Composite:
             if rule is None and layer.name in firsts:
                 rule = self.first[1]
             if rule is None:
-                rule = self.by_type.get(layer.type, self.default)
+                rule = self.by_type.get(layer.type, self.by_type.get(kind(layer), self.default))
             if rule is None and getattr(layer, "folded_into", None) is not None:
                 continue   # folded into its Convolution/InnerProduct: passes relevance on
             if rule is None:
                 raise ValueError(f"Composite {self.name}: no rule for layer '{layer.name}' "
                                  f"({layer.type}); give a default or a by_type entry")
+            affine = getattr(layer, "input_affine", None)   # see lrpfast.onnx.importer
+            if affine is not None and isinstance(rule, R.ZBox):
+                rule = rule.through_affine(*affine)   # bounds are given for the net's input
             out[layer.name] = rule
         return out
 

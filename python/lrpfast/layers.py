@@ -210,8 +210,14 @@ class Convolution(_RuleLayer):
     type = "Convolution"
 
     def setup(self, in_shapes):
+        s = self._read_params(in_shapes[0])
+        Ho = _core.conv_out_size(s[1], self.kernel[0], self.stride[0], self.pad[0], self.dilation[0])
+        Wo = _core.conv_out_size(s[2], self.kernel[1], self.stride[1], self.pad[1], self.dilation[1])
+        return [(self.num_output, Ho, Wo)]
+
+    def _read_params(self, s):
+        """convolution_param, checked against the per-sample input shape s; returns s."""
         p = self.param.convolution_param
-        s = in_shapes[0]
         if len(s) != 3:
             raise ValueError(f"needs a (C, H, W) input, got per-sample shape {s}")
         if p.HasField("axis") and p.axis != 1:
@@ -232,9 +238,7 @@ class Convolution(_RuleLayer):
         if C % self.group or self.num_output % self.group:
             raise ValueError(f"group {self.group} must divide input channels {C} and "
                              f"num_output {self.num_output}")
-        Ho = _core.conv_out_size(s[1], self.kernel[0], self.stride[0], self.pad[0], self.dilation[0])
-        Wo = _core.conv_out_size(s[2], self.kernel[1], self.stride[1], self.pad[1], self.dilation[1])
-        return [(self.num_output, Ho, Wo)]
+        return s
 
     def expected_weights(self):
         w = (self.num_output, self.in_shapes[0][0] // self.group) + self.kernel
@@ -255,6 +259,40 @@ class Convolution(_RuleLayer):
     def describe(self):
         return (f"k{self.kernel} s{self.stride} p{self.pad} d{self.dilation} g{self.group} "
                 f"-> {self.num_output}")
+
+
+class Deconvolution(Convolution):
+    """Caffe's Deconvolution (ONNX ConvTranspose): the transposed convolution, output size
+    (H - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1; weights (C, num_output / group,
+    kh, kw). Rules treat it as the linear map it is (ops.TransposedConvOp); the composites give
+    it the Convolution rule."""
+
+    type = "Deconvolution"
+    rule_type = "Convolution"
+
+    def setup(self, in_shapes):
+        s = self._read_params(in_shapes[0])
+        out = [(s[1 + i] - 1) * self.stride[i] - 2 * self.pad[i]
+               + self.dilation[i] * (self.kernel[i] - 1) + 1 for i in range(2)]
+        return [(self.num_output, out[0], out[1])]
+
+    def expected_weights(self):
+        w = (self.in_shapes[0][0], self.num_output // self.group) + self.kernel
+        return [w, (self.num_output,)] if self.bias_term else [w]
+
+    def _make_op(self, w, b):
+        return ops.TransposedConvOp(w, b, self.in_shapes[0], self.out_shapes[0], self.stride,
+                                    self.pad, self.dilation, self.group)
+
+    def fold(self, a, c):
+        """A following per-output-channel map y -> a*y + c: output channel o of group g is
+        w[g's inputs, o - g * O/group]."""
+        op, g = self.rel_op, self.group
+        C, Og = op.w.shape[:2]
+        w = (op.w.reshape((g, C // g, Og) + op.w.shape[2:])
+             * a.reshape(g, 1, Og, 1, 1)).reshape(op.w.shape)
+        b = (op.b if op.b is not None else np.zeros_like(a)) * a + c
+        self.rel_op = self._make_op(w, b)
 
 
 class InnerProduct(_RuleLayer):
@@ -596,6 +634,89 @@ class PReLU(_Rectifier):
         return np.where(x > 0, np.float32(1), self._slope(x))
 
 
+class HardSigmoid(Power):
+    """y = min(max(shift + scale * x, 0), 1): ONNX HardSigmoid (alpha = scale, beta = shift;
+    PyTorch's Hardsigmoid is scale 1/6, shift 1/2). Its parameters are those of a Power layer
+    with power 1. LRP rules pass relevance unchanged (as through Sigmoid); the gradient-like
+    rules multiply it by f'(x) = scale inside (0, 1), else 0."""
+
+    type = "HardSigmoid"
+
+    def setup(self, in_shapes):
+        out = super().setup(in_shapes)
+        if self.power != 1.0:
+            raise ValueError(f"power must be 1, got {self.power:g}")
+        return out
+
+    def f(self, x):
+        return np.clip(super().f(x), np.float32(0), np.float32(1))
+
+    def derivative(self, x, y):
+        z = np.float32(self.shift) + np.float32(self.scale) * x
+        return np.float32(self.scale) * ((z > 0) & (z < 1)).astype(np.float32)
+
+    def describe(self):
+        return f"clip({self.shift:g} + {self.scale:g} x, 0, 1)"
+
+
+class HardSwish(_Rectifier):
+    """y = x * min(max(x / 6 + 1/2, 0), 1) (ONNX HardSwish, PyTorch's Hardswish, MobileNetV3):
+    ReLU-like (0 below -3, x above 3), so treated like Clip / PReLU: LRP rules pass relevance
+    unchanged; the gradient-like rules multiply it by f'(x) (0 below -3, 1 above 3, x/3 + 1/2
+    between) and then apply their own ReLU treatment."""
+
+    type = "HardSwish"
+
+    def f(self, x):
+        return x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), np.float32(0), np.float32(1))
+
+    def derivative(self, x, y):
+        return np.where(x <= -3, np.float32(0),
+                        np.where(x >= 3, np.float32(1), x * np.float32(1 / 3) + np.float32(0.5)))
+
+
+class Gate(Layer):
+    """y = x * g, the second bottom broadcast over the first (each axis of g equal to x's or 1):
+    a multiplicative gate such as squeeze-and-excitation's x (C, H, W) * g (C, 1, 1) (ONNX Mul
+    of two tensors with broadcasting).
+
+    Relevance: LRP rules treat the gate as a constant weight of the gated input, so all relevance
+    goes to x unchanged and none to g (R_x = R, R_g = 0; the "signal-take-all" treatment of
+    multiplicative gates in LRP for LSTMs, Arras et al. 2017). For a fixed g, y = g * x is a
+    diagonal linear map without bias, whose z-rule returns R itself; g only says how strongly
+    x passes, and the evidence is what passes. Conservation therefore holds through the gate.
+    Gradient-like rules take the exact gradient: R_x = R * g, R_g = sum over the broadcast axes
+    of R * x."""
+
+    type = "Gate"
+    n_bottoms = (2, 2)
+
+    def setup(self, in_shapes):
+        x, g = in_shapes
+        if len(g) != len(x) or any(b not in (a, 1) for a, b in zip(x, g)):
+            raise ValueError(f"the gate's shape {g} does not broadcast to the input's {x}")
+        self.axes = tuple(i + 1 for i, (a, b) in enumerate(zip(x, g)) if a != b)
+        return [x]
+
+    def forward(self, xs):
+        x, g = xs
+        if not isinstance(x, np.ndarray):
+            raise NotImplementedError(f"layer '{self.name}' ({self.type}) is not supported on "
+                                      f"CUDA yet; load the net with device='cpu'")
+        return [(x * g).astype(np.float32, copy=False)], {}
+
+    def relevance(self, xs, ys, state, Rs, ctx):
+        R = Rs[0]
+        if not ctx.gradient_like:
+            return [R, None]
+        x, g = xs
+        return [(R * g).astype(np.float32, copy=False),
+                (R * x).sum(axis=self.axes, keepdims=True, dtype=np.float64).astype(np.float32)]
+
+    def describe(self):
+        return "x * gate"
+
+
 class Dropout(_PassThrough):
     type = "Dropout"
 
@@ -874,7 +995,7 @@ def _contiguous(a):
 LAYER_TYPES = {cls.type: cls for cls in (
     Convolution, InnerProduct, Pooling, ReLU, LRN, Dropout, Softmax, Concat, Split, Flatten,
     Reshape, Eltwise, BatchNorm, Scale, Permute, Normalize, TanH, Sigmoid, Power, Clip,
-    PReLU)}
+    PReLU, HardSigmoid, HardSwish, Gate, Deconvolution)}
 
 
 def supported_types() -> list[str]:

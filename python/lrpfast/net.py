@@ -172,12 +172,18 @@ class Net:
         return cls(msg, weights, **kw)
 
     @classmethod
-    def from_onnx(cls, model, **kw) -> "Net":
+    def from_onnx(cls, model, *, input_shape=None, **kw) -> "Net":
         """Load an ONNX model: a path (any name), serialized bytes or an ``onnx.ModelProto``.
         Needs ``pip install "lrpfast[onnx]"``. Layers are named after the ONNX nodes and blobs
         after the ONNX tensors (readout by tensor name); see lrpfast.onnx.importer for the
-        operators and the rule each one gets. ``Net("model.onnx")`` does the same."""
-        return cls(onnx_io.load(model), **kw)
+        operators and the rule each one gets. ``Net("model.onnx")`` does the same.
+        ``input_shape``: the per-sample input shape, e.g. (3, 48, 192), for a model whose
+        height / width are dynamic (a dict {input name: shape} for several inputs)."""
+        name = onnx_io.source_name(model)
+        proto = onnx_io.load(model)
+        if input_shape is not None:
+            proto = onnx_io.with_input_shape(proto, input_shape, name)
+        return cls(onnx_io.Named(proto, name), **kw)   # errors keep naming the file
 
     @classmethod
     def from_torch(cls, module, example_input, *, opset: int | None = None, **kw) -> "Net":
@@ -988,7 +994,8 @@ def _treatment(layer, comp) -> str:
     if t == "Softmax":
         return "(above the top: not reached)"
     return {"ReLU": "pass", "TanH": "pass", "Sigmoid": "pass", "Power": "pass", "Clip": "pass",
-            "PReLU": "pass",
+            "PReLU": "pass", "HardSigmoid": "pass", "HardSwish": "pass",
+            "Gate": "all to the gated input (gate constant)",
             "Dropout": "pass", "LRN": "identity", "Normalize": "identity",
             "Concat": "slice", "Split": "sum", "Flatten": "reshape", "Reshape": "reshape",
             "Permute": "inverse permutation"}.get(t, "")

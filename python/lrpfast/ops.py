@@ -207,6 +207,28 @@ class ConvOp(LinearOp):
         return _kernels(R).alphabeta_signal(R, z, zp, float(alpha), float(beta), self.group)
 
 
+class TransposedConvOp(LinearOp):
+    """Transposed convolution (Caffe Deconvolution, ONNX ConvTranspose), x (N,C,H,W) ->
+    (N,O,Ho,Wo); w (C, O/group, kh, kw). It is the transpose of the convolution with weights w
+    from (O, Ho, Wo) to (C, H, W): ``fwd`` is that convolution's backward-data product (plus
+    the bias), ``bwd`` its forward product, so every rule applies to it as to any linear map."""
+
+    def __init__(self, w, b, in_shape, out_shape, stride, pad, dilation, group):
+        super().__init__(w, b, in_shape)
+        self.out_shape = tuple(int(d) for d in out_shape)
+        self.stride, self.pad, self.dilation, self.group = stride, pad, dilation, group
+
+    def fwd(self, x, kind="w", bias="b"):
+        y = _core.conv_backward_data(np.ascontiguousarray(x), self.weights(kind), self.out_shape,
+                                     self.stride, self.pad, self.dilation, self.group)
+        b = self.bias(bias)
+        return y if b is None else y + b.reshape((1, -1) + (1,) * (y.ndim - 2))
+
+    def bwd(self, s, kind="w"):
+        return _core.conv_forward(np.ascontiguousarray(s), self.weights(kind), None, self.stride,
+                                  self.pad, self.dilation, self.group)
+
+
 class InnerProductOp(LinearOp):
     """InnerProduct (Caffe ``axis``): the per-sample input (..., K) -> (..., O), with K the
     product of the axes from ``axis`` on; w (O, K). ``lead`` = axes kept before ``axis``."""

@@ -191,6 +191,14 @@ class ZBox(Rule):
             raise ValueError("ZBox: low must be <= high")
         self.name = f"zbox(low={np.round(self.low, 4).tolist()}, high={np.round(self.high, 4).tolist()})"
 
+    def through_affine(self, a, c) -> "ZBox":
+        """The same box after the per-channel map x -> a * x + c (a, c: (C,)), e.g. an ONNX
+        net's constant input normalisation (x - mean) / std: bounds a * low + c and
+        a * high + c, swapped where a < 0."""
+        a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
+        lo, hi = a * self.low.astype(np.float64) + c, a * self.high.astype(np.float64) + c
+        return ZBox(np.minimum(lo, hi), np.maximum(lo, hi))
+
     def _bound(self, v, x):
         if v.ndim == 0:
             return np.full_like(x, v)

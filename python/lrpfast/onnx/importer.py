@@ -11,17 +11,27 @@ ONNX operator                          lrpfast layer       relevance
 Conv (pads, strides, dilations,        Convolution         rule (e.g. flat / z^B first, then
 group, auto_pad; a zero Pad before                         alpha-beta or gamma, per composite)
 it is folded into its pads)
+ConvTranspose (pads, strides,          Deconvolution       the Convolution rule, on the
+dilations, group, auto_pad,                                transposed convolution's own
+output_shape; no output_padding)                           linear map
 Gemm (alpha, beta, transB), MatMul     InnerProduct        rule (epsilon in the CMP composites)
 (+ the Add of its bias)
 BatchNormalization (inference),        Scale               folded into the Conv / Gemm before
 Add/Sub/Mul/Div with a per-channel                         it (canonisation, as zennit's
 or scalar constant                                         SequentialMergeBatchNorm); input
                                                            normalisation (right after the
-                                                           input) passes relevance unchanged;
-                                                           elsewhere a diagonal linear layer
-                                                           under the rule
+                                                           input) passes relevance unchanged
+                                                           (z^B bounds: see below); elsewhere
+                                                           a diagonal linear layer under the
+                                                           rule
 Relu, LeakyRelu, PRelu, Clip (ReLU6)   ReLU, PReLU, Clip   passed unchanged (like ReLU)
-Sigmoid, Tanh                          Sigmoid, TanH       passed unchanged
+HardSwish; x * HardSigmoid(x);         HardSwish           passed unchanged (like ReLU)
+x * Clip(x + 3, 0, 6) / 6
+Sigmoid, Tanh, HardSigmoid             Sigmoid, TanH,      passed unchanged
+                                       HardSigmoid
+Mul of a tensor by a broadcast one     Gate                all to the gated tensor, none to
+(squeeze-and-excitation gate,                              the gate: the gate counts as a
+x (C, H, W) * g (C, 1, 1))                                 constant weight (see layers.Gate)
 Softmax                                Softmax             relevance starts below it
 MaxPool, GlobalMaxPool                 Pooling max         winner-take-all (or as average)
 AveragePool, GlobalAveragePool         Pooling ave         proportional z-rule, composite eps
@@ -38,7 +48,18 @@ Constant, Shape, Gather, Cast, ...     (none)              folded to constants a
 
 Conventions: ONNX AveragePool with count_include_pad=0 and padding is refused (lrpfast's
 average pooling counts padded cells, as Caffe and PyTorch's default do); asymmetric padding is
-refused; Pooling uses ceil_mode as given (Caffe's CEIL / FLOOR rounding).
+refused; Pooling uses ceil_mode as given (Caffe's CEIL / FLOOR rounding). An input with
+dynamic dimensions after the batch axis needs ``Net.from_onnx(model, input_shape=...)``.
+
+Constant input normalisation ((x - mean) / std by Sub / Div / Mul / Add nodes right after the
+input) is kept as its own layers and passes relevance unchanged, so the map is that of the raw
+input; it is not folded into the first convolution, because with zero padding that fold is not
+exact at the borders (a padded zero of the normalised input is the raw value ``mean``, not 0)
+and it would change the first layer's rule (w^2 and flat see the weights, which the fold
+rescales by 1 / std). The first layer's rule therefore sees the normalised input, as zennit's
+rules do when the normalisation is applied outside the model; the z^B rule's bounds are given
+in the units of the net's input (e.g. 0 and 1 for pixels in [0, 1]) and mapped through the
+normalisation to the bounds of the normalised input ((0 - mean) / std, (1 - mean) / std).
 """
 from __future__ import annotations
 
@@ -65,14 +86,25 @@ def convert(model, source: str):
 def mark_input_normalisation(net) -> None:
     """Scale layers that read the net input (a chain of them: constant normalisation such as
     (x - mean) / std) pass relevance unchanged: the relevance of a normalised pixel is that of
-    the raw pixel. They then take no rule (describe_rules says 'input normalisation')."""
-    marked = set(net.inputs)
+    the raw pixel. They then take no rule (describe_rules says 'input normalisation').
+
+    A rule layer reading the normalised tensor gets ``input_affine`` = (a, c), per channel, the
+    whole chain's map x -> a * x + c: a z^B (ZBox) rule on it takes its bounds in the units
+    of the net's input (e.g. low=0, high=1 for pixels in [0, 1]) and maps them through (a, c),
+    so that it sees the bounds of what it reads (lrpfast.composites.Composite.assign)."""
+    affine = {name: (1.0, 0.0) for name in net.inputs}   # tensor -> its (a, c) from the input
     for layer in net.layers:
-        if layer.type == "Scale" and layer.bottoms[0] in marked \
-                and getattr(layer, "folded_into", None) is None:
+        src = affine.get(layer.bottoms[0]) if layer.bottoms else None
+        if src is None:
+            continue
+        if layer.type == "Scale" and getattr(layer, "folded_into", None) is None:
             layer.input_normalisation = True
             layer.takes_rule = False
-            marked.add(layer.tops[0])
+            a, c = (v.astype(np.float64) for v in layer.affine())
+            affine[layer.tops[0]] = (a * src[0], a * src[1] + c)
+        elif layer.takes_rule and layer.bottoms[0] not in net.inputs:
+            C = layer.in_shapes[0][0]
+            layer.input_affine = tuple(np.broadcast_to(v, (C,)).copy() for v in src)
 
 
 class _Converter:
@@ -91,7 +123,8 @@ class _Converter:
         self.layers: list[LayerDef] = []
         self.weights: dict[str, list] = {}
         self.names: set[str] = set()
-        self.merged: set[int] = set()           # indices of the Add nodes merged into a MatMul
+        self.merged: set[int] = set()           # indices of nodes merged into an earlier layer
+        self.outputs = {o.name for o in self.graph.output}
 
     # -------------------------------------------------------------- driver
     def run(self):
@@ -104,8 +137,11 @@ class _Converter:
             dims = [d.dim_value if d.HasField("dim_value") else None
                     for d in vi.type.tensor_type.shape.dim]
             if len(dims) < 2 or any(d is None or d <= 0 for d in dims[1:]):
-                raise OnnxImportError(f"{self.source}: input '{vi.name}' needs a fixed shape "
-                                      f"after the batch axis, got {dims}")
+                shown = [d if d is not None and d > 0 else "?" for d in dims]
+                raise OnnxImportError(
+                    f"{self.source}: input '{vi.name}' needs a fixed shape after the batch axis, "
+                    f"got {shown} ('?': dynamic); give it with Net.from_onnx(model, "
+                    f"input_shape={tuple(shown[1:])} with each '?' replaced by its size)")
             inputs.append((vi.name, (1,) + tuple(dims[1:])))
             self.shape[vi.name] = tuple(dims[1:])
         if not inputs:
@@ -114,21 +150,28 @@ class _Converter:
         for k, node in enumerate(self.graph.node):
             for i in node.input:
                 self.consumers.setdefault(i, []).append((k, node))
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                # first, so that a peephole (hardswish_from_add) sees the constants of later nodes
+                self.guarded(k, node, self.fold)
+                self.merged.add(k)
         for k, node in enumerate(self.graph.node):
-            if k in self.merged:
-                continue
-            self.node_name = node.name or f"{node.op_type}_{k}"
-            try:
-                self.convert_node(node)
-            except (OnnxImportError, LayerError):
-                raise
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                raise self.error(node, str(e)) from None
+            if k not in self.merged:
+                self.guarded(k, node, self.convert_node)
         for o in self.graph.output:
             if o.name in self.pads or (o.name in self.const and o.name not in self.shape):
                 raise OnnxImportError(f"{self.source}: output '{o.name}' is a constant or a Pad")
         name = self.graph.name or "onnx"
         return NetDef(name=name, inputs=inputs, layers=self.layers), self.weights
+
+    def guarded(self, k, node, convert):
+        """convert(node) with any error naming the node, its op type and the opset."""
+        self.node_name = node.name or f"{node.op_type}_{k}"
+        try:
+            convert(node)
+        except (OnnxImportError, LayerError):
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, StopIteration) as e:
+            raise self.error(node, str(e) or type(e).__name__) from None
 
     def error(self, node, msg):
         return OnnxImportError(f"{self.source}: node '{self.node_name}' ({node.op_type}, opset "
@@ -154,6 +197,20 @@ class _Converter:
         if name not in self.shape:
             raise self.error(node, f"input '{name}' is not produced by an earlier node")
         return name
+
+    def only_reader(self, tensor, *op_types):
+        """(index, node) of the one node that reads ``tensor`` when its op type is one of
+        ``op_types`` and the tensor is no graph output (so a peephole may merge it); else None."""
+        readers = self.consumers.get(tensor, [])
+        if len({k for k, _ in readers}) != 1 or readers[0][1].op_type not in op_types \
+                or tensor in self.outputs:
+            return None
+        return readers[0]
+
+    def scalar(self, name):
+        """The value of a one-element constant tensor, or None."""
+        v = self.const.get(name)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
 
     def emit(self, node, ltype, bottoms, tops=None, blobs=None, **params):
         """Append a layer of ``ltype`` with ``<field>_param`` values ``params``; returns it.
@@ -213,8 +270,11 @@ class _Converter:
             if "value" in a:
                 out = self.nh.to_array(a["value"])
             else:
-                key = next(k for k in a if k.startswith("value_"))
-                out = np.asarray(a[key])
+                keys = [k for k in a if k.startswith("value_")]
+                if not keys:
+                    raise self.error(node, f"a Constant with {sorted(a)} (no dense value) is "
+                                     f"not supported")
+                out = np.asarray(a[keys[0]])
         elif op == "Identity" or op == "Dropout":
             out = ins[0]
         elif op == "Cast":
@@ -278,6 +338,48 @@ class _Converter:
                                          pad=pads, kernel_size=list(kernel), stride=list(stride),
                                          dilation=list(dil), group=int(a.get("group", 1))))
 
+    def op_ConvTranspose(self, node, a):
+        x = self.src(node, node.input[0])
+        w = self.cval(node, node.input[1], "the weight W")
+        if w.ndim != 4:
+            raise self.error(node, f"only 2-D transposed convolutions are supported (W has "
+                             f"shape {w.shape})")
+        b = None
+        if len(node.input) > 2 and node.input[2]:
+            b = self.cval(node, node.input[2], "the bias B")
+        kernel = [int(k) for k in a.get("kernel_shape", list(w.shape[2:]))]
+        stride = [int(v) for v in a.get("strides", [1, 1])]
+        dil = [int(v) for v in a.get("dilations", [1, 1])]
+        group = int(a.get("group", 1))
+        if any(a.get("output_padding", [0, 0])):
+            raise self.error(node, f"output_padding {list(a['output_padding'])} is not supported "
+                             f"(lrpfast's Deconvolution, as Caffe's, crops both ends alike)")
+        H = self.shape[x][1:]
+        full = [(H[i] - 1) * stride[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(2)]
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if "output_shape" in a:
+            want = [int(v) for v in a["output_shape"]][-2:]
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            want = [H[i] * stride[i] for i in range(2)]
+        else:
+            want = None
+        if want is not None:   # the total padding that gives this size, split evenly
+            total = [full[i] - want[i] for i in range(2)]
+            if any(t < 0 or t % 2 for t in total):
+                raise self.error(node, f"output size {want} needs the padding {total} split "
+                                 f"unevenly or negative; lrpfast pads symmetrically")
+            pads = [t // 2 for t in total]
+        elif auto == "VALID":
+            pads = [0, 0]
+        else:
+            pads = self.pool_pads(node, a, self.shape[x], kernel, stride, dil)
+        self.emit(node, "Deconvolution", [x], blobs=[w] + ([b] if b is not None else []),
+                  convolution_param=dict(num_output=int(w.shape[1]) * group,
+                                         bias_term=b is not None, pad=pads,
+                                         kernel_size=kernel, stride=stride, dilation=dil,
+                                         group=group))
+
     def pool_pads(self, node, a, shape, kernel, stride, dil=(1, 1)):
         """Symmetric (pad_h, pad_w) from pads / auto_pad; asymmetric padding is refused."""
         auto = a.get("auto_pad", b"NOTSET")
@@ -319,10 +421,9 @@ class _Converter:
         if w.ndim != 2:
             raise self.error(node, f"the constant operand must be 2-D, got shape {w.shape}")
         top, bias = node.output[0], None
-        readers = self.consumers.get(top, [])
-        if len(readers) == 1 and readers[0][1].op_type == "Add" \
-                and top not in {o.name for o in self.graph.output}:
-            k, add = readers[0]
+        reader = self.only_reader(top, "Add")
+        if reader is not None:
+            k, add = reader
             other = [i for i in add.input if i != top]
             if len(other) == 1 and other[0] in self.const \
                     and self.const[other[0]].size == w.shape[1]:
@@ -376,6 +477,14 @@ class _Converter:
         c0, c1 = self.is_const(x0), self.is_const(x1)
         if not c0 and not c1:
             s0, s1 = self.shape[self.src(node, x0)], self.shape[self.src(node, x1)]
+            if op == "Mul" and s0 != s1 and len(s0) == len(s1):   # x * gate, gate broadcast
+                def fits(g, x):
+                    return all(b in (a, 1) for a, b in zip(self.shape[x], self.shape[g]))
+                if not fits(x1, x0) and not fits(x0, x1):
+                    raise self.error(node, f"operands of shapes {s0} and {s1}: neither "
+                                     f"broadcasts to the other (a gate must)")
+                self.emit(node, "Gate", [x0, x1] if fits(x1, x0) else [x1, x0])
+                return
             if s0 != s1:
                 raise self.error(node, f"operands of shapes {s0} and {s1}: broadcasting between "
                                  f"two tensors is not supported")
@@ -387,6 +496,9 @@ class _Converter:
             return
         x, k = (x1, self.const[x0]) if c0 else (x0, self.const[x1])
         x = self.src(node, x)
+        if op == "Add" and k.size == 1 and float(k.reshape(-1)[0]) == 3.0 \
+                and self.hardswish_from_add(node, x):
+            return
         k = self.channel_vector(node, k.astype(np.float64), self.shape[x])
         if op == "Add":
             self.affine(node, x, 1.0, k)
@@ -425,19 +537,63 @@ class _Converter:
         self.emit(node, "PReLU", [x], blobs=[k.reshape(-1)],
                   prelu_param=dict(channel_shared=shared))
 
-    def op_Clip(self, node, a):
-        x = self.src(node, node.input[0])
+    def clip_bounds(self, node, a):
+        """(min, max) of a Clip node (None where unbounded): attributes before opset 11,
+        constant inputs after."""
         lo, hi = a.get("min"), a.get("max")
         if len(node.input) > 1 and node.input[1]:
             lo = float(self.cval(node, node.input[1], "min"))
         if len(node.input) > 2 and node.input[2]:
             hi = float(self.cval(node, node.input[2], "max"))
+        return lo, hi
+
+    def op_Clip(self, node, a):
+        x = self.src(node, node.input[0])
+        lo, hi = self.clip_bounds(node, a)
         p = {}
         if lo is not None:
             p["min"] = float(lo)
         if hi is not None:
             p["max"] = float(hi)
         self.emit(node, "Clip", [x], clip_param=p)
+
+    def op_HardSigmoid(self, node, a):
+        x = self.src(node, node.input[0])
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        mul = self.only_reader(node.output[0], "Mul")
+        if mul is not None and np.float32(alpha) == np.float32(1 / 6) and beta == 0.5 \
+                and sorted(mul[1].input) == sorted([x, node.output[0]]):
+            # x * HardSigmoid(x): PyTorch's Hardswish before opset 14
+            self.merged.add(mul[0])
+            self.emit(node, "HardSwish", [x], tops=[mul[1].output[0]])
+            return
+        self.emit(node, "HardSigmoid", [x],
+                  power_param=dict(power=1.0, scale=alpha, shift=beta))
+
+    def op_HardSwish(self, node, a):
+        self.emit(node, "HardSwish", [self.src(node, node.input[0])])
+
+    def hardswish_from_add(self, node, x):
+        """x + 3 -> Clip(0, 6) -> Mul by x -> Div by 6 (or Mul by 1/6), the HardSwish of
+        PaddlePaddle's and tf2onnx's exports, becomes one HardSwish layer named after the Add
+        whose top is the last node's output; False (nothing emitted) when the chain differs."""
+        clip = self.only_reader(node.output[0], "Clip")
+        if clip is None or any(i not in self.const for i in clip[1].input[1:] if i) \
+                or self.clip_bounds(clip[1], self.attrs(clip[1])) != (0.0, 6.0):
+            return False
+        mul = self.only_reader(clip[1].output[0], "Mul")
+        if mul is None or sorted(mul[1].input) != sorted([x, clip[1].output[0]]):
+            return False
+        last = self.only_reader(mul[1].output[0], "Div", "Mul")
+        if last is None:
+            return False
+        k = [i for i in last[1].input if i != mul[1].output[0]]
+        v = self.scalar(k[0]) if len(k) == 1 else None
+        if v is None or np.float32(v if last[1].op_type == "Div" else 1 / v) != np.float32(6):
+            return False
+        self.merged.update((clip[0], mul[0], last[0]))
+        self.emit(node, "HardSwish", [x], tops=[last[1].output[0]])
+        return True
 
     def op_Sigmoid(self, node, a):
         self.emit(node, "Sigmoid", [self.src(node, node.input[0])])
