@@ -253,7 +253,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert r.chunks_computed == 3
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(ValueError, match="not an lrpfast store; refusing to overwrite"):
+    with pytest.raises(ValueError, match="not a Zarr store; refusing to overwrite"):
         _run(tmp_path, out=tmp_path / "mine", resume=False)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 

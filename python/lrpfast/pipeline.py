@@ -42,7 +42,7 @@ Store (``out``, a Zarr group; needs ``zarr``)
     them an interrupted run left), so an interrupted run resumed gives the store of an
     uninterrupted one, and nothing done is computed twice. The store's attributes record the
     run's settings; resuming with different settings is an error (``resume=False`` starts
-    over). A non-empty folder that is not an lrpfast store is never overwritten.
+    over). A non-empty folder that is not a Zarr store is never overwritten.
 
 Table (one row per image x rule x class selection; ``RunResult.table``)
     ``image`` (name), ``path`` (the file, empty for arrays), ``index`` (in the store), ``rule``,
@@ -604,8 +604,9 @@ class Store:
                                  f"in: {', '.join(diff)}); pass another out, or resume=False "
                                  f"to start over")
             return st
-        if os.path.isdir(st.path) and os.listdir(st.path) and not os.path.isdir(st.markers):
-            raise ValueError(f"out: {st.path} is a non-empty folder that is not an lrpfast "
+        if os.path.isdir(st.path) and os.listdir(st.path) and not any(
+                os.path.exists(os.path.join(st.path, f)) for f in ("zarr.json", ".zgroup")):
+            raise ValueError(f"out: {st.path} is a non-empty folder that is not a Zarr "
                              f"store; refusing to overwrite it")
         group = zarr.open_group(st.path, mode="w")
         rel = group.create_group("relevance")
@@ -615,8 +616,8 @@ class Store:
                           (plan.batch, K) + tuple(input_shape), plan.dtype)
         write_text(os.path.join(st.path, "images.txt"),
                    "".join(it.name + "\n" for it in plan.items))
-        os.makedirs(st.markers, exist_ok=True)
-        group.attrs["lrpfast"] = meta    # last: a store with attributes is complete
+        group.attrs["lrpfast"] = meta
+        os.makedirs(st.markers, exist_ok=True)   # last: a store with this folder is complete
         return st
 
     def marker(self, i: int) -> str:
