@@ -176,6 +176,20 @@ def test_pictures_as_the_heatmaps_command_names_them(tmp_path):
         _run(tmp_path, pictures=tmp_path / "p2", picture_formats="png,gif")
 
 
+def test_parquet_table_equals_the_csv(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    res = _run(tmp_path, rules=["epsilon"], table=tmp_path / "t.parquet")
+    _run(tmp_path, rules=["epsilon"], table=tmp_path / "t.csv")
+    t = pq.read_table(tmp_path / "t.parquet").to_pydict()
+    assert tuple(t) == pipeline.TABLE_COLUMNS and len(t["image"]) == len(res.table)
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    for i, row in enumerate(rows):
+        assert t["image"][i] == row["image"] and t["class"][i] == row["class"]
+        assert t["top5"][i] == row["top5"]
+        for c in ("logit", "relevance_sum"):
+            assert t[c][i] == float(row[c])   # repr() in the CSV round-trips exactly
+
+
 def test_float16_store(tmp_path):
     pytest.importorskip("zarr")
     _run(tmp_path, out=tmp_path / "a.zarr", rules=["epsilon"])
