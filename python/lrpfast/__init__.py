@@ -18,13 +18,14 @@ from .layers import LayerError, supported_types
 from .net import Net, NonFiniteError, SampleMemoryError
 from . import toolbox  # the LRP Toolbox's plain-text models, data files, python rules
 from .preprocess import Preprocessed, preprocess
+from .pipeline import Preprocessing, run  # whole data sets; lrpfast.dask: across machines
 from .sentinels import LAST_INNER_PRODUCT, LOGITS, TOP1, TOP5
 from .composites import DEFAULT_RULES
 
 __version__: str = _core.__version__
 _warn_capped_env_threads()
 
-__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "render", "diagnostics", "detection",
+__all__ = ["Net", "RelPropOpts", "preprocess", "Preprocessed", "Preprocessing", "run", "render", "diagnostics", "detection",
            "DEFAULT_RULES", "TOP1", "TOP5", "LOGITS", "LAST_INNER_PRODUCT", "Composite",
            "composite", "COMPOSITE_NAMES", "rules", "caffe", "info",
            "set_num_threads", "get_num_threads", "set_conv_algorithm", "get_conv_algorithm",

@@ -63,9 +63,22 @@ Modern interface (``lrpfast heatmaps``)
 ``lrpfast heatmaps --model PROTOTXT --weights CAFFEMODEL --images PATH_OR_DIR... --out DIR
 [--rules cmp_alpha2_flat,epsilon | toolbox:CODE] [--eps E] [--gamma G] [--low L --high H]
 [--flat-layers N] [--classes -1 [281 ...]] [--mean B,G,R | --mean-file F [--mean-kind 1]]
+[--preprocessing caffe|torchvision [--std R,G,B]] [--fast-decode]
 [--top LAYER] [--skip-unsupported] [--resize crop|pad|resize] [--size N]
 [--formats png,overlay,rawhm,npy,input,top10]
-[--cmap bwr] [--norm symmetric] [--percentile 99.5] [--batch N] [--[no-]progress]``
+[--cmap bwr] [--norm symmetric] [--percentile 99.5] [--batch N] [--[no-]progress]
+[--store S.zarr [--dtype float16] [--table T.csv] [--no-resume]] [--boxes DIR
+[--class-names FILE]] [--scheduler ADDRESS [--ship-model]] [--threads N] [--decode-workers N]``
+
+The run goes through :func:`lrpfast.pipeline.run` (images decoded in background threads, files
+written by a writer thread; ``--scheduler``: :func:`lrpfast.dask.run` on a Dask cluster, the
+files then written by the workers). ``--store`` adds the Zarr store of all relevance maps and
+the table (one row per image, rule and class; mu / mu_w with ``--boxes``), and resumes an
+interrupted run of the same settings. A PATH that is a text file (not an image) is a file list
+in the toolbox's format (its classes are ignored here: ``--classes`` applies).
+``--preprocessing torchvision``: RGB, values / 255, minus ``--mean`` (default ImageNet's
+0.485,0.456,0.406), divided by ``--std`` (0.229,0.224,0.225), short side to ``--size``
+(default 256), centre crop.
 
 Pre-processing is :func:`lrpfast.preprocess.preprocess` with ``mode=--resize`` (default
 ``crop``: short side to ``--size``, default the net's input size, then the centre; ``pad`` is
@@ -114,6 +127,7 @@ from ._files import atomic_path as _atomic_path
 from ._files import save_npy as _save_npy
 from ._files import save_png as _save_png
 from ._files import write_text as _write_text
+from .pipeline import IMAGE_EXTENSIONS, Progress as _Bar
 from .preprocess import mean_region as _mean_region, preprocess as _preprocess, resized_size
 
 __all__ = ["CONFIG_KEYS", "ConfigError", "ToolboxConfig", "read_config", "read_filelist",
@@ -130,7 +144,6 @@ _INT_KEYS = ("use_mean_file_asbinaryprotoblob", "lastlayerindex", "firstlayerind
              "numclasses", "baseimgsize", "relpropformulatype",
              "auxiliaryvariable_maxlayerindexforflatdistinconv")
 _FLOAT_KEYS = ("epsstab", "alphabeta_beta")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
 
 
 #: Largest baseimgsize / --size: an image is resized to this long side before cropping
@@ -335,15 +348,12 @@ def read_synsets(path) -> list[str]:
 
 
 # =============================================================================== pre-processing
-def _load_image(path: str, base, size: tuple[int, int], mean, mode: str = "pad"):
-    """preprocess() of an image file, or the message saying why it cannot be used."""
+def _load_image(path: str, base, size: tuple[int, int], mean):
+    """The toolbox's preprocess() of an image file, or the message saying why it cannot be
+    used."""
     if not os.path.isfile(path):
         return "image file not found"
     try:
-        if mode != "pad":
-            p = _preprocess(path, size, mode=mode, base=base,
-                            mean=None if mean is None else mean_region(mean, size))
-            return p.image, p.x
         return preprocess(path, base or max(size), size, mean)
     except Exception as e:   # Pillow raises many types for bad files
         return f"cannot read image: {e}"
@@ -418,26 +428,6 @@ def format_top10(scores, synsets=(), k: int = 10) -> str:
 
 
 
-class _Bar:
-    def __init__(self, total, enabled):
-        self.total, self.done = total, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
-        self.enabled = self.enabled and total > 0
-
-    def step(self, k=1):
-        self.done += k
-        if self.enabled:
-            w = 30
-            f = int(w * self.done / max(self.total, 1))
-            sys.stderr.write(f"\rimages [{'#' * f}{'.' * (w - f)}] {self.done}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _err(msg):
     print(f"lrpfast: error: {msg}", file=sys.stderr)
 
@@ -453,7 +443,7 @@ def _describe(e: BaseException) -> str:
 
 class _Batches:
     """The images of a run in batches of ``size``, one forward + relevance call each, with the
-    per-image accounting both commands share: every failure (``skip``, a batch whose call
+    per-image accounting of the toolbox command: every failure (``skip``, a batch whose call
     fails, an image whose outputs cannot be written) is one message on stderr, counts in
     ``failed`` and advances the progress bar, as does every image written.
 
@@ -655,9 +645,107 @@ def _parse_rules(spec: str, params=None):
     return rules
 
 
+class _HeatmapFiles:
+    """The heatmaps command's files of one image (the pipeline's ``on_image``; picklable, so
+    Dask workers write them too): see the module docstring."""
+
+    def __init__(self, out, formats, classes, synsets, cmap, norm, percentile):
+        self.out, self.formats, self.classes, self.synsets = out, formats, classes, synsets
+        self.cmap, self.norm, self.percentile = cmap, norm, percentile
+
+    def __call__(self, decoded, top_row, scores, rel):
+        from . import render
+        crop, base = decoded.pre.image, os.path.join(self.out, decoded.item.name)
+        formats = self.formats
+        if "input" in formats:
+            _save_png(base + "_as_inputted_into_the_dnn.png", crop)
+        if "top10" in formats:
+            _write_text(base + "_top10scores.txt", format_top10(scores, self.synsets))
+        for rn, Rk in rel.items():
+            for k, c in enumerate(self.classes):
+                R = Rk[k]
+                c = decoded.item.listed if c == "listed" else c
+                b = f"{base}_{rn}_c{_class_tag(c, scores)}"
+                if "png" in formats:
+                    img = render.toolbox_heatmap(R) if (self.cmap, self.norm) == (
+                        "toolbox", "toolbox") else render.heatmap(
+                            R, cmap=self.cmap, norm=self.norm, percentile=self.percentile)
+                    _save_png(b + "_heatmap.png", img)
+                if "overlay" in formats:
+                    _save_png(b + "_overlay.png", render.relevance_overlay(
+                        crop, R, cmap=self.cmap, percentile=self.percentile))
+                if "rawhm" in formats:
+                    write_rawhm(b + "_rawhm.txt", R)
+                if "npy" in formats:
+                    _save_npy(b + ".npy", R)
+
+
+def _heatmaps_preprocessing(args, size):
+    """--preprocessing / --mean / --mean-file / --std / --resize / --size -> Preprocessing."""
+    from .pipeline import Preprocessing
+
+    def floats(text, what, order):
+        try:
+            v = np.array([float(t) for t in text.split(",")], np.float32)
+        except ValueError:
+            raise ConfigError(f"{what} needs {order} numbers, got {text!r}") from None
+        if v.size != 3 or not np.all(np.isfinite(v)):
+            raise ConfigError(f"{what} needs 3 finite values {order}, got {text!r}")
+        return v
+    if args.preprocessing == "torchvision":
+        if args.mean_file:
+            raise ConfigError("--mean-file goes with --preprocessing caffe; torchvision's "
+                              "models take --mean R,G,B and --std R,G,B on 0..1 values")
+        kw = {}
+        if args.mean:
+            kw["mean"] = tuple(floats(args.mean, "--mean", "R,G,B (on 0..1)"))
+        if args.std:
+            s = floats(args.std, "--std", "R,G,B (on 0..1)")
+            if np.any(s <= 0):
+                raise ConfigError(f"--std must be > 0, got {args.std!r}")
+            kw["std"] = tuple(s)
+        return Preprocessing.torchvision(resize=args.size or 256, draft=args.fast_decode,
+                                         **kw)
+    if args.std:
+        raise ConfigError("--std goes with --preprocessing torchvision")
+    if args.mean_file:
+        mean = read_mean(args.mean_file, args.mean_kind)
+    elif args.mean:
+        mean = floats(args.mean, "--mean", "B,G,R")
+    else:
+        mean = None
+        print("lrpfast: warning: no --mean or --mean-file: the images go in as raw 0..255 "
+              "values; Caffe models expect the mean of their training data subtracted "
+              "(e.g. --mean 104,117,123 for ImageNet models)", file=sys.stderr)
+    if mean is not None:
+        mean_region(mean, size)
+    return Preprocessing(mode=args.resize, size=args.size, mean=mean, channel_order="bgr",
+                         draft=args.fast_decode)
+
+
+def _heatmaps_items(paths):
+    """--images -> (pipeline items, messages of the skipped duplicates, count of images)."""
+    from .pipeline import collect_images
+    files = []
+    for p in _expand_images(paths):
+        if os.path.isfile(p) and not p.lower().endswith(IMAGE_EXTENSIONS):
+            files += [it.path for it in collect_images(p)]   # a file list
+        else:
+            files.append(p)
+    items, skipped, stems = [], [], set()
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            skipped.append(f"{path}: another image has the name '{stem}'; skipped")
+            continue
+        stems.add(stem)
+        items.append(path)
+    return items, skipped, len(files)
+
+
 def run_heatmaps(args) -> int:
     from .net import Net
-    from . import render
+    from . import pipeline
     try:
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
         bad = [f for f in formats if f not in ("png", "overlay", "rawhm", "npy", "input",
@@ -674,8 +762,9 @@ def run_heatmaps(args) -> int:
         for f in (args.model, args.weights or args.model):
             if not os.path.isfile(f):
                 raise ConfigError(f"file {f} not found")
+        net_options = {"skip_unsupported": True} if args.skip_unsupported else {}
         try:
-            net = Net(args.model, args.weights, skip_unsupported=args.skip_unsupported)
+            net = Net(args.model, args.weights, **net_options)
             if args.top is not None:
                 net.top_layer(args.top)
         except (ValueError, KeyError) as e:
@@ -683,99 +772,53 @@ def run_heatmaps(args) -> int:
         shape = next(iter(net.inputs.values()))
         if len(net.inputs) != 1 or len(shape) != 3 or shape[0] != 3:
             raise ConfigError(f"{args.model}: the tool needs one (3, H, W) input")
-        size = shape[1:]
-        if args.mean_file:
-            mean = read_mean(args.mean_file, args.mean_kind)
-        elif args.mean:
-            try:
-                mean = np.array([float(v) for v in args.mean.split(",")], np.float32)
-            except ValueError:
-                raise ConfigError(f"--mean needs B,G,R numbers, got {args.mean!r}") from None
-            if mean.size != 3 or not np.all(np.isfinite(mean)):
-                raise ConfigError(f"--mean needs 3 finite values B,G,R, got {args.mean!r}")
-        else:
-            mean = None
-            print("lrpfast: warning: no --mean or --mean-file: the images go in as raw 0..255 "
-                  "values; Caffe models expect the mean of their training data subtracted "
-                  "(e.g. --mean 104,117,123 for ImageNet models)", file=sys.stderr)
-        if mean is not None:
-            mean_region(mean, size)
         if args.size is not None and not 1 <= args.size <= MAX_IMAGE_SIDE:
             raise ConfigError(f"--size must be in 1..{MAX_IMAGE_SIDE}, got {args.size}")
-        base_size = args.size
+        prep = _heatmaps_preprocessing(args, shape[1:])
         classes = args.classes
         if any(c < -2 for c in classes):
             raise ConfigError("--classes: -1 (top-1), -2 (top-5) or a class index >= 0")
         if not 1 <= args.batch <= MAX_BATCH:
             raise ConfigError(f"--batch must be in 1..{MAX_BATCH}, got {args.batch}")
         synsets = read_synsets(args.synsets) if args.synsets else []
+        if args.scheduler and not args.store:
+            raise ConfigError("--scheduler needs --store (a Zarr store every worker can write)")
+        images, skipped, total = _heatmaps_items(args.images)
     except ConfigError as e:
         _err(e)
         return 2
-    images = _expand_images(args.images)
-    t0 = time.perf_counter()
-    written = [0]
-
-    def compute(x, items):
-        if args.top is None:
-            scores = _output_scores(net, net.forward(x))
-        else:   # top10 and the class of -1 come from where relevance starts
-            blob = net.top_layer(args.top).tops[0]
-            scores = _output_scores(net, net.forward(x, blobs=[blob])[blob])
-        return scores, {rn: net.relevance_multi(x, list(classes), rules=r, top=args.top,
-                                                 progress=False)
-                        for rn, r in rules}
-
-    def write(i, item, result):
-        crop, stem = item
-        scores, results = result
-        base = os.path.join(args.out, stem)
-        if "input" in formats:
-            _save_png(base + "_as_inputted_into_the_dnn.png", crop)
-        if "top10" in formats:
-            _write_text(base + "_top10scores.txt", format_top10(scores[i], synsets))
-        for rn, Rk in results.items():
-            for k, c in enumerate(classes):
-                R = Rk[k, i]
-                b = f"{base}_{rn}_c{_class_tag(c, scores[i])}"
-                if "png" in formats:
-                    img = render.toolbox_heatmap(R) if (args.cmap, args.norm) == (
-                        "toolbox", "toolbox") else render.heatmap(R, cmap=args.cmap, norm=args.norm,
-                                                                  percentile=args.percentile)
-                    _save_png(b + "_heatmap.png", img)
-                if "overlay" in formats:
-                    _save_png(b + "_overlay.png", render.relevance_overlay(
-                        crop, R, cmap=args.cmap, percentile=args.percentile))
-                if "rawhm" in formats:
-                    write_rawhm(b + "_rawhm.txt", R)
-                if "npy" in formats:
-                    _save_npy(b + ".npy", R)
-        written[0] += 1
-
-    bar = _Bar(len(images), args.progress)
-    run = _Batches(args.batch, bar, compute, write)
-    stems = set()
-    for path in images:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in stems:
-            run.skip(f"{path}: another image has the name '{stem}'; skipped")
-            continue
-        loaded = _load_image(path, base_size, size, mean, args.resize)
-        if isinstance(loaded, str):
-            run.skip(f"{path}: {loaded}")
-            continue
-        crop, x = loaded
-        stems.add(stem)
-        run.add(path, x, (crop, stem))
-    run.flush()
-    bar.close()
-    if not images:
+    if not total:
         _err("no images given")
         return 2
-    print(f"lrpfast heatmaps: {written[0]} of {len(images)} images explained ({run.failed} "
-          f"failed) under {', '.join(rn for rn, _ in rules)} for classes "
-          f"{' '.join(map(str, classes))} in {time.perf_counter() - t0:.1f} s -> {args.out}")
-    return 1 if run.failed else 0
+    t0 = time.perf_counter()
+    for msg in skipped:
+        _err(msg)
+    files = _HeatmapFiles(args.out, formats, classes, synsets, args.cmap, args.norm,
+                          args.percentile)
+    kw = dict(weights=args.weights, rules=dict(rules), classes=list(classes), out=args.store,
+              table=args.table, batch=args.batch, preprocessing=prep, dtype=args.dtype,
+              top=args.top, boxes=args.boxes, class_names=args.class_names, resume=args.resume,
+              progress=args.progress, threads=args.threads, net_options=net_options,
+              on_image=files, on_error=lambda label, msg: _err(f"{label}: {msg}"))
+    try:
+        if images and args.scheduler:
+            from dask.distributed import Client
+            from . import dask as lrpdask
+            with Client(args.scheduler) as client:
+                res = lrpdask.run(client, args.model, images, ship_model=args.ship_model, **kw)
+        elif images:
+            res = pipeline.run(args.model, images, net=net, decode_workers=args.decode_workers,
+                               **kw)
+    except ImportError as e:
+        _err(e)
+        return 2
+    computed, failed = (res.computed, res.failed) if images else (0, 0)
+    failed += len(skipped)
+    print(f"lrpfast heatmaps: {computed - (failed - len(skipped))} of {total} images explained "
+          f"({failed} failed) under {', '.join(rn for rn, _ in rules)} for classes "
+          f"{' '.join(map(str, classes))} in {time.perf_counter() - t0:.1f} s -> {args.out}"
+          + (f" (store {args.store})" if args.store else ""))
+    return 1 if failed else 0
 
 
 def _class_tag(c: int, scores) -> str:
@@ -871,6 +914,39 @@ def add_subcommands(sub) -> None:
     h.add_argument("--skip-unsupported", action="store_true",
                    help="drop layers lrpfast cannot run (an SSD's PriorBox/DetectionOutput)")
     h.add_argument("--synsets", default=None, help="synset file for top10 names")
-    h.add_argument("--batch", type=int, default=1)
-    h.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    h.add_argument("--batch", type=int, default=1,
+                   help="images per engine pass (and per --store chunk; default 1)")
+    h.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar with images/s and ETA (default: when stderr is a terminal)")
+    h.add_argument("--preprocessing", default="caffe", choices=("caffe", "torchvision"),
+                   help="caffe (default): BGR 0..255 minus --mean/--mean-file; torchvision: RGB "
+                        "/255, minus --mean, / --std (default ImageNet's R,G,B statistics), "
+                        "short side to --size (default 256), centre crop")
+    h.add_argument("--std", default=None, help="R,G,B std on 0..1 (--preprocessing torchvision)")
+    h.add_argument("--fast-decode", action="store_true",
+                   help="decode big JPEGs at 1/2..1/8 scale (still >= 2x the resize target)")
+    h.add_argument("--store", default=None,
+                   help="also write a Zarr store of all relevance maps and the table there "
+                        "(resumes an interrupted run of the same settings; needs zarr)")
+    h.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="the store's number type (default float32)")
+    h.add_argument("--table", default=None,
+                   help="the table (.csv, or .parquet with pyarrow); default <store>/table.csv")
+    h.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue a --store of the same settings (default); --no-resume starts "
+                        "over")
+    h.add_argument("--boxes", default=None,
+                   help="folder of VOC/ILSVRC XML files <image name>.xml: mu and mu_w columns")
+    h.add_argument("--class-names", default=None,
+                   help="class names, one a line (its first word: the XML <name>), for --boxes")
+    h.add_argument("--scheduler", default=None,
+                   help="a Dask scheduler address (tcp://host:8786): run on its workers (needs "
+                        "lrpfast[dask] and --store on a file system all workers see)")
+    h.add_argument("--ship-model", action="store_true",
+                   help="with --scheduler: send the model files to the workers through Dask "
+                        "(default: the workers read them at the same path)")
+    h.add_argument("--threads", type=int, default=None,
+                   help="engine threads (per worker with --scheduler)")
+    h.add_argument("--decode-workers", type=int, default=None,
+                   help="image decoding threads (default min(4, CPUs))")
     h.set_defaults(func=main_heatmaps)
