@@ -1003,6 +1003,11 @@ def test_forward_kept_only_for_one_chunk_and_released(net_a):
     finally:
         net.memory_limit = limit
     net.forward(x)
+    other = np.random.default_rng(3).normal(0, 1, x.shape).astype(np.float32)
+    net.relevance(other, 0, rules=opts)        # another input: the kept pass is dropped ...
+    assert net._local.last_forward is None
+    np.testing.assert_array_equal(net.backward_relevance_multi(CLASSES, opts).R, full)  # ... not x
+    net.forward(x)
     assert any(len(op._w_cache) > 1 for op in (l.op for l in net.layers if hasattr(l, "op")))
     net.release()
     assert net._local.last_forward is None and net._local.last_input is None

@@ -826,6 +826,8 @@ class Net:
         zplus = frozenset(layer.name for layer, op in self._alpha_beta_layers(plan, top_layer)
                           if op is layer.op)
         kept = self._kept_forward(xin, chunks)   # backward_relevance after forward: reuse it
+        if kept is None:   # another input: the kept pass would only add to this pass's peak
+            self._local.last_forward = None
         for ci, (a, b) in enumerate(chunks):
             blobs, states = kept or self._run_forward({k: v[a:b] for k, v in xin.items()},
                                                       stop=top_layer.index, zplus=zplus)
