@@ -108,9 +108,9 @@ class Preprocessing:
     then the centre), ``"pad"`` (the LRP toolbox: long side to ``size``, centre crop / edge
     pad) or ``"resize"``. ``mean``: None, a per-channel tuple or a ``(C, Hm, Wm)`` mean image.
     ``draft``: let Pillow decode a JPEG at 1/2, 1/4 or 1/8 scale (in the DCT domain, several
-    times faster for big photos) where the decoded image still has at least twice the size
-    the resize needs; the bilinear resize then does the rest. Off by default: the pixels then
-    differ slightly from a full decode.
+    times faster for big photos) where the decoded image still covers the size the resize
+    needs; Pillow's antialiased bilinear resize then does the rest (less than 2x). Off by
+    default: the pixels then differ slightly from a full decode.
 
     Presets: :meth:`caffe` and :meth:`torchvision`."""
 
@@ -191,7 +191,7 @@ class Preprocessing:
             else:
                 f = max(H / h0, W / w0) if self.size is None else self.size / min(w0, h0)
             need = (math.ceil(w0 * f), math.ceil(h0 * f))
-        im.draft("RGB", (2 * need[0], 2 * need[1]))
+        im.draft("RGB", need)   # the smallest DCT scale that still covers the resize
         im.load()
         return im, (h0, w0)
 
@@ -321,7 +321,10 @@ class Engine:
         top = np.asarray(f[self.top_blob], np.float32).reshape(n, -1)
         scores = np.asarray(f[self.out_blob], np.float32).reshape(n, -1)
         sets = self.class_sets(listed)
-        rel = {name: self.net.relevance_multi(x, sets, rules=r, top=self.top, progress=False)
+        # forward's own copy of the input: the relevance passes reuse its activations instead of
+        # computing the forward pass again (as backward_relevance does after forward)
+        kept = getattr(self.net._local, "last_input", None) or x
+        rel = {name: self.net.relevance_multi(kept, sets, rules=r, top=self.top, progress=False)
                for name, r in self.rules}
         return top, scores, rel
 
@@ -844,15 +847,27 @@ def run(model, images, *, weights=None, rules=None, classes=None, out=None, tabl
                      stats["engine"], stats["wait"], plan.out, len(todo))
 
 
+def _background() -> None:
+    """Lower this thread's CPU priority (Linux: threads have their own nice value): decoding and
+    writing then take the cores the engine leaves idle instead of preempting its threads, whose
+    parallel loops all wait for the slowest one."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):   # not Linux, or not allowed: keep the priority
+        pass
+
+
 def _stream(plan: Plan, engine: Engine, todo: List[int], write, decode_workers, prefetch,
             stats) -> None:
     """Decode pool -> engine (this thread) -> writer thread, over the chunks ``todo``."""
     workers = decode_workers or min(4, os.cpu_count() or 1)
-    pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="lrpfast-decode")
+    pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="lrpfast-decode",
+                                 initializer=_background)
     out_q: "queue.Queue" = queue.Queue(maxsize=2)
     failure: List[BaseException] = []
 
     def writer():
+        _background()
         while True:
             res = out_q.get()
             if res is None:
