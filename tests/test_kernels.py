@@ -279,6 +279,9 @@ def conv_cases():
         # and several row blocks per image with stride, padding and dilation
         (2, 3, 67, 66, 8, 11, 11, (4, 4), (0, 0), (1, 1), 1, True),
         (1, 96, 101, 99, 4, 5, 5, (2, 3), (2, 1), (1, 2), 2, False),
+        # pointwise with enough images to spread whole images over the threads
+        (5, 8, 7, 7, 8, 1, 1, (1, 1), (0, 0), (1, 1), 1, True),
+        (6, 6, 4, 5, 9, 1, 1, (1, 1), (0, 0), (1, 1), 3, True),
     ]
     for _ in range(8):  # random odd shapes
         group = int(rng.choice([1, 2, 3]))
@@ -974,6 +977,28 @@ def test_relu_forward_matches_numpy_bitwise(slope, shape):
     want = np.maximum(x, 0) if slope == 0 else np.where(x > 0, x, np.float32(slope) * x)
     assert got.dtype == np.float32 and got.shape == x.shape
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 70001, 1 << 18])
+def test_all_finite_matches_numpy(n):
+    """The engine's finiteness check (every layer's output and relevance): the same answer as
+    np.isfinite(x).all() for a NaN, +inf or -inf at random places -- the ends, the 4096-element
+    block edges and the threads' split of the array included -- while the extremes of the
+    finite range (max, tiny, subnormal, -0) count as finite."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    edge = [v for v in (0, n - 1, 4095, 4096, n // 2, n // 2 - 1) if 0 <= v < n]
+    fi = np.finfo(np.float32)
+    x[edge] = np.array([fi.max, -fi.max, fi.tiny, fi.smallest_subnormal, -0.0, 0.0],
+                       np.float32)[:len(edge)]
+    assert core.all_finite(x) is True
+    places = edge + [int(p) for p in rng.integers(0, max(n, 1), 6)] if n else []
+    for k, p in enumerate(places):
+        y = x.copy()
+        y[p] = (np.nan, np.inf, -np.inf)[k % 3]
+        assert core.all_finite(y) is bool(np.isfinite(y).all()) is False, (p, y[p])
+        assert core.all_finite(y.reshape(-1, 1)) is False   # any shape
+    assert core.all_finite(np.full(n, np.nan, np.float32)) is (n == 0)
 
 
 def test_relu_forward_rejects_bad_slope():

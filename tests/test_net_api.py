@@ -800,7 +800,9 @@ def test_batchnorm_folding_and_tops_inside_the_chain():
     net, w = build(BN_NET, "bn")
     plain = lrpfast.Net.from_text(BN_NET, w, fold_batchnorm=False)
     x = images("bn")
-    np.testing.assert_array_equal(net.forward(x), plain.forward(x))
+    # the folded forward is one product x W' + b' instead of three passes: float32 rounding only
+    want = plain.forward(x)
+    np.testing.assert_allclose(net.forward(x), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     t = _rule_table(net.describe_rules("epsilon"))
     assert t["bn1"] == "folded into 'conv1'" and t["scale1"] == "folded into 'conv1'"
     assert "BatchNorm/Scale folded in" in t["conv1"]
@@ -820,6 +822,46 @@ def test_batchnorm_folding_and_tops_inside_the_chain():
                                          r"with the layers up to 'scale1'.*fold_batchnorm=False"):
         net.relevance(x, 0, top="bn1")
     assert plain.relevance(x, 0, top="bn1").shape == x.shape
+
+
+def test_folded_chain_runs_as_one_product_and_its_inner_blobs_on_request(monkeypatch):
+    net, w = build(BN_NET, "bn")
+    plain = lrpfast.Net.from_text(BN_NET, w, fold_batchnorm=False)
+    x = images("bn")
+    calls = {"bn1": 0, "scale1": 0}
+    for name in calls:
+        layer = net.layer(name)
+
+        def counted(xs, layer=layer, f=layer.forward):
+            calls[layer.name] += 1
+            return f(xs)
+        monkeypatch.setattr(layer, "forward", counted)
+    out = net.forward(x)
+    fc_end = net.forward(x, blobs=["conv1#3", "fc"])
+    assert calls == {"bn1": 0, "scale1": 0}   # the chain's per-channel passes did not run
+    # its end is the folded product, 1e-6-close to the three unfolded passes
+    end = plain.forward(x, blobs=["conv1#3"])["conv1#3"]
+    np.testing.assert_allclose(fc_end["conv1#3"], end, rtol=1e-5, atol=1e-6 * np.abs(end).max())
+    # blobs inside the chain come unfolded, exactly as the unfolded net computes them, and
+    # asking for them changes nothing downstream (the same bits for the chain's end and fc)
+    inner = net.forward(x, blobs=["conv1#1", "conv1#2", "conv1#3", "fc"])
+    assert calls == {"bn1": 1, "scale1": 0}
+    ref = plain.forward(x, blobs=["conv1#1", "conv1#2"])
+    np.testing.assert_array_equal(inner["conv1#1"], ref["conv1#1"])
+    np.testing.assert_array_equal(inner["conv1#2"], ref["conv1#2"])
+    np.testing.assert_array_equal(inner["conv1#3"], fc_end["conv1#3"])
+    np.testing.assert_array_equal(inner["fc"], fc_end["fc"])
+    np.testing.assert_array_equal(inner["fc"], out)
+    # a pass kept by forward() lacks the chain's inner blobs: a relevance seeded at conv1's
+    # own output recomputes them (the same numbers as on a fresh net) instead of failing
+    fresh, _ = build(BN_NET, "bn")
+    net.forward(x)
+    kept = net._local.last_input   # the very arrays, as the pipeline passes them
+    np.testing.assert_array_equal(net.relevance(kept, 100, rules="flat", top="conv1"),
+                                  fresh.relevance(x, 100, rules="flat", top="conv1"))
+    net.forward(x)
+    np.testing.assert_array_equal(net.relevance(net._local.last_input, 3, rules="flat"),
+                                  fresh.relevance(x, 3, rules="flat"))
 
 
 def test_forward_blob_errors(small):

@@ -182,6 +182,11 @@ def eltwise_forward(
     the maximum with argmax (int32) = the index of the first input holding it; argmax is None
     except for "max"."""
 
+def all_finite(
+    x: FloatArray,  # float32, C-contiguous, any shape
+) -> bool:
+    """True when x holds no NaN or infinity; one parallel pass over the exponent bits."""
+
 def relu_forward(
     x: ArrayLike,  # any shape
     negative_slope: float = 0.0,

@@ -946,7 +946,7 @@ def _exact_pass(net, x, per_image: list, comp, top, blob: str, only_from=None) -
     n = next(iter(xin.values())).shape[0]
     out = np.zeros((n,) + tuple(net.shapes[blob]), np.float32)
     chunks = net._chunks(n)
-    kept = net._kept_forward(xin, chunks)   # the activations of the last forward()
+    kept = net._kept_forward(xin, chunks, top.tops)   # the activations of the last forward()
     for a, b in chunks:
         blobs, states = kept or net._run_forward({k: v[a:b] for k, v in xin.items()},
                                                  stop=top.index)

@@ -185,16 +185,18 @@ class _RuleLayer(Layer):
             return [ctx.rule.linear(op, xs[0], Rs[0], z=z, zp=state["zp"])]
         return [ctx.rule.linear(op, xs[0], Rs[0], z=z)]
 
-    def forward_zplus(self, xs):
-        """``forward``, plus z+ = x W+ + b+ as the state's "zp" where one pass computes both
-        (the operator ``pairs_zplus`` and x >= 0): the alpha-beta rule then takes z+ from the
-        state instead of a second pass over x (Net decides which layers ask). The sign scan
-        runs only where the pair would be computed; elsewhere the rule does it."""
+    def forward_zplus(self, xs, op=None):
+        """``forward`` through ``op`` (default: the layer's own; Net passes ``rel_op`` where it
+        computes a folded BatchNorm/Scale chain in one product), plus z+ = x W+ + b+ as the
+        state's "zp" where one pass computes both (the operator ``pairs_zplus`` and x >= 0):
+        the alpha-beta rule then takes z+ from the state instead of a second pass over x (Net
+        decides which layers ask). The sign scan runs only where the pair would be computed;
+        elsewhere the rule does it."""
         self.require_weights()
-        x = xs[0]
-        if not self.op.pairs_zplus(x) or bool((x < 0).any()):
-            return self.forward(xs)
-        z, zp = self.op.fwd_zplus(x)
+        op, x = op or self.op, xs[0]
+        if not op.pairs_zplus(x) or bool((x < 0).any()):
+            return [op.fwd(x, "w", "b")], {}
+        z, zp = op.fwd_zplus(x)
         return [z], {"zp": zp}
 
     def fold(self, a: np.ndarray, c: np.ndarray):

@@ -18,11 +18,12 @@ import math
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from . import caffe
+from ._loader import _core
 from . import onnx as onnx_io
 from .composites import DEFAULT_RULES, Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
@@ -245,6 +246,9 @@ class Net:
         consumed = {b for layer in self.layers for b in layer.bottoms}
         self.outputs = [s for layer in self.layers for s in layer.tops if s not in consumed]
         self._consumers: dict[str, list[Layer]] = {}
+        # fold_batchnorm: head layer name -> the BatchNorm/Scale layers folded into it, in order
+        self._chains: dict[str, list[Layer]] = {}
+        self._chain_head: dict[str, Layer] = {}
         for layer in self.layers:
             for b in layer.bottoms:
                 self._consumers.setdefault(b, []).append(layer)
@@ -256,7 +260,7 @@ class Net:
         for layer in self.layers:
             if not isinstance(layer, _RuleLayer) or isinstance(layer, _Affine):
                 continue
-            top = layer.tops[0]
+            top, chain = layer.tops[0], []
             while True:
                 readers = self._consumers.get(top, [])
                 if len(readers) != 1 or not isinstance(readers[0], _Affine) or top in self.outputs:
@@ -264,8 +268,12 @@ class Net:
                 aff = readers[0]
                 layer.fold(aff.a, aff.c)
                 aff.folded_into = layer.name
+                chain.append(aff)
                 top = aff.tops[0]
             layer.z_top = top if top != layer.tops[0] else None
+            if chain:
+                self._chains[layer.name] = chain
+                self._chain_head.update((aff.name, layer) for aff in chain)
 
     def _ops_to_device(self):
         """device='cuda': every layer's operators become their GPU twins (lrpfast.cuda), which
@@ -429,17 +437,56 @@ class Net:
         if not self.has_weights:
             raise ValueError(f"{self.source}: the net was loaded without weights")
 
-    def _run_forward(self, xin: dict, stop: int | None = None,
-                     zplus: frozenset = frozenset()) -> tuple[dict, dict]:
+    def _forward_op(self, layer, last: int):
+        """The operator a pass over layers[:last] computes ``layer``'s output with."""
+        return layer.rel_op if self._fused(layer, last) else layer.op
+
+    def _fused(self, layer, last: int) -> bool:
+        """Whether a pass over layers[:last] computes ``layer``'s folded BatchNorm/Scale chain
+        as one product (the whole chain runs in the pass)."""
+        chain = self._chains.get(layer.name)
+        return chain is not None and chain[-1].index < last
+
+    def _run_forward(self, xin: dict, stop: int | None = None, zplus: frozenset = frozenset(),
+                     need: Iterable[str] = ()) -> tuple[dict, dict]:
         """Blobs and layer states of a forward pass up to layer index ``stop``; the layers named
         in ``zplus`` also leave the alpha-beta rule's z+ in their state where they can compute
-        it together with z (see _RuleLayer.forward_zplus)."""
+        it together with z (see _RuleLayer.forward_zplus).
+
+        A Convolution/InnerProduct with a folded BatchNorm/Scale chain (fold_batchnorm) computes
+        the chain's end in one product with the folded weights, x W' + b' (canonisation as in
+        Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", sec. 10.2.3), so
+        the chain's per-channel passes do not run. The blobs inside the chain (the
+        convolution's own output, a BatchNorm before its Scale) are then absent, unless named
+        in ``need`` or the pass's last output: those are computed on the side, unfolded, from
+        the same input, and later layers still read the folded end. Every call thus gives the
+        same values for the chain's end, whichever blobs it asks for."""
         self._require_weights()
         blobs = dict(xin)
-        states = {}
+        states: dict = {}
         last = len(self.layers) if stop is None else stop + 1
+        need = set(need) | (set(self.layers[last - 1].tops) if last else set())
         for layer in self.layers[:last]:
+            head = self._chain_head.get(layer.name)
+            if head is not None and self._fused(head, last):
+                states[layer.name] = {}   # computed with its owner
+                continue
             xs = [blobs[b] for b in layer.bottoms]
+            if self._fused(layer, last):
+                chain = self._chains[layer.name]
+                ys, st = layer.forward_zplus(xs, layer.rel_op) if layer.name in zplus \
+                    else ([layer.rel_op.fwd(xs[0], "w", "b")], {})   # type: ignore[attr-defined]
+                states[layer.name] = st
+                blobs[chain[-1].tops[0]] = ys[0]
+                inner = [layer] + chain[:-1]
+                wanted = [k for k, l in enumerate(inner) if l.tops[0] in need]
+                if wanted:   # readout inside the chain: unfolded, on the side
+                    y = layer.forward(xs)[0][0]
+                    blobs[layer.tops[0]] = y
+                    for aff in chain[:wanted[-1]]:
+                        y = aff.forward([y])[0][0]
+                        blobs[aff.tops[0]] = y
+                continue
             ys, st = (layer.forward_zplus(xs)  # type: ignore[attr-defined]  # rule layers only
                       if layer.name in zplus else layer.forward(xs))
             states[layer.name] = st
@@ -458,7 +505,7 @@ class Net:
         if all(_all_finite(blobs[t]) for t in ends):
             return
         for layer in ran:
-            if not all(_all_finite(blobs[t]) for t in layer.tops):
+            if not all(_all_finite(blobs[t]) for t in layer.tops if t in blobs):
                 raise NonFiniteError(
                     f"{self.source}: layer {layer.index} '{layer.name}' ({layer.type}): its "
                     f"output is not finite (NaN or infinity) for a finite input; check its "
@@ -485,7 +532,8 @@ class Net:
         parts: dict[str, list] = {w: [] for w in wanted}
         chunks = self._chunks(n)
         for a, b in chunks:
-            vals, states = self._run_forward({k: v[a:b] for k, v in keep.items()})
+            vals, states = self._run_forward({k: v[a:b] for k, v in keep.items()},
+                                             need=wanted)
             for w in wanted:
                 parts[w].append(vals[w])
         if len(chunks) == 1 and self.device != "cuda":
@@ -496,16 +544,18 @@ class Net:
         return self._out(res[wanted[0]] if len(wanted) == 1
                          else {w.split("#")[0]: v for w, v in res.items()})
 
-    def _kept_forward(self, xin: dict, chunks: list):
+    def _kept_forward(self, xin: dict, chunks: list, need: Iterable[str] = ()):
         """(blobs, states) of this thread's last ``forward`` when ``xin`` is its kept input
-        (the very arrays, as ``backward_relevance`` passes them) and the batch is still one
-        chunk; else None. Read only: the relevance pass never writes activations or states."""
+        (the very arrays, as ``backward_relevance`` passes them), the batch is still one chunk
+        and the pass holds the blobs in ``need`` (a blob inside a folded BatchNorm/Scale chain
+        is held only where that forward asked for it); else None. Read only: the relevance
+        pass never writes activations or states."""
         kept = getattr(self._local, "last_forward", None)
         if kept is None:
             return None
         keep, kchunks, blobs, states = kept
         if kchunks != chunks or keep.keys() != xin.keys() or \
-                any(keep[k] is not v for k, v in xin.items()):
+                any(keep[k] is not v for k, v in xin.items()) or any(t not in blobs for t in need):
             return None
         return blobs, states
 
@@ -824,8 +874,9 @@ class Net:
         bar = _Progress(len(chunks), "relevance", progress)
         # z+ of the alpha-beta layers comes with the forward pass where it shares its columns
         zplus = frozenset(layer.name for layer, op in self._alpha_beta_layers(plan, top_layer)
-                          if op is layer.op)
-        kept = self._kept_forward(xin, chunks)   # backward_relevance after forward: reuse it
+                          if op is self._forward_op(layer, top_layer.index + 1))
+        # backward_relevance after forward: reuse it
+        kept = self._kept_forward(xin, chunks, top_layer.tops)
         if kept is None:   # another input: the kept pass would only add to this pass's peak
             self._local.last_forward = None
         for ci, (a, b) in enumerate(chunks):
@@ -883,7 +934,8 @@ class Net:
     def _alpha_beta_layers(cls, plan, top_layer):
         """(layer, relevance operator) of the alpha-beta layers of ``plan``."""
         return [(layer, cls._relevance_op(layer, top_layer)) for layer, ctx in plan
-                if isinstance(ctx.rule, AlphaBeta) and isinstance(layer, _RuleLayer)]
+                if isinstance(ctx.rule, AlphaBeta) and isinstance(layer, _RuleLayer)
+                and getattr(layer, "folded_into", None) is None]
 
     @classmethod
     def _shared_zplus(cls, plan, top_layer, blobs, states) -> dict:
@@ -928,14 +980,17 @@ class Net:
                 # takes its unfolded operator; below the top, z is the folded chain's end
                 op = self._relevance_op(layer, top_layer)
                 st = dict(st, op=op) if op is layer.op else dict(st, z=blobs[layer.z_top])
-            xs = [blobs[bt] for bt in layer.bottoms]
-            ys = [blobs[t] for t in layer.tops]
+            # .get: blobs inside a folded chain are not computed (its layers need none)
+            xs = [blobs.get(bt) for bt in layer.bottoms]
+            ys = [blobs.get(t) for t in layer.tops]
             for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
                 if rin is None:
                     continue
                 if not getattr(rin, "_lrpfast_device", False):
                     rin = np.asarray(rin, dtype=np.float32)
-                if self.check_finite and not _all_finite(rin):
+                # (a relevance passed on unchanged was checked where it was made)
+                if self.check_finite and not any(rin is r for r in Rs) and \
+                        not _all_finite(rin):
                     raise NonFiniteError(
                         f"{self.source}: layer {layer.index} '{layer.name}' ({layer.type}): its "
                         f"relevance is not finite (NaN or infinity); check the rule's "
@@ -1129,12 +1184,15 @@ def _available_memory() -> int | None:
 
 
 def _all_finite(v) -> bool:
-    """No NaN or infinity in ``v`` (host or device array). Host: one float32 sum (vectorised,
-    no temporary); only when it is not finite (a NaN/inf, or finite values overflowing the
-    sum) an exact element test decides."""
+    """No NaN or infinity in ``v`` (host or device array). Host float32 (the engine's own
+    arrays): one native parallel pass over the exponent bits; other host arrays: one sum
+    (vectorised, no temporary), and only when it is not finite (a NaN/inf, or finite values
+    overflowing the sum) an exact element test decides."""
     if not isinstance(v, np.ndarray):
         from . import cuda
         return bool(cuda.all_finite(v))
+    if v.dtype == np.float32 and v.flags.c_contiguous:
+        return bool(_core.all_finite(v))
     with np.errstate(over="ignore", invalid="ignore"):
         if math.isfinite(float(np.add.reduce(v, axis=None))):
             return True

@@ -368,6 +368,11 @@ py::array_t<float> weight_signs(const py::object& wo, const std::string& kind) {
   return out;
 }
 
+bool all_finite(const py::array_t<float, py::array::c_style>& x) {
+  py::gil_scoped_release nogil;
+  return lrpfast::cpu::all_finite(static_cast<i64>(x.size()), x.data());
+}
+
 py::array_t<float> relu_forward(const py::object& xo, double slope) {
   auto x = input<float>(xo, "x", -1, "");
   require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
@@ -604,6 +609,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("weight_signs", &weight_signs, py::arg("w"), py::arg("kind"),
         "Sign parts of w (rows, K): 'pos' max(w, 0), 'neg' min(w, 0), 'pm' both stacked\n"
         "(2*rows, K) = [W+; W-], from one pass over w.");
+  m.def("all_finite", &all_finite, py::arg("x"),
+        "True when the float32 array x (any shape) holds no NaN or infinity; one parallel pass.");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,
         "Caffe's ReLU: x > 0 ? x : negative_slope * x (any shape), rounded as numpy's\n"
         "np.where(x > 0, x, slope * x); slope 0 gives +0 where x <= 0, as np.maximum(x, 0).");

@@ -213,7 +213,10 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
     return;
   }
   if (g.pointwise()) {  // the input plane is already the column matrix
-    for (int n = 0; n < g.N; ++n) {
+    // whole images per thread where there are enough (parallel_units): each thread packs its
+    // own columns once, instead of both threads packing every image's columns for their
+    // slice of the weights, and no thread waits for the other after every image
+    parallel_units(g.N, [&](int n, Scratch&) {
       const float* xn = x + std::int64_t(n) * g.C * HW;
       for (int c = 0; c < g.O; c += run) {
         const int gr = c / Og;
@@ -222,7 +225,7 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
              xn + std::int64_t(gr) * Kg * HW, Ip, 0.f, dst, Ip);
         if (b) add_bias(b + c, run, Ip, dst, P);
       }
-    }
+    });
     return;
   }
   const Blocking bl = plan(g);
@@ -297,9 +300,8 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
   auto finish = [&](int n) {  // the fused product with `times`, while the image is in cache
     if (f.times) scale_by(dx + n * in_img, f.times + n * in_img, in_img);
   };
-  if (g.pointwise()) {  // dx plane = W^T dy directly
-    Scratch sc;
-    for (int n = 0; n < g.N; ++n) {
+  if (g.pointwise()) {  // dx plane = W^T dy directly; whole images per thread (see forward)
+    parallel_units(g.N, [&](int n, Scratch& sc) {
       const float* sig = dy + n * out_img;
       if (f.z) {
         float* s = sc.get(0, out_img);
@@ -311,7 +313,7 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
         gemm(true, false, Kg, Ip, Og, 1.f, w + gr * wg_stride, Kg, sig + std::int64_t(gr) * Og * P,
              Ip, 0.f, dxn + std::int64_t(gr) * Kg * HW, Ip);
       finish(n);
-    }
+    });
     return;
   }
   const Blocking bl = plan(g);

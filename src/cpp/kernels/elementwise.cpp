@@ -37,6 +37,25 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
   }
 }
 
+bool all_finite(std::int64_t n, const float* x) {
+  std::atomic<bool> bad{false};
+  parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
+    constexpr std::uint32_t kExp = 0x7f800000u;
+    constexpr std::int64_t kBlock = 4096;   // blocks: an early exit without a branch per element
+    for (std::int64_t b = lo; b < hi && !bad.load(std::memory_order_relaxed); b += kBlock) {
+      const std::int64_t e = b + kBlock < hi ? b + kBlock : hi;
+      std::uint32_t hit = 0;
+      for (std::int64_t i = b; i < e; ++i) {
+        std::uint32_t u;
+        std::memcpy(&u, x + i, sizeof u);
+        hit |= std::uint32_t((u & kExp) == kExp);
+      }
+      if (hit) bad.store(true, std::memory_order_relaxed);
+    }
+  });
+  return !bad.load();
+}
+
 void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
   parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
     if (slope == 0.f) {  // (selects written branch-free, so the loops vectorise)

@@ -45,6 +45,11 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
 // may be null), one pass over w; the alpha-beta rule's W+ / W- derived where they are used.
 void weight_signs(std::int64_t rows, std::int64_t K, const float* w, float* pos, float* neg);
 
+// True when no x[i] is NaN or +-infinity (exponent bits all ones), in one parallel pass at
+// memory speed (the engine's finiteness checks after every layer; numpy's isfinite or a float
+// sum costs several times more).
+bool all_finite(std::int64_t n, const float* x);
+
 // Caffe's ReLU forward, y = x > 0 ? x : slope * x, rounded as numpy's np.where(x > 0, x, slope*x);
 // slope 0 gives +0 for x <= 0 (as np.maximum(x, 0)), NaN staying NaN.
 void relu_forward(std::int64_t n, const float* x, float slope, float* y);
