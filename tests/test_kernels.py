@@ -979,6 +979,56 @@ def test_relu_forward_matches_numpy_bitwise(slope, shape):
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("K,coeffs,shape", [(2, None, (2, 3, 5, 7)), (3, [0.5, -2.0, 1.0], (7,)),
+                                             (2, [1.0, -1.0], (3, 64, 33, 31)), (1, None, (1,)),
+                                             (4, [0.3, 1.7, -0.9, 2.5], (2, 8, 1025))])
+@pytest.mark.parametrize("eps", [0.0, 1e-6, 0.25])
+def test_eltwise_sum_relevance_matches_numpy_bitwise(K, coeffs, shape, eps):
+    """Eltwise SUM relevance (z rule): coeffs[k] * xs[k] * stabilized_divide(r, y, eps) for every
+    operand, bit for bit as numpy's float32 expression, on the threaded kernel too (the larger
+    shapes), with sums that are exactly 0 (a zero denominator gives 0 for eps 0), signed zeros
+    and operands that cancel."""
+    rng = np.random.default_rng(abs(hash((K, str(coeffs), shape, eps))) % 2**32)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(K)]
+    flat = xs[0].reshape(-1)
+    flat[:3] = np.array([0.0, -0.0, 1.0], np.float32)[:flat.size]
+    c = [1.0] * K if coeffs is None else coeffs
+    y = np.zeros(shape, np.float32)
+    for ck, x in zip(c, xs):
+        y = y + np.float32(ck) * x
+    y.reshape(-1)[-1:] = 0.0   # an exactly-zero sum
+    r = rng.standard_normal(shape).astype(np.float32)
+    got = core.eltwise_sum_relevance(xs, r, y, coeffs, eps)
+    s = core.stabilized_divide(r, y, eps, True)
+    assert len(got) == K
+    for ck, x, g in zip(c, xs, got):
+        want = np.float32(ck) * x * s
+        assert g.dtype == np.float32 and g.shape == x.shape
+        np.testing.assert_array_equal(g.view(np.uint32), want.view(np.uint32))
+    # the z rule, independently in float64: each share is c_k x_k r / y where y != 0
+    y64 = sum(ck * x.astype(np.float64) for ck, x in zip(c, xs))
+    if eps == 0.0:
+        nz = y != 0
+        for ck, x, g in zip(c, xs, got):
+            ref = ck * x.astype(np.float64) * r / np.where(nz, y64, 1.0)
+            np.testing.assert_allclose(g[nz], ref[nz], rtol=2e-3, atol=1e-5 * np.abs(ref).max())
+            assert not g[~nz].any()
+
+
+def test_eltwise_sum_relevance_rejects_bad_arguments():
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"r and y must have the shape of the inputs \(2, 3\)"):
+        core.eltwise_sum_relevance([a, a], a, np.ones(6, np.float32))
+    with pytest.raises(ValueError, match=r"xs\[1\] must have the shape of xs\[0\]"):
+        core.eltwise_sum_relevance([a, np.ones(6, np.float32)], a, a)
+    with pytest.raises(ValueError, match="one value per input"):
+        core.eltwise_sum_relevance([a, a], a, a, [1.0])
+    with pytest.raises(ValueError, match="stabilizer eps"):
+        core.eltwise_sum_relevance([a], a, a, None, -1.0)
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        core.eltwise_sum_relevance([], a, a)
+
+
 @pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 70001, 1 << 18])
 def test_all_finite_matches_numpy(n):
     """The engine's finiteness check (every layer's output and relevance): the same answer as

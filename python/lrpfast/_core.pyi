@@ -182,6 +182,16 @@ def eltwise_forward(
     the maximum with argmax (int32) = the index of the first input holding it; argmax is None
     except for "max"."""
 
+def eltwise_sum_relevance(
+    xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (the Eltwise SUM's operands)
+    r: ArrayLike,  # the relevance of the sum, same shape
+    y: ArrayLike,  # the sum, same shape
+    coeffs: Sequence[float] | None = None,  # K values (None: all 1)
+    eps: float = 0.0,
+) -> list[FloatArray]:  # [coeffs[k] * xs[k] * stabilized_divide(r, y, eps)]
+    """Each operand's share of the sum's relevance (z rule, eps-stabilised), threaded; bit-identical
+    to the numpy expression."""
+
 def all_finite(
     x: FloatArray,  # float32, C-contiguous, any shape
 ) -> bool:

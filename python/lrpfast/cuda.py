@@ -691,6 +691,14 @@ class _Kernels:
         return DeviceArray(y), (None if am is None else DeviceArray(am))
 
     @staticmethod
+    def eltwise_sum_relevance(xs, r, y, coeffs=None, eps=0.0):
+        """_core.eltwise_sum_relevance from the device primitives: [coeffs[k] * xs[k] *
+        stabilized_divide(r, y, eps)], in that float32 order."""
+        s = stabilized_divide(r, y, eps, True)
+        cs = [1.0] * len(xs) if coeffs is None else coeffs
+        return [np.float32(c) * x * s for c, x in zip(cs, xs)]
+
+    @staticmethod
     def channel_affine(x, scale, bias=None):
         """x (N, C, ...), scale (C,), bias (C,) or None -> x * scale[c] + bias[c] (the forward
         of BatchNorm/Scale); host scale/bias are uploaded once (content-keyed)."""

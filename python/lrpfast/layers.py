@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 from ._loader import _core
-from .rules import Epsilon, stabilized_divide
+from .rules import Epsilon
 from .rules import kernels as _kernels  # _core, or its device twin for device arrays
 
 
@@ -842,9 +842,9 @@ class Eltwise(Layer):
         if self.op_name == "sum":
             if ctx.gradient_like:
                 return [R * np.float32(c) for c in self.coeffs]
-            # proportional to each operand's contribution (z rule, eps-stabilised)
-            s = stabilized_divide(R, y, ctx.eps)
-            return [np.float32(c) * x * s for c, x in zip(self.coeffs, xs)]
+            # proportional to each operand's contribution (z rule, eps-stabilised), one pass
+            return list(_kernels(R).eltwise_sum_relevance(list(xs), R, y, self.coeffs,
+                                                          float(ctx.eps)))
         if self.op_name == "max":
             out, taken = [], None
             for x in xs:  # the first operand holding the maximum wins

@@ -395,8 +395,12 @@ class Net:
         return out
 
     def _bytes_per_sample(self) -> int:
-        """Activations of one image plus room for the relevance pass (x3), in bytes."""
-        return max(1, sum(int(np.prod(s)) for s in self.shapes.values()) * 4 * 3)
+        """Activations of one image plus room for the relevance pass (x3), in bytes (the
+        shapes are fixed when the net is built: computed once)."""
+        bps = self.__dict__.get("_bps")
+        if bps is None:
+            bps = self._bps = max(1, sum(math.prod(s) for s in self.shapes.values()) * 4 * 3)
+        return bps
 
     def layer_memory(self) -> dict[str, int]:
         """Bytes one sample needs at each layer (and net input), in the accounting that splits

@@ -353,6 +353,36 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   return py::make_tuple(y, am);
 }
 
+py::list eltwise_sum_relevance(const py::object& xso, const py::object& ro, const py::object& yo,
+                               const py::object& coeffso, double eps) {
+  const auto xs = lrpfast::eltwise_inputs(xso, "arrays", [](py::handle h, const std::string& n) {
+    return input<float>(h, n.c_str(), -1, "");
+  });
+  auto r = input<float>(ro, "r", -1, "");
+  auto y = input<float>(yo, "y", -1, "");
+  require(r.shape == xs[0].shape && y.shape == xs[0].shape, "r and y must have the shape of the "
+          "inputs ", shape_str(xs[0].shape), ", got ", shape_str(r.shape), " and ",
+          shape_str(y.shape));
+  lrpfast::check_stabilizer(eps);
+  const size_t K = xs.size();
+  const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, lrpfast::EltwiseOp::Sum, K);
+  std::vector<const float*> ptrs;
+  std::vector<float*> outs;
+  py::list result;
+  for (const auto& x : xs) {
+    ptrs.push_back(x.data());
+    auto o = output<float>(x.shape);
+    outs.push_back(o.mutable_data());
+    result.append(o);
+  }
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::eltwise_sum_relevance(int(K), ptrs.data(), coeffs.empty() ? nullptr : coeffs.data(),
+                                        r.size(), r.data(), y.data(), float(eps), outs.data());
+  }
+  return result;
+}
+
 py::array_t<float> weight_signs(const py::object& wo, const std::string& kind) {
   auto w = input<float>(wo, "w", 2, "(rows, K)");
   const i64 rows = w[0], K = w[1];
@@ -609,6 +639,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("weight_signs", &weight_signs, py::arg("w"), py::arg("kind"),
         "Sign parts of w (rows, K): 'pos' max(w, 0), 'neg' min(w, 0), 'pm' both stacked\n"
         "(2*rows, K) = [W+; W-], from one pass over w.");
+  m.def("eltwise_sum_relevance", &eltwise_sum_relevance, py::arg("xs"), py::arg("r"), py::arg("y"),
+        py::arg("coeffs") = py::none(), py::arg("eps") = 0.0,
+        "Relevance of Eltwise SUM y = sum_k coeffs[k]*xs[k] (z rule, eps-stabilised): the list\n"
+        "[coeffs[k] * xs[k] * stabilized_divide(r, y, eps)], one pass, float32 as numpy rounds it.");
   m.def("all_finite", &all_finite, py::arg("x"),
         "True when the float32 array x (any shape) holds no NaN or infinity; one parallel pass.");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,

@@ -1,5 +1,6 @@
 #include "kernels/elementwise.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -35,6 +36,24 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
       }
     });
   }
+}
+
+void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, std::int64_t n,
+                           const float* r, const float* y, float eps, float* const* outs) {
+  parallel_for(n, n * (K + 2), [&](std::int64_t lo, std::int64_t hi) {
+    constexpr std::int64_t kBlock = 1024;   // the quotient of a block, then each operand's share
+    float s[kBlock];
+    for (std::int64_t b = lo; b < hi; b += kBlock) {
+      const std::int64_t m = std::min(kBlock, hi - b);
+      for (std::int64_t i = 0; i < m; ++i) s[i] = stabilized_quotient(r[b + i], y[b + i], eps);
+      for (int k = 0; k < K; ++k) {
+        const float c = coeffs ? coeffs[k] : 1.f;
+        const float* __restrict x = xs[k] + b;
+        float* __restrict o = outs[k] + b;
+        for (std::int64_t i = 0; i < m; ++i) o[i] = (c * x[i]) * s[i];
+      }
+    }
+  });
 }
 
 bool all_finite(std::int64_t n, const float* x) {

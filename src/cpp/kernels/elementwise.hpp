@@ -45,6 +45,14 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
 // may be null), one pass over w; the alpha-beta rule's W+ / W- derived where they are used.
 void weight_signs(std::int64_t rows, std::int64_t K, const float* w, float* pos, float* neg);
 
+// Relevance of Caffe's Eltwise SUM y = sum_k c_k x_k under the z rule, each operand getting its
+// share of y (eps-stabilised; Bach et al. 2015, eq. 56, with the sum's operands as the inputs):
+//   outs[k][i] = (c_k * xs[k][i]) * stabilized_quotient(r[i], y[i], eps)
+// in that float32 order, so bit-identical to numpy's np.float32(c) * x * stabilized_divide(r, y).
+// One pass for all K outputs (coeffs: K values; nullptr = all 1).
+void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, std::int64_t n,
+                           const float* r, const float* y, float eps, float* const* outs);
+
 // True when no x[i] is NaN or +-infinity (exponent bits all ones), in one parallel pass at
 // memory speed (the engine's finiteness checks after every layer; numpy's isfinite or a float
 // sum costs several times more).
