@@ -161,7 +161,7 @@ def test_chunked_batch_equals_whole_batch():
     x = nets.random_input(shape, rng)
     whole = lrpfast.Net.from_text(tn.text, tn.weights)
     try:
-        one_sample = sum(int(np.prod(v)) for v in whole.shapes.values()) * 12   # see layer_memory
+        one_sample = whole._bytes_per_sample()   # see layer_memory
         chunked = lrpfast.Net.from_text(tn.text, tn.weights, memory_limit=one_sample)
     except TypeError:
         pytest.skip("Net has no memory_limit option")

@@ -84,7 +84,7 @@ def test_eltwise_max_prod_and_chunks(emu):
     tn = nets.build(layers, (5, 3, 5, 6), rng)
     x = nets.random_input((5, 3, 5, 6), rng)
     cpu = lrpfast.Net.from_text(tn.text, tn.weights)
-    per_sample = sum(int(np.prod(s)) for s in cpu.shapes.values()) * 4 * 3
+    per_sample = cpu._bytes_per_sample()
     dev = lrpfast.Net.from_text(tn.text, tn.weights, device="cuda",
                                 memory_limit=2 * per_sample)     # 3 chunks: 2 + 2 + 1
     assert len(dev._chunks(5)) == 3

@@ -67,7 +67,8 @@ def test_sample_memory_refused_before_any_work():
     net = lrpfast.Net.from_text(PAD_6000)   # structure only: no weights needed to know memory
     mem = net.layer_memory()
     ho = 64 + 2 * 6000
-    assert mem["huge"] == 2 * ho * ho * 4 * 3   # float32 outputs x (activation, relevance, temp)
+    # the largest output: 8 bytes per element kept, 16 more as the largest blob (layer_memory)
+    assert mem["huge"] == 2 * ho * ho * (8 + 16)
     assert sum(mem.values()) == net._bytes_per_sample()
     net.has_weights = True   # the check comes before the weights are touched
     t = time.perf_counter()
@@ -466,7 +467,7 @@ layer { name: "ip" type: "InnerProduct" bottom: "gp" top: "ip"
     w = {"wide": [rng.standard_normal((2, 3, 1, 1)).astype(np.float32), np.zeros(2, np.float32)],
          "ip": [rng.standard_normal((3, 2)).astype(np.float32), np.zeros(3, np.float32)]}
     caffe.write_caffemodel(tmp_path / "w.caffemodel", w, str(proto))
-    assert lrpfast.Net(str(proto)).layer_memory()["wide"] == 2 * 2064 ** 2 * 12
+    assert lrpfast.Net(str(proto)).layer_memory()["wide"] == 2 * 2064 ** 2 * (8 + 16)
     monkeypatch.setattr(lrpfast.net, "_available_memory", lambda: 16 << 20)
     imgs = [str(DATA / "images" / f"demo_0{i}.png") for i in range(3)]
     code = cli_main(["heatmaps", "--model", str(proto), "--weights",
@@ -475,7 +476,7 @@ layer { name: "ip" type: "InnerProduct" bottom: "gp" top: "ip"
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("lrpfast: error:") == 3
-    assert err.count("layer 'wide' alone needs 97.5 MiB") == 3
+    assert err.count("layer 'wide' alone needs 195.0 MiB") == 3
 
 
 # ------------------------------------------------------------------------ 5. smaller points

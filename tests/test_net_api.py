@@ -505,8 +505,10 @@ def test_chunking_matches_one_chunk(small, monkeypatch):
 
 def _per_sample_bytes(net):
     """What one image of ``net`` costs in the engine's chunk accounting (memory_limit // it
-    is the chunk size)."""
-    return sum(int(np.prod(s)) for s in net.shapes.values()) * 4 * 3
+    is the chunk size), recomputed from the documented rule (see layer_memory): 8 bytes per
+    kept float32 output, 16 more per element of the largest blob."""
+    sizes = [int(np.prod(s)) for s in net.shapes.values()]
+    return sum(sizes) * 8 + max(sizes) * 16
 
 
 def test_batch_of_one_equals_batch(small):
@@ -862,6 +864,39 @@ def test_folded_chain_runs_as_one_product_and_its_inner_blobs_on_request(monkeyp
     net.forward(x)
     np.testing.assert_array_equal(net.relevance(net._local.last_input, 3, rules="flat"),
                                   fresh.relevance(x, 3, rules="flat"))
+
+
+def test_memory_accounting_counts_what_a_pass_keeps_and_chunks_evenly():
+    net, w = build(BN_NET, "bn")
+    plain = lrpfast.Net.from_text(BN_NET, w, fold_batchnorm=False)
+    mem, mem_plain = net.layer_memory(), plain.layer_memory()
+    # the folded chain's inner blobs (conv1's own output, bn1's) are not kept by a pass
+    size = int(np.prod(net.shapes["conv1#3"]))
+    assert max(int(np.prod(s)) for s in net.shapes.values()) == size   # conv1's: the largest
+    assert mem["bn1"] == 0 and mem["conv1"] == size * 16   # only the largest blob's term
+    assert mem_plain["bn1"] == mem["scale1"] == size * 8
+    assert mem_plain["conv1"] == size * (8 + 16)
+    # the largest blob takes 16 bytes more per element
+    sizes = {t: int(np.prod(s)) for t, s in plain.shapes.items()}
+    assert sum(mem_plain.values()) == sum(sizes.values()) * 8 + max(sizes.values()) * 16
+    assert sum(mem.values()) == net._bytes_per_sample() == \
+        sum(mem_plain.values()) - 2 * size * 8
+    # chunks as even as possible, the larger first
+    net.memory_limit = 7 * net._bytes_per_sample()
+    assert net._chunks(8) == [(0, 4), (4, 8)]
+    assert net._chunks(7) == [(0, 7)]
+    net.memory_limit = 3 * net._bytes_per_sample()
+    assert net._chunks(8) == [(0, 3), (3, 6), (6, 8)]
+    assert net._chunks(10) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    net.memory_limit = net._bytes_per_sample()
+    assert net._chunks(3) == [(0, 1), (1, 2), (2, 3)]
+    # relevance_multi tiles a chunk's activations per group of classes next to the chunk's own
+    # pass: room for 3 passes of 2 images -> groups of 2 classes, evenly
+    bps = net._bytes_per_sample()
+    net.memory_limit = 3 * bps * 2
+    assert net._class_groups(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    net.memory_limit = 2 * bps * 2 - 1   # room for less than 2 passes: one class at a time
+    assert net._class_groups(3, 2) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_forward_blob_errors(small):
