@@ -344,3 +344,80 @@ def test_forward_pair_argument_errors_and_algorithm_names(algo):
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 5, 5), np.float32), 1, 2) == "im2col"
     algo("direct")
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 3, 3), np.float32), 1, 1) == "im2col"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_kept_winograd_kernels_give_the_same_bits(case, algo):
+    """The kernels transformed once (winograd_kernels, kept by the caller) give exactly what the
+    per-call transform gives, forward and adjoint, and match the float64 reference."""
+    N, C, O, H, W, pad, group, bias = case
+    rng = rng_for("kept-u", case)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C // group, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32) if bias else None
+    algo("winograd")
+    uf = _core.winograd_kernels(w, group, False)
+    ub = _core.winograd_kernels(w, group, True)
+    assert uf.shape == ub.shape == (16 * O * (C // group),)
+    y = _core.conv_forward(x, w, b, 1, pad, 1, group, winograd=uf)
+    np.testing.assert_array_equal(y, _core.conv_forward(x, w, b, 1, pad, 1, group))
+    err = np.abs(y - ref_forward(x, w, b, pad, group))
+    assert (err <= WINO_TOL * ref_forward(x, w, b, pad, group, absolute=True) + 1e-30).all()
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    if _core.winograd_applies(N, (C, H, W), w.shape, 1, pad, 1, group, True):
+        dx = _core.conv_backward_data(dy, w, (C, H, W), 1, pad, 1, group, winograd=ub)
+        np.testing.assert_array_equal(dx, _core.conv_backward_data(dy, w, (C, H, W), 1, pad, 1,
+                                                                   group))
+        err = np.abs(dx - ref_backward(dy, w, (C, H, W), pad, group))
+        assert (err <= WINO_TOL * ref_backward(dy, w, (C, H, W), pad, group, absolute=True)
+                + 1e-30).all()
+    else:
+        assert pad > 2   # the adjoint's Winograd path needs pad <= 2
+
+
+def test_winograd_kernels_argument_errors(algo):
+    w = np.ones((4, 2, 3, 3), np.float32)
+    x = np.ones((1, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"winograd must hold 16\*O\*C/group = 128 values"):
+        _core.conv_forward(x, w, None, 1, 1, winograd=np.ones(127, np.float32))
+    with pytest.raises(ValueError, match="3x3 kernels"):
+        _core.winograd_kernels(np.ones((4, 2, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="must divide the output channels"):
+        _core.winograd_kernels(w, 3)
+    with pytest.raises(ValueError, match="the kernels are 3x3 only"):
+        _core.conv_forward(x, np.ones((4, 2, 1, 1), np.float32), None,
+                           winograd=np.ones(128, np.float32))
+    with pytest.raises(ValueError, match="w_shape must be a tuple"):
+        _core.winograd_applies(1, (2, 5, 5), (4, 2, 3), 1, 1, 1, 1, False)
+    algo("direct")
+    assert not _core.winograd_applies(1, (2, 5, 5), (4, 2, 3, 3), 1, 1, 1, 1, False)
+    algo("winograd")
+    assert _core.winograd_applies(1, (2, 5, 5), (4, 2, 3, 3), 1, 1, 1, 1, False)
+    assert not _core.winograd_applies(1, (2, 5, 5), (4, 2, 3, 3), 2, 1, 1, 1, False)
+
+
+def test_conv_op_transforms_its_kernels_once_per_weight_set_and_direction(monkeypatch, algo):
+    """ops.ConvOp keeps U per (weights, direction): repeated passes do not transform again,
+    release() drops them, and the results are the per-call transform's bits."""
+    from lrpfast import ops
+    algo("winograd")
+    rng = rng_for("op-u")
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    op = ops.ConvOp(w, b, (8, 9, 9), (1, 1), (1, 1), (1, 1), 1)
+    made = []
+    real = _core.winograd_kernels
+    monkeypatch.setattr(_core, "winograd_kernels",
+                        lambda w, g, adj: made.append(adj) or real(w, g, adj))
+    x = np.abs(rng.standard_normal((2, 8, 9, 9))).astype(np.float32)
+    R = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    for _ in range(3):
+        y = op.fwd(x)
+        dx = op.bwd(R)
+        op.bwd_signal(R, "pos", z=y, eps=1e-6)
+    assert made == [False, True, True]   # w forward, w adjoint, W+ adjoint: once each
+    np.testing.assert_array_equal(y, _core.conv_forward(x, w, b, 1, 1, 1, 1))
+    np.testing.assert_array_equal(dx, _core.conv_backward_data(R, w, (8, 9, 9), 1, 1, 1, 1))
+    op.release()
+    op.fwd(x)
+    assert made == [False, True, True, False]

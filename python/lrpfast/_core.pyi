@@ -87,8 +87,28 @@ def conv_forward(
     pad: IntPair = 0,
     dilation: IntPair = 1,
     group: int = 1,
+    *,
+    winograd: FloatArray | None = None,  # winograd_kernels(w, group, False), or None
 ) -> FloatArray:  # (N, O, Ho, Wo)
     ...
+def winograd_kernels(
+    w: ArrayLike,  # (O, C/group, 3, 3)
+    group: int = 1,
+    adjoint: bool = False,
+) -> FloatArray:  # (16 * O * C/group,): G g G^T of every kernel, as the Winograd path uses it
+    """The Winograd F(2x2,3x3) kernel transforms for conv_forward (adjoint False) or
+    conv_backward_data (adjoint True)."""
+def winograd_applies(
+    n: int,
+    in_shape: Sequence[int],  # (C, H, W)
+    w_shape: Sequence[int],  # (O, C/group, kh, kw)
+    stride: IntPair,
+    pad: IntPair,
+    dilation: IntPair,
+    group: int,
+    backward: bool,
+) -> bool:
+    """Whether conv_forward (backward False) or conv_backward_data (True) takes the Winograd path."""
 def conv_forward_pair(
     x: ArrayLike,  # (N, C, H, W)
     w: ArrayLike,  # (O, C/group, kh, kw): each group's rows [W_g; V_g], half each
@@ -116,6 +136,11 @@ def conv_backward_data(
     pad: IntPair = 0,
     dilation: IntPair = 1,
     group: int = 1,
+    *,
+    z: ArrayLike | None = None,  # (N, O, Ho, Wo): dy becomes stabilized_divide(dy, z, eps)
+    eps: float = 0.0,
+    times: ArrayLike | None = None,  # (N, C, H, W): multiplies the result
+    winograd: FloatArray | None = None,  # winograd_kernels(w, group, True), or None
 ) -> FloatArray:  # (N, C, H, W): the transposed convolution col2im(W^T dy)
     ...
 def linear_forward(

@@ -147,10 +147,31 @@ class ConvOp(LinearOp):
     def __init__(self, w, b, in_shape, stride, pad, dilation, group):
         super().__init__(w, b, in_shape)
         self.stride, self.pad, self.dilation, self.group = stride, pad, dilation, group
+        self._u_cache: dict[tuple, np.ndarray] = {}
+
+    def _winograd(self, kind: str, n: int, backward: bool):
+        """The Winograd-transformed kernels of weights(kind) when a call on n images takes that
+        path (Lavin & Gray 2016: U = G g G^T, computed once per weight set and direction and
+        kept, instead of on every call: at batch 1 the transform cost more than the
+        products); None on the other paths."""
+        w = self.weights(kind)
+        if not _core.winograd_applies(n, self.in_shape, w.shape, self.stride, self.pad,
+                                      self.dilation, self.group, backward):
+            return None
+        key = (kind, backward)
+        u = self._u_cache.get(key)
+        if u is None:
+            u = self._u_cache[key] = _core.winograd_kernels(w, self.group, backward)
+        return u
+
+    def release(self) -> None:
+        super().release()
+        self._u_cache = {}
 
     def fwd(self, x, kind="w", bias="b"):
         return _core.conv_forward(x, self.weights(kind), self.bias(bias), self.stride, self.pad,
-                                  self.dilation, self.group)
+                                  self.dilation, self.group,
+                                  winograd=self._winograd(kind, x.shape[0], False))
 
     def pairs_zplus(self, x) -> bool:
         """fwd_zplus shares work here unless the convolution takes the Winograd path, which
@@ -169,7 +190,8 @@ class ConvOp(LinearOp):
         if kind == "ones":
             return self._bwd_ones(s)
         return _core.conv_backward_data(s, self.weights(kind), self.in_shape, self.stride,
-                                        self.pad, self.dilation, self.group)
+                                        self.pad, self.dilation, self.group,
+                                        winograd=self._winograd(kind, s.shape[0], True))
 
     def bwd_signal(self, R, kind="w", *, z=None, eps=0.0, times=None):
         """LinearOp.bwd_signal in one native call: the quotient and the product are computed
@@ -178,7 +200,8 @@ class ConvOp(LinearOp):
             return super().bwd_signal(R, kind, z=z, eps=eps, times=times)
         return _core.conv_backward_data(R, self.weights(kind), self.in_shape, self.stride,
                                         self.pad, self.dilation, self.group, z=z, eps=float(eps),
-                                        times=times)
+                                        times=times,
+                                        winograd=self._winograd(kind, R.shape[0], True))
 
     def bwd_flat(self, R, x_shape):
         """LinearOp.bwd_flat summing first: n is the same for every output channel of a group

@@ -80,21 +80,65 @@ py::array_t<T> output(const std::vector<i64>& shape) {
 
 // ---- functions -------------------------------------------------------------------------------
 
+// The optional pre-transformed Winograd kernels of w (winograd_kernels): checked for their size.
+const float* winograd_arg(const py::object& uo, Input<float>& keep, const lrpfast::ConvGeom& g) {
+  if (uo.is_none()) return nullptr;
+  keep = input<float>(uo, "winograd", 1, "(16*O*C/group,)");
+  require(g.kh == 3 && g.kw == 3, "winograd: the kernels are 3x3 only, got ", g.kh, "x", g.kw);
+  require(keep[0] == 16 * i64(g.O) * g.cin_per_group(), "winograd must hold 16*O*C/group = ",
+          16 * i64(g.O) * g.cin_per_group(), " values (winograd_kernels of w), got ", keep[0]);
+  return keep.data();
+}
+
 py::array_t<float> conv_forward(const py::object& xo, const py::object& wo, const py::object& bo,
                                 const py::object& stride, const py::object& pad,
-                                const py::object& dilation, const py::object& group) {
+                                const py::object& dilation, const py::object& group,
+                                const py::object& uo) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
-  Input<float> bk;
+  Input<float> bk, uk;
   const float* b = bias(bo, bk, g.O);
+  const float* u = winograd_arg(uo, uk, g);
   auto y = output<float>({g.N, g.O, g.Ho, g.Wo});
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    lrpfast::cpu::conv_forward(g, x.data(), w.data(), b, yp);
+    lrpfast::cpu::conv_forward(g, x.data(), w.data(), b, yp, u);
   }
   return y;
+}
+
+py::array_t<float> winograd_kernels(const py::object& wo, i64 group, bool adjoint) {
+  auto w = input<float>(wo, "w", 4, "(O,C/group,3,3)");
+  require(w[2] == 3 && w[3] == 3, "w must hold 3x3 kernels, got shape ", shape_str(w.shape));
+  require(group >= 1 && w[0] % group == 0, "group ", group, " must divide the output channels ",
+          w[0]);
+  auto U = output<float>({16 * w[0] * w[1]});
+  float* up = U.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::winograd_kernels(w.data(), int(w[0]), int(w[1]), int(group), adjoint, up);
+  }
+  return U;
+}
+
+bool winograd_applies(i64 n, const py::object& in_shape, const py::object& wo_shape,
+                      const py::object& stride, const py::object& pad, const py::object& dilation,
+                      i64 group, bool backward) {
+  const auto in = chw(in_shape);
+  std::vector<i64> ws;
+  try {
+    ws = wo_shape.cast<std::vector<i64>>();
+  } catch (const py::cast_error&) {
+    fail("w_shape must be a tuple (O, C/group, kh, kw), got ", std::string(py::repr(wo_shape)));
+  }
+  require(ws.size() == 4, "w_shape must be a tuple (O, C/group, kh, kw), got ",
+          std::string(py::repr(wo_shape)));
+  const auto s = pair(stride, "stride"), p = pair(pad, "pad"), d = pair(dilation, "dilation");
+  const auto g = lrpfast::make_conv_geom(n, in[0], in[1], in[2], ws[0], ws[1], ws[2], ws[3], s[0],
+                                         s[1], p[0], p[1], d[0], d[1], group);
+  return lrpfast::cpu::winograd_applies(g, backward);
 }
 
 py::tuple conv_forward_pair(const py::object& xo, const py::object& wo, const py::object& bo,
@@ -130,7 +174,7 @@ py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& w
                                       const py::object& in_shape, const py::object& stride,
                                       const py::object& pad, const py::object& dilation,
                                       const py::object& group, const py::object& zo, double eps,
-                                      const py::object& timeso) {
+                                      const py::object& timeso, const py::object& uo) {
   auto dy = input<float>(dyo, "dy", 4, "(N,O,Ho,Wo)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
@@ -157,10 +201,12 @@ py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& w
             shape_str(times.shape));
     f.times = times.data();
   }
+  Input<float> uk;
+  const float* u = winograd_arg(uo, uk, g);
   float* dxp = dx.mutable_data();
   {
     py::gil_scoped_release nogil;
-    lrpfast::cpu::conv_backward_data(g, dy.data(), w.data(), dxp, f);
+    lrpfast::cpu::conv_backward_data(g, dy.data(), w.data(), dxp, f, u);
   }
   return dx;
 }
@@ -560,10 +606,24 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("conv_forward", &conv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        py::kw_only(), py::arg("winograd") = py::none(),
         "2-D convolution, Caffe semantics.\n\n"
         "x (N,C,H,W), w (O,C/group,kh,kw), b (O,) or None -> y (N,O,Ho,Wo) with\n"
         "Ho = conv_out_size(H, kh, stride[0], pad[0], dilation[0]) (same for Wo).\n"
-        "Computed as im2col + one gemm per group (1x1/stride 1/pad 0 kernels skip im2col).");
+        "Computed as im2col + one gemm per group (1x1/stride 1/pad 0 kernels skip im2col), or\n"
+        "Winograd F(2x2,3x3) for 3x3 stride-1 kernels (conv_forward_algorithm says which).\n"
+        "winograd: winograd_kernels(w, group, False), kept by the caller, skips transforming\n"
+        "the kernels on that path (the same result; ignored on the others).");
+  m.def("winograd_kernels", &winograd_kernels, py::arg("w"), py::arg("group") = 1,
+        py::arg("adjoint") = false,
+        "The Winograd F(2x2,3x3) transforms G g G^T of the 3x3 kernels w (O,C/group,3,3), flat\n"
+        "(16*O*C/group,), for conv_forward (adjoint False) or conv_backward_data (adjoint True).");
+  m.def("winograd_applies", &winograd_applies, py::arg("n"), py::arg("in_shape"),
+        py::arg("w_shape"), py::arg("stride"), py::arg("pad"), py::arg("dilation"),
+        py::arg("group"), py::arg("backward"),
+        "Whether conv_forward (backward False) or conv_backward_data (True) of n images of\n"
+        "in_shape (C,H,W) by kernels of w_shape takes the Winograd path (under the current\n"
+        "set_conv_algorithm).");
   m.def("conv_forward_pair", &conv_forward_pair, py::arg("x"), py::arg("w"), py::arg("b"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
         "Two convolutions of the same x in one pass over its im2col columns.\n\n"
@@ -578,7 +638,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv_backward_data", &conv_backward_data, py::arg("dy"), py::arg("w"), py::arg("in_shape"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
         py::kw_only(), py::arg("z") = py::none(), py::arg("eps") = 0.0,
-        py::arg("times") = py::none(),
+        py::arg("times") = py::none(), py::arg("winograd") = py::none(),
         "Gradient of conv_forward w.r.t. its input (the transposed convolution).\n\n"
         "dy (N,O,Ho,Wo), w (O,C/group,kh,kw), in_shape (C,H,W) or (N,C,H,W) (N is taken from dy)\n"
         "-> dx (N,C,H,W) = col2im(W^T dy). Bias plays no part.\n"

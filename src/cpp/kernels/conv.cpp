@@ -192,7 +192,7 @@ namespace {
 
 // conv_forward's body, the output channels going where `out` says.
 void forward_into(const ConvGeom& g, const float* x, const float* w, const float* b,
-                  const OutPlanes& out) {
+                  const OutPlanes& out, const float* wino_u = nullptr) {
   const bool split = out.y2 != nullptr;
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
@@ -205,9 +205,9 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
   const int rows = split && deterministic() ? Og / 2 : Og;
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
   if (winograd_applies(g, false)) {
-    if (!split) return winograd_forward(g, x, w, b, out.y);
+    if (!split) return winograd_forward(g, x, w, b, out.y, wino_u);
     std::unique_ptr<float[]> full(new float[std::size_t(g.N) * g.O * P]);
-    winograd_forward(g, x, w, b, full.get());
+    winograd_forward(g, x, w, b, full.get(), wino_u);
     for (int n = 0; n < g.N; ++n)
       scatter_rows(full.get() + std::int64_t(n) * g.O * P, P, n, 1, 0, g.O, 0, P, out);
     return;
@@ -280,8 +280,9 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
 
 }  // namespace
 
-void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
-  forward_into(g, x, w, b, OutPlanes{y, nullptr, g.O, g.cout_per_group(), g.out_plane()});
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                  const float* wino_u) {
+  forward_into(g, x, w, b, OutPlanes{y, nullptr, g.O, g.cout_per_group(), g.out_plane()}, wino_u);
 }
 
 void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
@@ -291,8 +292,8 @@ void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const 
 }
 
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
-                        const BackwardFusion& f) {
-  if (winograd_applies(g, true)) return winograd_backward_data(g, dy, w, dx, f);
+                        const BackwardFusion& f, const float* wino_u) {
+  if (winograd_applies(g, true)) return winograd_backward_data(g, dy, w, dx, f, wino_u);
   const std::int64_t P = g.out_plane(), HW = g.in_plane();
   const int Og = g.cout_per_group(), Kg = int(g.k_per_group()), Ip = int(P);
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;

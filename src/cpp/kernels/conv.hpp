@@ -52,7 +52,10 @@ int conv_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t str
 namespace cpu {
 
 // x (N,C,H,W), w (O,C/group,kh,kw), b (O) or nullptr -> y (N,O,Ho,Wo) (overwritten).
-void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+// wino_u: w's transformed kernels (winograd_kernels, adjoint false) for the Winograd path, or
+// nullptr (transformed when that path is taken); ignored on the other paths.
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                  const float* wino_u = nullptr);
 
 // Two convolutions of the same x in one pass over its im2col columns (one gemm per block with
 // both weight sets): g describes the stacked convolution, w (O, C/group, kh, kw) holds every
@@ -77,8 +80,9 @@ struct BackwardFusion {
 };
 
 // dy (N,O,Ho,Wo), w (O,C/group,kh,kw) -> dx (N,C,H,W) (overwritten) = conv_forward's adjoint.
+// wino_u: as for conv_forward, the kernels transformed for the adjoint (adjoint true).
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
-                        const BackwardFusion& f = {});
+                        const BackwardFusion& f = {}, const float* wino_u = nullptr);
 
 }  // namespace cpu
 }  // namespace lrpfast

@@ -82,12 +82,10 @@ void kernel_transform(const float* g, bool flip, float* u) {
 
 // U for the forward (w: (K, Cg, 3, 3)) or, transposed, for the adjoint (w: (O, Cg, 3, 3) read as
 // the kernels of a convolution from O to C channels with flipped taps).
-std::unique_ptr<float[]> transform_kernels(const float* w, int O, int Cg, int group, bool adjoint) {
+void fill_kernels(const float* w, int O, int Cg, int group, bool adjoint, float* up) {
   const int Og = O / group;
   const int rows = adjoint ? Cg : Og, cols = adjoint ? Og : Cg;  // U[xi] is rows x cols
   const std::int64_t mat = std::int64_t(rows) * cols;
-  std::unique_ptr<float[]> U(new float[size_t(16) * O * Cg]);
-  float* up = U.get();
   // one U row at a time, so the 16 output streams are written contiguously
   parallel_for(std::int64_t(group) * rows, std::int64_t(O) * Cg * 64,
                [&](std::int64_t t0, std::int64_t t1) {
@@ -102,6 +100,11 @@ std::unique_ptr<float[]> transform_kernels(const float* w, int O, int Cg, int gr
       }
     }
   });
+}
+
+std::unique_ptr<float[]> transform_kernels(const float* w, int O, int Cg, int group, bool adjoint) {
+  std::unique_ptr<float[]> U(new float[size_t(16) * O * Cg]);
+  fill_kernels(w, O, Cg, group, adjoint, U.get());
   return U;
 }
 
@@ -325,18 +328,25 @@ bool winograd_applies(const ConvGeom& g, bool backward) {
   return 9.0 * double(ho * wo) >= kMinSaving * 16.0 * double(cols);
 }
 
-void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y) {
-  const auto U = transform_kernels(w, g.O, g.cin_per_group(), g.group, false);
+void winograd_kernels(const float* w, int O, int Cg, int group, bool adjoint, float* U) {
+  fill_kernels(w, O, Cg, group, adjoint, U);
+}
+
+void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                      const float* U) {
+  std::unique_ptr<float[]> own;
+  if (!U) own = transform_kernels(w, g.O, g.cin_per_group(), g.group, false), U = own.get();
   const Problem p{g.N, g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw, g.group, {}};
-  run(p, x, U.get(), b, y);
+  run(p, x, U, b, y);
 }
 
 void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
-                            const BackwardFusion& f) {
+                            const BackwardFusion& f, const float* U) {
   // dx = conv(dy, w flipped and transposed, pad 2 - pad): from O channels to C channels
-  const auto U = transform_kernels(w, g.O, g.cin_per_group(), g.group, true);
+  std::unique_ptr<float[]> own;
+  if (!U) own = transform_kernels(w, g.O, g.cin_per_group(), g.group, true), U = own.get();
   const Problem p{g.N, g.O, g.Ho, g.Wo, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw, g.group, f};
-  run(p, dy, U.get(), nullptr, dx);
+  run(p, dy, U, nullptr, dx);
 }
 
 }  // namespace cpu

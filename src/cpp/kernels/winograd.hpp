@@ -37,10 +37,17 @@ ConvAlgo conv_algo();            // default Auto, or LRPFAST_CONV_ALGO=direct|wi
 // channel counts make its 16 gemms efficient). backward: the transposed product (needs pad <= 2).
 bool winograd_applies(const ConvGeom& g, bool backward);
 
-// Same contracts as conv_forward / conv_backward_data (outputs overwritten).
-void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y);
+// The transformed kernels U = G g G^T of w (O, C/group, 3, 3), 16 * O * C/group floats, as
+// winograd_forward (adjoint false) or winograd_backward_data (adjoint true) use them. Passing
+// them in (U) skips the transform, which at batch 1 costs more than the products themselves
+// (512 x 512 kernels on a 7 x 7 plane: 6 of 7 ms); the caller keeps them per weight set.
+void winograd_kernels(const float* w, int O, int Cg, int group, bool adjoint, float* U);
+// Same contracts as conv_forward / conv_backward_data (outputs overwritten); U: see
+// winograd_kernels (nullptr: transformed here).
+void winograd_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                      const float* U = nullptr);
 void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
-                            const BackwardFusion& f = {});
+                            const BackwardFusion& f = {}, const float* U = nullptr);
 
 }  // namespace cpu
 }  // namespace lrpfast
