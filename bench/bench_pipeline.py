@@ -4,8 +4,8 @@
     python bench/bench_pipeline.py [--nets caffenet,vgg16] [--images 256] [--threads 2]
                                    [--repeats 2] [--dask-images 64] [--no-dask] [--out bench/out]
 
-Photos: ``--images`` JPEG photos of 1500x1000 (quality 90) made once into
-``bench/out/photos/`` from the bundled demo images: a random crop of one, scaled up (bicubic)
+Photos: ``--images`` JPEG photos of 1500x1000 (quality 90; ``--photo-size 500x375``: the
+typical ImageNet / VOC photo) made once into ``bench/out/photos*/`` from the bundled demo images: a random crop of one, scaled up (bicubic)
 to the photo size, under a smooth random colour gradient and pixel noise (there is no photo
 set offline; these decode like real photos of that size: ~1.5 MP, 4:2:0 JPEG).
 Nets: bench_speed.py's CaffeNet- and VGG-16-shaped nets (He-initialised weights).
@@ -195,18 +195,23 @@ def main(argv=None) -> int:
                     help="lengthen Dask's bookkeeping intervals (see bench/README.md)")
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--vgg-repeats", type=int, default=1)
+    ap.add_argument("--photo-size", default="1500x1000",
+                    help="WxH of the generated photos (500x375: the typical ImageNet / VOC "
+                         "photo)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     args = ap.parse_args(argv)
     import lrpfast
-    folder = os.path.join(args.out, f"photos_{args.images}")
+    size = tuple(int(v) for v in args.photo_size.lower().split("x"))
+    tag = "" if size == (1500, 1000) else f"_{size[0]}x{size[1]}"
+    folder = os.path.join(args.out, f"photos{tag}_{args.images}")
     t = time.perf_counter()
-    photos = make_photos(os.path.join(args.out, "photos"), args.images)
+    photos = make_photos(os.path.join(args.out, f"photos{tag}"), args.images, size=size)
     os.makedirs(folder, exist_ok=True)
     for p in photos:
         q = os.path.join(folder, os.path.basename(p))
         if not os.path.exists(q):
             os.symlink(os.path.abspath(p), q)
-    print(f"{len(photos)} photos 1500x1000 ready in {time.perf_counter() - t:.1f} s; "
+    print(f"{len(photos)} photos {size[0]}x{size[1]} ready in {time.perf_counter() - t:.1f} s; "
           f"{lrpfast.info().get('blas', '')}", flush=True)
     lines = ["| net | photos | engine img/s (in memory) | end-to-end img/s | ratio | engine "
              "waiting | decode+pre-process per photo (1 thread) |",
