@@ -29,9 +29,12 @@ ConvAlgo algo_from_env() {
 
 // Below this many channels per group (input or output) the 16 gemms are too thin to beat im2col.
 constexpr int kMinChannels = 16;
-// ... or when padding and half tiles leave less than this saving (13x13 planes: 1.49, slower
-// than the direct method on 2 cores; 14x14: 1.72, faster).
-constexpr double kMinSaving = 1.6;
+// ... or when padding and half tiles leave less than this saving. With the kernels transformed
+// once and kept by the caller (winograd_kernels), 13x13 planes (1.49) are faster than the
+// direct method on 2 cores (CaffeNet's conv3 at batch 16: 25 vs 37 ms; batch 1: 1.7 vs 1.9
+// ms), and so are 9x9 (1.42: 7.4 vs 11.4 ms for 16 images of 256 channels) and 6x6 (1.27: 3.7
+// vs 4.3 ms).
+constexpr double kMinSaving = 1.2;
 // Most tiles per block (whole images below this are padded to 16 columns each).
 constexpr std::int64_t kMaxBlockTiles = 1024;
 
