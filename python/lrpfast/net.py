@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import numpy as np
 
@@ -504,8 +504,9 @@ class Net:
             xs = [blobs[b] for b in layer.bottoms]
             if self._fused(layer, last):
                 chain = self._chains[layer.name]
-                ys, st = layer.forward_zplus(xs, layer.rel_op) if layer.name in zplus \
-                    else ([layer.rel_op.fwd(xs[0], "w", "b")], {})   # type: ignore[attr-defined]
+                owner = cast(_RuleLayer, layer)
+                ys, st = owner.forward_zplus(xs, owner.rel_op) if layer.name in zplus \
+                    else ([owner.rel_op.fwd(xs[0], "w", "b")], {})
                 states[layer.name] = st
                 blobs[chain[-1].tops[0]] = ys[0]
                 inner = [layer] + chain[:-1]

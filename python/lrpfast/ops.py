@@ -108,6 +108,10 @@ class LinearOp:
                 self._b_cache[kind] = np.ascontiguousarray(_variant(self.b, kind))
         return self._b_cache[kind]
 
+    def fwd(self, x: np.ndarray, kind: str = "w", bias: str | None = "b") -> np.ndarray:
+        """z = x W(kind)^T + b(bias) for the weight variant ``kind``; x: (N, *in_shape)."""
+        raise NotImplementedError
+
     def pairs_zplus(self, x) -> bool:
         """True where ``fwd_zplus(x)`` computes z and z+ in one pass, saving work over two
         ``fwd`` calls (operators without it: never)."""
