@@ -331,7 +331,10 @@ def bench_net(kind, batch, args, rows, extra):
     proto, model_path = build_model(kind, args.out)
     net = lrpfast.Net(proto, model_path)
     shape = net.inputs["data"]
-    x = np.random.default_rng(3).standard_normal((batch,) + shape, np.float32) * np.float32(50)
+    # the timed batch, and the AGREE_IMAGES images the agreement check uses at any batch size
+    k = max(batch, AGREE_IMAGES)
+    xa = np.random.default_rng(3).standard_normal((k,) + shape, np.float32) * np.float32(50)
+    x = xa[:batch]
     model = torch_model(net)
     model64 = torch_model(net).double()
     xt = torch.from_numpy(x)
@@ -340,8 +343,9 @@ def bench_net(kind, batch, args, rows, extra):
     R = args.repeats
 
     top = [l.name for l in net.layers if l.type == "InnerProduct"][-1]
-    logits = net.forward(x, blobs=[top])[top]
-    classes = [int(c) for c in np.argmax(logits.reshape(batch, -1), axis=1)]
+    logits_a = net.forward(xa, blobs=[top])[top]
+    classes_a = [int(c) for c in np.argmax(logits_a.reshape(len(xa), -1), axis=1)]
+    logits, classes = logits_a[:batch], classes_a[:batch]
 
     def torch_forward():
         with torch.no_grad():
@@ -364,10 +368,13 @@ def bench_net(kind, batch, args, rows, extra):
         # ~1e-7 relative, float32 rounding in either code may pick the other winner and move
         # that unit's relevance (seen: one window of 43k in CaffeNet's pool2 changed a map by
         # 2e-2). So one image of AGREE_IMAGES may differ; the worst image is reported.
-        k = min(AGREE_IMAGES, batch)
-        r64 = zennit_relevance(model64, x[:k].astype(np.float64), classes[:k], zname)
-        l2, mx = agreement(r_l[:k], r64)
-        l2z, mxz = agreement(r_z[:k], r64)
+        k = AGREE_IMAGES
+        xk, ck = xa[:k], classes_a[:k]
+        r_lk = r_l[:k] if batch >= k else net.relevance(xk, ck, comp)
+        r_zk = r_z[:k] if batch >= k else zennit_relevance(model, xk, ck, zname)
+        r64 = zennit_relevance(model64, xk.astype(np.float64), ck, zname)
+        l2, mx = agreement(r_lk, r64)
+        l2z, mxz = agreement(r_zk, r64)
         good = (l2 <= np.maximum(TOL_L2, 2 * l2z)) & (mx <= np.maximum(TOL_MAX, 2 * mxz))
         ok = "ok" if good.sum() >= k - 1 else "DIFFER"
         i = int(np.argmax(l2))

@@ -3,8 +3,8 @@ lrpfast's streamed kernels ('streamed'; 'auto' where the CPU has AVX-512 or in d
 mode) on every SIMD path this CPU has (AVX-512, AVX2 + FMA, generic C++), and BLAS ('blas').
 
 References are float64 numpy products (x @ w.T, dy @ w), independent of the kernels' tiling.
-Shapes cross every boundary of the kernels (src/cpp/kernels/streamed.cpp): rows of A around 16
-(the nt tile's lanes), 128 (nt -> nn on transposed blocks) and 256 (nn's row blocks); columns
+Shapes cross every boundary of the kernels (src/cpp/kernels/streamed.cpp): rows of A around 4
+(nt with the outputs in the lanes), 16 (the nt tile's lanes), 128 (nt -> nn on transposed blocks) and 256 (nn's row blocks); columns
 around 16 (nt's output tile) and 64 (nn's strips); K around 16, 64 (nn's row tiles) and 256 (nt's
 column tiles). The streamed kernels compute every element as one chain of FMAs over k in order,
 so a row's result is bit-identical alone, in any batch and on any number of threads.
@@ -63,7 +63,7 @@ def check_bound(actual, a, b):
 
 # (M rows, K inputs, O outputs)
 SHAPES = [
-    (1, 1, 1), (1, 3, 7), (2, 17, 5), (3, 300, 65), (5, 64, 64), (15, 255, 16), (16, 256, 17),
+    (1, 1, 1), (1, 3, 7), (2, 17, 5), (3, 300, 65), (4, 16, 16), (4, 33, 19), (5, 64, 64), (15, 255, 16), (16, 256, 17),
     (17, 257, 63), (31, 520, 130), (33, 16, 1000), (64, 1100, 70), (65, 70, 129), (100, 65, 33),
     (128, 77, 20), (129, 300, 64), (256, 40, 200), (257, 129, 65), (300, 600, 20),
 ]
@@ -92,7 +92,9 @@ def test_algorithms_agree_and_switch():
         assert lrpfast.get_linear_algorithm() == _core.get_linear_algorithm() == a
         assert lrpfast.info()["linear_algorithm"] == a
         out[a] = _core.linear_forward(x, w, None)
-    assert lrpfast.info()["linear_kernels"] == ("streamed (avx512)" if NATIVE else "blas")
+    assert lrpfast.info()["linear_kernels"] == (
+        "streamed (avx512)" if NATIVE else "blas; streamed (avx2) for batches of 1 to 4"
+        if _core.simd_kernels() == "avx2" else "blas")
     lrpfast.set_linear_algorithm("blas")
     assert lrpfast.info()["linear_kernels"] == "blas"
     lrpfast.set_linear_algorithm("auto")
@@ -114,7 +116,8 @@ def test_simd_paths_give_the_same_bits():
     lrpfast.set_linear_algorithm("streamed")
     before = lrpfast.get_simd()
     try:
-        for m, k, o in [(1, 3, 7), (17, 257, 63), (129, 300, 64), (40, 70, 33)]:
+        for m, k, o in [(1, 3, 7), (1, 1030, 70), (2, 257, 33), (3, 9, 16), (4, 100, 129),
+                        (5, 70, 33), (17, 257, 63), (129, 300, 64), (40, 70, 33)]:
             x = rng.standard_normal((m, k)).astype(np.float32)
             w = rng.standard_normal((o, k)).astype(np.float32)
             dy = rng.standard_normal((m, o)).astype(np.float32)
@@ -148,7 +151,8 @@ def test_rows_are_bit_identical_alone_and_in_any_batch(k, o, streamed):
     w = rng.standard_normal((o, k)).astype(np.float32)
     dy = rng.standard_normal((300, o)).astype(np.float32)
     y_all, dx_all = _core.linear_forward(x, w, None), _core.linear_backward_data(dy, w)
-    for lo, hi in [(0, 1), (7, 8), (299, 300), (3, 20), (10, 74), (0, 128), (0, 129), (40, 297)]:
+    for lo, hi in [(0, 1), (7, 8), (299, 300), (0, 2), (5, 8), (9, 13), (1, 6), (3, 20),
+                   (10, 74), (0, 128), (0, 129), (40, 297)]:
         np.testing.assert_array_equal(_core.linear_forward(x[lo:hi], w, None), y_all[lo:hi])
         np.testing.assert_array_equal(_core.linear_backward_data(dy[lo:hi], w), dx_all[lo:hi])
 
@@ -163,7 +167,8 @@ def test_bit_identical_on_one_and_two_threads(streamed):
         out = []
         for t in (1, 2):
             lrpfast.set_num_threads(t)
-            out.append((_core.linear_forward(x, w, None), _core.linear_backward_data(dy, w)))
+            out.append((_core.linear_forward(x, w, None), _core.linear_backward_data(dy, w),
+                        _core.linear_forward(x[:1], w, None), _core.linear_forward(x[:3], w, None)))
     finally:
         lrpfast.set_num_threads(before)
     for a, b in zip(*out):

@@ -79,8 +79,8 @@ def get_num_threads() -> int:
 
 def set_conv_algorithm(name: str) -> None:
     """Algorithm of the CPU engine's 3x3 stride-1 convolutions (process-wide):
-    "auto" (default: Winograd F(2x2,3x3), Lavin & Gray 2016, where it saves >= 1.6x of the
-    multiplications, i.e. >= 16 channels per group and planes of ~14x14 and up), "direct"
+    "auto" (default: Winograd F(2x2,3x3), Lavin & Gray 2016, where it saves >= 1.2x of the
+    multiplications, i.e. >= 16 channels per group and planes of ~6x6 and up), "direct"
     (im2col + gemm everywhere) or "winograd" (wherever the geometry allows). Both agree to
     float32 rounding; an image's result never depends on the rest of its batch under Winograd.
     The default comes from $LRPFAST_CONV_ALGO."""
@@ -93,12 +93,13 @@ def get_conv_algorithm() -> str:
 
 def set_linear_algorithm(name: str) -> None:
     """Kernels of the CPU engine's fully connected products, forward and transposed
-    (process-wide): "auto" (default: lrpfast's streamed kernels where they run on AVX-512, and
-    in deterministic mode on every CPU; else BLAS), "blas" (OpenBLAS sgemm; one row at a time
-    in deterministic mode) or "streamed" (lrpfast's kernels on every CPU: AVX-512, AVX2 + FMA
-    or generic C++, all giving the same bits). The streamed kernels read the weight matrix
-    once and are faster for the few rows an LRP batch has (bench/README.md); with them an
-    image's result never depends on the rest of its batch. BLAS agrees to float32 rounding.
+    (process-wide): "auto" (default: lrpfast's streamed kernels where they run on AVX-512, on
+    AVX2 + FMA for batches of 1 to 4, and in deterministic mode on every CPU; else BLAS),
+    "blas" (OpenBLAS sgemm; one row at a time in deterministic mode) or "streamed" (lrpfast's
+    kernels on every CPU: AVX-512, AVX2 + FMA or generic C++, all giving the same bits). The
+    streamed kernels read the weight matrix once and are faster for the few rows an LRP batch
+    has (bench/README.md); with them an image's result never depends on the rest of its batch.
+    BLAS agrees to float32 rounding.
     The default comes from $LRPFAST_LINEAR_ALGO."""
     _core.set_linear_algorithm(str(name))
 
@@ -151,7 +152,11 @@ def _linear_kernels() -> str:
     if algo == "streamed" or (algo == "auto" and (_core.linear_streamed_native()
                                                   or get_deterministic())):
         return f"streamed ({_core.simd_kernels()})"
-    return "blas (one row at a time)" if get_deterministic() else "blas"
+    if get_deterministic():
+        return "blas (one row at a time)"
+    if algo == "auto" and _core.simd_kernels() == "avx2":
+        return "blas; streamed (avx2) for batches of 1 to 4"
+    return "blas"
 
 
 def info() -> dict:

@@ -34,6 +34,10 @@ LinearAlgo algo_from_env() {
 // Beyond this many rows of A, C = A B^T runs as nn on column blocks of B transposed (AVX-512), or
 // as nt on blocks of this many rows (portable kernels).
 constexpr int kMaxRowsNT = 128;
+// Up to this many rows of A, C = A B^T runs with the outputs in the vector lanes (nt_small).
+constexpr int kSmallM = 4;
+// ... and C = A B with blocks of this many columns of C kept in L1 (nn_small).
+constexpr int kSmallCols = 1024;
 // nn computes C in blocks of at most this many rows.
 constexpr int kMBlock = 256;
 // Multiply-adds per element-cost of parallel_for's work measure: products under 2^21
@@ -260,6 +264,122 @@ LRPFAST_AVX512 void nt_outputs(int M, int N, int o_lo, int o_hi, int K, const fl
     }
   }
 }
+
+// ---- nt for a few rows of A: outputs in the lanes ---------------------------------------------
+// With M <= kSmallM rows of A, the batch-in-lanes tile above leaves most lanes empty (15 of 16 at
+// M = 1). Here the 16 lanes are 16 outputs: B's 16 rows are read 16 columns at a time, transposed
+// in registers (lane j of v[k] = B[o0 + j, k0 + k]) and each of the M accumulators takes one FMA
+// per k in order -- the same chain per element as nt_tile, so the same bits.
+// v[c] (lane j) = r[j][c]: the 16 x 16 block r (row j = 16 consecutive floats of B's row o0 + j)
+// transposed, in 64 shuffles.
+LRPFAST_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: t[2i] = a0 b0 a1 b1, t[2i+1] = a2 b2 a3 b3
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g)  // r[4g + e], per 128-bit lane L: rows 4g .. 4g+3 of column 4L + e
+    for (int h = 0; h < 2; ++h) {
+      const __m512d a = _mm512_castps_pd(t[4 * g + h]), b = _mm512_castps_pd(t[4 * g + 2 + h]);
+      r[4 * g + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[4 * g + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    }
+  for (int e = 0; e < 4; ++e) {  // gather lane L of r[e], r[4+e], r[8+e], r[12+e]: column 4L + e
+    const __m512 lo02 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88);    // lanes 0, 2 of each
+    const __m512 hi02 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88);
+    const __m512 lo13 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xdd);    // lanes 1, 3 of each
+    const __m512 hi13 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xdd);
+    t[e] = _mm512_shuffle_f32x4(lo02, hi02, 0x88);        // column e
+    t[8 + e] = _mm512_shuffle_f32x4(lo02, hi02, 0xdd);    // column 8 + e
+    t[4 + e] = _mm512_shuffle_f32x4(lo13, hi13, 0x88);    // column 4 + e
+    t[12 + e] = _mm512_shuffle_f32x4(lo13, hi13, 0xdd);   // column 12 + e
+  }
+  for (int c = 0; c < 16; ++c) r[c] = t[c];
+}
+
+// C[0 .. MS) x outputs [o0, o0 + nj) (nj <= 16) = A B^T over all K, one FMA per k in order.
+template <int MS>
+LRPFAST_AVX512 void nt_small_tile(int K, const float* A, int lda, const float* B, int ldb, int nj,
+                                  float* C, int ldc) {
+  constexpr int kAhead = 512;  // floats: prefetch distance along each of the 16 rows of B
+  __m512 acc[MS];
+  for (int m = 0; m < MS; ++m) acc[m] = _mm512_setzero_ps();
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int kb = std::min(16, K - k0);
+    const __mmask16 cols = __mmask16((1u << kb) - 1u);
+    __m512 v[16];
+    for (int j = 0; j < 16; ++j) {
+      const float* row = B + i64(j) * ldb + k0;
+      if (j >= nj) {
+        v[j] = _mm512_setzero_ps();
+        continue;
+      }
+      if (k0 + kAhead < K) _mm_prefetch(reinterpret_cast<const char*>(row + kAhead), _MM_HINT_T0);
+      v[j] = _mm512_maskz_loadu_ps(cols, row);
+    }
+    transpose16(v);
+    for (int k = 0; k < kb; ++k)
+      for (int m = 0; m < MS; ++m)
+        acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(A[i64(m) * lda + k0 + k]), v[k], acc[m]);
+  }
+  const __mmask16 outs = __mmask16((1u << nj) - 1u);
+  for (int m = 0; m < MS; ++m) _mm512_mask_storeu_ps(C + i64(m) * ldc, outs, acc[m]);
+}
+
+// Outputs [o_lo, o_hi) of C = A B^T, M <= kSmallM.
+LRPFAST_AVX512 void nt_small(int M, int o_lo, int o_hi, int K, const float* A, int lda,
+                             const float* B, int ldb, float* C, int ldc) {
+  for (int o0 = o_lo; o0 < o_hi; o0 += 16) {
+    const int nj = std::min(16, o_hi - o0);
+    const float* b = B + i64(o0) * ldb;
+    float* c = C + o0;
+    switch (M) {
+      case 4: nt_small_tile<4>(K, A, lda, b, ldb, nj, c, ldc); break;
+      case 3: nt_small_tile<3>(K, A, lda, b, ldb, nj, c, ldc); break;
+      case 2: nt_small_tile<2>(K, A, lda, b, ldb, nj, c, ldc); break;
+      default: nt_small_tile<1>(K, A, lda, b, ldb, nj, c, ldc); break;
+    }
+  }
+}
+
+// ---- nn for a few rows of A: C's rows in L1, B's rows streamed past them ----------------------
+// C[0 .. MS) x `cols` columns += A[0 .. MS) x rows [0, R) of B (row stride ldb), one FMA per row of
+// B in order (R = 4 sweeps read four rows of B at a time for each load and store of C).
+template <int MS, int R>
+LRPFAST_AVX512 void nn_small_sweep(const float* A, int lda, const float* B, int ldb, int cols,
+                                   float* C, int ldc) {
+  __m512 a[MS][R];
+  for (int m = 0; m < MS; ++m)
+    for (int q = 0; q < R; ++q) a[m][q] = _mm512_set1_ps(A[i64(m) * lda + q]);
+  const __mmask16 tail = __mmask16((1u << (cols % 16)) - 1u);
+  for (int j = 0; j < cols; j += 16) {
+    const __mmask16 k = j + 16 <= cols ? __mmask16(0xffff) : tail;
+    __m512 b[R];
+    for (int q = 0; q < R; ++q) b[q] = _mm512_maskz_loadu_ps(k, B + i64(q) * ldb + j);
+    for (int m = 0; m < MS; ++m) {
+      float* c = C + i64(m) * ldc + j;
+      __m512 acc = _mm512_maskz_loadu_ps(k, c);
+      for (int q = 0; q < R; ++q) acc = _mm512_fmadd_ps(a[m][q], b[q], acc);
+      _mm512_mask_storeu_ps(c, k, acc);
+    }
+  }
+}
+
+// Columns [j0, j1) of C = A B, M <= kSmallM: blocks of kSmallCols columns of C (M x 4 KiB, in L1)
+// take B's rows in order, from +0 -- each element the same fma chain as nn_tile.
+template <int MS>
+LRPFAST_AVX512 void nn_small(int j0, int j1, int K, const float* A, int lda, const float* B,
+                             int ldb, float* C, int ldc) {
+  for (int jb = j0; jb < j1; jb += kSmallCols) {
+    const int cols = std::min(kSmallCols, j1 - jb);
+    for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
+    int r = 0;
+    for (; r + 4 <= K; r += 4)
+      nn_small_sweep<MS, 4>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+    for (; r < K; ++r)
+      nn_small_sweep<MS, 1>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+  }
+}
 #endif
 
 // ---- portable kernels: the same per-element arithmetic in plain C++ --------------------------
@@ -440,6 +560,119 @@ LRPFAST_AVX2 void nn_tile_avx2(int K, const float* A, int lda, const float* B, i
   }
 }
 
+// nt_small's twin: 8 outputs in the lanes, B read 8 columns at a time and transposed in registers
+// (24 shuffles per 8 x 8 block); the same fma chain per element.
+LRPFAST_AVX2 inline void transpose8(__m256 r[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 4; ++i) {  // per 128-bit half: t[2i] = a0 b0 a1 b1, t[2i+1] = a2 b2 a3 b3
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 2; ++g)  // r[4g + e], per half H: rows 4g .. 4g+3 of column 4H + e
+    for (int h = 0; h < 2; ++h) {
+      r[4 * g + 2 * h] = _mm256_shuffle_ps(t[4 * g + h], t[4 * g + 2 + h], 0x44);
+      r[4 * g + 2 * h + 1] = _mm256_shuffle_ps(t[4 * g + h], t[4 * g + 2 + h], 0xee);
+    }
+  for (int e = 0; e < 4; ++e) {
+    t[e] = _mm256_permute2f128_ps(r[e], r[4 + e], 0x20);      // column e
+    t[4 + e] = _mm256_permute2f128_ps(r[e], r[4 + e], 0x31);  // column 4 + e
+  }
+  for (int c = 0; c < 8; ++c) r[c] = t[c];
+}
+
+template <int MS>
+LRPFAST_AVX2 void nt_small_tile_avx2(int K, const float* A, int lda, const float* B, int ldb,
+                                     int nj, float* C, int ldc) {
+  constexpr int kAhead = 512;
+  __m256 acc[MS];
+  for (int m = 0; m < MS; ++m) acc[m] = _mm256_setzero_ps();
+  alignas(32) float edge[8] = {};
+  for (int k0 = 0; k0 < K; k0 += 8) {
+    const int kb = std::min(8, K - k0);
+    __m256 v[8];
+    for (int j = 0; j < 8; ++j) {
+      const float* row = B + i64(j) * ldb + k0;
+      if (j >= nj) {
+        v[j] = _mm256_setzero_ps();
+        continue;
+      }
+      if (k0 + kAhead < K) _mm_prefetch(reinterpret_cast<const char*>(row + kAhead), _MM_HINT_T0);
+      if (kb == 8) {
+        v[j] = _mm256_loadu_ps(row);
+      } else {
+        for (int c = 0; c < 8; ++c) edge[c] = c < kb ? row[c] : 0.f;
+        v[j] = _mm256_load_ps(edge);
+      }
+    }
+    transpose8(v);
+    for (int k = 0; k < kb; ++k)
+      for (int m = 0; m < MS; ++m)
+        acc[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + i64(m) * lda + k0 + k), v[k], acc[m]);
+  }
+  for (int m = 0; m < MS; ++m) {
+    if (nj == 8) {
+      _mm256_storeu_ps(C + i64(m) * ldc, acc[m]);
+    } else {
+      _mm256_store_ps(edge, acc[m]);
+      for (int j = 0; j < nj; ++j) C[i64(m) * ldc + j] = edge[j];
+    }
+  }
+}
+
+LRPFAST_AVX2 void nt_small_avx2(int M, int o_lo, int o_hi, int K, const float* A, int lda,
+                                const float* B, int ldb, float* C, int ldc) {
+  for (int o0 = o_lo; o0 < o_hi; o0 += 8) {
+    const int nj = std::min(8, o_hi - o0);
+    const float* b = B + i64(o0) * ldb;
+    float* c = C + o0;
+    switch (M) {
+      case 4: nt_small_tile_avx2<4>(K, A, lda, b, ldb, nj, c, ldc); break;
+      case 3: nt_small_tile_avx2<3>(K, A, lda, b, ldb, nj, c, ldc); break;
+      case 2: nt_small_tile_avx2<2>(K, A, lda, b, ldb, nj, c, ldc); break;
+      default: nt_small_tile_avx2<1>(K, A, lda, b, ldb, nj, c, ldc); break;
+    }
+  }
+}
+
+// nn_small's twin: 8 columns per vector, the right edge one column at a time (same fma chain).
+template <int MS, int R>
+LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* B, int ldb, int cols,
+                                      float* C, int ldc) {
+  __m256 a[MS][R];
+  for (int m = 0; m < MS; ++m)
+    for (int q = 0; q < R; ++q) a[m][q] = _mm256_set1_ps(A[i64(m) * lda + q]);
+  int j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    __m256 b[R];
+    for (int q = 0; q < R; ++q) b[q] = _mm256_loadu_ps(B + i64(q) * ldb + j);
+    for (int m = 0; m < MS; ++m) {
+      float* c = C + i64(m) * ldc + j;
+      __m256 acc = _mm256_loadu_ps(c);
+      for (int q = 0; q < R; ++q) acc = _mm256_fmadd_ps(a[m][q], b[q], acc);
+      _mm256_storeu_ps(c, acc);
+    }
+  }
+  for (; j < cols; ++j)
+    for (int m = 0; m < MS; ++m) {
+      float& c = C[i64(m) * ldc + j];
+      for (int q = 0; q < R; ++q) c = LRPFAST_FMAF(A[i64(m) * lda + q], B[i64(q) * ldb + j], c);
+    }
+}
+
+template <int MS>
+LRPFAST_AVX2 void nn_small_avx2(int j0, int j1, int K, const float* A, int lda, const float* B,
+                                int ldb, float* C, int ldc) {
+  for (int jb = j0; jb < j1; jb += kSmallCols) {
+    const int cols = std::min(kSmallCols, j1 - jb);
+    for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
+    int r = 0;
+    for (; r + 4 <= K; r += 4)
+      nn_small_sweep_avx2<MS, 4>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+    for (; r < K; ++r)
+      nn_small_sweep_avx2<MS, 1>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+  }
+}
+
 LRPFAST_PORTABLE_KERNELS(LRPFAST_AVX2, avx2)
 bool has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -487,11 +720,14 @@ LinearAlgo linear_algo() { return g_algo.get(); }
 
 namespace {
 
-// lrpfast's own kernels: 'streamed', or 'auto' where they are the fast choice (AVX-512) or the
-// deterministic one (any path: BLAS's arithmetic may depend on the batch).
-bool use_streamed() {
+// lrpfast's own kernels: 'streamed', or 'auto' where they are the fast choice (AVX-512; AVX2 for
+// up to kSmallM rows of A, where OpenBLAS runs at its packing speed) or the deterministic one (any
+// path: BLAS's arithmetic may depend on the batch).
+bool use_streamed(int M) {
   const LinearAlgo a = linear_algo();
-  return a == LinearAlgo::Streamed || (a == LinearAlgo::Auto && (streamed_native() || deterministic()));
+  if (a != LinearAlgo::Auto) return a == LinearAlgo::Streamed;
+  return streamed_native() || deterministic() ||
+         (M <= kSmallM && std::strcmp(simd_kernels(), "avx2") == 0);
 }
 
 // C = A op(B) with the portable kernels (AVX2 + FMA or generic): nt on blocks of at most
@@ -502,6 +738,26 @@ void portable(int M, int N, int K, const float* A, int lda, const float* B, int 
   [[maybe_unused]] const bool avx2 =
       LRPFAST_HAS_AVX2_BUILD && std::strcmp(simd_kernels(), "avx2") == 0;
   const i64 work = i64(M) * N * K / kMaddsPerElement;
+#if LRPFAST_HAS_AVX2_BUILD
+  if (avx2 && b_trans && M <= kSmallM) {
+    parallel_for((N + 7) / 8, work, [&](i64 lo, i64 hi) {
+      nt_small_avx2(M, int(lo) * 8, int(std::min<i64>(N, hi * 8)), K, A, lda, B, ldb, C, ldc);
+    });
+    return;
+  }
+  if (avx2 && M <= kSmallM) {
+    parallel_for((N + 7) / 8, work, [&](i64 lo, i64 hi) {
+      const int j0 = int(lo) * 8, j1 = int(std::min<i64>(N, hi * 8));
+      switch (M) {
+        case 4: return nn_small_avx2<4>(j0, j1, K, A, lda, B, ldb, C, ldc);
+        case 3: return nn_small_avx2<3>(j0, j1, K, A, lda, B, ldb, C, ldc);
+        case 2: return nn_small_avx2<2>(j0, j1, K, A, lda, B, ldb, C, ldc);
+        default: return nn_small_avx2<1>(j0, j1, K, A, lda, B, ldb, C, ldc);
+      }
+    });
+    return;
+  }
+#endif
   if (b_trans) {
     for (int m0 = 0; m0 < M; m0 += kMaxRowsNT) {
       const int mb = std::min(kMaxRowsNT, M - m0);
@@ -539,6 +795,13 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
   // tiles (nt) or strips (nn) in contiguous ranges over the pool: the arithmetic of one does
   // not depend on the split
   const i64 work = i64(M) * N * K / kMaddsPerElement;
+  if (b_trans && M <= kSmallM) {
+    // 16-output tiles, whole ones per thread (contiguous ranges: the split leaves the bits alone)
+    parallel_for((N + 15) / 16, work, [&](i64 lo, i64 hi) {
+      nt_small(M, int(lo) * 16, int(std::min<i64>(N, hi * 16)), K, A, lda, B, ldb, C, ldc);
+    });
+    return;
+  }
   if (b_trans && M <= kMaxRowsNT) {
     const int ld = (M + 15) / 16 * 16;
     const std::vector<float> at = transpose_a(M, K, A, lda, ld);
@@ -546,6 +809,18 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
     parallel_for(tiles, work, [&](i64 lo, i64 hi) {
       nt_outputs(M, N, int(lo) * kTileO, std::min<i64>(N, hi * kTileO), K, at.data(), ld, B, ldb,
                  C, ldc);
+    });
+    return;
+  }
+  if (!b_trans && M <= kSmallM) {
+    parallel_for((N + 15) / 16, work, [&](i64 lo, i64 hi) {
+      const int j0 = int(lo) * 16, j1 = int(std::min<i64>(N, hi * 16));
+      switch (M) {
+        case 4: return nn_small<4>(j0, j1, K, A, lda, B, ldb, C, ldc);
+        case 3: return nn_small<3>(j0, j1, K, A, lda, B, ldb, C, ldc);
+        case 2: return nn_small<2>(j0, j1, K, A, lda, B, ldb, C, ldc);
+        default: return nn_small<1>(j0, j1, K, A, lda, B, ldb, C, ldc);
+      }
     });
     return;
   }
@@ -571,14 +846,14 @@ void blas_rows(bool b_trans, int M, int N, int K, const float* A, int lda, const
 void gemm_streamed_nn(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  if (K > 0 && use_streamed()) return streamed(M, N, K, A, lda, B, ldb, false, C, ldc);
+  if (K > 0 && use_streamed(M)) return streamed(M, N, K, A, lda, B, ldb, false, C, ldc);
   blas_rows(false, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 void gemm_streamed_nt(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  if (K > 0 && use_streamed()) return streamed(M, N, K, A, lda, B, ldb, true, C, ldc);
+  if (K > 0 && use_streamed(M)) return streamed(M, N, K, A, lda, B, ldb, true, C, ldc);
   blas_rows(true, M, N, K, A, lda, B, ldb, C, ldc);
 }
 

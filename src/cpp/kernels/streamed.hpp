@@ -34,8 +34,9 @@ const char* simd_kernels();  // what runs under that setting here: "avx512", "av
 
 bool streamed_native();  // true where the AVX-512 kernels run (simd_kernels() == "avx512")
 
-// Process-wide choice: Auto (default) uses the kernels above where streamed_native(), and their
-// portable twins (AVX2 + FMA or generic C++, same bits) in deterministic mode; Streamed always
+// Process-wide choice: Auto (default) uses the kernels above where streamed_native(), their AVX2
+// twins for up to 4 rows of A (batch 1 to 4) where the CPU has AVX2 + FMA only, and the portable
+// twins (AVX2 + FMA or generic C++, same bits) in deterministic mode; Streamed always
 // uses lrpfast's kernels (the portable twins without AVX-512); Blas calls gemm() (in deterministic
 // mode one row of A at a time).
 enum class LinearAlgo { Auto = 0, Blas = 1, Streamed = 2 };
