@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/check.hpp"
@@ -34,9 +35,9 @@ LinearAlgo algo_from_env() {
 // Beyond this many rows of A, C = A B^T runs as nn on column blocks of B transposed (AVX-512), or
 // as nt on blocks of this many rows (portable kernels).
 constexpr int kMaxRowsNT = 128;
-// Up to this many rows of A, C = A B^T runs with the outputs in the vector lanes (nt_small).
+// Up to this many rows of A, small_rows runs the products: C = A B^T with the outputs in the
+// vector lanes, C = A B with blocks of kSmallCols columns of C kept in L1.
 constexpr int kSmallM = 4;
-// ... and C = A B with blocks of this many columns of C kept in L1 (nn_small).
 constexpr int kSmallCols = 1024;
 // nn computes C in blocks of at most this many rows.
 constexpr int kMBlock = 256;
@@ -270,6 +271,7 @@ LRPFAST_AVX512 void nt_outputs(int M, int N, int o_lo, int o_hi, int K, const fl
 // M = 1). Here the 16 lanes are 16 outputs: B's 16 rows are read 16 columns at a time, transposed
 // in registers (lane j of v[k] = B[o0 + j, k0 + k]) and each of the M accumulators takes one FMA
 // per k in order -- the same chain per element as nt_tile, so the same bits.
+
 // v[c] (lane j) = r[j][c]: the 16 x 16 block r (row j = 16 consecutive floats of B's row o0 + j)
 // transposed, in 64 shuffles.
 LRPFAST_AVX512 inline void transpose16(__m512 r[16]) {
@@ -326,22 +328,6 @@ LRPFAST_AVX512 void nt_small_tile(int K, const float* A, int lda, const float* B
   for (int m = 0; m < MS; ++m) _mm512_mask_storeu_ps(C + i64(m) * ldc, outs, acc[m]);
 }
 
-// Outputs [o_lo, o_hi) of C = A B^T, M <= kSmallM.
-LRPFAST_AVX512 void nt_small(int M, int o_lo, int o_hi, int K, const float* A, int lda,
-                             const float* B, int ldb, float* C, int ldc) {
-  for (int o0 = o_lo; o0 < o_hi; o0 += 16) {
-    const int nj = std::min(16, o_hi - o0);
-    const float* b = B + i64(o0) * ldb;
-    float* c = C + o0;
-    switch (M) {
-      case 4: nt_small_tile<4>(K, A, lda, b, ldb, nj, c, ldc); break;
-      case 3: nt_small_tile<3>(K, A, lda, b, ldb, nj, c, ldc); break;
-      case 2: nt_small_tile<2>(K, A, lda, b, ldb, nj, c, ldc); break;
-      default: nt_small_tile<1>(K, A, lda, b, ldb, nj, c, ldc); break;
-    }
-  }
-}
-
 // ---- nn for a few rows of A: C's rows in L1, B's rows streamed past them ----------------------
 // C[0 .. MS) x `cols` columns += A[0 .. MS) x rows [0, R) of B (row stride ldb), one FMA per row of
 // B in order (R = 4 sweeps read four rows of B at a time for each load and store of C).
@@ -365,21 +351,20 @@ LRPFAST_AVX512 void nn_small_sweep(const float* A, int lda, const float* B, int 
   }
 }
 
-// Columns [j0, j1) of C = A B, M <= kSmallM: blocks of kSmallCols columns of C (M x 4 KiB, in L1)
-// take B's rows in order, from +0 -- each element the same fma chain as nn_tile.
-template <int MS>
-LRPFAST_AVX512 void nn_small(int j0, int j1, int K, const float* A, int lda, const float* B,
-                             int ldb, float* C, int ldc) {
-  for (int jb = j0; jb < j1; jb += kSmallCols) {
-    const int cols = std::min(kSmallCols, j1 - jb);
-    for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
-    int r = 0;
-    for (; r + 4 <= K; r += 4)
-      nn_small_sweep<MS, 4>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
-    for (; r < K; ++r)
-      nn_small_sweep<MS, 1>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+// The small-M kernels of this path, for small_rows below.
+struct SmallAvx512 {
+  static constexpr int kLanes = 16;
+  template <int MS>
+  static void tile(int K, const float* A, int lda, const float* B, int ldb, int nj, float* C,
+                   int ldc) {
+    nt_small_tile<MS>(K, A, lda, B, ldb, nj, C, ldc);
   }
-}
+  template <int MS, int R>
+  static void sweep(const float* A, int lda, const float* B, int ldb, int cols, float* C,
+                    int ldc) {
+    nn_small_sweep<MS, R>(A, lda, B, ldb, cols, C, ldc);
+  }
+};
 #endif
 
 // ---- portable kernels: the same per-element arithmetic in plain C++ --------------------------
@@ -619,21 +604,6 @@ LRPFAST_AVX2 void nt_small_tile_avx2(int K, const float* A, int lda, const float
   }
 }
 
-LRPFAST_AVX2 void nt_small_avx2(int M, int o_lo, int o_hi, int K, const float* A, int lda,
-                                const float* B, int ldb, float* C, int ldc) {
-  for (int o0 = o_lo; o0 < o_hi; o0 += 8) {
-    const int nj = std::min(8, o_hi - o0);
-    const float* b = B + i64(o0) * ldb;
-    float* c = C + o0;
-    switch (M) {
-      case 4: nt_small_tile_avx2<4>(K, A, lda, b, ldb, nj, c, ldc); break;
-      case 3: nt_small_tile_avx2<3>(K, A, lda, b, ldb, nj, c, ldc); break;
-      case 2: nt_small_tile_avx2<2>(K, A, lda, b, ldb, nj, c, ldc); break;
-      default: nt_small_tile_avx2<1>(K, A, lda, b, ldb, nj, c, ldc); break;
-    }
-  }
-}
-
 // nn_small's twin: 8 columns per vector, the right edge one column at a time (same fma chain).
 template <int MS, int R>
 LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* B, int ldb, int cols,
@@ -659,19 +629,19 @@ LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* B, i
     }
 }
 
-template <int MS>
-LRPFAST_AVX2 void nn_small_avx2(int j0, int j1, int K, const float* A, int lda, const float* B,
-                                int ldb, float* C, int ldc) {
-  for (int jb = j0; jb < j1; jb += kSmallCols) {
-    const int cols = std::min(kSmallCols, j1 - jb);
-    for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
-    int r = 0;
-    for (; r + 4 <= K; r += 4)
-      nn_small_sweep_avx2<MS, 4>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
-    for (; r < K; ++r)
-      nn_small_sweep_avx2<MS, 1>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+struct SmallAvx2 {
+  static constexpr int kLanes = 8;
+  template <int MS>
+  static void tile(int K, const float* A, int lda, const float* B, int ldb, int nj, float* C,
+                   int ldc) {
+    nt_small_tile_avx2<MS>(K, A, lda, B, ldb, nj, C, ldc);
   }
-}
+  template <int MS, int R>
+  static void sweep(const float* A, int lda, const float* B, int ldb, int cols, float* C,
+                    int ldc) {
+    nn_small_sweep_avx2<MS, R>(A, lda, B, ldb, cols, C, ldc);
+  }
+};
 
 LRPFAST_PORTABLE_KERNELS(LRPFAST_AVX2, avx2)
 bool has_avx2_fma() {
@@ -730,6 +700,48 @@ bool use_streamed(int M) {
          (M <= kSmallM && std::strcmp(simd_kernels(), "avx2") == 0);
 }
 
+// f(std::integral_constant<int, M>{}) for M = 1 .. kSmallM: the row count as a template argument.
+template <class F>
+void with_rows(int M, F&& f) {
+  switch (M) {
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
+}
+
+// C = A op(B) for M <= kSmallM rows of A with one SIMD path's small kernels S (S::kLanes floats
+// per vector): nt (b_trans) with S::tile, the outputs in the lanes; nn with S::sweep, blocks of
+// kSmallCols columns of C in L1 taking B's rows in order from +0. Every element is the same fma
+// chain as in the batch kernels. Whole vectors of outputs or columns per thread.
+template <class S>
+void small_rows(bool b_trans, int M, int N, int K, const float* A, int lda, const float* B,
+                int ldb, float* C, int ldc) {
+  constexpr int L = S::kLanes;
+  parallel_for((N + L - 1) / L, i64(M) * N * K / kMaddsPerElement, [&](i64 lo, i64 hi) {
+    const int j0 = int(lo) * L, j1 = int(std::min<i64>(N, hi * L));
+    with_rows(M, [&](auto rows) {
+      constexpr int MS = decltype(rows)::value;
+      if (b_trans) {
+        for (int o0 = j0; o0 < j1; o0 += L)
+          S::template tile<MS>(K, A, lda, B + i64(o0) * ldb, ldb, std::min(L, j1 - o0), C + o0,
+                               ldc);
+        return;
+      }
+      for (int jb = j0; jb < j1; jb += kSmallCols) {
+        const int cols = std::min(kSmallCols, j1 - jb);
+        for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
+        int r = 0;
+        for (; r + 4 <= K; r += 4)
+          S::template sweep<MS, 4>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+        for (; r < K; ++r)
+          S::template sweep<MS, 1>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+      }
+    });
+  });
+}
+
 // C = A op(B) with the portable kernels (AVX2 + FMA or generic): nt on blocks of at most
 // kMaxRowsNT rows of A when b_trans, nn otherwise; ranges of outputs (nt) or column groups (nn)
 // over the pool.
@@ -739,24 +751,8 @@ void portable(int M, int N, int K, const float* A, int lda, const float* B, int 
       LRPFAST_HAS_AVX2_BUILD && std::strcmp(simd_kernels(), "avx2") == 0;
   const i64 work = i64(M) * N * K / kMaddsPerElement;
 #if LRPFAST_HAS_AVX2_BUILD
-  if (avx2 && b_trans && M <= kSmallM) {
-    parallel_for((N + 7) / 8, work, [&](i64 lo, i64 hi) {
-      nt_small_avx2(M, int(lo) * 8, int(std::min<i64>(N, hi * 8)), K, A, lda, B, ldb, C, ldc);
-    });
-    return;
-  }
-  if (avx2 && M <= kSmallM) {
-    parallel_for((N + 7) / 8, work, [&](i64 lo, i64 hi) {
-      const int j0 = int(lo) * 8, j1 = int(std::min<i64>(N, hi * 8));
-      switch (M) {
-        case 4: return nn_small_avx2<4>(j0, j1, K, A, lda, B, ldb, C, ldc);
-        case 3: return nn_small_avx2<3>(j0, j1, K, A, lda, B, ldb, C, ldc);
-        case 2: return nn_small_avx2<2>(j0, j1, K, A, lda, B, ldb, C, ldc);
-        default: return nn_small_avx2<1>(j0, j1, K, A, lda, B, ldb, C, ldc);
-      }
-    });
-    return;
-  }
+  if (avx2 && M <= kSmallM)
+    return small_rows<SmallAvx2>(b_trans, M, N, K, A, lda, B, ldb, C, ldc);
 #endif
   if (b_trans) {
     for (int m0 = 0; m0 < M; m0 += kMaxRowsNT) {
@@ -795,13 +791,7 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
   // tiles (nt) or strips (nn) in contiguous ranges over the pool: the arithmetic of one does
   // not depend on the split
   const i64 work = i64(M) * N * K / kMaddsPerElement;
-  if (b_trans && M <= kSmallM) {
-    // 16-output tiles, whole ones per thread (contiguous ranges: the split leaves the bits alone)
-    parallel_for((N + 15) / 16, work, [&](i64 lo, i64 hi) {
-      nt_small(M, int(lo) * 16, int(std::min<i64>(N, hi * 16)), K, A, lda, B, ldb, C, ldc);
-    });
-    return;
-  }
+  if (M <= kSmallM) return small_rows<SmallAvx512>(b_trans, M, N, K, A, lda, B, ldb, C, ldc);
   if (b_trans && M <= kMaxRowsNT) {
     const int ld = (M + 15) / 16 * 16;
     const std::vector<float> at = transpose_a(M, K, A, lda, ld);
@@ -809,18 +799,6 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
     parallel_for(tiles, work, [&](i64 lo, i64 hi) {
       nt_outputs(M, N, int(lo) * kTileO, std::min<i64>(N, hi * kTileO), K, at.data(), ld, B, ldb,
                  C, ldc);
-    });
-    return;
-  }
-  if (!b_trans && M <= kSmallM) {
-    parallel_for((N + 15) / 16, work, [&](i64 lo, i64 hi) {
-      const int j0 = int(lo) * 16, j1 = int(std::min<i64>(N, hi * 16));
-      switch (M) {
-        case 4: return nn_small<4>(j0, j1, K, A, lda, B, ldb, C, ldc);
-        case 3: return nn_small<3>(j0, j1, K, A, lda, B, ldb, C, ldc);
-        case 2: return nn_small<2>(j0, j1, K, A, lda, B, ldb, C, ldc);
-        default: return nn_small<1>(j0, j1, K, A, lda, B, ldb, C, ldc);
-      }
     });
     return;
   }
