@@ -46,13 +46,8 @@ _BILINEAR = _bilinear()
 MODES = ("crop", "pad", "resize")
 
 
-def load_rgb(image: Any) -> np.ndarray:
-    """Any supported image -> ``(h, w, 3) uint8`` RGB.
-
-    Accepts a file path, a PIL image, a numpy array ``(h, w, 3)`` / ``(h, w, 4)`` / ``(h, w)``
-    (uint8 0..255, or float 0..255) in RGB order, or a torch tensor ``(3, h, w)`` / ``(h, w)``
-    in torchvision's layout (uint8 0..255, or float 0..1).
-    """
+def _pil_rgb(image: Any):
+    """A file path or PIL image -> the PIL image in RGB mode (decoded); other inputs -> None."""
     from PIL import Image
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
@@ -60,9 +55,22 @@ def load_rgb(image: Any) -> np.ndarray:
             raise FileNotFoundError(f"image file {path} not found")
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return im.convert("RGB")
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return image.convert("RGB")
+    return None
+
+
+def load_rgb(image: Any) -> np.ndarray:
+    """Any supported image -> ``(h, w, 3) uint8`` RGB.
+
+    Accepts a file path, a PIL image, a numpy array ``(h, w, 3)`` / ``(h, w, 4)`` / ``(h, w)``
+    (uint8 0..255, or float 0..255) in RGB order, or a torch tensor ``(3, h, w)`` / ``(h, w)``
+    in torchvision's layout (uint8 0..255, or float 0..1).
+    """
+    pil = _pil_rgb(image)
+    if pil is not None:
+        return np.asarray(pil, dtype=np.uint8)
     if type(image).__module__.startswith("torch"):     # a torch tensor: (3, h, w) or (h, w)
         t = image.detach().cpu()
         a = t.numpy()
@@ -106,7 +114,9 @@ def fit_axis(a: np.ndarray, axis: int, size: int) -> Tuple[np.ndarray, int]:
     n = a.shape[axis]
     if n > size:
         o = (n - size) // 2
-        return np.take(a, range(o, o + size), axis=axis), o
+        window = [slice(None)] * a.ndim
+        window[axis] = slice(o, o + size)
+        return a[tuple(window)], o
     if n < size:
         before = (size - n) // 2
         pad = [(0, 0)] * a.ndim
@@ -262,8 +272,10 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     if len(sz) != 2 or min(sz) < 1:
         raise ValueError(f"size must be an int or (H, W) > 0; got {size!r}")
     H, W = sz
-    rgb = load_rgb(image)
-    h, w = rgb.shape[:2]
+    # photos stay PIL images until resized (no round trip through numpy)
+    pil = _pil_rgb(image)
+    rgb = load_rgb(image) if pil is None else None
+    h, w = (pil.size[1], pil.size[0]) if pil is not None else rgb.shape[:2]
     if mode == "resize":
         rw, rh = W, H
     elif mode == "pad":
@@ -274,9 +286,11 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
             max(H if base is None else 1, math.floor(h * f + 0.5))
     if base is not None and int(base) < 1:
         raise ValueError(f"base must be >= 1; got {base}")
-    img = rgb
     if (rw, rh) != (w, h):
-        img = np.asarray(Image.fromarray(rgb).resize((rw, rh), _BILINEAR), dtype=np.uint8)
+        src = pil if pil is not None else Image.fromarray(rgb)
+        img = np.asarray(src.resize((rw, rh), _BILINEAR), dtype=np.uint8)
+    else:
+        img = rgb if rgb is not None else np.asarray(pil, dtype=np.uint8)
     img, oy = fit_axis(img, 0, H)
     img, ox = fit_axis(img, 1, W)
     crop = np.ascontiguousarray(img)
