@@ -21,8 +21,10 @@ Nets: bench_speed.py's CaffeNet- and VGG-16-shaped nets (He-initialised weights)
    (``--vgg-repeats`` for VGG-16, default 1: a pass over 256 photos takes minutes).
    End-to-end runs twice per repeat: exact decoding, and ``Preprocessing(draft=True)`` (JPEG
    decoded at a reduced scale, still covering the resize target). Reported: the rates (best of
-   the repeats), their ratio to the engine's (target >= 90%), and the time the engine waited
-   for decoding/writing.
+   the repeats), their ratio to the engine's (target >= 90%), the median and range of the
+   per-repeat ratios (each end-to-end run against the engine run just before it: on a VM
+   whose speed drifts, the steadier figure), and the time the engine waited for
+   decoding/writing.
 2. Dask (CaffeNet, ``--dask-images`` photos, batch 8): a LocalCluster of 1 worker process x 1
    thread and one of 2 x 1 (LRPFAST_NUM_THREADS=1), both started first and warmed up (each
    worker loads its Net), then ``lrpfast.dask.run`` on each, alternating, ``--repeats`` times.
@@ -105,11 +107,13 @@ def bench_net(kind, photos, folder, args, lines):
     modes = [("exact decode", False), ("fast decode", True)]
     best = {"engine": 0.0}
     waits = {}
+    ratios: dict = {label: [] for label, _ in modes}   # per repeat, vs that repeat's engine
     tmp = tempfile.mkdtemp(prefix="bench_pipeline_")
     try:
         engine_rate(engine, xs[:batch], batch)   # warm-up
         for rep in range(args.repeats if kind == "caffenet" else args.vgg_repeats):
-            best["engine"] = max(best["engine"], engine_rate(engine, xs, batch))
+            e_rate = engine_rate(engine, xs, batch)
+            best["engine"] = max(best["engine"], e_rate)
             for label, draft in modes:
                 store = os.path.join(tmp, f"{kind}_{rep}_{draft}.zarr")
                 res = lrpfast.run(proto, folder, weights=weights, rules=RULES, classes=[-1],
@@ -117,6 +121,7 @@ def bench_net(kind, photos, folder, args, lines):
                                   preprocessing=lrpfast.Preprocessing.caffe(size=256,
                                                                             draft=draft))
                 rate = res.computed / res.seconds
+                ratios[label].append(rate / e_rate)
                 if rate > best.get(label, 0.0):
                     best[label] = rate
                     waits[label] = res.engine_wait_s / res.seconds
@@ -129,7 +134,9 @@ def bench_net(kind, photos, folder, args, lines):
     for label, _ in modes:
         lines.append(f"| {kind} b{batch} | {len(photos)} | {best['engine']:.2f} | "
                      f"{best[label]:.2f} ({label}) | {best[label] / best['engine']:.1%} | "
-                     f"{waits[label]:.1%} | {decode_s * 1e3:.1f} ms |")
+                     f"{np.median(ratios[label]):.1%} ({min(ratios[label]):.0%}-"
+                     f"{max(ratios[label]):.0%}) | {waits[label]:.1%} | "
+                     f"{decode_s * 1e3:.1f} ms |")
 
 
 def bench_dask(photos, folder, args, lines):
@@ -213,9 +220,10 @@ def main(argv=None) -> int:
             os.symlink(os.path.abspath(p), q)
     print(f"{len(photos)} photos {size[0]}x{size[1]} ready in {time.perf_counter() - t:.1f} s; "
           f"{lrpfast.info().get('blas', '')}", flush=True)
-    lines = ["| net | photos | engine img/s (in memory) | end-to-end img/s | ratio | engine "
-             "waiting | decode+pre-process per photo (1 thread) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| net | photos | engine img/s (in memory) | end-to-end img/s | ratio | ratio per "
+             "repeat: median (range) | engine waiting | decode+pre-process per photo "
+             "(1 thread) |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind in [k.strip() for k in args.nets.split(",") if k.strip()]:
         bench_net(kind, photos, folder, args, lines)
     if not args.no_dask:
