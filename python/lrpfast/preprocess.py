@@ -272,10 +272,10 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     if len(sz) != 2 or min(sz) < 1:
         raise ValueError(f"size must be an int or (H, W) > 0; got {size!r}")
     H, W = sz
-    # photos stay PIL images until resized (no round trip through numpy)
-    pil = _pil_rgb(image)
-    rgb = load_rgb(image) if pil is None else None
-    h, w = (pil.size[1], pil.size[0]) if pil is not None else rgb.shape[:2]
+    src = _pil_rgb(image)   # photos stay PIL images until resized (no round trip via numpy)
+    if src is None:
+        src = Image.fromarray(load_rgb(image))
+    w, h = src.size
     if mode == "resize":
         rw, rh = W, H
     elif mode == "pad":
@@ -287,10 +287,8 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     if base is not None and int(base) < 1:
         raise ValueError(f"base must be >= 1; got {base}")
     if (rw, rh) != (w, h):
-        src = pil if pil is not None else Image.fromarray(rgb)
-        img = np.asarray(src.resize((rw, rh), _BILINEAR), dtype=np.uint8)
-    else:
-        img = rgb if rgb is not None else np.asarray(pil, dtype=np.uint8)
+        src = src.resize((rw, rh), _BILINEAR)
+    img = np.asarray(src, dtype=np.uint8)
     img, oy = fit_axis(img, 0, H)
     img, ox = fit_axis(img, 1, W)
     crop = np.ascontiguousarray(img)
