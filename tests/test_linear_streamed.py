@@ -246,3 +246,36 @@ def test_large_layers_derive_sign_variants_per_block(monkeypatch, o, k):
         np.testing.assert_array_equal(op.bwd(s[2:3], "pm"), op.bwd(s, "pm")[2:3])
     finally:
         lrpfast.set_linear_algorithm("auto")
+
+
+def test_auto_takes_the_avx2_kernels_for_batches_of_one_to_four():
+    """Where the CPU runs AVX2 (natively or forced on AVX-512), 'auto' computes batches of 1 to 4
+    with lrpfast's kernels (their bits) and larger batches with OpenBLAS (its bits), outside
+    deterministic mode (which takes lrpfast's kernels for every batch)."""
+    before, det = lrpfast.get_simd(), lrpfast.get_deterministic()
+    try:
+        lrpfast.set_deterministic(False)
+        lrpfast.set_simd("avx2")
+        if _core.simd_kernels() != "avx2":
+            pytest.skip("this CPU has no AVX2 + FMA")
+        rng = rng_for("auto-avx2")
+        x = rng.standard_normal((5, 1030)).astype(np.float32)
+        w = rng.standard_normal((70, 1030)).astype(np.float32)
+        dy = rng.standard_normal((5, 70)).astype(np.float32)
+
+        def run(algo, m):
+            lrpfast.set_linear_algorithm(algo)
+            return _core.linear_forward(x[:m], w, None), _core.linear_backward_data(dy[:m], w)
+        for m in (1, 4, 5):
+            auto, own, blas = run("auto", m), run("streamed", m), run("blas", m)
+            expected = own if m <= 4 else blas
+            for a, e in zip(auto, expected):
+                np.testing.assert_array_equal(a, e, err_msg=f"{m} rows")
+        # the check above can tell the two apart: their bits differ on these products
+        assert any(not np.array_equal(a, b) for a, b in zip(run("streamed", 1), run("blas", 1)))
+        lrpfast.set_linear_algorithm("auto")
+        assert lrpfast.info()["linear_kernels"] == "blas; streamed (avx2) for batches of 1 to 4"
+    finally:
+        lrpfast.set_simd(before)
+        lrpfast.set_deterministic(det)
+        lrpfast.set_linear_algorithm("auto")
