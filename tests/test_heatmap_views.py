@@ -177,9 +177,19 @@ def test_preprocess_accepts_paths_pil_arrays_and_tensors(tmp_path):
     path = tmp_path / "a.png"
     Image.fromarray(photo).save(path)
     ref = lrpfast.preprocess(photo, 64).x
-    for src in (str(path), path, Image.fromarray(photo), photo.astype(np.float32),
-                np.concatenate([photo, np.full(photo.shape[:2] + (1,), 255, np.uint8)], 2)):
-        np.testing.assert_array_equal(lrpfast.preprocess(src, 64).x, ref)
+    for mode in ("crop", "pad", "resize"):   # files and PIL images are resized as PIL images
+        want = lrpfast.preprocess(photo, 64, mode=mode)
+        for src in (str(path), path, Image.fromarray(photo), photo.astype(np.float32),
+                    np.concatenate([photo, np.full(photo.shape[:2] + (1,), 255, np.uint8)], 2)):
+            got = lrpfast.preprocess(src, 64, mode=mode)
+            np.testing.assert_array_equal(got.x, want.x)
+            np.testing.assert_array_equal(got.image, want.image)
+            assert (got.offset, got.scale, got.photo_size) == (want.offset, want.scale,
+                                                                want.photo_size)
+    grey = photo.mean(axis=2).astype(np.uint8)                 # an L-mode file vs its array
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(lrpfast.preprocess(tmp_path / "g.png", 64).x,
+                                  lrpfast.preprocess(grey, 64).x)
     with pytest.raises(FileNotFoundError, match="nope.png"):
         lrpfast.preprocess(tmp_path / "nope.png", 64)
     with pytest.raises(ValueError, match="shape"):
