@@ -275,6 +275,10 @@ PAIR_CASES = [
     (1, 3, 5, 30, 30, 11, 4, 0, 1, 1, True, "direct"),    # CaffeNet-like first layer
     (3, 16, 16, 12, 10, 3, 1, 1, 1, 1, True, "winograd"),
     (2, 16, 32, 14, 14, 3, 1, 1, 1, 2, True, "auto"),
+    (1, 16, 16, 13, 13, 3, 1, 1, 1, 1, True, "winograd"),    # odd plane: half tiles, batch 1
+    (4, 8, 6, 9, 11, 3, 1, 0, 1, 2, False, "winograd"),     # groups, pad 0, 3 outputs a half
+    (3, 5, 4, 7, 8, 3, 1, 2, 1, 1, True, "winograd"),       # pad 2, odd channel counts
+    (3, 32, 32, 28, 28, 3, 1, 1, 1, 1, True, "auto"),       # Winograd blocks of tile rows
 ]
 
 

@@ -1054,6 +1054,30 @@ def test_all_finite_matches_numpy(n):
     assert core.all_finite(np.full(n, np.nan, np.float32)) is (n == 0)
 
 
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 70001, 1 << 18])
+def test_any_negative_matches_numpy(n):
+    """The alpha-beta / z+ rules' x >= 0 test: the same answer as (x < 0).any() for one negative
+    value (the smallest subnormal, -max, or an ordinary one) at random places -- the ends, the
+    4096-element block edges and the threads' split included -- while -0, NaN (either sign) and
+    +inf do not count as negative."""
+    from lrpfast.rules import has_negative
+    rng = np.random.default_rng(n + 1)
+    x = np.abs(rng.standard_normal(n)).astype(np.float32)
+    edge = [v for v in (0, n - 1, 4095, 4096, n // 2, n // 2 - 1) if 0 <= v < n]
+    specials = np.array([-0.0, np.nan, -np.nan, np.inf, 0.0, -0.0], np.float32)
+    x[edge] = specials[:len(edge)]
+    assert core.any_negative(x) is False and has_negative(x) is False
+    fi = np.finfo(np.float32)
+    places = edge + [int(p) for p in rng.integers(0, max(n, 1), 6)] if n else []
+    for k, p in enumerate(places):
+        y = x.copy()
+        y[p] = (-fi.smallest_subnormal, -fi.max, -1.5)[k % 3]
+        assert core.any_negative(y) is bool((y < 0).any()) is True, (p, y[p])
+        assert core.any_negative(y.reshape(-1, 1)) is True   # any shape
+        assert has_negative(y.astype(np.float64)) is True    # other dtypes: numpy's test
+    assert core.any_negative(np.full(n, -np.inf, np.float32)) is (n > 0)
+
+
 def test_relu_forward_rejects_bad_slope():
     with pytest.raises(ValueError, match="negative_slope"):
         core.relu_forward(np.ones(3, np.float32), float("nan"))

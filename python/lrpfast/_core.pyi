@@ -222,6 +222,11 @@ def all_finite(
 ) -> bool:
     """True when x holds no NaN or infinity; one parallel pass over the exponent bits."""
 
+def any_negative(
+    x: FloatArray,  # float32, C-contiguous, any shape
+) -> bool:
+    """True when some x < 0 (as numpy's (x < 0).any()); one parallel pass that stops early."""
+
 def relu_forward(
     x: ArrayLike,  # any shape
     negative_slope: float = 0.0,

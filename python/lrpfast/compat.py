@@ -72,7 +72,7 @@ from . import caffe
 from . import rules as _rules
 from .composites import DEFAULT_EPS, Composite
 from .ops import ConvOp, InnerProductOp
-from .rules import Rule, safe_divide
+from .rules import Rule, has_negative, safe_divide
 
 __all__ = [
     "FORMULA_CODES",
@@ -374,7 +374,7 @@ class ToolboxAlphaBeta(_rules.AlphaBeta):
         b = self._bias(op)
         bugged = b is not None and not np.array_equal(b, op.b)   # the bug changes this layer
         fast = (isinstance(x, np.ndarray) and z is not None and op.stacked_pm
-                and (zp is not None or not bool((x < 0).any())))
+                and (zp is not None or not has_negative(x)))
         if fast:
             # x >= 0: lrpfast's stacked path; z- = z - z+ inside the signal kernel
             if bugged:   # z+ = x W+ + b+[tiled], z = x W + b[tiled]: shifted per channel

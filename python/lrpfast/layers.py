@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 from ._loader import _core
-from .rules import Epsilon
+from .rules import Epsilon, has_negative
 from .rules import kernels as _kernels  # _core, or its device twin for device arrays
 
 
@@ -194,7 +194,7 @@ class _RuleLayer(Layer):
         elsewhere the rule does it."""
         self.require_weights()
         op, x = op or self.op, xs[0]
-        if not op.pairs_zplus(x) or bool((x < 0).any()):
+        if not op.pairs_zplus(x) or has_negative(x):
             return [op.fwd(x, "w", "b")], {}
         z, zp = op.fwd_zplus(x)
         return [z], {"zp": zp}

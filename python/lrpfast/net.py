@@ -27,7 +27,7 @@ from ._loader import _core
 from . import onnx as onnx_io
 from .composites import DEFAULT_RULES, Composite, as_composite
 from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
-from .rules import AlphaBeta
+from .rules import AlphaBeta, has_negative
 from .sentinels import ClassesArg, RulesArg, Top, TopArg, resolve_top
 
 if TYPE_CHECKING:
@@ -979,7 +979,7 @@ class Net:
             if "zp" in states[layer.name]:
                 continue
             x = blobs[layer.bottoms[0]]
-            if op.stacked_pm and not bool((x < 0).any()):
+            if op.stacked_pm and not has_negative(x):
                 out[layer.name] = op.fwd(x, "pos", "pos")
         return out
 

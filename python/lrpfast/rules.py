@@ -30,6 +30,14 @@ def kernels(a):
     return _core if isinstance(a, np.ndarray) else getattr(a, "_lrpfast_kernels", _core)
 
 
+def has_negative(x) -> bool:
+    """``bool((x < 0).any())`` for any array: one native pass without the temporary bool array
+    for the engine's own float32 arrays (the alpha-beta and z+ rules' x >= 0 test)."""
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return bool(_core.any_negative(x))
+    return bool((x < 0).any())
+
+
 def stabilized_divide(r: np.ndarray, z: np.ndarray, eps: float) -> np.ndarray:
     """r / (z + eps*sign(z)) with sign(0) = +1; an exactly-zero denominator gives 0."""
     return kernels(r).stabilized_divide(r, z, float(eps), True)
@@ -121,7 +129,7 @@ class AlphaBeta(Rule):
         """zp: z+ already computed for this x, given only where x >= 0 (the forward pass computes
         it with z, or Net.relevance_multi once for all class selections, having checked the
         sign)."""
-        has_neg = zp is None and bool((x < 0).any())
+        has_neg = zp is None and has_negative(x)
         if not has_neg and z is not None and op.stacked_pm:
             # x >= 0 (e.g. after a ReLU): z+ = x W+ + b+ is one forward product, and
             # z- = z - z+ (b = b+ + b-) comes from the stored layer output z; both halves then

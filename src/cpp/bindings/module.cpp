@@ -449,6 +449,11 @@ bool all_finite(const py::array_t<float, py::array::c_style>& x) {
   return lrpfast::cpu::all_finite(static_cast<i64>(x.size()), x.data());
 }
 
+bool any_negative(const py::array_t<float, py::array::c_style>& x) {
+  py::gil_scoped_release nogil;
+  return lrpfast::cpu::any_negative(static_cast<i64>(x.size()), x.data());
+}
+
 py::array_t<float> relu_forward(const py::object& xo, double slope) {
   auto x = input<float>(xo, "x", -1, "");
   require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
@@ -705,6 +710,9 @@ PYBIND11_MODULE(_core, m) {
         "[coeffs[k] * xs[k] * stabilized_divide(r, y, eps)], one pass, float32 as numpy rounds it.");
   m.def("all_finite", &all_finite, py::arg("x"),
         "True when the float32 array x (any shape) holds no NaN or infinity; one parallel pass.");
+  m.def("any_negative", &any_negative, py::arg("x"),
+        "True when some element of the float32 array x is < 0 (numpy's (x < 0).any(): -0 and\n"
+        "NaN are not); one parallel pass that stops early.");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,
         "Caffe's ReLU: x > 0 ? x : negative_slope * x (any shape), rounded as numpy's\n"
         "np.where(x > 0, x, slope * x); slope 0 gives +0 where x <= 0, as np.maximum(x, 0).");

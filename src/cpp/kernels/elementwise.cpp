@@ -75,6 +75,20 @@ bool all_finite(std::int64_t n, const float* x) {
   return !bad.load();
 }
 
+bool any_negative(std::int64_t n, const float* x) {
+  std::atomic<bool> hit{false};
+  parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
+    constexpr std::int64_t kBlock = 4096;   // as all_finite: no branch per element
+    for (std::int64_t b = lo; b < hi && !hit.load(std::memory_order_relaxed); b += kBlock) {
+      const std::int64_t e = b + kBlock < hi ? b + kBlock : hi;
+      int neg = 0;
+      for (std::int64_t i = b; i < e; ++i) neg |= int(x[i] < 0.f);
+      if (neg) hit.store(true, std::memory_order_relaxed);
+    }
+  });
+  return hit.load();
+}
+
 void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
   parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
     if (slope == 0.f) {  // (selects written branch-free, so the loops vectorise)

@@ -58,6 +58,11 @@ void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, s
 // sum costs several times more).
 bool all_finite(std::int64_t n, const float* x);
 
+// True when some x[i] < 0 (as numpy's (x < 0).any(): -0 and NaN are not negative), in one
+// parallel pass that stops at the first block holding one. The alpha-beta and z+ rules ask it of
+// every input before taking the x >= 0 shortcuts; numpy's version builds a bool array first.
+bool any_negative(std::int64_t n, const float* x);
+
 // Caffe's ReLU forward, y = x > 0 ? x : slope * x, rounded as numpy's np.where(x > 0, x, slope*x);
 // slope 0 gives +0 for x <= 0 (as np.maximum(x, 0)), NaN staying NaN.
 void relu_forward(std::int64_t n, const float* x, float slope, float* y);
