@@ -32,7 +32,11 @@ Nets: bench_speed.py's CaffeNet- and VGG-16-shaped nets (He-initialised weights)
    best and per repeat (each 2 x 1 run against the 1 x 1 run just before it), with the tasks
    running at once (task time summed / wall time) and the CPU share a running task got
    (worker CPU time / task time): on a shared machine, the share says how much of the cores
-   the workers actually had.
+   the workers actually had. ``--pin`` pins worker i's process (every thread: the engine's, the
+   decoders', the writer's, Dask's) to core i, so that "1 worker x 1 thread" has one core as a
+   cluster job with one CPU would. Unpinned, a lone worker's decode and writer threads also
+   use the core the second worker would take, which flatters the 1 x 1 baseline (105% of a
+   core); the scheduler, nannies and client stay unpinned either way.
 """
 from __future__ import annotations
 
@@ -140,6 +144,22 @@ def bench_net(kind, photos, folder, args, lines):
                      f"{decode_s * 1e3:.1f} ms |")
 
 
+def _pin_process(core: int) -> int:
+    """Pin every thread of this process to ``core`` (threads started later inherit it)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except OSError:   # a thread that ended meanwhile
+            pass
+    return core
+
+
+def _pin_workers(client) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    for i, addr in enumerate(sorted(client.scheduler_info()["workers"])):
+        client.run(_pin_process, cores[i % len(cores)], workers=[addr])
+
+
 def bench_dask(photos, folder, args, lines):
     import lrpfast
     import lrpfast.dask
@@ -173,6 +193,8 @@ def bench_dask(photos, folder, args, lines):
                 # heartbeats would take CPU from the measured one on a small machine
                 with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                   dashboard_address=None, env=env) as cl, Client(cl) as c:
+                    if args.pin:
+                        _pin_workers(c)
                     # warm-up: every worker has loaded its Net and run a chunk
                     lrpfast.dask.run(c, proto, photos[:args.dask_batch * n],
                                      out=os.path.join(tmp, f"w{n}_{rep}.zarr"), **kw)
@@ -190,7 +212,8 @@ def bench_dask(photos, folder, args, lines):
                   f"({ratios[-1]:.2f}x)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    lines.append(f"| CaffeNet b{args.dask_batch}, {args.dask_images} photos | 1 worker x 1 thread "
+    pinned = ", workers pinned to a core each" if args.pin else ""
+    lines.append(f"| CaffeNet b{args.dask_batch}, {args.dask_images} photos{pinned} | 1 worker x 1 thread "
                  f"{best[1]:.2f} img/s ({busy[1]}) | 2 workers x 1 thread {best[2]:.2f} img/s "
                  f"({busy[2]}) | {best[2] / best[1]:.2f}x best / best; per repeat "
                  f"{', '.join(f'{r:.2f}' for r in ratios)}, median {np.median(ratios):.2f}x "
@@ -208,6 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet-dask", action="store_true",
                     help="lengthen Dask's bookkeeping intervals (see bench/README.md)")
     ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="Dask: pin worker i (all its threads) to core i")
     ap.add_argument("--vgg-repeats", type=int, default=1)
     ap.add_argument("--photo-size", default="1500x1000",
                     help="WxH of the generated photos (500x375: the typical ImageNet / VOC "
