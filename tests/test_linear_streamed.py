@@ -6,7 +6,8 @@ References are float64 numpy products (x @ w.T, dy @ w), independent of the kern
 Shapes cross every boundary of the kernels (src/cpp/kernels/streamed.cpp): rows of A around 4
 (nt with the outputs in the lanes), 16 (the nt tile's lanes), 128 (nt -> nn on transposed blocks) and 256 (nn's row blocks); columns
 around 16 (nt's output tile) and 64 (nn's strips); K around 16, 64 (nn's row tiles) and 256 (nt's
-column tiles). The streamed kernels compute every element as one chain of FMAs over k in order,
+column tiles), and for 1 to 4 rows around 8192 (the nn sweep's column blocks, on one thread or
+split over two). The streamed kernels compute every element as one chain of FMAs over k in order,
 so a row's result is bit-identical alone, in any batch and on any number of threads.
 """
 
@@ -66,6 +67,7 @@ SHAPES = [
     (1, 1, 1), (1, 3, 7), (2, 17, 5), (3, 300, 65), (4, 16, 16), (4, 33, 19), (5, 64, 64), (15, 255, 16), (16, 256, 17),
     (17, 257, 63), (31, 520, 130), (33, 16, 1000), (64, 1100, 70), (65, 70, 129), (100, 65, 33),
     (128, 77, 20), (129, 300, 64), (256, 40, 200), (257, 129, 65), (300, 600, 20),
+    (1, 8200, 9), (2, 16400, 5), (4, 8193, 17),
 ]
 
 
@@ -117,7 +119,8 @@ def test_simd_paths_give_the_same_bits():
     before = lrpfast.get_simd()
     try:
         for m, k, o in [(1, 3, 7), (1, 1030, 70), (2, 257, 33), (3, 9, 16), (4, 100, 129),
-                        (5, 70, 33), (17, 257, 63), (129, 300, 64), (40, 70, 33)]:
+                        (5, 70, 33), (17, 257, 63), (129, 300, 64), (40, 70, 33),
+                        (1, 16400, 9), (4, 8200, 17)]:
             x = rng.standard_normal((m, k)).astype(np.float32)
             w = rng.standard_normal((o, k)).astype(np.float32)
             dy = rng.standard_normal((m, o)).astype(np.float32)
@@ -142,7 +145,7 @@ def test_algorithm_from_environment():
     assert out.stdout.strip() == "blas"
 
 
-@pytest.mark.parametrize("k,o", [(257, 70), (1030, 33)])
+@pytest.mark.parametrize("k,o", [(257, 70), (1030, 33), (16500, 9)])
 def test_rows_are_bit_identical_alone_and_in_any_batch(k, o, streamed):
     """Row i of a batch of M equals the same row computed alone or in a batch of another size,
     for M across the nt/nn switch (128) and nn's row blocks (256), both products."""
