@@ -4,7 +4,7 @@ mode) on every SIMD path this CPU has (AVX-512, AVX2 + FMA, generic C++), and BL
 
 References are float64 numpy products (x @ w.T, dy @ w), independent of the kernels' tiling.
 Shapes cross every boundary of the kernels (src/cpp/kernels/streamed.cpp): rows of A around 4
-(nt with the outputs in the lanes), 16 (the nt tile's lanes), 128 (nt -> nn on transposed blocks) and 256 (nn's row blocks); columns
+and 8 (the small-batch kernels of AVX2 and AVX-512: nt with the outputs in the lanes), 16 (the nt tile's lanes), 128 (nt -> nn on transposed blocks) and 256 (nn's row blocks); columns
 around 16 (nt's output tile) and 64 (nn's strips); K around 16, 64 (nn's row tiles) and 256 (nt's
 column tiles), and for 1 to 4 rows around 8192 (the nn sweep's column blocks, on one thread or
 split over two). The streamed kernels compute every element as one chain of FMAs over k in order,
@@ -67,7 +67,8 @@ SHAPES = [
     (1, 1, 1), (1, 3, 7), (2, 17, 5), (3, 300, 65), (4, 16, 16), (4, 33, 19), (5, 64, 64), (15, 255, 16), (16, 256, 17),
     (17, 257, 63), (31, 520, 130), (33, 16, 1000), (64, 1100, 70), (65, 70, 129), (100, 65, 33),
     (128, 77, 20), (129, 300, 64), (256, 40, 200), (257, 129, 65), (300, 600, 20),
-    (1, 8200, 9), (2, 16400, 5), (4, 8193, 17),
+    (1, 8200, 9), (2, 16400, 5), (4, 8193, 17), (6, 8200, 9), (7, 1030, 70), (8, 300, 33),
+    (9, 257, 17),
 ]
 
 
@@ -120,7 +121,8 @@ def test_simd_paths_give_the_same_bits():
     try:
         for m, k, o in [(1, 3, 7), (1, 1030, 70), (2, 257, 33), (3, 9, 16), (4, 100, 129),
                         (5, 70, 33), (17, 257, 63), (129, 300, 64), (40, 70, 33),
-                        (1, 16400, 9), (4, 8200, 17)]:
+                        (1, 16400, 9), (4, 8200, 17), (8, 8200, 33), (7, 1030, 17),
+                        (9, 100, 129)]:
             x = rng.standard_normal((m, k)).astype(np.float32)
             w = rng.standard_normal((o, k)).astype(np.float32)
             dy = rng.standard_normal((m, o)).astype(np.float32)
@@ -155,7 +157,7 @@ def test_rows_are_bit_identical_alone_and_in_any_batch(k, o, streamed):
     dy = rng.standard_normal((300, o)).astype(np.float32)
     y_all, dx_all = _core.linear_forward(x, w, None), _core.linear_backward_data(dy, w)
     for lo, hi in [(0, 1), (7, 8), (299, 300), (0, 2), (5, 8), (9, 13), (1, 6), (3, 20),
-                   (10, 74), (0, 128), (0, 129), (40, 297)]:
+                   (2, 9), (0, 8), (0, 9), (10, 74), (0, 128), (0, 129), (40, 297)]:
         np.testing.assert_array_equal(_core.linear_forward(x[lo:hi], w, None), y_all[lo:hi])
         np.testing.assert_array_equal(_core.linear_backward_data(dy[lo:hi], w), dx_all[lo:hi])
 
@@ -171,7 +173,9 @@ def test_bit_identical_on_one_and_two_threads(streamed):
         for t in (1, 2):
             lrpfast.set_num_threads(t)
             out.append((_core.linear_forward(x, w, None), _core.linear_backward_data(dy, w),
-                        _core.linear_forward(x[:1], w, None), _core.linear_forward(x[:3], w, None)))
+                        _core.linear_forward(x[:1], w, None), _core.linear_forward(x[:3], w, None),
+                        _core.linear_forward(x[:7], w, None),
+                        _core.linear_backward_data(dy[:8], w)))
     finally:
         lrpfast.set_num_threads(before)
     for a, b in zip(*out):

@@ -39,7 +39,12 @@ constexpr int kMaxRowsNT = 128;
 // vector lanes, C = A B with blocks of kSmallCols columns of C kept in cache (32 KiB a row, L2
 // for 4 rows): B's rows are read in runs this long, which the hardware prefetcher follows (runs
 // of 1024 columns read fc layers at 23-25 GB/s here, 8192 at 30-33; same bits).
+// AVX-512's nt (32 registers: 8 accumulators beside the 16 transposed rows) takes up to 8 rows
+// this way, against the batch kernels at 5-8 rows: VGG-16's fc6 forward 13-20 ms instead of
+// 26-35, CaffeNet's 7.3 instead of 9.3 (same bits). nn, and AVX2 (16 registers), up to 4: the
+// sweep's loads and stores of C outweigh its gain beyond (fc8 at 8 rows: 1.4 vs 0.7 ms).
 constexpr int kSmallM = 4;
+constexpr int kSmallM512 = 8;
 constexpr int kSmallCols = 8192;
 // nn computes C in blocks of at most this many rows.
 constexpr int kMBlock = 256;
@@ -269,8 +274,8 @@ LRPFAST_AVX512 void nt_outputs(int M, int N, int o_lo, int o_hi, int K, const fl
 }
 
 // ---- nt for a few rows of A: outputs in the lanes ---------------------------------------------
-// With M <= kSmallM rows of A, the batch-in-lanes tile above leaves most lanes empty (15 of 16 at
-// M = 1). Here the 16 lanes are 16 outputs: B's 16 rows are read 16 columns at a time, transposed
+// With M <= kSmallM512 rows of A, the batch-in-lanes tile above leaves most lanes empty (15 of 16
+// at M = 1). Here the 16 lanes are 16 outputs: B's 16 rows are read 16 columns at a time, transposed
 // in registers (lane j of v[k] = B[o0 + j, k0 + k]) and each of the M accumulators takes one FMA
 // per k in order -- the same chain per element as nt_tile, so the same bits.
 
@@ -354,6 +359,7 @@ LRPFAST_AVX512 void nn_small_sweep(const float* A, int lda, const float* B, int 
 // The small-M kernels of this path, for small_rows below.
 struct SmallAvx512 {
   static constexpr int kLanes = 16;
+  static constexpr int kMaxRows = kSmallM512;
   template <int MS>
   static void tile(int K, const float* A, int lda, const float* B, int ldb, int nj, float* C,
                    int ldc) {
@@ -629,6 +635,7 @@ LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* B, i
 
 struct SmallAvx2 {
   static constexpr int kLanes = 8;
+  static constexpr int kMaxRows = kSmallM;
   template <int MS>
   static void tile(int K, const float* A, int lda, const float* B, int ldb, int nj, float* C,
                    int ldc) {
@@ -698,35 +705,37 @@ bool use_streamed(int M) {
          (M <= kSmallM && std::strcmp(simd_kernels(), "avx2") == 0);
 }
 
-// f(std::integral_constant<int, M>{}) for M = 1 .. kSmallM: the row count as a template argument.
-template <class F>
+// f(std::integral_constant<int, M>{}) for M = MS .. Max (M <= MS: MS): the row count as a
+// template argument.
+template <int MS, int Max, class F>
 void with_rows(int M, F&& f) {
-  switch (M) {
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    default: return f(std::integral_constant<int, 1>{});
+  if constexpr (MS < Max) {
+    if (M > MS) return with_rows<MS + 1, Max>(M, f);
   }
+  f(std::integral_constant<int, MS>{});
 }
 
-// C = A op(B) for M <= kSmallM rows of A with one SIMD path's small kernels S (S::kLanes floats
-// per vector): nt (b_trans) with S::tile, the outputs in the lanes; nn with S::sweep, blocks of
-// kSmallCols columns of C in cache taking B's rows in order from +0. Every element is the same fma
-// chain as in the batch kernels. Whole vectors of outputs or columns per thread.
+// C = A op(B) for M rows of A (nt: M <= S::kMaxRows; nn: M <= kSmallM) with one SIMD path's small
+// kernels S (S::kLanes floats per vector): nt (b_trans) with S::tile, the outputs in the lanes; nn
+// with S::sweep, blocks of kSmallCols columns of C in cache taking B's rows in order from +0.
+// Every element is the same fma chain as in the batch kernels. Whole vectors of outputs or
+// columns per thread.
 template <class S>
 void small_rows(bool b_trans, int M, int N, int K, const float* A, int lda, const float* B,
                 int ldb, float* C, int ldc) {
   constexpr int L = S::kLanes;
   parallel_for((N + L - 1) / L, i64(M) * N * K / kMaddsPerElement, [&](i64 lo, i64 hi) {
     const int j0 = int(lo) * L, j1 = int(std::min<i64>(N, hi * L));
-    with_rows(M, [&](auto rows) {
-      constexpr int MS = decltype(rows)::value;
-      if (b_trans) {
+    if (b_trans) {
+      with_rows<1, S::kMaxRows>(M, [&](auto rows) {
         for (int o0 = j0; o0 < j1; o0 += L)
-          S::template tile<MS>(K, A, lda, B + i64(o0) * ldb, ldb, std::min(L, j1 - o0), C + o0,
-                               ldc);
-        return;
-      }
+          S::template tile<decltype(rows)::value>(K, A, lda, B + i64(o0) * ldb, ldb,
+                                                  std::min(L, j1 - o0), C + o0, ldc);
+      });
+      return;
+    }
+    with_rows<1, kSmallM>(M, [&](auto rows) {
+      constexpr int MS = decltype(rows)::value;
       for (int jb = j0; jb < j1; jb += kSmallCols) {
         const int cols = std::min(kSmallCols, j1 - jb);
         for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
@@ -789,7 +798,8 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
   // tiles (nt) or strips (nn) in contiguous ranges over the pool: the arithmetic of one does
   // not depend on the split
   const i64 work = i64(M) * N * K / kMaddsPerElement;
-  if (M <= kSmallM) return small_rows<SmallAvx512>(b_trans, M, N, K, A, lda, B, ldb, C, ldc);
+  if (M <= (b_trans ? kSmallM512 : kSmallM))
+    return small_rows<SmallAvx512>(b_trans, M, N, K, A, lda, B, ldb, C, ldc);
   if (b_trans && M <= kMaxRowsNT) {
     const int ld = (M + 15) / 16 * 16;
     const std::vector<float> at = transpose_a(M, K, A, lda, ld);
