@@ -38,7 +38,7 @@ constexpr int kMaxRowsNT = 128;
 // Up to this many rows of A, small_rows runs the products: C = A B^T with the outputs in the
 // vector lanes, C = A B with blocks of kSmallCols columns of C kept in cache (32 KiB a row, L2
 // for 4 rows): B's rows are read in runs this long, which the hardware prefetcher follows (runs
-// of 1024 columns read fc layers at 23-25 GB/s here, 8192 at 30-33; same bits).
+// of 1024 columns read fc6 at 21-23 GB/s on 2 threads here, 8192 at 29-31; same bits).
 // AVX-512's nt (32 registers: 8 accumulators beside the 16 transposed rows) takes up to 8 rows
 // this way, against the batch kernels at 5-8 rows: VGG-16's fc6 forward 13-20 ms instead of
 // 26-35, CaffeNet's 7.3 instead of 9.3 (same bits). nn, and AVX2 (16 registers), up to 4: the
