@@ -482,6 +482,82 @@ def test_zplus_comes_with_the_forward_pass(small, monkeypatch, rules, determinis
     np.testing.assert_array_equal(fused, apart)
 
 
+# a residual block with BatchNorm (folded), a max pool and a Concat: relevance_multi's cut may
+# land inside the block, with relevance pending on both branches
+RES_NET = HEAD.format(name="res") + """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" batch_norm_param { use_global_stats: true } }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "conv3" bottom: "conv1" top: "sum" }
+layer { name: "relu3" type: "ReLU" bottom: "sum" top: "sum" }
+layer { name: "pool1" type: "Pooling" bottom: "sum" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "side" type: "Convolution" bottom: "pool1" top: "side"
+  convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "cat" type: "Concat" bottom: "pool1" bottom: "side" top: "cat" }
+layer { name: "fc1" type: "InnerProduct" bottom: "cat" top: "fc1" inner_product_param { num_output: 9 } }
+layer { name: "relu4" type: "ReLU" bottom: "fc1" top: "fc1" }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2" inner_product_param { num_output: 7 } }
+"""
+
+
+@pytest.mark.parametrize("rules", ["epsilon", "cmp_alpha2_flat", "alpha1beta0"])
+def test_relevance_multi_cut_anywhere_equals_separate_calls(monkeypatch, rules, deterministic):
+    """relevance_multi runs its class selections as one tiled batch above Net._class_cut and one
+    selection at a time below it, on the chunk's own activations. Wherever the cut lies -- above
+    the first layer, between any two (inside the residual block too, with relevance pending on
+    both branches) or below the last -- the maps equal separate calls bit for bit, readouts at
+    both sides of the cut included, with one class group or several (memory_limit)."""
+    net, w = build(RES_NET, "res")
+    x = images("res", n=3)
+    sets = [3, [1, 6, 0], -1, [[0, 2], 5, 4], 2]
+    readout = ["data", "pool1", "conv2"]
+    sep = [net.relevance(x, c, rules=rules, readout=readout) for c in sets]
+    n_plan = len(net._plan(net.top_layer(None), lrpfast.composites.as_composite(rules),
+                           [net._ssa(r) for r in readout]))
+    real_cut = lrpfast.Net._class_cut
+    tiled = []
+    groups = []
+    real_groups = lrpfast.Net._class_groups
+    for most in (None, 2):   # one group of all 5 selections; groups of 2, 2 and 1
+        if most is not None:
+            monkeypatch.setattr(lrpfast.Net, "_class_groups", lambda self, K, m, *a:
+                                groups.append(K) or lrpfast.net._even_parts(K, most))
+        for cut in range(n_plan + 1):
+            monkeypatch.setattr(lrpfast.Net, "_class_cut", lambda self, plan, m, c=cut: c)
+            multi = net.relevance_multi(x, sets, rules=rules, readout=readout)
+            for r in readout:
+                np.testing.assert_array_equal(multi[r], np.stack([s[r] for s in sep]),
+                                              err_msg=f"cut {cut}, readout {r}, groups {most}")
+    assert groups == [5] * (n_plan + 1)
+    monkeypatch.setattr(lrpfast.Net, "_class_groups", real_groups)
+    # the real cut: the first layer (top down) with an input of _CLASS_BATCH_FLOATS per chunk
+    monkeypatch.setattr(lrpfast.Net, "_class_cut", real_cut)
+    plan = net._plan(net.top_layer(None), lrpfast.composites.as_composite(rules), ["data"])
+    sizes = {bt: int(np.prod(net.shapes[bt])) for bt in net.shapes}
+    monkeypatch.setattr(lrpfast.net, "_CLASS_BATCH_FLOATS", 3 * sizes[net._ssa("cat")] + 1)
+    cut = net._class_cut(plan, 3)
+    assert [layer.name for layer, _ in plan][cut] == "pool1"   # its input is 3x cat's size
+    assert all(3 * sizes[bt] < lrpfast.net._CLASS_BATCH_FLOATS
+               for layer, _ in plan[:cut] for bt in layer.bottoms)
+    # nothing below the cut is tiled
+    orig_tile = lrpfast.net._tile
+    monkeypatch.setattr(lrpfast.net, "_tile", lambda v, g, m: tiled.append(
+        getattr(v, "shape", None)) or orig_tile(v, g, m))
+    net.memory_limit = 1 << 30
+    multi = net.relevance_multi(x, sets, rules=rules)
+    np.testing.assert_array_equal(multi, np.stack([s["data"] for s in sep]))
+    big = {(3,) + net.shapes[net._ssa("sum")], (3,) + net.shapes[net._ssa("conv2")]}
+    assert tiled and not big & set(tiled)
+
+
 def test_chunking_matches_one_chunk(small, monkeypatch):
     _, w, _ = small
     x = images("chunks", n=5)
@@ -897,6 +973,15 @@ def test_memory_accounting_counts_what_a_pass_keeps_and_chunks_evenly():
     assert net._class_groups(5, 2) == [(0, 2), (2, 4), (4, 5)]
     net.memory_limit = 2 * bps * 2 - 1   # room for less than 2 passes: one class at a time
     assert net._class_groups(3, 2) == [(0, 1), (1, 2), (2, 3)]
+    # tiles of only the layers above relevance_multi's cut, half a sample: room for 4 of them
+    net.memory_limit = 3 * bps * 2
+    assert net._class_groups(10, 2, bps // 2) == [(0, 4), (4, 7), (7, 10)]
+    # ... and arrays within what the allocator reuses: 3 selections of 2 images at most
+    net.memory_limit = 1 << 40
+    third = lrpfast.net._REUSED_BYTES // 6
+    assert net._class_groups(10, 2, 1, third) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert net._class_groups(10, 2, 1, third + 1) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert net._class_groups(3, 2, 1, lrpfast.net._REUSED_BYTES) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_forward_blob_errors(small):

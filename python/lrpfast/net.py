@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 _DEFAULT_MEMORY = 2 << 30  # bytes of activations + relevance per chunk
 _MACHINE_CHECK_FROM = 64 << 20  # samples needing more also get checked against the machine
+# relevance_multi: layer inputs from this many floats per chunk on run one class selection at a
+# time instead of tiled into one batch (Net._class_cut)
+_CLASS_BATCH_FLOATS = 1 << 20
+# the largest block the allocator reuses instead of mapping fresh pages (memory reuse on: glibc's
+# mmap threshold as lrpfast sets it, src/cpp/kernels/host_memory.cpp)
+_REUSED_BYTES = 32 << 20
 
 
 class NonFiniteError(FloatingPointError):
@@ -456,12 +462,45 @@ class Net:
         size = max(1, min(n, self.memory_limit // self._bytes_per_sample()))
         return _even_parts(n, size)
 
-    def _class_groups(self, K: int, m: int):
+    def _class_groups(self, K: int, m: int, tiled: int | None = None, largest: int = 0):
         """Split K class selections of a chunk of m images into groups whose tiled activations
         fit the memory limit (see _chunks) next to the chunk's own pass, which stays alive
-        while its tiles are used (g tiles: g + 1 passes' worth); evenly, as _chunks does."""
-        g = max(1, min(K, self.memory_limit // (self._bytes_per_sample() * m) - 1))
+        while its tiles are used (g tiles of a whole pass: g + 1 passes' worth); evenly, as
+        _chunks does. ``tiled``: bytes per sample and selection that a group tiles, where that
+        is less than a whole pass (the layers above _class_cut). ``largest``: bytes of the
+        largest array one sample and selection makes there; a group's stays within
+        _REUSED_BYTES (see _largest_array)."""
+        per = self._bytes_per_sample() if tiled is None else max(1, tiled)
+        g = max(1, min(K, (self.memory_limit - self._bytes_per_sample() * m) // (per * m)))
+        if largest:
+            g = min(g, max(1, _REUSED_BYTES // (largest * m)))
         return _even_parts(K, g)
+
+    def _largest_array(self, upper) -> int:
+        """Bytes of the largest array one sample and class selection makes in the layers
+        ``upper`` of a plan: a layer's input or output, or twice its output for the
+        alpha-beta rule's stacked signals. Groups of selections keep their arrays within
+        _REUSED_BYTES: larger ones come as fresh pages from the system on every call (a page
+        fault per 4 KiB; VGG-16 at batch 1, cmp_alpha2_flat, 10 classes: 2.42 s as one group
+        against 2.27 s as two of 5)."""
+        most = 0
+        for layer, ctx in upper:
+            k = 2 if isinstance(ctx.rule, AlphaBeta) and ctx.rule.beta != 0 else 1
+            most = max([most] + [k * math.prod(self.shapes[t]) for t in layer.tops]
+                       + [math.prod(self.shapes[bt]) for bt in layer.bottoms])
+        return 4 * most
+
+    def _class_cut(self, plan, m: int) -> int:
+        """Where relevance_multi stops running its class selections as one batch (an index into
+        ``plan``, top down): at the first layer with an input of at least _CLASS_BATCH_FLOATS
+        floats per chunk of m images. Below it the planes are large enough that a GEMM over
+        all selections is no faster than one per selection (VGG-16 at batch 1: 0.104 s per
+        class either way), while tiling the activations for it would cost time and memory."""
+        for i, (layer, _) in enumerate(plan):
+            if any(m * math.prod(self.shapes[bt]) >= _CLASS_BATCH_FLOATS
+                   for bt in layer.bottoms):
+                return i
+        return len(plan)
 
     def _require_weights(self):
         if not self.has_weights:
@@ -792,7 +831,16 @@ class Net:
         """Relevance for several class selections at one forward pass per chunk.
 
         class_sets: a list of K ``classes`` arguments (see ``relevance``). Returns float32
-        (K, N, ...) (or a dict of them when ``readout`` is a list)."""
+        (K, N, ...) (or a dict of them when ``readout`` is a list), each map equal to what
+        ``relevance`` gives for that selection alone.
+
+        The work that does not depend on the explained class -- the forward pass and the
+        alpha-beta layers' z+ -- runs once. Through the upper layers (fully connected, small
+        planes) the K selections run as one batch, so each weight matrix is read once for
+        all of them; from the first layer whose input has about a million floats per chunk
+        on, they run one after another on the chunk's own activations. Memory stays near one
+        pass plus K copies of the upper layers' activations (in groups within
+        ``memory_limit``)."""
         if isinstance(class_sets, (str, bytes)) or not hasattr(class_sets, "__len__"):
             raise TypeError(f"class_sets: expected a list of classes arguments, got "
                             f"{type(class_sets).__name__}")
@@ -924,18 +972,30 @@ class Net:
                         sink(top_layer.tops[0], top_layer, R0)
                     self._backward(plan, top_layer, blobs, states, R0, sink)
             else:
-                # several class selections share one backward pass: the chunk's activations are
-                # tiled along the batch axis (in groups that fit memory_limit), so the products
-                # of all selections run as one larger GEMM
+                # several class selections share one backward pass where that pays: through the
+                # upper layers (small planes, fully connected) the chunk's activations are tiled
+                # along the batch axis, in groups that fit memory_limit, so the products of all
+                # selections run as one larger GEMM; below the cut (_class_cut: large planes,
+                # where a larger GEMM gains nothing) each selection goes on alone on the
+                # chunk's own activations, which are never tiled
                 m = b - a
-                for k0, k1 in self._class_groups(K, m):
+                cut = self._class_cut(plan, m) if K > 1 else len(plan)
+                upper, lower = plan[:cut], plan[cut:]
+                # class-independent products (z+ of the alpha-beta layers): computed once per
+                # chunk for all its class selections
+                shared = self._shared_zplus(plan, top_layer, blobs, states) if K > 1 else {}
+                own = {ln: dict(st, zp=shared[ln]) if ln in shared else st
+                       for ln, st in states.items()}
+                used = {bt for layer, _ in upper
+                        for bt in (*layer.bottoms, *layer.tops, getattr(layer, "z_top", None))}
+                mem = self.layer_memory()
+                tiled = sum(mem[layer.name] for layer, _ in upper) or \
+                    8 * math.prod(self.shapes[top_layer.tops[0]])   # no upper layers: the seeds
+                for k0, k1 in self._class_groups(K, m, tiled, self._largest_array(upper)):
                     g = k1 - k0
-                    tb = {name: _tile(v, g, m) for name, v in blobs.items()}
-                    ts = {ln: {key: _tile(v, g, m) for key, v in st.items()}
-                          for ln, st in states.items()}
-                    if g > 1:   # class-independent products: computed once, then tiled
-                        for ln, zp in self._shared_zplus(plan, top_layer, blobs, states).items():
-                            ts[ln] = dict(ts[ln], zp=_tile(zp, g, m))
+                    tb = {name: _tile(v, g, m) for name, v in blobs.items() if name in used}
+                    ts = {layer.name: {key: _tile(v, g, m) for key, v in own[layer.name].items()}
+                          for layer, _ in upper}
                     R0 = R0s[k0] if g == 1 else np.concatenate(R0s[k0:k1])
 
                     def sink(bt, layer, rin, k0=k0, k1=k1, a=a, b=b, m=m):  # type: ignore[misc]
@@ -943,7 +1003,14 @@ class Net:
                             results[bt][k0:k1, a:b] += rin.reshape((k1 - k0, m) + rin.shape[1:])
                     if top_layer.tops[0] in ssa_out:
                         sink(top_layer.tops[0], top_layer, R0)
-                    self._backward(plan, top_layer, tb, ts, R0, sink)
+                    rel = self._backward(upper, top_layer, tb, ts, R0, sink)
+                    del tb, ts, R0   # this group's tiles go before the next group's are made
+                    for k in range(g if lower else 0):
+                        def sink1(bt, layer, rin, k=k0 + k, a=a, b=b):  # type: ignore[misc]
+                            if bt in ssa_out:
+                                results[bt][k, a:b] += rin
+                        self._backward(lower, top_layer, blobs, own,
+                                       {t: r[k * m:(k + 1) * m] for t, r in rel.items()}, sink1)
             bar.update()
         bar.close()
         if dev:
@@ -999,8 +1066,10 @@ class Net:
     def _backward(self, plan, top_layer, blobs, states, R0, sink, stop_after=None):
         """One relevance pass over ``plan`` from the seed ``R0`` at ``top_layer``'s output;
         ``sink(blob, layer, R)`` sees every relevance a layer hands to one of its bottoms.
-        ``stop_after``: a layer after which the pass ends."""
-        rel = {top_layer.tops[0]: R0}
+        ``stop_after``: a layer after which the pass ends. ``R0`` may also be a dict {blob:
+        relevance} of the relevances still to pass down (a pass resumed lower in the plan).
+        Returns that dict as the pass leaves it: relevances no layer of ``plan`` consumed."""
+        rel = dict(R0) if isinstance(R0, dict) else {top_layer.tops[0]: R0}
         for layer, ctx in plan:
             Rs = [rel.pop(t, None) for t in layer.tops]
             if all(r is None for r in Rs):
@@ -1031,6 +1100,7 @@ class Net:
                 rel[bt] = rin if bt not in rel else rel[bt] + rin
             if layer is stop_after:
                 break
+        return rel
 
     # ------------------------------------------------------------------ toolbox (lrpfast.compat)
     @_on_device
