@@ -55,6 +55,16 @@ layer { name: "prob" type: "Softmax" bottom: "fc2" top: "prob" }
 N_CLASSES = 7
 
 
+def conv_bn_relu(channels: int) -> str:
+    """conv1 (3x3, pad 1) -> BatchNorm -> Scale -> ReLU, in place on blob conv1."""
+    return """layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: %d kernel_size: 3 pad: 1 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" batch_norm_param { use_global_stats: true } }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+""" % channels
+
+
 def build(text, seed, bias_std=0.1, **kw):
     """(net, weights) for prototxt text with He-scaled random weights."""
     skeleton = lrpfast.Net.from_text(text, skip_unsupported=kw.get("skip_unsupported", False))
@@ -484,12 +494,7 @@ def test_zplus_comes_with_the_forward_pass(small, monkeypatch, rules, determinis
 
 # a residual block with BatchNorm (folded), a max pool and a Concat: relevance_multi's cut may
 # land inside the block, with relevance pending on both branches
-RES_NET = HEAD.format(name="res") + """
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-  convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
-layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" batch_norm_param { use_global_stats: true } }
-layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+RES_NET = HEAD.format(name="res") + conv_bn_relu(6) + """
 layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
   convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
@@ -864,12 +869,7 @@ def test_propagate_validates_r_top(small, deterministic):
                                   net.relevance(x, 3, rules="cmp_alpha2_flat"))
 
 
-BN_NET = HEAD.format(name="bn") + """
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
-layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" batch_norm_param { use_global_stats: true } }
-layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+BN_NET = HEAD.format(name="bn") + conv_bn_relu(4) + """
 layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }
 """
 
