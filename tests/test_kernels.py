@@ -1093,3 +1093,39 @@ def test_lrn_power_within_a_few_ulp(beta):
     want = x.astype(np.float64) * scale.astype(np.float64) ** -beta
     ulp4 = 4 * 2.0 ** -23
     assert np.all(np.abs(y - want) <= ulp4 * np.abs(want) + 1e-30)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 4097, 70001])
+def test_to_float16_matches_numpy_bitwise(n, simd):
+    """The pipeline's float16 store conversion: bit for bit numpy's astype(np.float16) on every
+    SIMD path (F16C lanes and the portable loop, the 8-lane tail included) for random float32
+    bit patterns -- every exponent, subnormals and NaN payloads among them -- and for the hard
+    cases: ties to even in the normal and subnormal ranges, the largest half (65504), the
+    first value that rounds to inf (65520), the smallest half subnormal and half of it (a tie
+    to zero), +-0 and +-inf. NaN stays NaN with its sign, and every path gives the same bits."""
+    rng = seeded_rng("to_float16", n)
+    bits = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32).copy()
+    hard = np.array([0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.99, 65520.0, -65520.0, 2.0 ** -24,
+                     2.0 ** -25, 3 * 2.0 ** -25, -(2.0 ** -25) * 1.0000001, 2.0 ** -14,
+                     1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -11 + 2.0 ** -23,
+                     6.0e-8, 3.0e-5, -1.0e-7, 1e-40, 3.4e38], np.float32)
+    if n:
+        x[rng.integers(0, n, len(hard))] = hard
+        x[-min(n, len(hard)):] = hard[:min(n, len(hard))]   # the tail after the last 8 lanes
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = x.astype(np.float16)
+    got = core.to_float16(x)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(got.view(np.uint16)[~nan], ref.view(np.uint16)[~nan])
+    assert np.isnan(got[nan]).all()
+    np.testing.assert_array_equal(np.signbit(got[nan]), np.signbit(x[nan]))
+    before = core.get_simd()
+    try:   # the portable loop gives the F16C bits, NaN payloads included
+        core.set_simd("generic")
+        np.testing.assert_array_equal(core.to_float16(x).view(np.uint16), got.view(np.uint16))
+    finally:
+        core.set_simd(before)
+    shaped = core.to_float16(x.reshape(1, -1, 1))   # any shape
+    assert shaped.shape == (1, n, 1)

@@ -227,6 +227,12 @@ def any_negative(
 ) -> bool:
     """True when some x < 0 (as numpy's (x < 0).any()); one parallel pass that stops early."""
 
+def to_float16(
+    x: FloatArray,  # float32, C-contiguous, any shape
+) -> np.ndarray:  # float16, x's shape
+    """numpy's x.astype(np.float16) bit for bit (ties to even, NaN kept); F16C where the CPU has
+    it, serial (the pipeline's writer thread calls it beside the engine)."""
+
 def relu_forward(
     x: ArrayLike,  # any shape
     negative_slope: float = 0.0,

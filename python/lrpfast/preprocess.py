@@ -55,9 +55,10 @@ def _pil_rgb(image: Any):
             raise FileNotFoundError(f"image file {path} not found")
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return im if im.mode == "RGB" else im.convert("RGB")   # no copy when RGB
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
     return None
 
 
@@ -234,7 +235,7 @@ class Preprocessed:
 
 def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop",
                base: Optional[int] = None, mean=None, std=None, channel_order: str = "bgr",
-               scale: float = 1.0) -> Preprocessed:
+               scale: float = 1.0, crop_first: bool = False) -> Preprocessed:
     """One photo -> the network input and the geometry to map results back.
 
     Parameters
@@ -257,6 +258,12 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     channel_order : "bgr" (Caffe) | "rgb"
     scale : float
         Multiplies the 0..255 pixel values first (``1/255`` for models trained on 0..1).
+    crop_first : bool
+        Where the resized photo covers the input (it is cropped, never padded), resize only
+        the part the crop keeps (Pillow's ``box``): for a 3:2 photo about half the resize
+        time. The result is resizing the whole photo up to floating-point rounding of the
+        filter positions (a pixel may differ by one level), so it is off by default;
+        ``Preprocessing(draft=True)`` turns it on.
 
     Returns
     -------
@@ -286,14 +293,21 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
             max(H if base is None else 1, math.floor(h * f + 0.5))
     if base is not None and int(base) < 1:
         raise ValueError(f"base must be >= 1; got {base}")
-    if (rw, rh) != (w, h):
-        src = src.resize((rw, rh), _BILINEAR)
-    img = np.asarray(src, dtype=np.uint8)
-    img, oy = fit_axis(img, 0, H)
-    img, ox = fit_axis(img, 1, W)
-    crop = np.ascontiguousarray(img)
+    if crop_first and (rw, rh) != (w, h) and rw >= W and rh >= H and (rw, rh) != (W, H):
+        # the pixels fit_axis would keep: the resize's own filter positions, shifted
+        oy, ox = (rh - H) // 2, (rw - W) // 2
+        sx, sy = w / rw, h / rh
+        src = src.resize((W, H), _BILINEAR, box=(ox * sx, oy * sy, (ox + W) * sx, (oy + H) * sy))
+        crop = np.asarray(src, dtype=np.uint8)
+    else:
+        if (rw, rh) != (w, h):
+            src = src.resize((rw, rh), _BILINEAR)
+        img = np.asarray(src, dtype=np.uint8)
+        img, oy = fit_axis(img, 0, H)
+        img, ox = fit_axis(img, 1, W)
+        crop = np.ascontiguousarray(img)
     planes = crop[:, :, ::-1] if channel_order == "bgr" else crop
-    x = planes.transpose(2, 0, 1).astype(np.float32)
+    x = planes.transpose(2, 0, 1).astype(np.float32, order="C")   # planes, not pixels, in memory
     if scale != 1.0:
         x *= np.float32(scale)
     if mean is not None:

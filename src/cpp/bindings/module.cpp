@@ -454,6 +454,17 @@ bool any_negative(const py::array_t<float, py::array::c_style>& x) {
   return lrpfast::cpu::any_negative(static_cast<i64>(x.size()), x.data());
 }
 
+py::array to_float16(const py::array_t<float, py::array::c_style>& x) {
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::array out(py::dtype("float16"), shape);
+  auto* op = static_cast<std::uint16_t*>(out.mutable_data());
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::to_float16(static_cast<i64>(x.size()), x.data(), op);
+  }
+  return out;
+}
+
 py::array_t<float> relu_forward(const py::object& xo, double slope) {
   auto x = input<float>(xo, "x", -1, "");
   require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
@@ -713,6 +724,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("any_negative", &any_negative, py::arg("x"),
         "True when some element of the float32 array x is < 0 (numpy's (x < 0).any(): -0 and\n"
         "NaN are not); one parallel pass that stops early.");
+  m.def("to_float16", &to_float16, py::arg("x"),
+        "x (float32, any shape) as a new float16 array of the same shape, bit for bit numpy's\n"
+        "x.astype(np.float16) (ties to even; NaN stays NaN); F16C where the CPU has it.");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,
         "Caffe's ReLU: x > 0 ? x : negative_slope * x (any shape), rounded as numpy's\n"
         "np.where(x > 0, x, slope * x); slope 0 gives +0 where x <= 0, as np.maximum(x, 0).");

@@ -4,8 +4,16 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define LRPFAST_F16C 1
+#else
+#define LRPFAST_F16C 0
+#endif
+
 #include "kernels/check.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/streamed.hpp"
 
 namespace lrpfast {
 
@@ -87,6 +95,62 @@ bool any_negative(std::int64_t n, const float* x) {
     }
   });
   return hit.load();
+}
+
+namespace {
+
+// One float to binary16 bits, to nearest even (the portable twin of F16C's vcvtps2ph).
+std::uint16_t half_bits(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  if (x >= 0x47800000u) {  // |f| >= 2^16 (beyond half's range even after rounding), inf, NaN
+    if (x > 0x7f800000u) return std::uint16_t(sign | 0x7e00u | ((x >> 13) & 0x3ffu));
+    return std::uint16_t(sign | 0x7c00u);
+  }
+  if (x < 0x38800000u) {  // |f| < 2^-14: half subnormal or zero. Adding 0.5f puts the half's
+    float v;              // last place (2^-24) at the float's last place: the FPU rounds (even)
+    std::memcpy(&v, &x, sizeof v);
+    v += 0.5f;
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    return std::uint16_t(sign | (u - 0x3f000000u));
+  }
+  // normal: rebias the exponent, round the 13 dropped bits to nearest even (a carry may give
+  // the next binade, or inf above 65504)
+  const std::uint32_t odd = (x >> 13) & 1u;
+  x += 0xc8000fffu + odd;  // (15 - 127) << 23, mod 2^32, plus 0xfff
+  return std::uint16_t(sign | (x >> 13));
+}
+
+#if LRPFAST_F16C
+__attribute__((target("avx,f16c"))) void to_float16_f16c(std::int64_t n, const float* x,
+                                                          std::uint16_t* out) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+  }
+  for (; i < n; ++i) out[i] = half_bits(x[i]);
+}
+
+bool has_f16c() {
+  static const bool has = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return has;
+}
+#endif
+
+}  // namespace
+
+void to_float16(std::int64_t n, const float* x, std::uint16_t* out) {
+#if LRPFAST_F16C
+  if (simd() != Simd::Generic && has_f16c()) {
+    to_float16_f16c(n, x, out);
+    return;
+  }
+#endif
+  for (std::int64_t i = 0; i < n; ++i) out[i] = half_bits(x[i]);
 }
 
 void relu_forward(std::int64_t n, const float* x, float slope, float* y) {

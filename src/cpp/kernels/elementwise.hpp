@@ -63,6 +63,13 @@ bool all_finite(std::int64_t n, const float* x);
 // every input before taking the x >= 0 shortcuts; numpy's version builds a bool array first.
 bool any_negative(std::int64_t n, const float* x);
 
+// out[i] = x[i] rounded to IEEE half precision (binary16), to nearest with ties to even, as
+// numpy's x.astype(np.float16): overflow gives +-inf, values below half's subnormal range +-0;
+// NaN stays NaN (quieted, payload truncated, as the x86 F16C instruction does). F16C (8 lanes)
+// where the CPU has it and the simd setting is not "generic", else a portable bit-exact loop;
+// both give the same bits. Serial: it serves the pipeline's writer thread, beside the engine.
+void to_float16(std::int64_t n, const float* x, std::uint16_t* out);
+
 // Caffe's ReLU forward, y = x > 0 ? x : slope * x, rounded as numpy's np.where(x > 0, x, slope*x);
 // slope 0 gives +0 for x <= 0 (as np.maximum(x, 0)), NaN staying NaN.
 void relu_forward(std::int64_t n, const float* x, float slope, float* y);
