@@ -710,14 +710,13 @@ class Net:
         # blobs from which the top is reachable: only those carry relevance
         live = {top_layer.tops[0]}
         plan = []
+        family = _family_rule(rules)   # what non-rule layers need to know of the rules
         for layer in reversed(self.layers[: top_layer.index + 1]):
             if not any(t in live for t in layer.tops):
                 continue
-            ctx = RelevanceContext(rules.get(layer.name), composite.eps, composite.maxpool,
-                                   caffe_hooks)
-            if ctx.rule is None:  # non-rule layers still need to know the rule family
-                ctx = RelevanceContext(_family_rule(rules), composite.eps, composite.maxpool,
-                                       caffe_hooks)
+            rule = rules.get(layer.name)
+            ctx = RelevanceContext(family if rule is None else rule, composite.eps,
+                                   composite.maxpool, caffe_hooks)
             plan.append((layer, ctx))
             live.update(layer.bottoms)
         for r in readouts:
@@ -878,11 +877,15 @@ class Net:
         and repeating the pass would double the cost of each batch-1 call."""
         from .diagnostics import BLOWUP
         comp = as_composite(rules)
-        if getattr(_family_rule(comp.assign(self.layers, net=self)), "gradient_like", False):
-            return
         key = (repr(comp), repr(top))
         seen = self.__dict__.setdefault("_blowup_seen", set())
         if key in seen:
+            return
+        gradient = self.__dict__.setdefault("_gradient_like", {})   # per composite: fixed
+        if key[0] not in gradient:
+            gradient[key[0]] = bool(getattr(_family_rule(comp.assign(self.layers, net=self)),
+                                            "gradient_like", False))
+        if gradient[key[0]]:
             return
         K = len(class_sets)
         for j, (a, b, sc) in enumerate(scores):
@@ -979,11 +982,20 @@ class Net:
                 # where a larger GEMM gains nothing) each selection goes on alone on the
                 # chunk's own activations, which are never tiled
                 m = b - a
-                cut = self._class_cut(plan, m) if K > 1 else len(plan)
+                if K == 1:   # one selection: nothing to share or tile
+                    def sink0(bt, layer, rin, a=a, b=b):  # type: ignore[misc]
+                        if bt in ssa_out:
+                            results[bt][0, a:b] += rin
+                    if top_layer.tops[0] in ssa_out:
+                        sink0(top_layer.tops[0], top_layer, R0s[0])
+                    self._backward(plan, top_layer, blobs, states, R0s[0], sink0)
+                    bar.update()
+                    continue
+                cut = self._class_cut(plan, m)
                 upper, lower = plan[:cut], plan[cut:]
                 # class-independent products (z+ of the alpha-beta layers): computed once per
                 # chunk for all its class selections
-                shared = self._shared_zplus(plan, top_layer, blobs, states) if K > 1 else {}
+                shared = self._shared_zplus(plan, top_layer, blobs, states)
                 own = {ln: dict(st, zp=shared[ln]) if ln in shared else st
                        for ln, st in states.items()}
                 used = {bt for layer, _ in upper
