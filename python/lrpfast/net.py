@@ -1109,7 +1109,7 @@ class Net:
                         f"parameters and the layer's weights (Net(..., check_finite=False) "
                         f"skips this check)", layer=layer.name, stage="relevance")
                 sink(bt, layer, rin)
-                rel[bt] = rin if bt not in rel else rel[bt] + rin
+                rel[bt] = rin if bt not in rel else _add(rel[bt], rin)
             if layer is stop_after:
                 break
         return rel
@@ -1177,6 +1177,15 @@ def _tile(v, g: int, m: int):
     if g == 1 or not isinstance(v, np.ndarray) or v.ndim == 0 or v.shape[0] != m:
         return v
     return np.concatenate([v] * g)
+
+
+def _add(a, b):
+    """a + b for the relevance of a blob that several layers read (a residual block's input):
+    on the CPU the engine's threaded sum (numpy adds on one thread), the same float32 bits."""
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.shape == b.shape and \
+            a.dtype == b.dtype == np.float32:
+        return _core.eltwise_forward([a, b], "sum")[0]
+    return a + b
 
 
 def _family_rule(rules: dict):
