@@ -422,7 +422,8 @@ def test_ctrl_c_signal_subprocess(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
-        pytest.skip("the run ended before the signal arrived")
+        pytest.skip(f"the run ended before the signal arrived (parent SIGINT: "
+                    f"{signal.getsignal(signal.SIGINT)})")
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["lrpfast: interrupted"]
     _no_partial_files(out)
