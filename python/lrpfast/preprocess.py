@@ -261,8 +261,9 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     crop_first : bool
         Where the resized photo covers the input (it is cropped, never padded), resize only
         the part the crop keeps (Pillow's ``box``): for a 3:2 photo about half the resize
-        time. The result is resizing the whole photo up to floating-point rounding of the
-        filter positions (a pixel may differ by one level), so it is off by default;
+        time. The result is resizing the whole photo up to the rounding of the filter
+        positions (Pillow takes the box in float32: a pixel may differ by one level), so it is
+        off by default;
         ``Preprocessing(draft=True)`` turns it on.
 
     Returns
