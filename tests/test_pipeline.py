@@ -454,26 +454,3 @@ def test_float16_store_is_numpys_rounding_and_failed_images_are_zero(tmp_path):
     f = _store_one(tmp_path / "f.zarr")
     assert f.dtype == np.float16 and not f[1].any()
     np.testing.assert_array_equal(f[[0, 2]].view(np.uint16), h[[0, 1]].view(np.uint16))
-
-
-@pytest.mark.parametrize("size,base,mode", [((227, 227), 256, "crop"), ((64, 64), None, "crop"),
-                                            ((40, 90), 70, "crop"), ((61, 61), None, "pad"),
-                                            ((50, 50), 50, "crop"), ((33, 47), None, "resize")])
-def test_crop_first_resize_is_the_whole_resize_cropped(size, base, mode):
-    """crop_first (fast decode's resize of only the kept part) against resizing the whole photo
-    and cropping: the same input shape, offset, scale and photo size, and the same pixels up
-    to one grey level (filter positions rounded differently; at most a few % of them) -- on noise
-    photos of odd sizes, landscape and portrait. Where the input is padded or not cropped it
-    falls back to the whole resize: identical."""
-    from lrpfast.preprocess import preprocess
-    rng = seeded_rng("crop-first", size, base, mode)
-    for h, w in [(375, 500), (1001, 667), (301, 299), (70, 120)]:
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        a = preprocess(img, size, mode=mode, base=base, mean=MEAN)
-        b = preprocess(img, size, mode=mode, base=base, mean=MEAN, crop_first=True)
-        assert (a.offset, a.scale, a.photo_size, a.x.shape) == \
-            (b.offset, b.scale, b.photo_size, b.x.shape)
-        d = np.abs(a.image.astype(np.int16) - b.image.astype(np.int16))
-        assert d.max() <= 1 and d.mean() < 0.1, (h, w, d.max(), d.mean())
-        if min(a.offset) < 0 or mode == "resize":   # padded / not cropped: the whole resize
-            np.testing.assert_array_equal(a.x, b.x)

@@ -6,6 +6,7 @@ int (used for both axes) or an (h, w) pair. Bad shapes or parameters raise Value
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -232,6 +233,24 @@ def to_float16(
 ) -> np.ndarray:  # float16, x's shape
     """numpy's x.astype(np.float16) bit for bit (ties to even, NaN kept); F16C where the CPU has
     it, serial (the pipeline's writer thread calls it beside the engine)."""
+
+def resize_bilinear(
+    src: np.ndarray,  # uint8 (h, w, 3) or (h, w, 4), pixels contiguous within rows
+    size: tuple[int, int],  # (H, W) of the whole resized image
+    window: tuple[int, int, int, int],  # (y0, x0, ny, nx) inside (H, W)
+) -> np.ndarray:  # uint8 (ny, nx, 3)
+    """The window of Pillow's antialiased bilinear resize of src to size (horizontal pass to 8
+    bits, then vertical; a pass is skipped where the side keeps its size), computing only the
+    window; serial, GIL released."""
+
+def arrow_pixels(
+    schema: Any,  # the 'arrow_schema' capsule of a PIL image's __arrow_c_array__()
+    array: Any,  # its 'arrow_array' capsule
+    h: int,
+    w: int,
+) -> np.ndarray:  # uint8 (h, w, 4), a view that keeps the export alive
+    """A PIL RGB image's pixels without a copy; ValueError unless one contiguous buffer of
+    h * w pixels of 4 bytes."""
 
 def relu_forward(
     x: ArrayLike,  # any shape

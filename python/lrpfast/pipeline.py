@@ -110,9 +110,8 @@ class Preprocessing:
     pad) or ``"resize"``. ``mean``: None, a per-channel tuple or a ``(C, Hm, Wm)`` mean image.
     ``draft``: let Pillow decode a JPEG at 1/2, 1/4 or 1/8 scale (in the DCT domain, several
     times faster for big photos) where the decoded image still covers the size the resize
-    needs; Pillow's antialiased bilinear resize then does the rest (less than 2x), on the
-    cropped part only (``crop_first`` of :func:`lrpfast.preprocess`). Off by default: the
-    pixels then differ slightly from a full decode.
+    needs; the antialiased bilinear resize then does the rest (less than 2x). Off by default:
+    the pixels then differ slightly from a full decode.
 
     Presets: :meth:`caffe` and :meth:`torchvision`."""
 
@@ -168,8 +167,7 @@ class Preprocessing:
         if self.draft and isinstance(image, (str, os.PathLike)):
             image, orig = self._drafted(os.fspath(image), H, W)
         p = _preprocess(image, (H, W), mode=self.mode, base=self.size, mean=self.mean,
-                        std=self.std, channel_order=self.channel_order, scale=self.scale,
-                        crop_first=self.draft)
+                        std=self.std, channel_order=self.channel_order, scale=self.scale)
         if orig is not None and orig != p.photo_size:   # geometry of the original photo
             (h, w), (h0, w0) = p.photo_size, orig
             p.photo_size = orig
@@ -647,7 +645,12 @@ class Store:
         a, b = plan.chunk(index)
         group = zarr.open_group(self.path, mode="r+")
         for rn, arr in rel.items():
-            group["relevance"][rn][a:b] = arr
+            dst = group["relevance"][rn]
+            if hasattr(dst, "with_config"):
+                # store every chunk as it comes: zarr 3 otherwise first compares each chunk
+                # with the fill value, a pass over it (zarr 2 writes them all by default)
+                dst = dst.with_config({"write_empty_chunks": True})
+            dst[a:b] = arr
         write_text(self.marker(index), json.dumps(rows))
 
     def rows(self, n_chunks: int) -> List[dict]:

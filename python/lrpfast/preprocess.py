@@ -22,7 +22,8 @@ Modes (``mode=``), for a network input of ``H x W``:
   edge pixels (``(S - len) // 2`` before, the rest after).
 * ``"resize"``: resize to ``H x W``, ignoring the aspect ratio.
 
-Resizing is Pillow's bilinear filter.
+Resizing is Pillow's antialiased bilinear filter (:func:`resize_bilinear`), computed natively on
+the part of the resized photo that the input keeps.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["preprocess", "Preprocessed", "MODES", "load_rgb", "resized_size"]
+from ._loader import _core
+
+__all__ = ["preprocess", "Preprocessed", "MODES", "load_rgb", "resized_size", "resize_bilinear"]
 
 def _bilinear():
     from PIL import Image
@@ -99,7 +102,46 @@ def load_rgb(image: Any) -> np.ndarray:
     f = a.astype(np.float64)
     if not np.all(np.isfinite(f)):
         raise ValueError("the image contains NaN or infinity")
-    return np.clip(np.floor(f + 0.5), 0, 255).astype(np.uint8)
+    return np.clip(np.floor(f + 0.5), 0, 255).astype(np.uint8, order="C")
+
+
+def resize_bilinear(pixels: np.ndarray, size: Tuple[int, int],
+                    window: Optional[Tuple[int, int, int, int]] = None) -> np.ndarray:
+    """Pillow's antialiased bilinear resize of ``pixels`` (``(h, w, 3)`` or ``(h, w, 4)`` uint8,
+    the first three channels used) to ``size = (H, W)``, computed natively and only on
+    ``window = (y0, x0, ny, nx)`` (default: all) -> ``(ny, nx, 3)`` uint8.
+
+    The bytes are those of ``Image.resize((W, H), BILINEAR)`` cropped to the window, with
+    Pillow's classic two passes: horizontal first (rounded to 8 bits), then vertical, each
+    skipped when that side keeps its size. Pillow 12 and older resize that way for every size;
+    Pillow 13 resizes vertically first for some shapes (tall photos whose height shrinks more),
+    which can move a pixel by one level there. lrpfast keeps one order, so a photo gives the
+    same input on every machine whatever Pillow is installed.
+
+    Filter (per axis, in -> out samples): ``scale = in / out``, ``s = max(scale, 1)``; output
+    ``o`` is centred at ``c = (o + 0.5) * scale`` and takes the inputs ``i`` in
+    ``[int(c - s + 0.5), int(c + s + 0.5))`` (clipped to the image) with weights
+    ``max(0, 1 - |i - c + 0.5| / s)``, normalised to sum 1 and stored with 22 fractional bits
+    (rounded half away from zero); a pass computes ``(2^21 + sum(pixel * weight)) >> 22``
+    clipped to 0..255.
+    """
+    H, W = int(size[0]), int(size[1])
+    y0, x0, ny, nx = (0, 0, H, W) if window is None else (int(v) for v in window)
+    return _core.resize_bilinear(pixels, (H, W), (y0, x0, ny, nx))
+
+
+def _pixels(img) -> np.ndarray:
+    """A decoded RGB PIL image's pixels: ``(h, w, 4)`` uint8 without a copy where Pillow
+    exports them (its Arrow interface, Pillow >= 11.2, image in one memory block), else
+    ``(h, w, 3)``, a copy."""
+    export = getattr(img, "__arrow_c_array__", None)
+    if export is not None:
+        try:
+            schema, array = export()
+            return _core.arrow_pixels(schema, array, img.height, img.width)
+        except ValueError:   # rows in several blocks (very large photos)
+            pass
+    return np.asarray(img, dtype=np.uint8)
 
 
 def resized_size(w: int, h: int, base: int) -> Tuple[int, int]:
@@ -235,7 +277,7 @@ class Preprocessed:
 
 def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop",
                base: Optional[int] = None, mean=None, std=None, channel_order: str = "bgr",
-               scale: float = 1.0, crop_first: bool = False) -> Preprocessed:
+               scale: float = 1.0) -> Preprocessed:
     """One photo -> the network input and the geometry to map results back.
 
     Parameters
@@ -258,19 +300,10 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     channel_order : "bgr" (Caffe) | "rgb"
     scale : float
         Multiplies the 0..255 pixel values first (``1/255`` for models trained on 0..1).
-    crop_first : bool
-        Where the resized photo covers the input (it is cropped, never padded), resize only
-        the part the crop keeps (Pillow's ``box``): for a 3:2 photo about half the resize
-        time. The result is resizing the whole photo up to the rounding of the filter
-        positions (Pillow takes the box in float32: a pixel may differ by one level), so it is
-        off by default;
-        ``Preprocessing(draft=True)`` turns it on.
-
     Returns
     -------
     :class:`Preprocessed` with ``x`` float32 (3, H, W).
     """
-    from PIL import Image
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if channel_order not in ("bgr", "rgb"):
@@ -280,10 +313,9 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
     if len(sz) != 2 or min(sz) < 1:
         raise ValueError(f"size must be an int or (H, W) > 0; got {size!r}")
     H, W = sz
-    src = _pil_rgb(image)   # photos stay PIL images until resized (no round trip via numpy)
-    if src is None:
-        src = Image.fromarray(load_rgb(image))
-    w, h = src.size
+    src = _pil_rgb(image)
+    pixels = load_rgb(image) if src is None else _pixels(src)
+    h, w = pixels.shape[:2]
     if mode == "resize":
         rw, rh = W, H
     elif mode == "pad":
@@ -294,19 +326,18 @@ def preprocess(image: Any, size: Union[int, Sequence[int]], *, mode: str = "crop
             max(H if base is None else 1, math.floor(h * f + 0.5))
     if base is not None and int(base) < 1:
         raise ValueError(f"base must be >= 1; got {base}")
-    if crop_first and (rw, rh) != (w, h) and rw >= W and rh >= H and (rw, rh) != (W, H):
-        # the pixels fit_axis would keep: the resize's own filter positions, shifted
-        oy, ox = (rh - H) // 2, (rw - W) // 2
-        sx, sy = w / rw, h / rh
-        src = src.resize((W, H), _BILINEAR, box=(ox * sx, oy * sy, (ox + W) * sx, (oy + H) * sy))
-        crop = np.asarray(src, dtype=np.uint8)
+    # only the part of the resized photo that the input keeps is computed: per axis the centre
+    # window of a longer side (what fit_axis would crop), all of a shorter one (then padded)
+    y0, ny = ((rh - H) // 2, H) if rh > H else (0, rh)
+    x0, nx = ((rw - W) // 2, W) if rw > W else (0, rw)
+    if (rw, rh) != (w, h):
+        img = resize_bilinear(pixels, (rh, rw), (y0, x0, ny, nx))
     else:
-        if (rw, rh) != (w, h):
-            src = src.resize((rw, rh), _BILINEAR)
-        img = np.asarray(src, dtype=np.uint8)
-        img, oy = fit_axis(img, 0, H)
-        img, ox = fit_axis(img, 1, W)
-        crop = np.ascontiguousarray(img)
+        img = pixels[y0:y0 + ny, x0:x0 + nx, :3]
+    img, py = fit_axis(img, 0, H)
+    img, px = fit_axis(img, 1, W)
+    oy, ox = y0 + py, x0 + px
+    crop = np.ascontiguousarray(img)
     planes = crop[:, :, ::-1] if channel_order == "bgr" else crop
     x = planes.transpose(2, 0, 1).astype(np.float32, order="C")   # planes, not pixels, in memory
     if scale != 1.0:

@@ -23,6 +23,7 @@
 #include "kernels/lrn.hpp"
 #include "kernels/parallel.hpp"
 #include "kernels/pool.hpp"
+#include "kernels/resample.hpp"
 #include "kernels/streamed.hpp"
 #include "kernels/winograd.hpp"
 
@@ -465,6 +466,79 @@ py::array to_float16(const py::array_t<float, py::array::c_style>& x) {
   return out;
 }
 
+// Pixels (h, w, 3|4) uint8, rows may be further apart than w pixels (a numpy view of an image).
+py::array resize_bilinear(const py::array& src, std::array<int, 2> size, std::array<int, 4> window) {
+  require(src.dtype().is(py::dtype::of<std::uint8_t>()) && src.ndim() == 3 &&
+              (src.shape(2) == 3 || src.shape(2) == 4),
+          "resize_bilinear: src must be (h, w, 3) or (h, w, 4) uint8, got ",
+          std::string(py::str(src.dtype())), " with shape ",
+          shape_str(std::vector<i64>(src.shape(), src.shape() + src.ndim())));
+  const i64 h = src.shape(0), w = src.shape(1), c = src.shape(2);
+  require(h >= 1 && w >= 1 && h <= INT_MAX && w <= INT_MAX, "resize_bilinear: src has no pixels");
+  require(src.strides(2) == 1 && src.strides(1) == c && src.strides(0) >= w * c,
+          "resize_bilinear: src's pixels must be contiguous within its rows");
+  const auto [y0, x0, ny, nx] = window;
+  require(size[0] >= 1 && size[1] >= 1, "resize_bilinear: size must be >= 1, got (", size[0], ", ",
+          size[1], ")");
+  require(ny >= 0 && nx >= 0 && y0 >= 0 && x0 >= 0 && i64(y0) + ny <= size[0] &&
+              i64(x0) + nx <= size[1],
+          "resize_bilinear: window (y0, x0, ny, nx) = (", y0, ", ", x0, ", ", ny, ", ", nx,
+          ") is outside the resized (", size[0], ", ", size[1], ")");
+  py::array_t<std::uint8_t> out(std::vector<py::ssize_t>{ny, nx, 3});
+  const auto* sp = static_cast<const std::uint8_t*>(src.data());
+  const i64 bytes = (h - 1) * src.strides(0) + w * c;
+  auto* op = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    lrpfast::cpu::resize_bilinear_u8(sp, bytes, int(h), int(w), src.strides(0), int(c), size[0],
+                                     size[1], y0, x0, ny, nx, op);
+  }
+  return out;
+}
+
+// The Arrow C data interface's two structs (the published ABI), for Pillow's image export.
+struct ArrowSchema {
+  const char* format;
+  const char* name;
+  const char* metadata;
+  std::int64_t flags, n_children;
+  ArrowSchema** children;
+  ArrowSchema* dictionary;
+  void (*release)(ArrowSchema*);
+  void* private_data;
+};
+struct ArrowArray {
+  std::int64_t length, null_count, offset, n_buffers, n_children;
+  const void** buffers;
+  ArrowArray** children;
+  ArrowArray* dictionary;
+  void (*release)(ArrowArray*);
+  void* private_data;
+};
+
+// A PIL image's Arrow export (fixed-size lists of 4 uint8 per pixel, one contiguous buffer) as
+// an (h, w, 4) uint8 view that keeps the exported array alive; ValueError for any other layout.
+py::array arrow_pixels(const py::capsule& schema, const py::capsule& array, i64 h, i64 w) {
+  require(schema.name() && std::string(schema.name()) == "arrow_schema" && array.name() &&
+              std::string(array.name()) == "arrow_array",
+          "arrow_pixels: expected 'arrow_schema' and 'arrow_array' capsules");
+  const auto* s = schema.get_pointer<ArrowSchema>();
+  const auto* a = array.get_pointer<ArrowArray>();
+  require(h >= 1 && w >= 1, "arrow_pixels: h and w must be >= 1");
+  const bool layout =
+      s && a && s->release && a->release && s->format && std::string(s->format) == "+w:4" &&
+      s->n_children == 1 && s->children && s->children[0] && s->children[0]->format &&
+      std::string(s->children[0]->format) == "C" && a->length == h * w && a->offset == 0 &&
+      a->n_children == 1 && a->children && a->children[0] && a->children[0]->n_buffers == 2 &&
+      a->children[0]->length == h * w * 4 && a->children[0]->offset == 0 &&
+      a->children[0]->buffers && a->children[0]->buffers[1];
+  require(layout, "arrow_pixels: not an image of ", h, " x ", w,
+          " pixels of 4 uint8 in one buffer");
+  const void* data = a->children[0]->buffers[1];
+  return py::array(py::dtype::of<std::uint8_t>(), std::vector<py::ssize_t>{h, w, 4},
+                   std::vector<py::ssize_t>{w * 4, 4, 1}, data, array);
+}
+
 py::array_t<float> relu_forward(const py::object& xo, double slope) {
   auto x = input<float>(xo, "x", -1, "");
   require(std::isfinite(slope), "negative_slope must be finite, got ", slope);
@@ -727,6 +801,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("to_float16", &to_float16, py::arg("x"),
         "x (float32, any shape) as a new float16 array of the same shape, bit for bit numpy's\n"
         "x.astype(np.float16) (ties to even; NaN stays NaN); F16C where the CPU has it.");
+  m.def("resize_bilinear", &resize_bilinear, py::arg("src"), py::arg("size"), py::arg("window"),
+        "Rows y0..y0+ny-1, columns x0..x0+nx-1 (window = (y0, x0, ny, nx)) of the image src\n"
+        "((h, w, 3) or (h, w, 4) uint8, the first three channels used) resized to size = (H, W)\n"
+        "with Pillow's antialiased bilinear filter -> (ny, nx, 3) uint8, the same bytes as\n"
+        "Image.resize((W, H), BILINEAR) cropped to the window, computing only the window.");
+  m.def("arrow_pixels", &arrow_pixels, py::arg("schema"), py::arg("array"), py::arg("h"),
+        py::arg("w"),
+        "A PIL image's __arrow_c_array__() capsules -> (h, w, 4) uint8 view of its pixels (no\n"
+        "copy; the view keeps the export alive). ValueError unless one contiguous buffer.");
   m.def("relu_forward", &relu_forward, py::arg("x"), py::arg("negative_slope") = 0.0,
         "Caffe's ReLU: x > 0 ? x : negative_slope * x (any shape), rounded as numpy's\n"
         "np.where(x > 0, x, slope * x); slope 0 gives +0 where x <= 0, as np.maximum(x, 0).");
