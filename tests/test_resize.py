@@ -90,8 +90,8 @@ def _sources(a: np.ndarray):
 
 def _geometries(rng, n):
     """(h, w, H, W): shrinking, enlarging, mixed, one-pixel sides, an axis that keeps its size."""
-    fixed = [(1, 1, 3, 5), (5, 1, 2, 7), (7, 9, 7, 4), (7, 9, 3, 9), (3, 3, 7, 7), (1000, 1500, 256, 384),
-             (500, 750, 256, 384), (667, 1001, 256, 384), (33, 200, 17, 9)]
+    fixed = [(1, 1, 3, 5), (5, 1, 2, 7), (7, 9, 7, 4), (7, 9, 3, 9), (3, 3, 7, 7),
+             (1000, 1500, 256, 384), (500, 750, 256, 384), (667, 1001, 256, 384), (33, 200, 17, 9)]
     out = list(fixed)
     while len(out) < n:
         h, w = (int(v) for v in rng.integers(1, 140, 2))

@@ -467,7 +467,8 @@ py::array to_float16(const py::array_t<float, py::array::c_style>& x) {
 }
 
 // Pixels (h, w, 3|4) uint8, rows may be further apart than w pixels (a numpy view of an image).
-py::array resize_bilinear(const py::array& src, std::array<int, 2> size, std::array<int, 4> window) {
+py::array resize_bilinear(const py::array& src, std::array<int, 2> size,
+                          std::array<int, 4> window) {
   require(src.dtype().is(py::dtype::of<std::uint8_t>()) && src.ndim() == 3 &&
               (src.shape(2) == 3 || src.shape(2) == 4),
           "resize_bilinear: src must be (h, w, 3) or (h, w, 4) uint8, got ",

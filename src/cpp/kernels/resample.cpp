@@ -111,9 +111,9 @@ void vertical_generic(const std::uint8_t* tmp, std::int64_t row, const BilinearT
 __attribute__((target("avx2"))) inline __m128i load8(const std::uint8_t* p,
                                                       const std::uint8_t* end) {
   if (p + 8 <= end) return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  std::uint64_t v = 0;
-  std::memcpy(&v, p, std::size_t(end - p));
-  return _mm_cvtsi64_si128(static_cast<long long>(v));
+  std::uint8_t tail[8] = {};   // the last pixels of the buffer: no read past its end
+  std::memcpy(tail, p, std::size_t(end - p));
+  return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tail));
 }
 
 // Two taps per step: the 8 bytes at a tap hold its pixel and the next one; the lanes are
@@ -129,9 +129,11 @@ __attribute__((target("avx2"))) void horizontal_avx2(const std::uint8_t* src,
   for (int o = 0; o < nx; ++o)
     for (int i = 0; i < tx.count[o]; ++i)
       for (int ch = 0; ch < 3; ++ch)
-        wv[(std::size_t(o) * pairs + i / 2) * 8 + (i % 2) * 4 + ch] = tx.coef[std::size_t(o) * tx.ksize + i];
-  const __m128i spread = stride == 4 ? _mm_setr_epi8(0, 1, 2, -1, 4, 5, 6, -1, -1, -1, -1, -1, -1, -1, -1, -1)
-                                     : _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        wv[(std::size_t(o) * pairs + i / 2) * 8 + (i % 2) * 4 + ch] =
+            tx.coef[std::size_t(o) * tx.ksize + i];
+  const int s1 = stride;   // the second pixel's first byte
+  const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, char(s1), char(s1 + 1), char(s1 + 2), -1, -1,
+                                       -1, -1, -1, -1, -1, -1, -1);
   const __m128i half = _mm_set1_epi32(kHalf);
   for (int r = 0; r < nr; ++r) {
     const std::uint8_t* s = src + (r0 + r) * row_bytes;
@@ -176,7 +178,8 @@ __attribute__((target("avx2"))) void vertical_avx2(const std::uint8_t* tmp, std:
       e = _mm256_srai_epi32(e, kBits);
       // packs/packus work within 128-bit lanes: reorder to bytes 0..15
       const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, e), 0xD8);
-      const __m128i b8 = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
+      const __m128i b8 =
+          _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(d + b), b8);
     }
     for (; b < row; ++b) {
@@ -222,7 +225,8 @@ void resize_bilinear_u8(const std::uint8_t* src, std::int64_t src_bytes, int h, 
   } else {
     for (int r = r0; r < r1; ++r)
       for (int o = 0; o < nx; ++o)
-        std::memcpy(rows + (r - r0) * row + 3 * o, src + r * row_bytes + std::int64_t(x0 + o) * stride, 3);
+        std::memcpy(rows + (r - r0) * row + 3 * o,
+                    src + r * row_bytes + std::int64_t(x0 + o) * stride, 3);
   }
   if (!vertical) return;   // the rows are the window's rows, written to out
 #if LRPFAST_RESAMPLE_AVX2
