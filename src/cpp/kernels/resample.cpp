@@ -108,47 +108,59 @@ void vertical_generic(const std::uint8_t* tmp, std::int64_t row, const BilinearT
 
 #if LRPFAST_RESAMPLE_AVX2
 // Integer sums are exact in any order, so the vector passes give the generic passes' bytes.
-__attribute__((target("avx2"))) inline __m128i load8(const std::uint8_t* p,
-                                                      const std::uint8_t* end) {
-  if (p + 8 <= end) return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  std::uint8_t tail[8] = {};   // the last pixels of the buffer: no read past its end
+__attribute__((target("avx2"))) inline __m128i load16(const std::uint8_t* p,
+                                                       const std::uint8_t* end) {
+  if (p + 16 <= end) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  std::uint8_t tail[16] = {};   // the last pixels of the buffer: no read past its end
   std::memcpy(tail, p, std::size_t(end - p));
-  return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tail));
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(tail));
 }
 
-// Two taps per step: the 8 bytes at a tap hold its pixel and the next one; the lanes are
-// (R, G, B, 0) of tap i and of tap i + 1, each times its own weight.
+// Four taps per step with 16-bit multiply-adds: each weight w (22 fractional bits) is split as
+// w = hi * 2^11 + lo (lo in 0..2047), so pixel * hi and pixel * lo fit 16-bit products, and
+// sum(pixel * w) = (sum(pixel * hi) << 11) + sum(pixel * lo) exactly. Lanes of the 128-bit half
+// h (taps 2h and 2h + 1 of the step) hold, per channel, the pair (pixel of tap 2h, of 2h + 1).
 __attribute__((target("avx2"))) void horizontal_avx2(const std::uint8_t* src,
                                                       const std::uint8_t* end,
                                                       std::int64_t row_bytes, int stride, int r0,
                                                       int nr, const BilinearTaps& tx, int nx,
                                                       std::uint8_t* tmp) {
-  const int pairs = (tx.ksize + 1) / 2;
-  // weights as (w_i, w_i, w_i, 0, w_i+1, w_i+1, w_i+1, 0) per pair
-  std::vector<std::int32_t> wv(std::size_t(nx) * pairs * 8, 0);
+  const int quads = (tx.ksize + 3) / 4;
+  // per output and step: 16 int16 (hi) then 16 int16 (lo), laid out as the pixel pairs
+  std::vector<std::int16_t> wv(std::size_t(nx) * quads * 32, 0);
   for (int o = 0; o < nx; ++o)
-    for (int i = 0; i < tx.count[o]; ++i)
-      for (int ch = 0; ch < 3; ++ch)
-        wv[(std::size_t(o) * pairs + i / 2) * 8 + (i % 2) * 4 + ch] =
-            tx.coef[std::size_t(o) * tx.ksize + i];
-  const int s1 = stride;   // the second pixel's first byte
-  const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, char(s1), char(s1 + 1), char(s1 + 2), -1, -1,
-                                       -1, -1, -1, -1, -1, -1, -1);
+    for (int i = 0; i < tx.count[o]; ++i) {
+      const std::int32_t c = tx.coef[std::size_t(o) * tx.ksize + i];
+      std::int16_t* w = &wv[(std::size_t(o) * quads + i / 4) * 32];
+      const int lane = (i % 4) / 2 * 8, odd = i % 2;
+      for (int ch = 0; ch < 3; ++ch) {
+        w[lane + 2 * ch + odd] = std::int16_t(c >> 11);
+        w[16 + lane + 2 * ch + odd] = std::int16_t(c & 2047);
+      }
+    }
+  const char s = char(stride);
+  const __m256i spread = _mm256_setr_epi8(
+      0, -1, s, -1, 1, -1, char(s + 1), -1, 2, -1, char(s + 2), -1, -1, -1, -1, -1,
+      char(2 * s), -1, char(3 * s), -1, char(2 * s + 1), -1, char(3 * s + 1), -1, char(2 * s + 2),
+      -1, char(3 * s + 2), -1, -1, -1, -1, -1);
   const __m128i half = _mm_set1_epi32(kHalf);
   for (int r = 0; r < nr; ++r) {
-    const std::uint8_t* s = src + (r0 + r) * row_bytes;
+    const std::uint8_t* sp = src + (r0 + r) * row_bytes;
     std::uint8_t* d = tmp + std::int64_t(r) * nx * 3;
     for (int o = 0; o < nx; ++o) {
-      const std::uint8_t* p = s + std::int64_t(tx.first[o]) * stride;
-      const __m256i* w = reinterpret_cast<const __m256i*>(&wv[std::size_t(o) * pairs * 8]);
-      const int np = (tx.count[o] + 1) / 2;
-      __m256i acc = _mm256_setzero_si256();
-      for (int q = 0; q < np; ++q, p += 2 * stride) {
-        const __m256i px = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(load8(p, end), spread));
-        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, _mm256_loadu_si256(w + q)));
+      const std::uint8_t* p = sp + std::int64_t(tx.first[o]) * stride;
+      const __m256i* w = reinterpret_cast<const __m256i*>(&wv[std::size_t(o) * quads * 32]);
+      const int nq = (tx.count[o] + 3) / 4;
+      __m256i hi = _mm256_setzero_si256(), lo = _mm256_setzero_si256();
+      for (int q = 0; q < nq; ++q, p += 4 * stride) {
+        const __m256i px = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(load16(p, end)), spread);
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(px, _mm256_loadu_si256(w + 2 * q)));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(px, _mm256_loadu_si256(w + 2 * q + 1)));
       }
-      __m128i v = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-      v = _mm_srai_epi32(_mm_add_epi32(v, half), kBits);
+      const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
+      const __m128i l = _mm_add_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
+      __m128i v = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(h, 11), l), half);
+      v = _mm_srai_epi32(v, kBits);
       v = _mm_packus_epi16(_mm_packs_epi32(v, v), v);  // clip to 0..255
       const std::uint32_t px = std::uint32_t(_mm_cvtsi128_si32(v));
       std::memcpy(d + 3 * o, &px, 3);
