@@ -10,6 +10,9 @@ followed by the crop or pad, and bad arguments.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -215,3 +218,38 @@ def test_bad_arguments_raise_value_errors():
             _core.arrow_pixels(s, arr, 4, 4)
         with pytest.raises(ValueError, match="capsules"):
             _core.arrow_pixels(arr, s, 4, 5)
+
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np
+from lrpfast import _core
+
+page = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+rng = np.random.default_rng(int(sys.argv[1]))
+for path in ("native", "generic"):
+    _core.set_simd(path)
+    for trial in range(60):
+        c = 3 + trial % 2
+        h, w = int(rng.integers(1, 24)), int(rng.integers(1, 40))
+        H, W = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+        buf = mmap.mmap(-1, 2 * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0   # PROT_NONE
+        n = h * w * c
+        a = np.frombuffer(buf, np.uint8, count=n, offset=page - n).reshape(h, w, c)
+        a[...] = rng.integers(0, 256, a.shape)   # the image ends where the guard page starts
+        _core.resize_bilinear(a, (H, W), (0, 0, H, W))
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect via libc (Linux)")
+def test_resize_reads_nothing_past_the_image():
+    """Images whose last byte is the last byte before an inaccessible page (mprotect): every
+    geometry resizes without touching that page (a read there would kill the subprocess), on
+    the vector path (16-byte loads near the end go through a buffer) and the portable one."""
+    r = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT, "5"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
