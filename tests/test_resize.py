@@ -19,7 +19,7 @@ from PIL import Image
 
 import lrpfast
 from lrpfast import _core
-from lrpfast.preprocess import _pixels, fit_axis, resize_bilinear
+from lrpfast.preprocess import _pil_rgb, _pixels, fit_axis, resize_bilinear
 
 from conftest import seeded_rng
 
@@ -168,10 +168,12 @@ def test_preprocess_is_the_whole_resize_then_the_crop_or_pad(size, base, mode):
         np.testing.assert_array_equal(q.x, p.x)
 
 
-def test_pillow_pixels_are_viewed_without_a_copy_or_copied_when_split():
+def test_pillow_pixels_are_viewed_without_a_copy_or_copied_when_split(tmp_path):
     """_pixels: Pillow's Arrow export as an (h, w, 4) view (first three bytes the RGB pixel)
     that stays valid after the image is gone; an image whose rows lie in several memory blocks
-    cannot be exported and comes back as numpy's (h, w, 3) copy."""
+    cannot be exported and comes back as numpy's (h, w, 3) copy. A photo file bigger than a
+    block is decoded into one block (_pil_rgb), so it is viewed, and preprocess() gives the
+    same input either way."""
     rng = seeded_rng("resize", "pixels")
     a = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     im = Image.fromarray(a)
@@ -192,6 +194,18 @@ def test_pillow_pixels_are_viewed_without_a_copy_or_copied_when_split():
         cp = _pixels(split)
         assert cp.shape == (37, 53, 3)
         np.testing.assert_array_equal(cp, a)
+        for name in ("a.png", "a.jpg"):
+            path = tmp_path / name
+            split.save(path)
+            decoded = _pil_rgb(str(path))
+            px = _pixels(decoded)
+            assert px.shape == (37, 53, 4), name
+            np.testing.assert_array_equal(px[:, :, :3], np.asarray(Image.open(path)))
+            p = lrpfast.preprocess(str(path), 20, mean=(1.0, 2.0, 3.0))
+            core.set_block_size(old)
+            q = lrpfast.preprocess(np.asarray(Image.open(path)), 20, mean=(1.0, 2.0, 3.0))
+            core.set_block_size(4096)
+            np.testing.assert_array_equal(p.x, q.x)
     finally:
         core.set_block_size(old)
 

@@ -57,12 +57,24 @@ def _pil_rgb(image: Any):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file {path} not found")
         with Image.open(path) as im:
+            _one_block(im)
             im.load()
             return im if im.mode == "RGB" else im.convert("RGB")   # no copy when RGB
     if isinstance(image, Image.Image):
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
     return None
+
+
+def _one_block(im) -> None:
+    """Let an RGB photo that Pillow would split into several memory blocks (over 16 MB, e.g. a
+    12 MP photo) decode into one (``Image.core.new_block``, Pillow >= 11.2), so that
+    :func:`_pixels` reads it without a copy; a no-op otherwise."""
+    from PIL import Image
+    core = Image.core
+    if (im.mode == "RGB" and hasattr(core, "new_block")
+            and im.width * im.height * 4 > core.get_block_size()):
+        im.im = core.new_block(im.mode, im.size)
 
 
 def load_rgb(image: Any) -> np.ndarray:
