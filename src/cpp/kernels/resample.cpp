@@ -117,7 +117,7 @@ __attribute__((target("avx2"))) inline __m128i load16(const std::uint8_t* p,
 }
 
 // Four taps per step with 16-bit multiply-adds: each weight w (22 fractional bits) is split as
-// w = hi * 2^11 + lo (lo in 0..2047), so pixel * hi and pixel * lo fit 16-bit products, and
+// w = hi * 2^11 + lo (lo in 0..2047), so that hi and lo fit the int16 operands of pmaddwd, and
 // sum(pixel * w) = (sum(pixel * hi) << 11) + sum(pixel * lo) exactly. Lanes of the 128-bit half
 // h (taps 2h and 2h + 1 of the step) hold, per channel, the pair (pixel of tap 2h, of 2h + 1).
 __attribute__((target("avx2"))) void horizontal_avx2(const std::uint8_t* src,
