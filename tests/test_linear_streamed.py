@@ -162,6 +162,48 @@ def test_rows_are_bit_identical_alone_and_in_any_batch(k, o, streamed):
         np.testing.assert_array_equal(_core.linear_backward_data(dy[lo:hi], w), dx_all[lo:hi])
 
 
+def bits(a):
+    return np.ascontiguousarray(a, np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("m,o,k", [(1, 9, 3), (1, 1000, 70), (1, 4096, 300), (2, 300, 65),
+                                   (3, 70, 8200), (4, 257, 33), (5, 300, 70), (8, 130, 1030),
+                                   (10, 520, 130), (130, 300, 64), (257, 70, 20)])
+def test_backward_skips_rows_of_zero_signal(m, o, k, streamed):
+    """Columns of dy that are zero in every row (a ReLU's switched-off outputs, the other classes
+    of a one-class seed; +0 and -0) leave their rows of w unread: NaN there does not reach dx.
+    The terms left out add +-0 to chains that start at +0, so including them changes no bit: each
+    row equals the same row computed beside rows that are nonzero everywhere (2 and 6 rows: the
+    small and the batch kernels), and lies within the float32 bound of the float64 product."""
+    rng = rng_for("sparse", m, o, k)
+    dy = rng.standard_normal((m, o)).astype(np.float32)
+    dead = rng.random(o) < 0.6
+    dead[0] = dead[-1] = True
+    dy[:, dead] = np.where(rng.random((m, int(dead.sum()))) < 0.5, 0.0, -0.0)
+    dy[rng.random((m, o)) < 0.3] = 0.0          # zeros in some rows only: those rows stay live
+    w = rng.standard_normal((o, k)).astype(np.float32)
+    dx = _core.linear_backward_data(dy, w)
+    check_bound(dx, dy, w)
+    w_nan = w.copy()
+    w_nan[dead] = np.nan
+    np.testing.assert_array_equal(bits(_core.linear_backward_data(dy, w_nan)), bits(dx))
+    live = rng.standard_normal((5, o)).astype(np.float32) + 4.0   # nonzero in every column
+    for i in range(m):
+        for batch in (np.vstack([dy[i:i + 1], live[:1]]), np.vstack([dy[i:i + 1], live])):
+            np.testing.assert_array_equal(bits(_core.linear_backward_data(batch, w)[0]),
+                                          bits(dx[i]), err_msg=f"row {i}, {len(batch)} rows")
+    tiny = np.zeros((m, o), np.float32)   # a sum that underflows to -0 becomes +0, alone or not
+    tiny[:, 1] = -1e-30
+    w_tiny = np.abs(w) * 1e-30
+    alone = _core.linear_backward_data(tiny, w_tiny)
+    np.testing.assert_array_equal(bits(alone), 0)
+    np.testing.assert_array_equal(bits(_core.linear_backward_data(np.vstack([tiny, live]),
+                                                                  w_tiny)[:m]), 0)
+    zero = np.zeros((m, o), np.float32)
+    zero[:, ::2] = -0.0
+    np.testing.assert_array_equal(bits(_core.linear_backward_data(zero, w_nan)), 0)  # all +0
+
+
 def test_bit_identical_on_one_and_two_threads(streamed):
     rng = rng_for("threads")
     x = rng.standard_normal((40, 2000)).astype(np.float32)

@@ -151,7 +151,8 @@ def linear_forward(
 ) -> FloatArray:  # (N, O) = x w^T + b
     ...
 def linear_backward_data(dy: ArrayLike, w: ArrayLike) -> FloatArray:
-    """dy (N, O), w (O, K) -> dx (N, K) = dy w."""
+    """dy (N, O), w (O, K) -> dx (N, K) = dy w. With lrpfast's own kernels, the rows of w
+    whose column of dy is zero in every row are not read (the result keeps its bits)."""
 
 def pool_forward(
     x: ArrayLike,  # (N, C, H, W)

@@ -124,10 +124,12 @@ LRPFAST_AVX512 void nn_tile(int rows, const float* a, int lda, const float* bt, 
   }
 }
 
-// bt (rows x 64) = B's rows 0 .. rows-1, the columns under `mask` (0 elsewhere); prefetches the
-// same rows of the next strip, which the next call packs.
-LRPFAST_AVX512 void nn_pack(int rows, const float* B, int ldb, const __mmask16* mask, float* bt) {
-  for (int r = 0; r < rows; ++r, B += ldb, bt += kStrip) {
+// bt (rows x 64) = columns j .. j+63 of B's rows brow[0 .. rows), those under `mask` (0
+// elsewhere); prefetches the same rows of the next strip, which the next call packs.
+LRPFAST_AVX512 void nn_pack(int rows, const float* const* brow, int j, const __mmask16* mask,
+                            float* bt) {
+  for (int r = 0; r < rows; ++r, bt += kStrip) {
+    const float* B = brow[r] + j;
 #pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       _mm_prefetch(reinterpret_cast<const char*>(B + kStrip + 16 * q), _MM_HINT_T0);
@@ -151,10 +153,12 @@ LRPFAST_AVX512 void nn_pack_t(int rows, const float* Bt, int ldb, int cols, floa
   }
 }
 
-// Columns [j0, j1) of C = A B; with b_trans, B is given transposed (N x K, row stride ldb).
-// Blocks of C of up to kMBlock rows and about kCBlock floats stay in L2 while K is walked.
+// Columns [j0, j1) of C = A B, B's K rows at brow[0 .. K); with b_trans, B is given transposed
+// instead (N x K, row stride ldb; brow unused). Blocks of C of up to kMBlock rows and about
+// kCBlock floats stay in L2 while K is walked.
 LRPFAST_AVX512 void nn_columns(int M, int j0, int j1, int K, const float* A, int lda,
-                               const float* B, int ldb, bool b_trans, float* C, int ldc) {
+                               const float* B, int ldb, const float* const* brow, bool b_trans,
+                               float* C, int ldc) {
   std::vector<float> tile(std::size_t(kRowsNN) * kStrip);
   float* bt = tile.data();
   const int block = int(std::max<i64>(kStrip, kCBlock / std::min(M, kMBlock) / kStrip * kStrip));
@@ -169,7 +173,7 @@ LRPFAST_AVX512 void nn_columns(int M, int j0, int j1, int K, const float* A, int
           for (int q = 0; q < 4; ++q)
             mask[q] = __mmask16((1u << std::clamp(je - j - 16 * q, 0, 16)) - 1u);
           if (b_trans) nn_pack_t(rows, B + i64(j) * ldb + r0, ldb, std::min(kStrip, je - j), bt);
-          else nn_pack(rows, B + i64(r0) * ldb + j, ldb, mask, bt);
+          else nn_pack(rows, brow + r0, j, mask, bt);
           for (int m = mb; m < me; m += kTileM) {
             float* c = C + i64(m) * ldc + j;
             const float* a = A + i64(m) * lda + r0;
@@ -334,11 +338,11 @@ LRPFAST_AVX512 void nt_small_tile(int K, const float* A, int lda, const float* B
 }
 
 // ---- nn for a few rows of A: C's rows in cache, B's rows streamed past ---------------------
-// C[0 .. MS) x `cols` columns += A[0 .. MS) x rows [0, R) of B (row stride ldb), one FMA per row of
-// B in order (R = 4 sweeps read four rows of B at a time for each load and store of C).
+// C[0 .. MS) x `cols` columns += A[0 .. MS) x columns j .. j+cols of B's rows brow[0 .. R), one FMA
+// per row of B in order (R = 4 sweeps read four rows of B at a time for each load and store of C).
 template <int MS, int R>
-LRPFAST_AVX512 void nn_small_sweep(const float* A, int lda, const float* B, int ldb, int cols,
-                                   float* C, int ldc) {
+LRPFAST_AVX512 void nn_small_sweep(const float* A, int lda, const float* const* brow, int j0,
+                                   int cols, float* C, int ldc) {
   __m512 a[MS][R];
   for (int m = 0; m < MS; ++m)
     for (int q = 0; q < R; ++q) a[m][q] = _mm512_set1_ps(A[i64(m) * lda + q]);
@@ -346,7 +350,7 @@ LRPFAST_AVX512 void nn_small_sweep(const float* A, int lda, const float* B, int 
   for (int j = 0; j < cols; j += 16) {
     const __mmask16 k = j + 16 <= cols ? __mmask16(0xffff) : tail;
     __m512 b[R];
-    for (int q = 0; q < R; ++q) b[q] = _mm512_maskz_loadu_ps(k, B + i64(q) * ldb + j);
+    for (int q = 0; q < R; ++q) b[q] = _mm512_maskz_loadu_ps(k, brow[q] + j0 + j);
     for (int m = 0; m < MS; ++m) {
       float* c = C + i64(m) * ldc + j;
       __m512 acc = _mm512_maskz_loadu_ps(k, c);
@@ -366,9 +370,9 @@ struct SmallAvx512 {
     nt_small_tile<MS>(K, A, lda, B, ldb, nj, C, ldc);
   }
   template <int MS, int R>
-  static void sweep(const float* A, int lda, const float* B, int ldb, int cols, float* C,
+  static void sweep(const float* A, int lda, const float* const* brow, int j0, int cols, float* C,
                     int ldc) {
-    nn_small_sweep<MS, R>(A, lda, B, ldb, cols, C, ldc);
+    nn_small_sweep<MS, R>(A, lda, brow, j0, cols, C, ldc);
   }
 };
 #endif
@@ -408,17 +412,18 @@ constexpr int kPortRows = 64;             // rows of B per sweep (nn)
     for (int j = 0; j < NJ; ++j)                                                                 \
       for (int i = 0; i < kPortLanes; ++i) P[j * kPortLanes + i] = acc[j][i];                    \
   }                                                                                              \
-  /* C[0 .. MT) x `cols` (<= 16) columns = (first ? 0 : C) + sum over k < K of A[m, k] B[k, :] */ \
+  /* C[0 .. MT) x `cols` (<= 16) columns = (first ? 0 : C) + sum over k < K of A[m, k] times     \
+     columns j .. j+cols of B's row brow[k] */                                                   \
   template <int MT>                                                                              \
-  ATTR void nn_tile_##SUFFIX(int K, const float* A, int lda, const float* B, int ldb, int cols,   \
-                              float* C, int ldc, bool first) {                                   \
+  ATTR void nn_tile_##SUFFIX(int K, const float* A, int lda, const float* const* brow, int j,     \
+                              int cols, float* C, int ldc, bool first) {                         \
     float acc[MT][kPortLanes] = {};                                                              \
     float row[kPortLanes] = {};                                                                  \
     if (!first)                                                                                  \
       for (int m = 0; m < MT; ++m)                                                               \
         for (int i = 0; i < cols; ++i) acc[m][i] = C[i64(m) * ldc + i];                          \
     for (int k = 0; k < K; ++k) {                                                                \
-      const float* b = B + i64(k) * ldb;                                                         \
+      const float* b = brow[k] + j;                                                              \
       for (int i = 0; i < cols; ++i) row[i] = b[i];                                              \
       for (int m = 0; m < MT; ++m) {                                                             \
         const float a = A[i64(m) * lda + k];                                                     \
@@ -463,23 +468,23 @@ constexpr int kPortRows = 64;             // rows of B per sweep (nn)
       }                                                                                          \
     }                                                                                            \
   }                                                                                              \
-  /* columns [j0, j1) of C = A B (B: K x N, row stride ldb), k in blocks of kPortRows rows of B  \
-     (swept row by row across the columns, so B streams from memory once) */                    \
+  /* columns [j0, j1) of C = A B (B's K rows at brow[0 .. K)), k in blocks of kPortRows rows of  \
+     B (swept row by row across the columns, so B streams from memory once) */                  \
   ATTR void nn_columns_##SUFFIX(int M, int j0, int j1, int K, const float* A, int lda,           \
-                                 const float* B, int ldb, float* C, int ldc) {                   \
+                                 const float* const* brow, float* C, int ldc) {                  \
     for (int k0 = 0; k0 < K; k0 += kPortRows) {                                                  \
       const int kb = std::min(kPortRows, K - k0);                                                \
       for (int j = j0; j < j1; j += kPortLanes) {                                                \
         const int cols = std::min(kPortLanes, j1 - j);                                           \
-        const float* b = B + i64(k0) * ldb + j;                                                  \
+        const float* const* b = brow + k0;                                                       \
         for (int m = 0; m < M; m += kPortTile) {                                                 \
           const float* a = A + i64(m) * lda + k0;                                                \
           float* c = C + i64(m) * ldc + j;                                                       \
           switch (std::min(kPortTile, M - m)) {                                                  \
-            case 4: nn_tile_##SUFFIX<4>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;      \
-            case 3: nn_tile_##SUFFIX<3>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;      \
-            case 2: nn_tile_##SUFFIX<2>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;      \
-            default: nn_tile_##SUFFIX<1>(kb, a, lda, b, ldb, cols, c, ldc, k0 == 0); break;     \
+            case 4: nn_tile_##SUFFIX<4>(kb, a, lda, b, j, cols, c, ldc, k0 == 0); break;        \
+            case 3: nn_tile_##SUFFIX<3>(kb, a, lda, b, j, cols, c, ldc, k0 == 0); break;        \
+            case 2: nn_tile_##SUFFIX<2>(kb, a, lda, b, j, cols, c, ldc, k0 == 0); break;        \
+            default: nn_tile_##SUFFIX<1>(kb, a, lda, b, j, cols, c, ldc, k0 == 0); break;       \
           }                                                                                      \
         }                                                                                        \
       }                                                                                          \
@@ -517,16 +522,19 @@ LRPFAST_AVX2 void nt_tile_avx2(int k0, int k1, const float* at, int ld, const fl
 }
 
 template <int MT>
-LRPFAST_AVX2 void nn_tile_avx2(int K, const float* A, int lda, const float* B, int ldb, int cols,
-                               float* C, int ldc, bool first) {
+LRPFAST_AVX2 void nn_tile_avx2(int K, const float* A, int lda, const float* const* brow, int j,
+                               int cols, float* C, int ldc, bool first) {
   if (cols < kPortLanes) {  // the right edge: through a full-width copy
     float c[MT][kPortLanes] = {};
     std::vector<float> rows(std::size_t(K) * kPortLanes, 0.f);
-    for (int k = 0; k < K; ++k)
-      for (int i = 0; i < cols; ++i) rows[std::size_t(k) * kPortLanes + i] = B[i64(k) * ldb + i];
+    std::vector<const float*> rowp(static_cast<std::size_t>(K));
+    for (int k = 0; k < K; ++k) {
+      for (int i = 0; i < cols; ++i) rows[std::size_t(k) * kPortLanes + i] = brow[k][j + i];
+      rowp[std::size_t(k)] = rows.data() + std::size_t(k) * kPortLanes;
+    }
     for (int m = 0; m < MT; ++m)
       for (int i = 0; i < cols; ++i) c[m][i] = first ? 0.f : C[i64(m) * ldc + i];
-    nn_tile_avx2<MT>(K, A, lda, rows.data(), kPortLanes, kPortLanes, &c[0][0], kPortLanes, false);
+    nn_tile_avx2<MT>(K, A, lda, rowp.data(), 0, kPortLanes, &c[0][0], kPortLanes, false);
     for (int m = 0; m < MT; ++m)
       for (int i = 0; i < cols; ++i) C[i64(m) * ldc + i] = c[m][i];
     return;
@@ -537,7 +545,7 @@ LRPFAST_AVX2 void nn_tile_avx2(int K, const float* A, int lda, const float* B, i
     acc[m][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + i64(m) * ldc + 8);
   }
   for (int k = 0; k < K; ++k) {
-    const float* b = B + i64(k) * ldb;
+    const float* b = brow[k] + j;
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
     for (int m = 0; m < MT; ++m) {
       const __m256 a = _mm256_broadcast_ss(A + i64(m) * lda + k);
@@ -610,15 +618,15 @@ LRPFAST_AVX2 void nt_small_tile_avx2(int K, const float* A, int lda, const float
 
 // nn_small's twin: 8 columns per vector, the right edge one column at a time (same fma chain).
 template <int MS, int R>
-LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* B, int ldb, int cols,
-                                      float* C, int ldc) {
+LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* const* brow, int j0,
+                                      int cols, float* C, int ldc) {
   __m256 a[MS][R];
   for (int m = 0; m < MS; ++m)
     for (int q = 0; q < R; ++q) a[m][q] = _mm256_set1_ps(A[i64(m) * lda + q]);
   int j = 0;
   for (; j + 8 <= cols; j += 8) {
     __m256 b[R];
-    for (int q = 0; q < R; ++q) b[q] = _mm256_loadu_ps(B + i64(q) * ldb + j);
+    for (int q = 0; q < R; ++q) b[q] = _mm256_loadu_ps(brow[q] + j0 + j);
     for (int m = 0; m < MS; ++m) {
       float* c = C + i64(m) * ldc + j;
       __m256 acc = _mm256_loadu_ps(c);
@@ -629,7 +637,7 @@ LRPFAST_AVX2 void nn_small_sweep_avx2(const float* A, int lda, const float* B, i
   for (; j < cols; ++j)
     for (int m = 0; m < MS; ++m) {
       float& c = C[i64(m) * ldc + j];
-      for (int q = 0; q < R; ++q) c = LRPFAST_FMAF(A[i64(m) * lda + q], B[i64(q) * ldb + j], c);
+      for (int q = 0; q < R; ++q) c = LRPFAST_FMAF(A[i64(m) * lda + q], brow[q][j0 + j], c);
     }
 }
 
@@ -642,9 +650,9 @@ struct SmallAvx2 {
     nt_small_tile_avx2<MS>(K, A, lda, B, ldb, nj, C, ldc);
   }
   template <int MS, int R>
-  static void sweep(const float* A, int lda, const float* B, int ldb, int cols, float* C,
+  static void sweep(const float* A, int lda, const float* const* brow, int j0, int cols, float* C,
                     int ldc) {
-    nn_small_sweep_avx2<MS, R>(A, lda, B, ldb, cols, C, ldc);
+    nn_small_sweep_avx2<MS, R>(A, lda, brow, j0, cols, C, ldc);
   }
 };
 
@@ -722,7 +730,7 @@ void with_rows(int M, F&& f) {
 // columns per thread.
 template <class S>
 void small_rows(bool b_trans, int M, int N, int K, const float* A, int lda, const float* B,
-                int ldb, float* C, int ldc) {
+                int ldb, const float* const* brow, float* C, int ldc) {
   constexpr int L = S::kLanes;
   parallel_for((N + L - 1) / L, i64(M) * N * K / kMaddsPerElement, [&](i64 lo, i64 hi) {
     const int j0 = int(lo) * L, j1 = int(std::min<i64>(N, hi * L));
@@ -741,9 +749,8 @@ void small_rows(bool b_trans, int M, int N, int K, const float* A, int lda, cons
         for (int m = 0; m < MS; ++m) std::fill_n(C + i64(m) * ldc + jb, cols, 0.f);
         int r = 0;
         for (; r + 4 <= K; r += 4)
-          S::template sweep<MS, 4>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
-        for (; r < K; ++r)
-          S::template sweep<MS, 1>(A + r, lda, B + i64(r) * ldb + jb, ldb, cols, C + jb, ldc);
+          S::template sweep<MS, 4>(A + r, lda, brow + r, jb, cols, C + jb, ldc);
+        for (; r < K; ++r) S::template sweep<MS, 1>(A + r, lda, brow + r, jb, cols, C + jb, ldc);
       }
     });
   });
@@ -752,14 +759,14 @@ void small_rows(bool b_trans, int M, int N, int K, const float* A, int lda, cons
 // C = A op(B) with the portable kernels (AVX2 + FMA or generic): nt on blocks of at most
 // kMaxRowsNT rows of A when b_trans, nn otherwise; ranges of outputs (nt) or column groups (nn)
 // over the pool.
-void portable(int M, int N, int K, const float* A, int lda, const float* B, int ldb, bool b_trans,
-              float* C, int ldc) {
+void portable(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+              const float* const* brow, bool b_trans, float* C, int ldc) {
   [[maybe_unused]] const bool avx2 =
       LRPFAST_HAS_AVX2_BUILD && std::strcmp(simd_kernels(), "avx2") == 0;
   const i64 work = i64(M) * N * K / kMaddsPerElement;
 #if LRPFAST_HAS_AVX2_BUILD
   if (avx2 && M <= kSmallM)
-    return small_rows<SmallAvx2>(b_trans, M, N, K, A, lda, B, ldb, C, ldc);
+    return small_rows<SmallAvx2>(b_trans, M, N, K, A, lda, B, ldb, brow, C, ldc);
 #endif
   if (b_trans) {
     for (int m0 = 0; m0 < M; m0 += kMaxRowsNT) {
@@ -782,24 +789,25 @@ void portable(int M, int N, int K, const float* A, int lda, const float* B, int 
   parallel_for(groups, work, [&](i64 lo, i64 hi) {
     const int j0 = int(lo) * kPortLanes, j1 = int(std::min<i64>(N, hi * kPortLanes));
 #if LRPFAST_HAS_AVX2_BUILD
-    if (avx2) return nn_columns_avx2(M, j0, j1, K, A, lda, B, ldb, C, ldc);
+    if (avx2) return nn_columns_avx2(M, j0, j1, K, A, lda, brow, C, ldc);
 #endif
-    nn_columns_generic(M, j0, j1, K, A, lda, B, ldb, C, ldc);
+    nn_columns_generic(M, j0, j1, K, A, lda, brow, C, ldc);
   });
 }
 
 // C = A op(B) with the streamed kernels (op(B) = B^T when b_trans): nt for a few rows of A, nn
 // otherwise. Both compute every element as the same chain of FMAs (k in order, from 0), so
 // the choice -- made on M -- never changes a row's result.
-void streamed(int M, int N, int K, const float* A, int lda, const float* B, int ldb, bool b_trans,
-              float* C, int ldc) {
-  if (!streamed_native()) return portable(M, N, K, A, lda, B, ldb, b_trans, C, ldc);
+// nn reads B's rows through brow (K pointers; nullptr for nt).
+void streamed(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+              const float* const* brow, bool b_trans, float* C, int ldc) {
+  if (!streamed_native()) return portable(M, N, K, A, lda, B, ldb, brow, b_trans, C, ldc);
 #if LRPFAST_STREAMED_AVX512
   // tiles (nt) or strips (nn) in contiguous ranges over the pool: the arithmetic of one does
   // not depend on the split
   const i64 work = i64(M) * N * K / kMaddsPerElement;
   if (M <= (b_trans ? kSmallM512 : kSmallM))
-    return small_rows<SmallAvx512>(b_trans, M, N, K, A, lda, B, ldb, C, ldc);
+    return small_rows<SmallAvx512>(b_trans, M, N, K, A, lda, B, ldb, brow, C, ldc);
   if (b_trans && M <= kMaxRowsNT) {
     const int ld = (M + 15) / 16 * 16;
     const std::vector<float> at = transpose_a(M, K, A, lda, ld);
@@ -812,8 +820,8 @@ void streamed(int M, int N, int K, const float* A, int lda, const float* B, int 
   }
   const int strips = (N + kStrip - 1) / kStrip;
   parallel_for(strips, work, [&](i64 lo, i64 hi) {
-    nn_columns(M, int(lo) * kStrip, std::min<i64>(N, hi * kStrip), K, A, lda, B, ldb, b_trans, C,
-               ldc);
+    nn_columns(M, int(lo) * kStrip, std::min<i64>(N, hi * kStrip), K, A, lda, B, ldb, brow,
+               b_trans, C, ldc);
   });
 #endif
 }
@@ -827,19 +835,73 @@ void blas_rows(bool b_trans, int M, int N, int K, const float* A, int lda, const
     gemm(false, b_trans, 1, N, K, 1.f, A + i64(m) * lda, lda, B, ldb, 0.f, C + i64(m) * ldc, ldc);
 }
 
+// The rows of B (K x N, row stride ldb) that C = A B needs, and A's columns for them: a row k
+// whose column of A is zero in every row of the call (+0 or -0) is left out. Its terms
+// fma(0, b, acc) would change no accumulator (acc + 0 = acc; the chains start at +0), so C keeps
+// its bits and B's dead rows are never read. LRP's signals are sparse this way: a fully
+// connected layer's relevance is zero at every output its ReLU switched off (half of CaffeNet's
+// fc6 / fc7 outputs, more in trained nets), and a one-class seed is zero at all other classes.
+struct LiveRows {
+  std::vector<const float*> brow;  // B's live rows, in order
+  std::vector<float> a;            // A's live columns (M x brow.size()) when some row is dead
+  const float* A;
+  int lda;
+};
+
+LiveRows live_rows(int M, int K, const float* A, int lda, const float* B, int ldb) {
+  std::vector<char> live(std::size_t(K), 0);
+  int n = 0;
+  for (int m = 0; m < M && n < K; ++m) {
+    const float* a = A + i64(m) * lda;
+    for (int k = 0; k < K; ++k)
+      if (!live[std::size_t(k)] && a[k] != 0.f) live[std::size_t(k)] = 1, ++n;  // NaN: live
+  }
+  LiveRows r{{}, {}, A, lda};
+  r.brow.reserve(std::size_t(n));
+  for (int k = 0; k < K; ++k)
+    if (live[std::size_t(k)]) r.brow.push_back(B + i64(k) * ldb);
+  if (n == K || n == 0) return r;
+  r.a.resize(std::size_t(M) * n);
+  for (int m = 0; m < M; ++m) {
+    const float* src = A + i64(m) * lda;
+    float* dst = r.a.data() + std::size_t(m) * n;
+    for (int k = 0, j = 0; k < K; ++k)
+      if (live[std::size_t(k)]) dst[j++] = src[k];
+  }
+  r.A = r.a.data();
+  r.lda = n;
+  return r;
+}
+
 }  // namespace
 
 void gemm_streamed_nn(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  if (K > 0 && use_streamed(M)) return streamed(M, N, K, A, lda, B, ldb, false, C, ldc);
+  if (K > 0 && use_streamed(M)) {
+    const LiveRows live = live_rows(M, K, A, lda, B, ldb);
+    const int n = int(live.brow.size());
+    if (n == 0) {  // A is all zero: C = +0, as the chains from +0 give
+      for (int m = 0; m < M; ++m) std::fill_n(C + i64(m) * ldc, N, 0.f);
+      return;
+    }
+    streamed(M, N, n, live.A, live.lda, B, ldb, live.brow.data(), false, C, ldc);
+    // A chain that underflowed to -0 would turn +0 on a skipped term's +0 (-0 + +0 = +0): adding
+    // +0 to every sum (which changes no other value) makes C the same bits whichever rows of B
+    // the call skipped, so a row's result still does not depend on the rest of the batch.
+    parallel_for(M, i64(M) * N, [&](i64 m0, i64 m1) {
+      for (i64 m = m0; m < m1; ++m)
+        for (float *c = C + m * ldc, *e = c + N; c < e; ++c) *c += 0.f;
+    });
+    return;
+  }
   blas_rows(false, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 void gemm_streamed_nt(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
                       float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  if (K > 0 && use_streamed(M)) return streamed(M, N, K, A, lda, B, ldb, true, C, ldc);
+  if (K > 0 && use_streamed(M)) return streamed(M, N, K, A, lda, B, ldb, nullptr, true, C, ldc);
   blas_rows(true, M, N, K, A, lda, B, ldb, C, ldc);
 }
 

@@ -7,10 +7,16 @@
 // A's few values against it; from one row of A up to a few dozen they are 1.3-2.5x faster than
 // OpenBLAS, at 256 rows within ~15% (bench/README.md, "fully connected products").
 //
-// Every element of C is ONE chain of fused multiply-adds over k = 0 .. K-1 in order, whatever
-// M, the thread count or the tiling: a row of C is bit-identical whether its row of A comes
-// alone or in any batch. The portable twins (AVX2 + FMA, generic C++) compute the same chains,
-// so they give the same bits as the AVX-512 kernels on every machine.
+// Every element of C is ONE chain of fused multiply-adds over k = 0 .. K-1 in order, from +0,
+// whatever M, the thread count or the tiling: a row of C is bit-identical whether its row of A
+// comes alone or in any batch. The portable twins (AVX2 + FMA, generic C++) compute the same
+// chains, so they give the same bits as the AVX-512 kernels on every machine.
+//
+// nn skips the rows of B whose column of A is zero in every row of the call (a ReLU's switched-off
+// outputs, a one-class seed's other classes), so those rows are never read: such a term adds +-0
+// to its chain, which changes no value, and every sum gets +0 added at the end (a sum that
+// underflowed to -0 is +0, whichever zero terms its chain held), so the bits do not depend on
+// which rows a call skipped. (An infinite or NaN weight in a skipped row does not reach C.)
 #pragma once
 
 namespace lrpfast {
