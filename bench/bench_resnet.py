@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     args = ap.parse_args(argv)
 
+    from bench_speed import match_peer_isa
+    peer_isa = match_peer_isa()
     import torch
 
     import lrpfast
@@ -145,7 +147,8 @@ def main(argv=None) -> int:
 
     print(f"lrpfast {lrpfast.__version__} (simd {lrpfast._core.simd_kernels()}, {lrpfast.info()['blas']}), torch {torch.__version__}, "
           f"{args.threads} threads, ResNet-50 {args.size}x{args.size} as a Caffe model "
-          f"({len(net.layers)} layers), best of {args.repeats}, the two sides alternating")
+          f"({len(net.layers)} layers), best of {args.repeats}, the two sides alternating; "
+          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, {peer_isa}")
     print()
     print("| batch | pass (lrpfast / zennit) | lrpfast s | torch/zennit s | speed-up | "
           "x own forward | agreement |")

@@ -437,6 +437,26 @@ def bench_big(args, extra):
                  f"| peak RSS {pk / 1e9:.2f} GB | {'ok' if pk < 6e9 else 'NO'} (target < 6 GB) |")
 
 
+def match_peer_isa() -> str:
+    """Restricts the peer (PyTorch, and zennit on it) to AVX2 when lrpfast's AVX2 path is forced
+    (LRPFAST_SIMD=avx2: how an AVX-512 machine stands in for an AVX2-only CPU), as such a CPU
+    would: PyTorch's own kernels (ATEN_CPU_CAPABILITY), oneDNN's convolutions
+    (ONEDNN_MAX_CPU_ISA) and MKL's BLAS (MKL_ENABLE_INSTRUCTIONS). Call it before torch is
+    imported; variables already set are kept, and LRPFAST_PEER_ISA=native leaves the peer on
+    the CPU's full instruction set. Returns what it did, for the bench's header."""
+    if os.environ.get("LRPFAST_SIMD") != "avx2":
+        return "peer on the CPU's own instruction set"
+    if os.environ.get("LRPFAST_PEER_ISA") == "native":
+        return "peer NOT restricted (LRPFAST_PEER_ISA=native): it may use AVX-512"
+    for k, v in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                 ("MKL_ENABLE_INSTRUCTIONS", "AVX2")):
+        os.environ.setdefault(k, v)
+    return ("peer restricted to AVX2 as on an AVX2-only CPU (ATEN_CPU_CAPABILITY="
+            f"{os.environ['ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA="
+            f"{os.environ['ONEDNN_MAX_CPU_ISA']}, MKL_ENABLE_INSTRUCTIONS="
+            f"{os.environ['MKL_ENABLE_INSTRUCTIONS']})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -454,6 +474,7 @@ def main(argv=None) -> int:
                          "its streamed AVX-512 kernels where the CPU has AVX-512)")
     args = ap.parse_args(argv)
 
+    peer_isa = match_peer_isa()
     import torch
     stub_torchvision()
     import zennit  # noqa: F401
@@ -472,7 +493,8 @@ def main(argv=None) -> int:
           f"algorithm {_core.get_conv_algorithm()}, fully connected {info['linear_kernels']}, "
           f"memory reuse {'on' if info['memory_reuse'] else 'off'}; torch "
           f"{torch.__version__}, zennit {zennit.__version__ if hasattr(zennit, '__version__') else ''}"
-          f"; OPENBLAS_* env: {env or 'none'}")
+          f"; OPENBLAS_* env: {env or 'none'}; torch CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {peer_isa}")
     print(f"sgemm 2048^3 peak ({args.threads} threads): lrpfast's gemm {peak:.0f} GFLOP/s, "
           f"torch {tpeak:.0f} GFLOP/s\n")
     rows, extra = [], []
