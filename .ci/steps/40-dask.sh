@@ -18,9 +18,14 @@ PY
 python -m pytest -q -p no:cacheprovider tests/test_pipeline.py tests/test_dask.py
 # The zarr 2 code path (Python 3.9/3.10 users get zarr 2): the same tests in a virtual
 # environment that sees this one's packages but has zarr 2 in front (zarr 3's pytest plugin,
-# visible through the system site, is switched off there).
+# visible through this environment's site, is switched off there). A .pth file adds this
+# environment's site-packages after the new one's own, whether this one is the system Python
+# or itself a virtual environment (which --system-site-packages would skip).
 Z2=$(mktemp -d)
-python -m venv --system-site-packages "$Z2"
+python -m venv "$Z2"
+inner=$("$Z2/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+python -c "import sysconfig; p = sysconfig.get_paths(); print(*dict.fromkeys([p['purelib'], p['platlib']]), sep='\n')" \
+  > "$inner/_lrpfast_ci_outer.pth"
 "$Z2/bin/python" -m pip install --quiet "zarr>=2.16,<3"
 "$Z2/bin/python" -c "import zarr; assert zarr.__version__.startswith('2.'), zarr.__version__; print('zarr', zarr.__version__)"
 "$Z2/bin/python" -m pytest -q -p no:cacheprovider -p no:zarr tests/test_pipeline.py tests/test_dask.py
