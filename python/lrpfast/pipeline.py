@@ -867,10 +867,7 @@ def _background() -> None:
     writing then take the cores the engine leaves idle instead of preempting its threads, whose
     parallel loops all wait for the slowest one."""
     try:
-        if os.environ.get("XBG") == "idle":
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):   # not Linux, or not allowed: keep the priority
         pass
 
