@@ -204,6 +204,19 @@ def test_backward_skips_rows_of_zero_signal(m, o, k, streamed):
     np.testing.assert_array_equal(bits(_core.linear_backward_data(zero, w_nan)), 0)  # all +0
 
 
+@pytest.mark.parametrize("m", [1, 3, 6])
+def test_backward_of_a_one_class_seed_reads_one_row(m, streamed):
+    """A one-class seed (every row of dy zero but one column): dx is that row of w times the
+    seed's value, exactly (one FMA from +0), and NaN in every other row of w does not reach it."""
+    rng = rng_for("onehot", m)
+    w = rng.standard_normal((1000, 70)).astype(np.float32)
+    w[np.arange(1000) != 417] = np.nan
+    dy = np.zeros((m, 1000), np.float32)
+    dy[:, 417] = rng.standard_normal(m).astype(np.float32)
+    dx = _core.linear_backward_data(dy, w)
+    np.testing.assert_array_equal(bits(dx), bits(dy[:, 417:418] * w[417] + np.float32(0)))
+
+
 def test_bit_identical_on_one_and_two_threads(streamed):
     rng = rng_for("threads")
     x = rng.standard_normal((40, 2000)).astype(np.float32)
