@@ -176,8 +176,10 @@ def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = re
             hm = render.heatmap(maps[rule][i], cmap=cmap, norm="symmetric")
             cells.append(_draw_boxes(_upscale(hm, scale), s["boxes"], scale, (0, 160, 0)))
             m, mw = scores[rule]["per_image"][i]
-            cl.append(f"{rule} " + (f"mu={m:.2f} mu_w={mw:.2f}" if np.isfinite(m) else
-                                    "mu=n/a (no positive relevance)"))
+            # the rule on its own line: Pillow's default font sets spaces narrow, and
+            # "rule mu=.. mu_w=.." on one line read as one word
+            cl.append(f"{rule}\n" + (f"mu={m:.2f}   mu_w={mw:.2f}" if np.isfinite(m) else
+                                     "mu=n/a (no positive relevance)"))
         g = render.grid(cells, cl, ncols=len(cells))
         f = out / f"{s['name']}.png"
         _files.save_png(f, g)
