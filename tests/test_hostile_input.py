@@ -429,6 +429,79 @@ def test_ctrl_c_signal_subprocess(tmp_path):
     _no_partial_files(out)
 
 
+def _signal_from_another_thread(sig):
+    """Send ``sig`` to this process while a second thread is alive, as the engine's and BLAS's
+    threads are during a run: the kernel may hand it to that thread, and Python still runs the
+    handler in the main thread at its next bytecode."""
+    done = threading.Event()
+    t = threading.Thread(target=done.wait)
+    t.start()
+    try:
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)   # delivery, then the main thread's next check of pending signals
+        for _ in range(1000):
+            pass
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_write_acts_after_the_file_is_complete(tmp_path, sig):
+    """A real signal to the process while an output file is being written (a second thread
+    alive, which the kernel may deliver it to): the write completes and is renamed into place,
+    the signal's handler runs right after the block, no temporary file is left. Before the
+    fix the KeyboardInterrupt came inside the block, leaving the file unwritten."""
+    from lrpfast import _files
+    signum = getattr(signal, sig)
+    seen = []
+
+    def handler(s, frame):
+        seen.append(s)
+        raise KeyboardInterrupt
+    old = signal.signal(signum, handler)
+    target = tmp_path / "out.txt"
+    reached_end = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _files.atomic_path(target) as tmp:
+                _signal_from_another_thread(signum)
+                assert seen == []   # held back
+                Path(tmp).write_text("complete\n")
+                reached_end = True
+    finally:
+        signal.signal(signum, old)
+    assert reached_end and seen == [signum]
+    assert target.read_text() == "complete\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    assert signal.getsignal(signum) is old   # restored
+
+
+def test_a_signal_outside_a_write_is_not_held_back(tmp_path):
+    """The deferral is only for the block: an ignored signal stays ignored, and after the block
+    the handler in place is the one from before (nested blocks included)."""
+    from lrpfast import _files
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with _files.atomic_path(tmp_path / "a.txt") as a, _files.atomic_path(tmp_path / "b.txt") as b:
+            _signal_from_another_thread(signal.SIGTERM)   # ignored: nothing raised later
+            Path(a).write_text("a")
+            Path(b).write_text("b")
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    with pytest.raises(KeyboardInterrupt):
+        with _files.atomic_path(tmp_path / "a.txt") as a, \
+                _files.atomic_path(tmp_path / "b.txt") as b:
+            _signal_from_another_thread(signal.SIGINT)
+            Path(a).write_text("A")
+            Path(b).write_text("B")
+    assert (tmp_path / "a.txt").read_text() + (tmp_path / "b.txt").read_text() == "AB"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_cli_reports_any_per_image_failure_and_goes_on(tmp_path, capsys, monkeypatch):
     """A MemoryError (or any exception) for one image is one error line; the next image is
     still written."""

@@ -24,21 +24,36 @@ def _file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold back SIGINT / SIGTERM (main thread, POSIX) until the block has ended: a Ctrl-C
-    during a file's write is delivered right after it, when the file is complete and renamed
-    (or removed), never between creating the temporary file and the handler that removes it."""
-    held = (signal.SIGINT, signal.SIGTERM)
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
+    """Hold back SIGINT / SIGTERM until the block has ended: a Ctrl-C during a file's write acts
+    right after it, when the file is complete and renamed (or removed), never between creating
+    the temporary file and the handler that removes it.
+
+    Python runs signal handlers in the main thread only, whichever thread the kernel hands the
+    signal to (an engine or BLAS thread, when the main thread blocks it), so the block swaps in
+    a handler that only records the signal, then restores the old one and raises each signal
+    it recorded again. Outside the main thread (where handlers cannot be set, and where no
+    KeyboardInterrupt is raised) and for a signal that is ignored or whose handler was not set
+    from Python, nothing is held back."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    old = {s: h for s in _DEFERRED
+           if (h := signal.getsignal(s)) is not None and h != signal.SIG_IGN}
+    caught: list = []
     try:
+        for s in old:
+            signal.signal(s, lambda signum, frame: caught.append(signum))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)   # a pending signal fires here
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)   # the restored handler runs now (KeyboardInterrupt)
 
 
 @contextlib.contextmanager
