@@ -147,6 +147,62 @@ def test_algorithm_from_environment():
     assert out.stdout.strip() == "blas"
 
 
+@pytest.mark.skipif(not NATIVE, reason="the prefetch is in the AVX-512 kernels")
+@pytest.mark.parametrize("m,o,k", [(1, 33, 9216), (1, 1, 1), (3, 17, 1000), (5, 16, 16),
+                                   (8, 70, 257)])
+def test_prefetch_distance_changes_no_bit(m, o, k):
+    """The small-batch forward's software prefetch (none, the Intel default, an odd distance,
+    one vector, the whole row, past the row's end) gives the same bits, within the float32
+    bound of the float64 product."""
+    rng = rng_for("prefetch", m, o, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((o, k)).astype(np.float32)
+    old = _core.get_nt_prefetch()
+    try:
+        outs = []
+        for d in (0, 256, 17, 16, k, k + 1000):
+            _core.set_nt_prefetch(d)
+            outs.append(_core.linear_forward(x, w, None))
+    finally:
+        _core.set_nt_prefetch(old)
+    for y in outs[1:]:
+        np.testing.assert_array_equal(bits(y), bits(outs[0]))
+    check_bound(outs[0], x, w.T)
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def test_prefetch_setting_default_environment_and_bad_values():
+    """Default 256 on Intel CPUs and 0 on others; $LRPFAST_NT_PREFETCH overrides it (a value
+    that is not a count leaves the default); a negative distance is a ValueError."""
+    code = "from lrpfast._loader import _core; print(_core.get_nt_prefetch())"
+
+    def run(value):
+        env = {k: v for k, v in os.environ.items() if k != "LRPFAST_NT_PREFETCH"}
+        if value is not None:
+            env["LRPFAST_NT_PREFETCH"] = value
+        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  env=env, check=True).stdout)
+    default = run(None)
+    vendor = _cpu_vendor()
+    if vendor:
+        assert default == (256 if vendor == "GenuineIntel" else 0), vendor
+    assert run("64") == 64 and run("0") == 0
+    assert run("-5") == default and run("lots") == default
+    with pytest.raises(ValueError, match="floats must be >= 0"):
+        _core.set_nt_prefetch(-1)
+    assert lrpfast.info()["nt_prefetch"] == _core.get_nt_prefetch()
+
+
 @pytest.mark.parametrize("k,o", [(257, 70), (1030, 33), (16500, 9)])
 def test_rows_are_bit_identical_alone_and_in_any_batch(k, o, streamed):
     """Row i of a batch of M equals the same row computed alone or in a batch of another size,

@@ -40,6 +40,12 @@ const char* simd_kernels();  // what runs under that setting here: "avx512", "av
 
 bool streamed_native();  // true where the AVX-512 kernels run (simd_kernels() == "avx512")
 
+// Software prefetch distance (floats ahead in each row of B) of the AVX-512 C = A B^T kernel for
+// 1 to 8 rows of A (fully connected forward at batch 1 to 8); changes no result. Default from
+// $LRPFAST_NT_PREFETCH, else 256 on Intel CPUs and 0 on others (see streamed.cpp).
+int nt_prefetch();
+void set_nt_prefetch(int floats);
+
 // Process-wide choice: Auto (default) uses the kernels above where streamed_native(), their AVX2
 // twins for up to 4 rows of A (batch 1 to 4) where the CPU has AVX2 + FMA only, and the portable
 // twins (AVX2 + FMA or generic C++, same bits) in deterministic mode; Streamed always
