@@ -345,6 +345,19 @@ def test_forward_pair_argument_errors_and_algorithm_names(algo):
     algo("auto")
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 3, 3), np.float32), 1, 1) == "winograd"
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 1, 1), np.float32)) == "pointwise"
+    # 1x1 on small planes: several images side by side in one product (im2col's batched way)
+    # by default, one product per image in deterministic mode
+    x7 = np.ones((8, 16, 7, 7), np.float32)
+    assert _core.conv_forward_algorithm(x7, np.ones((16, 16, 1, 1), np.float32)) == "im2col"
+    assert _core.conv_forward_algorithm(x7[:1], np.ones((16, 16, 1, 1), np.float32)) == "pointwise"
+    assert _core.conv_forward_algorithm(np.ones((8, 16, 8, 8), np.float32),
+                                        np.ones((16, 16, 1, 1), np.float32)) == "pointwise"
+    before = _core.get_deterministic()
+    _core.set_deterministic(True)
+    try:
+        assert _core.conv_forward_algorithm(x7, np.ones((16, 16, 1, 1), np.float32)) == "pointwise"
+    finally:
+        _core.set_deterministic(before)
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 5, 5), np.float32), 1, 2) == "im2col"
     algo("direct")
     assert _core.conv_forward_algorithm(x16, np.ones((16, 16, 3, 3), np.float32), 1, 1) == "im2col"

@@ -280,7 +280,10 @@ def conv_cases():
         # and several row blocks per image with stride, padding and dilation
         (2, 3, 67, 66, 8, 11, 11, (4, 4), (0, 0), (1, 1), 1, True),
         (1, 96, 101, 99, 4, 5, 5, (2, 3), (2, 1), (1, 2), 2, False),
-        # pointwise with enough images to spread whole images over the threads
+        # pointwise with enough images to spread whole images over the threads (planes of
+        # >= 64 outputs), and small planes of several images batched in one product
+        (5, 8, 9, 8, 8, 1, 1, (1, 1), (0, 0), (1, 1), 1, True),
+        (6, 6, 8, 9, 9, 1, 1, (1, 1), (0, 0), (1, 1), 3, True),
         (5, 8, 7, 7, 8, 1, 1, (1, 1), (0, 0), (1, 1), 1, True),
         (6, 6, 4, 5, 9, 1, 1, (1, 1), (0, 0), (1, 1), 3, True),
     ]

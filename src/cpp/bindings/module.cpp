@@ -168,7 +168,7 @@ std::string conv_forward_algorithm(const py::object& xo, const py::object& wo,
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
   if (lrpfast::cpu::winograd_applies(g, false)) return "winograd";
-  return g.pointwise() ? "pointwise" : "im2col";
+  return lrpfast::cpu::pointwise_per_image(g) ? "pointwise" : "im2col";
 }
 
 py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& wo,

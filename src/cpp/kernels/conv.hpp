@@ -51,6 +51,11 @@ int conv_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t str
 
 namespace cpu {
 
+// Whether conv_forward / conv_backward_data take the pointwise path: a 1x1 stride-1 kernel, one
+// product per image straight on its planes; small planes of several images are batched the
+// im2col way instead (default mode; see conv.cpp).
+bool pointwise_per_image(const ConvGeom& g);
+
 // x (N,C,H,W), w (O,C/group,kh,kw), b (O) or nullptr -> y (N,O,Ho,Wo) (overwritten).
 // wino_u: w's transformed kernels (winograd_kernels, adjoint false) for the Winograd path, or
 // nullptr (transformed when that path is taken); ignored on the other paths.
