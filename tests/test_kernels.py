@@ -901,6 +901,12 @@ def test_eltwise_forward(op, k, shape):
     if op == "sum":  # no coeffs = all ones
         np.testing.assert_array_equal(core.eltwise_forward(xs, "sum")[0],
                                       numpy_eltwise_f32(xs, "sum", None))
+        # a sum of -0 terms is +0, as numpy's loop from zeros gives (bit patterns compared)
+        neg = [np.full(shape, -0.0, np.float32) for _ in range(k)]
+        got = core.eltwise_forward(neg, "sum")[0]
+        np.testing.assert_array_equal(got.view(np.uint32),
+                                      numpy_eltwise_f32(neg, "sum", None).view(np.uint32))
+        assert not np.signbit(got).any()
 
 
 def test_eltwise_max_nan_and_conversion():

@@ -234,11 +234,13 @@ void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* c
     const std::int64_t lo = b0 * kBlock, hi = b1 * kBlock < n ? b1 * kBlock : n;
     float* yy = y + lo;
     const std::int64_t m = hi - lo;
-    if (op == EltwiseOp::Sum) {
-      for (std::int64_t i = 0; i < m; ++i) yy[i] = 0.f;
+    if (op == EltwiseOp::Sum) {  // ((0 + c0 x0) + c1 x1) + ...: the first term on +0, unstored
       for (int k = 0; k < K; ++k) {
         const float c = coeffs ? coeffs[k] : 1.f, *x = xs[k] + lo;
-        for (std::int64_t i = 0; i < m; ++i) yy[i] = yy[i] + c * x[i];
+        if (k == 0)
+          for (std::int64_t i = 0; i < m; ++i) yy[i] = 0.f + c * x[i];
+        else
+          for (std::int64_t i = 0; i < m; ++i) yy[i] = yy[i] + c * x[i];
       }
     } else if (op == EltwiseOp::Prod) {
       std::memcpy(yy, xs[0] + lo, sizeof(float) * m);
