@@ -110,14 +110,12 @@ void for_units(const ConvGeom& g, const Blocking& bl, F&& body) {
                  [&](int u, Scratch& sc) { body(u * per, std::min(per, g.N - u * per), sc); });
 }
 
-// y[o, j] += b[o] for o < O, j < cols (row stride ldy)
-void add_bias(const float* b, int O, int cols, float* y, std::int64_t ldy) {
+// y[o, j] = b[o] for o < O, j < cols (row stride ldy): the products then add onto it (beta 1),
+// which spares BLAS's zeroing of y (beta 0) and a second pass adding b. b comes first in each
+// sum (b + sum_k w x): the same value to float32 rounding.
+void fill_bias(const float* b, int O, int cols, float* y, std::int64_t ldy) {
   parallel_for(O, std::int64_t(O) * cols, [&](std::int64_t o0, std::int64_t o1) {
-    for (std::int64_t o = o0; o < o1; ++o) {
-      const float v = b[o];
-      float* row = y + o * ldy;
-      for (int j = 0; j < cols; ++j) row[j] += v;
-    }
+    for (std::int64_t o = o0; o < o1; ++o) std::fill_n(y + o * ldy, cols, b[o]);
   });
 }
 
@@ -233,9 +231,9 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       for (int c = 0; c < g.O; c += run) {
         const int gr = c / Og;
         float* dst = out.plane(n, c);
+        if (b) fill_bias(b + c, run, Ip, dst, P);
         gemm(false, false, run, Ip, Kg, 1.f, w + std::int64_t(c) * Kg, Kg,
-             xn + std::int64_t(gr) * Kg * HW, Ip, 0.f, dst, Ip);
-        if (b) add_bias(b + c, run, Ip, dst, P);
+             xn + std::int64_t(gr) * Kg * HW, Ip, b ? 1.f : 0.f, dst, Ip);
       }
     });
     return;
@@ -250,11 +248,12 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
       const int cols = int(nb * P);
       for (int i = 0; i < nb; ++i)
         im2col(g, x + std::int64_t(n0 + i) * g.C * HW, 0, g.Ho, col + i * P, ld);
+      if (b) fill_bias(b, g.O, cols, tmp, ld);
       for (int gr = 0; gr < g.group; ++gr)
         for (int h = 0; h < Og; h += rows)
           gemm(false, false, rows, cols, Kg, 1.f, w + gr * wg_stride + std::int64_t(h) * Kg, Kg,
-               col + gr * Kg * ld, int(ld), 0.f, tmp + (std::int64_t(gr) * Og + h) * ld, int(ld));
-      if (b) add_bias(b, g.O, cols, tmp, ld);
+               col + gr * Kg * ld, int(ld), b ? 1.f : 0.f,
+               tmp + (std::int64_t(gr) * Og + h) * ld, int(ld));
       scatter_rows(tmp, ld, n0, nb, 0, g.O, 0, P, out);
     });
     return;
@@ -273,17 +272,18 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
         const float* cg = col + std::int64_t(gr) * Kg * cols;
         if (rows > run) {  // a stacked pair: through a block buffer, then each half to y / y2
           float* t = sc.get(1, std::int64_t(Og) * cols);
-          gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, cg, cols, 0.f, t, cols);
-          if (b) add_bias(b + gr * Og, Og, cols, t, cols);
+          if (b) fill_bias(b + gr * Og, Og, cols, t, cols);
+          gemm(false, false, Og, cols, Kg, 1.f, w + gr * wg_stride, Kg, cg, cols, b ? 1.f : 0.f,
+               t, cols);
           scatter_rows(t, cols, n, 1, gr * Og, Og, j0, cols, out);
           continue;
         }
         for (int h = 0; h < Og; h += rows) {  // straight into y (and y2)
           const int c = gr * Og + h;
           float* dst = out.plane(n, c) + j0;
-          gemm(false, false, rows, cols, Kg, 1.f, w + std::int64_t(c) * Kg, Kg, cg, cols, 0.f,
-               dst, Ip);
-          if (b) add_bias(b + c, rows, cols, dst, P);
+          if (b) fill_bias(b + c, rows, cols, dst, P);
+          gemm(false, false, rows, cols, Kg, 1.f, w + std::int64_t(c) * Kg, Kg, cg, cols,
+               b ? 1.f : 0.f, dst, Ip);
         }
       }
     }
