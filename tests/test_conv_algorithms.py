@@ -438,3 +438,98 @@ def test_conv_op_transforms_its_kernels_once_per_weight_set_and_direction(monkey
     op.release()
     op.fwd(x)
     assert made == [False, True, True, False]
+
+
+def _stacked(w, v, group):
+    og = w.shape[0] // group
+    return np.concatenate([np.concatenate([w[i * og:(i + 1) * og], v[i * og:(i + 1) * og]])
+                           for i in range(group)])
+
+
+# (N, C, O per set, H, W, pad, group): blocks of whole images and of tile rows; one set's outputs
+# wider than its inputs (the stacked call's blocks would be twice as wide as the pair's); groups
+WINO_PAIR_CASES = [(1, 16, 128, 28, 28, 1, 1), (3, 32, 16, 14, 14, 1, 1),
+                   (2, 32, 64, 13, 11, 0, 2), (1, 64, 16, 57, 9, 2, 1)]
+
+
+@pytest.mark.parametrize("case", WINO_PAIR_CASES, ids=[str(c) for c in WINO_PAIR_CASES])
+def test_winograd_pair_against_float64_and_the_two_calls(case, algo):
+    """conv_forward_pair on the Winograd path (one input transform, products of both weight
+    sets): each half against float64 and the separate Winograd calls within WINO_TOL of the
+    terms' magnitude; the kept stacked kernels (winograd=) give the bits of the per-call
+    transform; a wrong-sized kernel array is refused."""
+    from reference import conv_forward as ref_conv
+    N, C, O, H, W, pad, group = case
+    rng = rng_for("wino-pair", case)
+    algo("auto")
+    x = np.abs(rng.standard_normal((N, C, H, W))).astype(np.float32)
+    w = rng.standard_normal((O, C // group, 3, 3)).astype(np.float32)
+    v = np.maximum(w, 0)
+    bw = rng.standard_normal(O).astype(np.float32)
+    ws, bs = _stacked(w, v, group), _stacked(bw, np.abs(bw), group)
+    assert _core.conv_forward_algorithm(x, w, 1, pad, 1, group) == "winograd"
+    u = _core.winograd_kernels(ws, group, False)
+    y, y2 = _core.conv_forward_pair(x, ws, bs, 1, pad, 1, group, winograd=u)
+    y_, y2_ = _core.conv_forward_pair(x, ws, bs, 1, pad, 1, group)
+    np.testing.assert_array_equal(y, y_)
+    np.testing.assert_array_equal(y2, y2_)
+    for got, wt, bt in ((y, w, bw), (y2, v, np.abs(bw))):
+        scale = ref_conv(x, np.abs(wt), None, 1, pad, 1, group) + 1e-30
+        assert np.max(np.abs(got - ref_conv(x, wt, bt, 1, pad, 1, group)) / scale) <= WINO_TOL
+        alone = _core.conv_forward(x, wt, bt, 1, pad, 1, group)
+        assert np.max(np.abs(got - alone) / scale) <= 2 * WINO_TOL
+    with pytest.raises(ValueError, match="winograd must hold"):
+        _core.conv_forward_pair(x, ws, bs, 1, pad, 1, group,
+                                winograd=_core.winograd_kernels(w, group, False))
+
+
+def test_pair_takes_the_path_of_one_weight_set(algo):
+    """8 outputs per set stay on the direct path (under Winograd's 16-channel minimum) even
+    though the stacked 16 would qualify: the pair is then bit-identical to the stacked direct
+    convolution split, as on every direct path."""
+    rng = rng_for("pair-path")
+    algo("auto")
+    x = np.abs(rng.standard_normal((2, 32, 14, 14))).astype(np.float32)
+    w = rng.standard_normal((8, 32, 3, 3)).astype(np.float32)
+    ws = _stacked(w, np.maximum(w, 0), 1)
+    assert _core.conv_forward_algorithm(x, w, 1, 1) == "im2col"
+    assert _core.conv_forward_algorithm(x, ws, 1, 1) == "winograd"
+    y, y2 = _core.conv_forward_pair(x, ws, None, 1, 1)
+    algo("direct")
+    full = _core.conv_forward(x, ws, None, 1, 1)
+    np.testing.assert_array_equal(y, full[:, :8])
+    np.testing.assert_array_equal(y2, full[:, 8:])
+
+
+@pytest.mark.parametrize("det", [False, True], ids=["default", "deterministic"])
+def test_conv_op_pairs_z_and_zplus_on_the_winograd_path(monkeypatch, algo, det):
+    """ops.ConvOp on a Winograd layer: by default z and z+ come from one conv_forward_pair
+    with the kept stacked kernels (transformed once over repeated passes); in deterministic
+    mode from each weight set's own call (pairs_zplus False), so the bits of z never depend
+    on the rule."""
+    from lrpfast import ops
+    algo("auto")
+    rng = rng_for("op-pair")
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    op = ops.ConvOp(w, b, (16, 12, 12), (1, 1), (1, 1), (1, 1), 1)
+    x = np.abs(rng.standard_normal((2, 16, 12, 12))).astype(np.float32)
+    made = []
+    real = _core.winograd_kernels
+    monkeypatch.setattr(_core, "winograd_kernels",
+                        lambda w, g, adj: made.append(w.shape[0]) or real(w, g, adj))
+    before = _core.get_deterministic()
+    _core.set_deterministic(det)
+    try:
+        assert op.pairs_zplus(x) is (not det)
+        if not det:
+            for _ in range(3):
+                z, zp = op.fwd_zplus(x)
+            assert made == [64]   # the stacked [W; W+] kernels, transformed once
+            want = _core.conv_forward_pair(x, op.weights("wpos"), op.bias("wpos"), 1, 1)
+            np.testing.assert_array_equal(z, want[0])
+            np.testing.assert_array_equal(zp, want[1])
+            scale = _core.conv_forward(x, np.abs(w), None, 1, 1) + 1e-30
+            assert np.max(np.abs(z - op.fwd(x)) / scale) <= 2 * WINO_TOL
+    finally:
+        _core.set_deterministic(before)

@@ -125,6 +125,8 @@ def conv_forward_pair(
     pad: IntPair = 0,
     dilation: IntPair = 1,
     group: int = 1,
+    *,
+    winograd: FloatArray | None = None,  # winograd_kernels(w, group, False) of the stacked w
 ) -> tuple[FloatArray, FloatArray]:  # (conv(x, W) + b_W, conv(x, V) + b_V), each (N, O/2, Ho, Wo)
     ...
 def conv_forward_algorithm(

@@ -144,19 +144,21 @@ bool winograd_applies(i64 n, const py::object& in_shape, const py::object& wo_sh
 
 py::tuple conv_forward_pair(const py::object& xo, const py::object& wo, const py::object& bo,
                             const py::object& stride, const py::object& pad,
-                            const py::object& dilation, const py::object& group) {
+                            const py::object& dilation, const py::object& group,
+                            const py::object& uo) {
   auto x = input<float>(xo, "x", 4, "(N,C,H,W)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
   lrpfast::require_conv_pair(g);
-  Input<float> bk;
+  Input<float> bk, uk;
   const float* b = bias(bo, bk, g.O);
+  const float* u = winograd_arg(uo, uk, g);
   auto y = output<float>({g.N, g.O / 2, g.Ho, g.Wo}), y2 = output<float>({g.N, g.O / 2, g.Ho, g.Wo});
   float* yp = y.mutable_data();
   float* y2p = y2.mutable_data();
   {
     py::gil_scoped_release nogil;
-    lrpfast::cpu::conv_forward_pair(g, x.data(), w.data(), b, yp, y2p);
+    lrpfast::cpu::conv_forward_pair(g, x.data(), w.data(), b, yp, y2p, u);
   }
   return py::make_tuple(y, y2);
 }
@@ -730,11 +732,16 @@ PYBIND11_MODULE(_core, m) {
         "set_conv_algorithm).");
   m.def("conv_forward_pair", &conv_forward_pair, py::arg("x"), py::arg("w"), py::arg("b"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
+        py::kw_only(), py::arg("winograd") = py::none(),
         "Two convolutions of the same x in one pass over its im2col columns.\n\n"
         "w (O,C/group,kh,kw) stacks two weight sets: each group's O/group rows are [W_g; V_g]\n"
         "(half each; b likewise, or None). Returns (y, y2), each (N,O/2,Ho,Wo): y = conv(x, W)\n"
-        "+ b_W, y2 = conv(x, V) + b_V; bit-identical to conv_forward(x, w, b, ...) split per\n"
-        "group. LRP's z and z+ of the alpha-beta rule share their im2col and gemm this way.");
+        "+ b_V. Direct paths: bit-identical to conv_forward(x, w, b, ...) split per group (in\n"
+        "deterministic mode to the two separate calls). The Winograd path (taken where one\n"
+        "weight set's convolution takes it) shares each block's input transform and runs\n"
+        "products of twice the rows; equal to the two calls to float32 rounding. LRP's z and z+\n"
+        "of the alpha-beta rule share their work this way. winograd: winograd_kernels of the\n"
+        "stacked w, kept by the caller (ignored off that path).");
   m.def("conv_forward_algorithm", &conv_forward_algorithm, py::arg("x"), py::arg("w"),
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
         "The algorithm conv_forward takes for these arguments (as for conv_forward; nothing is\n"

@@ -214,13 +214,12 @@ void forward_into(const ConvGeom& g, const float* x, const float* w, const float
   // whichever way the net computes z and z+, on any BLAS).
   const int rows = split && deterministic() ? Og / 2 : Og;
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
-  if (winograd_applies(g, false)) {
+  // a pair takes the path either weight set's own convolution takes
+  ConvGeom one = g;
+  if (split) one.O = g.O / 2;
+  if (winograd_applies(one, false)) {
     if (!split) return winograd_forward(g, x, w, b, out.y, wino_u);
-    std::unique_ptr<float[]> full(new float[std::size_t(g.N) * g.O * P]);
-    winograd_forward(g, x, w, b, full.get(), wino_u);
-    for (int n = 0; n < g.N; ++n)
-      scatter_rows(full.get() + std::int64_t(n) * g.O * P, P, n, 1, 0, g.O, 0, P, out);
-    return;
+    return winograd_forward_pair(g, x, w, b, out.y, out.y2, wino_u);
   }
   if (pointwise_per_image(g)) {  // the input plane is already the column matrix
     // whole images per thread where there are enough (parallel_units): each thread packs its
@@ -298,9 +297,9 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
 }
 
 void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
-                       float* y2) {
+                       float* y2, const float* wino_u) {
   require_conv_pair(g);
-  forward_into(g, x, w, b, OutPlanes{y, y2, g.O, g.cout_per_group(), g.out_plane()});
+  forward_into(g, x, w, b, OutPlanes{y, y2, g.O, g.cout_per_group(), g.out_plane()}, wino_u);
 }
 
 void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,

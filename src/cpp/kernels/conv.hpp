@@ -68,10 +68,12 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
 // nullptr. y (N, O/2, Ho, Wo) = conv(x, W) + b_W, y2 = conv(x, V) + b_V, each bit-identical to
 // conv_forward with the stacked weights followed by the split; in deterministic mode (off the
 // Winograd path) to conv_forward(x, W, b_W) / conv_forward(x, V, b_V) instead (each weight set's
-// own gemm calls on the shared im2col blocks). Og must be even. Used for LRP's z and z+ (W, W+)
-// of the alpha-beta rule (Bach et al. 2015).
+// own gemm calls on the shared im2col blocks). Where one set's convolution takes the Winograd
+// path, so does the pair (winograd_forward_pair, wino_u: the stacked w's kernels), equal to the
+// two calls to float32 rounding. Og must be even. Used for LRP's z and z+ (W, W+) of the
+// alpha-beta rule (Bach et al. 2015).
 void conv_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
-                       float* y2);
+                       float* y2, const float* wino_u = nullptr);
 
 // Element-wise steps of an LRP rule fused into conv_backward_data, so the signal and the
 // product never make a round trip through memory (both optional, each as its own kernel would

@@ -43,8 +43,18 @@ constexpr std::int64_t kMaxBlockTiles = 1024;
 struct Problem {
   int N, C, H, W, K, Ho, Wo, ph, pw, group;
   BackwardFusion fuse;  // z (like x): transform x's signal; times (like y): multiply the result
+  // A stacked pair (conv_forward_pair): each group's Kg outputs are two weight sets' halves, the
+  // first written to y, the second to y2 (both (N, K/2, Ho, Wo)); nullptr: all to y.
+  float* y2 = nullptr;
   int Cg() const { return C / group; }
   int Kg() const { return K / group; }
+  // the output plane of channel k (0 <= k < K) of image n in y (and y2)
+  float* plane(float* y, int n, int k) const {
+    const std::int64_t P = std::int64_t(Ho) * Wo;
+    if (!y2) return y + (std::int64_t(n) * K + k) * P;
+    const int h = Kg() / 2, gr = k / Kg(), j = k % Kg();
+    return (j < h ? y : y2) + (std::int64_t(n) * (K / 2) + gr * h + j % h) * P;
+  }
   int th() const { return (Ho + 1) / 2; }
   int tw() const { return (Wo + 1) / 2; }
 };
@@ -239,8 +249,9 @@ void output_transform(const Problem& p, const float* M, const float* b, int k0, 
           if (nrows == 2)
             for (int j = 0; j < p.Wo; ++j) y1[j] *= t[p.Wo + j];
         }
-        std::memcpy(y + at, y0, sizeof(float) * p.Wo);
-        if (nrows == 2) std::memcpy(y + at + p.Wo, y1, sizeof(float) * p.Wo);
+        float* row = p.plane(y, n, int(k0 + k)) + std::int64_t(2 * ty) * p.Wo;
+        std::memcpy(row, y0, sizeof(float) * p.Wo);
+        if (nrows == 2) std::memcpy(row + p.Wo, y1, sizeof(float) * p.Wo);
       }
     }
   });
@@ -271,7 +282,9 @@ void run(const Problem& p, const float* x, const float* U, const float* b, float
   const int th = p.th(), tw = p.tw(), Cg = p.Cg(), Kg = p.Kg();
   // Tiles per block: enough gemm columns to amortise packing U[xi] (K x C), few enough that the
   // transformed block stays near L2 for thin layers (measured on VGG-16's layers, 2 threads).
-  const std::int64_t target = std::clamp<std::int64_t>(std::max(Cg, Kg) / 2, 64, kMaxBlockTiles);
+  // (a pair: one weight set's Kg, so its blocks are those of either set's own call)
+  const int Kb = p.y2 ? Kg / 2 : Kg;
+  const std::int64_t target = std::clamp<std::int64_t>(std::max(Cg, Kb) / 2, 64, kMaxBlockTiles);
   const std::int64_t per_image = std::int64_t(th) * tw;
   // whole images per block (small planes) or tile rows of one image per block
   // (deterministic mode: never several images in one block -- the gemm's width would depend on
@@ -340,6 +353,15 @@ void winograd_forward(const ConvGeom& g, const float* x, const float* w, const f
   std::unique_ptr<float[]> own;
   if (!U) own = transform_kernels(w, g.O, g.cin_per_group(), g.group, false), U = own.get();
   const Problem p{g.N, g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw, g.group, {}};
+  run(p, x, U, b, y);
+}
+
+void winograd_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b,
+                           float* y, float* y2, const float* U) {
+  std::unique_ptr<float[]> own;
+  if (!U) own = transform_kernels(w, g.O, g.cin_per_group(), g.group, false), U = own.get();
+  Problem p{g.N, g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.ph, g.pw, g.group, {}};
+  p.y2 = y2;
   run(p, x, U, b, y);
 }
 

@@ -48,6 +48,12 @@ void winograd_forward(const ConvGeom& g, const float* x, const float* w, const f
                       const float* U = nullptr);
 void winograd_backward_data(const ConvGeom& g, const float* dy, const float* w, float* dx,
                             const BackwardFusion& f = {}, const float* U = nullptr);
+// conv_forward_pair's Winograd path: w (O, C/group, 3, 3) stacks two weight sets per group (see
+// conv_forward_pair), U its transformed kernels. One input transform per block serves both sets
+// and each of the 16 products takes both (2x the rows: the transformed input is packed once);
+// blocks are sized as for one set's own call. y, y2: (N, O/2, Ho, Wo).
+void winograd_forward_pair(const ConvGeom& g, const float* x, const float* w, const float* b,
+                           float* y, float* y2, const float* U = nullptr);
 
 }  // namespace cpu
 }  // namespace lrpfast
