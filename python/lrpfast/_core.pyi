@@ -51,9 +51,9 @@ def simd_kernels() -> str:
     """The SIMD kernels the simd setting runs on this CPU: 'avx512', 'avx2' or 'generic'."""
 
 def set_nt_prefetch(floats: int) -> None:
-    """Prefetch distance (floats, 0 = none) of the AVX-512 fully connected forward for batches
-    of 1 to 8 (process-wide; $LRPFAST_NT_PREFETCH; default 256 on Intel CPUs, 0 elsewhere).
-    Speed only: results are the same bits at any distance."""
+    """Prefetch distance (floats, 0 = none) of the fully connected forward for small batches
+    (AVX-512: 1 to 8, AVX2: 1 to 4; process-wide; $LRPFAST_NT_PREFETCH; default 256 on Intel
+    CPUs, 0 elsewhere). Speed only: results are the same bits at any distance."""
 
 def get_nt_prefetch() -> int: ...
 

@@ -164,10 +164,10 @@ def info() -> dict:
     'linear_kernels', 'nt_prefetch', 'simd', 'simd_kernels', 'deterministic', 'cpus',
     'memory_reuse', 'cuda_compiled', 'gpus'} (conv_algorithm: see set_conv_algorithm;
     linear_algorithm: see set_linear_algorithm; linear_kernels: what that setting runs here, e.g.
-    "streamed (avx512)" or "blas"; nt_prefetch: the software prefetch distance, in floats, of the
-    AVX-512 fully connected forward at batch 1 to 8 -- 256 on Intel CPUs, 0 elsewhere, set by
-    $LRPFAST_NT_PREFETCH; speed only, never the result; simd: see set_simd; simd_kernels: the
-    SIMD path that setting runs here)."""
+    "streamed (avx512)" or "blas"; nt_prefetch: the software prefetch distance, in floats, of
+    lrpfast's fully connected forward kernels at small batches -- 256 on Intel CPUs, 0
+    elsewhere, set by $LRPFAST_NT_PREFETCH; speed only, never the result; simd: see set_simd;
+    simd_kernels: the SIMD path that setting runs here)."""
     return {
         "version": _core.__version__,
         "blas": _core.blas_name(),

@@ -662,10 +662,11 @@ PYBIND11_MODULE(_core, m) {
         lrpfast::set_nt_prefetch(floats);
       },
       py::arg("floats"),
-      "Software prefetch distance, in floats ahead in each weight row, of the AVX-512 fully\n"
-      "connected forward kernel for batches of 1 to 8 (process-wide; 0 = none). It changes no\n"
-      "result, only speed. Default from $LRPFAST_NT_PREFETCH, else 256 on Intel CPUs (where it\n"
-      "read fc6 of CaffeNet ~25% faster) and 0 on others (AMD Zen 4 ran best without).");
+      "Software prefetch distance, in floats ahead in each weight row, of the fully connected\n"
+      "forward kernels for small batches (AVX-512: 1 to 8 images, AVX2: 1 to 4; process-wide;\n"
+      "0 = none). It changes no result, only speed. Default from $LRPFAST_NT_PREFETCH, else 256\n"
+      "on Intel CPUs (where it read CaffeNet's fc6 25-40% faster) and 0 on others (AMD Zen 4\n"
+      "ran best without).");
   m.def("get_nt_prefetch", &lrpfast::nt_prefetch, "The setting of set_nt_prefetch.");
   m.def("set_deterministic", &lrpfast::set_deterministic, py::arg("on"),
         "Deterministic mode (process-wide): every product is cut into calls that depend on one\n"

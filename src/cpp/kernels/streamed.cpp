@@ -32,13 +32,14 @@ LinearAlgo algo_from_env() {
   return LinearAlgo::Auto;
 }
 
-// The AVX-512 small-row nt kernel reads 16 rows of B side by side, 64 bytes of each per step.
-// On Intel's cores the hardware prefetchers do not keep 16 such streams fed from L3: prefetching
-// each row 256 floats (1 KiB) ahead read CaffeNet's fc6 (151 MB) at 44 instead of 35 GB/s on 2
-// threads (Xeon with AVX-512 and AMX, L3-resident weights), at par with MKL's sgemv. On AMD's
-// Zen 4 the same kernel ran best without it (software prefetch cost 15-20% there). So the
-// default is 256 on Intel, 0 elsewhere; LRPFAST_NT_PREFETCH=<floats> (0 = none) overrides it.
-// Prefetching changes no arithmetic.
+// The small-row nt kernels read 16 (AVX-512) or 8 (AVX2) rows of B side by side, 64 or 32 bytes
+// of each per step. On Intel's cores the hardware prefetchers do not keep that many streams fed
+// from L3: prefetching each row 256 floats (1 KiB) ahead read CaffeNet's fc6 (151 MB) at 44
+// instead of 35 GB/s on 2 threads with AVX-512 and at 28 instead of 18-20 GB/s with AVX2 (Xeon
+// with AVX-512 and AMX, L3-resident weights); the AVX-512 kernel then matches MKL's sgemv. On
+// AMD's Zen 4 the AVX-512 kernel ran best without it (software prefetch cost 15-20% there). So
+// the default is 256 on Intel, 0 elsewhere; LRPFAST_NT_PREFETCH=<floats> (0 = none) overrides
+// it. Prefetching changes no arithmetic.
 int prefetch_from_env() {
   if (const char* s = std::getenv("LRPFAST_NT_PREFETCH")) {
     char* end = nullptr;
@@ -606,12 +607,15 @@ LRPFAST_AVX2 inline void transpose8(__m256 r[8]) {
 
 template <int MS>
 LRPFAST_AVX2 void nt_small_tile_avx2(int K, const float* A, int lda, const float* B, int ldb,
-                                     int nj, float* C, int ldc) {
+                                     int nj, float* C, int ldc, int pf) {
   __m256 acc[MS];
   for (int m = 0; m < MS; ++m) acc[m] = _mm256_setzero_ps();
   alignas(32) float edge[8] = {};
   for (int k0 = 0; k0 < K; k0 += 8) {
     const int kb = std::min(8, K - k0);
+    if (pf > 0 && k0 % 16 == 0 && k0 + pf < K)  // once per 64-byte line of each row
+      for (int j = 0; j < nj; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(B + i64(j) * ldb + k0 + pf), _MM_HINT_T0);
     __m256 v[8];
     for (int j = 0; j < 8; ++j) {
       const float* row = B + i64(j) * ldb + k0;
@@ -672,7 +676,7 @@ struct SmallAvx2 {
   template <int MS>
   static void tile(int K, const float* A, int lda, const float* B, int ldb, int nj, float* C,
                    int ldc) {
-    nt_small_tile_avx2<MS>(K, A, lda, B, ldb, nj, C, ldc);
+    nt_small_tile_avx2<MS>(K, A, lda, B, ldb, nj, C, ldc, nt_prefetch());
   }
   template <int MS, int R>
   static void sweep(const float* A, int lda, const float* const* brow, int j0, int cols, float* C,

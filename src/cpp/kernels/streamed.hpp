@@ -40,8 +40,9 @@ const char* simd_kernels();  // what runs under that setting here: "avx512", "av
 
 bool streamed_native();  // true where the AVX-512 kernels run (simd_kernels() == "avx512")
 
-// Software prefetch distance (floats ahead in each row of B) of the AVX-512 C = A B^T kernel for
-// 1 to 8 rows of A (fully connected forward at batch 1 to 8); changes no result. Default from
+// Software prefetch distance (floats ahead in each row of B) of the AVX-512 and AVX2 C = A B^T
+// kernels for a few rows of A (fully connected forward at batch 1 to 8 with AVX-512, 1 to 4 with
+// AVX2); changes no result. Default from
 // $LRPFAST_NT_PREFETCH, else 256 on Intel CPUs and 0 on others (see streamed.cpp).
 int nt_prefetch();
 void set_nt_prefetch(int floats);
