@@ -494,7 +494,7 @@ def main(argv=None) -> int:
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
     print(f"lrpfast {info['version']}, BLAS {info['blas']}, {args.threads} threads, 3x3 conv "
           f"algorithm {_core.get_conv_algorithm()}, fully connected {info['linear_kernels']} "
-          f"(prefetch {info['nt_prefetch']}), "
+          f"(prefetch {info.get('nt_prefetch', 0)}), "
           f"memory reuse {'on' if info['memory_reuse'] else 'off'}; torch "
           f"{torch.__version__}, zennit {zennit.__version__ if hasattr(zennit, '__version__') else ''}"
           f"; OPENBLAS_* env: {env or 'none'}; torch CPU capability "
