@@ -199,7 +199,7 @@ def test_algorithm_switch(algo):
         lrpfast.set_conv_algorithm(a)
         assert _core.get_conv_algorithm() == lrpfast.get_conv_algorithm() == a
         assert lrpfast.info()["conv_algorithm"] == a
-    with pytest.raises(ValueError, match="'auto', 'direct' or 'winograd'"):
+    with pytest.raises(ValueError, match="'auto', 'direct', 'winograd' or 'taps'"):
         lrpfast.set_conv_algorithm("fft")
 
 
@@ -222,6 +222,8 @@ FUSED_CASES = [
     (1, 4, 6, 30, 33, 3, 1, 1, 2, "direct"),
     (6, 4, 8, 34, 34, 5, 1, 2, 2, "direct"),     # row blocks, images spread over threads
     (4, 16, 16, 14, 14, 3, 1, 1, 1, "auto"),
+    (3, 8, 12, 17, 15, 1, 2, 0, 1, "auto"),       # strided 1x1: subsampled, one product per image
+    (2, 12, 8, 20, 19, 1, 3, 0, 2, "auto"),
 ]
 
 
@@ -533,3 +535,69 @@ def test_conv_op_pairs_z_and_zplus_on_the_winograd_path(monkeypatch, algo, det):
             assert np.max(np.abs(z - op.fwd(x)) / scale) <= 2 * WINO_TOL
     finally:
         _core.set_deterministic(before)
+
+
+# (N, C, O, H, W, stride (h, w), group): strided 1x1 kernels without padding (ResNet's
+# downsampling shortcuts) -- one product per image on the subsampled input, or several small
+# planes batched the im2col way -- odd sizes, strides that do and do not divide the plane
+STRIDED_1X1 = [
+    (3, 8, 12, 17, 15, (2, 2), 1), (2, 6, 10, 20, 23, (3, 2), 2), (1, 5, 7, 9, 31, (1, 4), 1),
+    (4, 16, 24, 11, 11, (2, 2), 1), (9, 8, 8, 8, 8, (2, 2), 4), (2, 3, 5, 40, 1, (5, 1), 1)]
+
+
+@pytest.mark.parametrize("det", [False, True], ids=["default", "deterministic"])
+@pytest.mark.parametrize("case", STRIDED_1X1, ids=[str(c) for c in STRIDED_1X1])
+def test_strided_1x1_vs_float64(case, det):
+    """conv_forward keeps the pixels (oh*sh, ow*sw) and multiplies; conv_backward_data puts each
+    output's W^T dy back on its pixel and +0 on the pixels no output reads -- against float64
+    written from that definition (slices, no engine indexing); an image alone equals it in its
+    batch in deterministic mode."""
+    import lrpfast
+    before = lrpfast.get_deterministic()
+    lrpfast.set_deterministic(det)
+    try:
+        _check_strided_1x1(case, det)
+    finally:
+        lrpfast.set_deterministic(before)
+
+
+def _check_strided_1x1(case, det):
+    N, C, O, H, W, (sh, sw), group = case
+    rng = rng_for("s1x1", case)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C // group, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    cg, og = C // group, O // group
+    kept = x.astype(np.float64)[:, :, ::sh, ::sw]
+    ref = np.concatenate([np.einsum("nchw,oc->nohw", kept[:, g * cg:(g + 1) * cg],
+                                    w[g * og:(g + 1) * og, :, 0, 0].astype(np.float64))
+                          for g in range(group)], axis=1) + b[None, :, None, None]
+    y = _core.conv_forward(x, w, b, (sh, sw), 0, 1, group)
+    scale = np.abs(kept).sum(1, keepdims=True).max() * np.abs(w).max() + np.abs(b).max()
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5 * scale)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = _core.conv_backward_data(dy, w, (C, H, W), (sh, sw), 0, 1, group)
+    want = np.zeros((N, C, H, W))
+    want[:, :, ::sh, ::sw] = np.concatenate(
+        [np.einsum("nohw,oc->nchw", dy[:, g * og:(g + 1) * og].astype(np.float64),
+                   w[g * og:(g + 1) * og, :, 0, 0].astype(np.float64)) for g in range(group)],
+        axis=1)
+    np.testing.assert_allclose(dx, want, rtol=0, atol=1e-5 * np.abs(dy).sum(1).max() *
+                               np.abs(w).max())
+    off = np.ones((H, W), bool)
+    off[::sh, ::sw] = False
+    assert not np.signbit(dx[:, :, off]).any() and not dx[:, :, off].any()
+    if det:
+        np.testing.assert_array_equal(_core.conv_forward(x[-1:], w, b, (sh, sw), 0, 1, group)[0],
+                                      y[-1])
+        np.testing.assert_array_equal(
+            _core.conv_backward_data(dy[-1:], w, (C, H, W), (sh, sw), 0, 1, group)[0], dx[-1])
+
+
+def test_strided_1x1_takes_the_pointwise_path():
+    x = np.zeros((8, 64, 56, 56), np.float32)
+    w = np.zeros((128, 64, 1, 1), np.float32)
+    assert _core.conv_forward_algorithm(x, w, 2, 0) == "pointwise"
+    assert _core.conv_forward_algorithm(x, w, 2, 1) == "im2col"       # padded: im2col
+    assert _core.conv_forward_algorithm(x[:, :, :13, :13], w, 2, 0) == "im2col"  # 7x7: batched

@@ -4,7 +4,7 @@
 # generic path (no hand-written SIMD, as on non-x86 machines) with OpenBLAS's Nehalem kernels --
 # and the CPU kernels are compiled for aarch64 (no unguarded x86 intrinsics or flags).
 set -euo pipefail
-TESTS=(tests/test_determinism.py tests/test_conv_algorithms.py tests/test_linear_streamed.py
+TESTS=(tests/test_determinism.py tests/test_conv_algorithms.py tests/test_conv_taps.py tests/test_linear_streamed.py
        tests/test_conservation.py tests/test_net_api.py tests/test_compat.py)
 if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
   echo "--- AVX2 path (LRPFAST_SIMD=avx2, OpenBLAS Haswell kernels)"

@@ -136,7 +136,7 @@ def conv_forward_algorithm(
     pad: IntPair = 0,
     dilation: IntPair = 1,
     group: int = 1,
-) -> str:  # 'winograd', 'pointwise' or 'im2col'
+) -> str:  # 'winograd', 'taps', 'pointwise' or 'im2col'
     ...
 def conv_backward_data(
     dy: ArrayLike,  # (N, O, Ho, Wo)

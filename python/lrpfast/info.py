@@ -78,12 +78,17 @@ def get_num_threads() -> int:
 
 
 def set_conv_algorithm(name: str) -> None:
-    """Algorithm of the CPU engine's 3x3 stride-1 convolutions (process-wide):
-    "auto" (default: Winograd F(2x2,3x3), Lavin & Gray 2016, where it saves >= 1.2x of the
-    multiplications, i.e. >= 16 channels per group and planes of ~6x6 and up), "direct"
-    (im2col + gemm everywhere) or "winograd" (wherever the geometry allows). Both agree to
-    float32 rounding; an image's result never depends on the rest of its batch under Winograd.
-    The default comes from $LRPFAST_CONV_ALGO."""
+    """Algorithm of the CPU engine's convolutions (process-wide):
+    "auto" (default: Winograd F(2x2,3x3), Lavin & Gray 2016, for 3x3 stride-1 kernels where it
+    saves >= 1.2x of the multiplications, i.e. >= 16 channels per group and planes of ~6x6 and
+    up; the taps path for forwards with <= 4 input channels per group, a net's first layer on
+    RGB images, where the CPU has AVX2 + FMA; im2col + gemm otherwise), "direct" (im2col +
+    gemm everywhere), "winograd" (wherever the geometry allows) or "taps" (every forward, where
+    the CPU has AVX2 + FMA). The taps path sums each output's terms in one chain of fused
+    multiply-adds, tap by tap, with the vector lanes along the output row: the same bits on
+    every CPU with those instructions. All agree to float32 rounding; an image's result never
+    depends on the rest of its batch under Winograd or taps. The default comes from
+    $LRPFAST_CONV_ALGO."""
     _core.set_conv_algorithm(str(name))
 
 

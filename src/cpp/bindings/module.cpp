@@ -25,6 +25,7 @@
 #include "kernels/pool.hpp"
 #include "kernels/resample.hpp"
 #include "kernels/streamed.hpp"
+#include "kernels/taps.hpp"
 #include "kernels/winograd.hpp"
 
 namespace py = pybind11;
@@ -170,6 +171,7 @@ std::string conv_forward_algorithm(const py::object& xo, const py::object& wo,
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto g = lrpfast::conv_geom(x.shape, w.shape, stride, pad, dilation, to_index(group, "group"));
   if (lrpfast::cpu::winograd_applies(g, false)) return "winograd";
+  if (lrpfast::cpu::taps_applies(g)) return "taps";
   return lrpfast::cpu::pointwise_per_image(g) ? "pointwise" : "im2col";
 }
 
@@ -637,11 +639,13 @@ PYBIND11_MODULE(_core, m) {
         "Number of threads lrpfast computes with (BLAS itself always runs single-threaded).");
 
   def_algorithm<lrpfast::cpu::ConvAlgo>(
-      m, "conv", {"auto", "direct", "winograd"}, lrpfast::cpu::set_conv_algo,
+      m, "conv", {"auto", "direct", "winograd", "taps"}, lrpfast::cpu::set_conv_algo,
       lrpfast::cpu::conv_algo,
-      "Algorithm for 3x3 stride-1 convolutions (process-wide): 'auto' (default; Winograd\n"
-      "F(2x2,3x3) when both channel counts per group are >= 16), 'direct' (im2col + gemm) or\n"
-      "'winograd' (wherever it applies). Default from $LRPFAST_CONV_ALGO.");
+      "Algorithm of the CPU convolutions (process-wide): 'auto' (default; Winograd F(2x2,3x3)\n"
+      "for 3x3 stride-1 kernels when both channel counts per group are >= 16, the taps path\n"
+      "for forwards with <= 4 input channels per group, im2col + gemm otherwise), 'direct'\n"
+      "(im2col + gemm everywhere), 'winograd' (wherever it applies) or 'taps' (every forward,\n"
+      "where the CPU has AVX2 + FMA). Default from $LRPFAST_CONV_ALGO.");
   def_algorithm<lrpfast::LinearAlgo>(
       m, "linear", {"auto", "blas", "streamed"}, lrpfast::set_linear_algo, lrpfast::linear_algo,
       "Kernels of the fully connected products (process-wide): 'auto' (default; lrpfast's\n"

@@ -51,10 +51,25 @@ int conv_out_size_checked(std::int64_t in, std::int64_t kernel, std::int64_t str
 
 namespace cpu {
 
-// Whether conv_forward / conv_backward_data take the pointwise path: a 1x1 stride-1 kernel, one
-// product per image straight on its planes; small planes of several images are batched the
-// im2col way instead (default mode; see conv.cpp).
+// Whether conv_forward / conv_backward_data take the pointwise path: a 1x1 kernel without
+// padding, one product per image straight on its planes (a strided kernel's subsampled); small
+// planes of several images are batched the im2col way instead (default mode; see conv.cpp).
 bool pointwise_per_image(const ConvGeom& g);
+
+// Where conv_forward's output channels go: channel c of image n to y (N, O, P); or, for a
+// stacked pair (y2 given), the first half of every group's Og channels to y and the second half
+// to y2, both (N, O/2, P). Within one half of a group consecutive channels are P apart.
+struct OutPlanes {
+  float* y;
+  float* y2;
+  int O, Og;
+  std::int64_t P;
+  float* plane(std::int64_t n, int c) const {
+    if (!y2) return y + (n * O + c) * P;
+    const int h = Og / 2, gr = c / Og, j = c % Og;
+    return (j < h ? y : y2) + (n * (O / 2) + gr * h + j % h) * P;
+  }
+};
 
 // x (N,C,H,W), w (O,C/group,kh,kw), b (O) or nullptr -> y (N,O,Ho,Wo) (overwritten).
 // wino_u: w's transformed kernels (winograd_kernels, adjoint false) for the Winograd path, or

@@ -24,6 +24,7 @@ ConvAlgo algo_from_env() {
   const std::string v(s);
   if (v == "direct") return ConvAlgo::Direct;
   if (v == "winograd") return ConvAlgo::Winograd;
+  if (v == "taps") return ConvAlgo::Taps;
   return ConvAlgo::Auto;
 }
 
@@ -327,7 +328,7 @@ ConvAlgo conv_algo() { return g_algo.get(); }
 
 bool winograd_applies(const ConvGeom& g, bool backward) {
   const ConvAlgo a = conv_algo();
-  if (a == ConvAlgo::Direct) return false;
+  if (a == ConvAlgo::Direct || a == ConvAlgo::Taps) return false;
   const bool shape = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
                      (!backward || (g.ph <= 2 && g.pw <= 2));
   if (!shape || g.N == 0) return false;

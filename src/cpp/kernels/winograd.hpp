@@ -28,10 +28,14 @@
 namespace lrpfast {
 namespace cpu {
 
-// Which algorithm conv_forward / conv_backward_data use for 3x3 stride-1 kernels.
-enum class ConvAlgo { Auto = 0, Direct = 1, Winograd = 2 };
-void set_conv_algo(ConvAlgo a);  // process-wide; Winograd forces it wherever it applies
-ConvAlgo conv_algo();            // default Auto, or LRPFAST_CONV_ALGO=direct|winograd|auto
+// Which algorithm conv_forward / conv_backward_data use: Auto picks Winograd for 3x3 stride-1
+// kernels with enough channels, the taps path (taps.hpp) for a forward with few input channels
+// per group, im2col + gemm otherwise; Direct is im2col + gemm everywhere; Winograd forces it
+// wherever it applies (im2col elsewhere); Taps forces the taps path for every forward where the
+// CPU has its kernels (never Winograd).
+enum class ConvAlgo { Auto = 0, Direct = 1, Winograd = 2, Taps = 3 };
+void set_conv_algo(ConvAlgo a);  // process-wide
+ConvAlgo conv_algo();  // default Auto, or LRPFAST_CONV_ALGO=direct|winograd|taps|auto
 
 // True when the call should take the Winograd path (geometry applies and, under Auto, the
 // channel counts make its 16 gemms efficient). backward: the transposed product (needs pad <= 2).
