@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lrpfast
+from lrpfast._loader import _core
 import numpy as np
 import pytest
 from conftest import seeded_rng
@@ -242,6 +243,132 @@ def test_nonfinite_relevance_names_the_layer(monkeypatch):
     net.check_finite = False
     with np.errstate(invalid="ignore"):
         assert not np.all(np.isfinite(net.relevance(x_for(net, rng), 0)))
+
+
+# (N, C, O, H, k, stride, pad): conv_backward_data's paths -- Winograd, 1x1 per image, strided
+# 1x1, small planes batched per product, large planes in row blocks
+CHECK_CASES = [(2, 16, 16, 12, 3, 1, 1), (2, 8, 12, 9, 1, 1, 0), (2, 8, 12, 9, 1, 2, 0),
+               (6, 8, 8, 7, 3, 1, 1), (2, 3, 8, 40, 5, 1, 2)]
+
+
+@pytest.mark.parametrize("case", CHECK_CASES, ids=[str(c) for c in CHECK_CASES])
+def test_kernels_check_their_own_relevance(case):
+    """conv_backward_data(check_finite=True) reports whether dx is all finite -- tested in the
+    product with times, or in one more pass without it -- and computes the same bits as without
+    the check; a NaN or infinity anywhere (in times, or reached through the quotient) is seen."""
+    N, C, O, H, k, s, p = case
+    rng = seeded_rng("hostile", "fused check", *case)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((O, C, k, k)).astype(np.float32)
+    z = _core.conv_forward(x, w, None, s, p)
+    R = rng.standard_normal(z.shape).astype(np.float32)
+    for times in (x, None):
+        plain = _core.conv_backward_data(R, w, x.shape, s, p, z=z, eps=1e-3, times=times)
+        dx, ok = _core.conv_backward_data(R, w, x.shape, s, p, z=z, eps=1e-3, times=times,
+                                          check_finite=True)
+        np.testing.assert_array_equal(dx, plain)
+        assert ok is bool(np.isfinite(dx).all()) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        t = x.copy()
+        t.reshape(-1)[int(rng.integers(t.size))] = bad          # one product not finite
+        with np.errstate(invalid="ignore"):
+            dx, ok = _core.conv_backward_data(R, w, x.shape, s, p, z=z, eps=1e-3, times=t,
+                                              check_finite=True)
+        assert not ok and not np.isfinite(dx).all()
+        R2 = R.copy()
+        R2.reshape(-1)[int(rng.integers(R2.size))] = bad        # a signal not finite
+        for times in (x, None):
+            with np.errstate(invalid="ignore"):
+                dx, ok = _core.conv_backward_data(R2, w, x.shape, s, p, z=z, eps=1e-3,
+                                                  times=times, check_finite=True)
+            assert ok is bool(np.isfinite(dx).all())
+
+
+def test_eltwise_relevance_checks_itself():
+    rng = seeded_rng("hostile", "eltwise check")
+    xs = [rng.standard_normal((2, 3, 50, 70)).astype(np.float32) for _ in range(2)]
+    y = xs[0] + xs[1]
+    R = rng.standard_normal(y.shape).astype(np.float32)
+    outs, ok = _core.eltwise_sum_relevance(xs, R, y, [1.0, 2.0], 1e-3, check_finite=True)
+    assert ok is True
+    for a, b in zip(outs, _core.eltwise_sum_relevance(xs, R, y, [1.0, 2.0], 1e-3)):
+        np.testing.assert_array_equal(a, b)
+    for where in (0, 20999, y.size - 1):                 # first, inside, last block
+        bad = [xs[0], xs[1].copy()]
+        bad[1].reshape(-1)[where] = np.inf
+        with np.errstate(invalid="ignore"):
+            outs, ok = _core.eltwise_sum_relevance(bad, R, y, None, 1e-3, check_finite=True)
+        assert not ok and not all(np.isfinite(o).all() for o in outs)
+
+
+RESIDUAL = small_net("""
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "c2" bottom: "c1" top: "sum" }
+layer { name: "ip" type: "InnerProduct" bottom: "sum" top: "ip"
+  inner_product_param { num_output: 3 } }
+""", (1, 2, 5, 5))
+
+
+def residual_weights(rng):
+    return {"c1": [rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+                   np.zeros(4, np.float32)],
+            "c2": [rng.standard_normal((4, 4, 3, 3)).astype(np.float32),
+                   np.zeros(4, np.float32)],
+            "ip": [rng.standard_normal((3, 100)).astype(np.float32), np.zeros(3, np.float32)]}
+
+
+def test_relevance_checked_by_its_kernels_is_not_read_again(monkeypatch):
+    """The convolutions' and the residual sum's relevance are tested by the kernels that write
+    them: the net's own check reads only the others (here the InnerProduct's), keeps no
+    reference to them after the pass, and the result is the same."""
+    import lrpfast.net as net_mod
+    from lrpfast import ops
+    rng = seeded_rng("hostile", "noted")
+    net = lrpfast.Net.from_text(RESIDUAL, residual_weights(rng))
+    x = x_for(net, rng)
+    want = net.relevance(x, 0, rules="epsilon")
+    read = []
+    orig = net_mod._all_finite
+
+    def counting(v):   # the layer whose relevance is read (None: the forward's outputs)
+        layer = sys._getframe(1).f_locals.get("layer")
+        read.append(getattr(layer, "name", None))
+        return orig(v)
+    monkeypatch.setattr(net_mod, "_all_finite", counting)
+    np.testing.assert_array_equal(net.relevance(x, 0, rules="epsilon"), want)
+    assert read == [None, "ip"], read
+    assert getattr(ops._finite, "arrays", []) == []
+
+
+def test_nonfinite_relevance_from_a_fused_kernel_names_the_layer(monkeypatch):
+    """A relevance made non-finite inside a convolution's fused transposed product (an infinite
+    weight seen only by the backward pass) is reported by that kernel's own check: the pass
+    raises at that convolution, not later."""
+    from lrpfast import ops
+    rng = seeded_rng("hostile", "fused overflow")
+    net = lrpfast.Net.from_text(RESIDUAL, residual_weights(rng))
+    orig = ops.ConvOp.bwd_signal
+
+    def poisoned(self, R, kind="w", **kw):
+        if self.w.shape != (4, 4, 3, 3):          # only c2's operator
+            return orig(self, R, kind, **kw)
+        w = self.weights(kind).copy()
+        w.reshape(-1)[5] = np.inf
+        monkeypatch.setattr(self, "weights", lambda k, w=w: w)
+        try:
+            return orig(self, R, kind, **kw)
+        finally:
+            monkeypatch.delattr(self, "weights")
+    monkeypatch.setattr(ops.ConvOp, "bwd_signal", poisoned)
+    with np.errstate(all="ignore"):
+        with pytest.raises(lrpfast.NonFiniteError, match=r"'c2' \(Convolution\): its relevance") \
+                as e:
+            net.relevance(x_for(net, rng), 0, rules="epsilon")
+    assert e.value.stage == "relevance"
 
 
 def test_all_finite_helper_exact():

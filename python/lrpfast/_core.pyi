@@ -6,7 +6,7 @@ int (used for both axes) or an (h, w) pair. Bad shapes or parameters raise Value
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -138,6 +138,7 @@ def conv_forward_algorithm(
     group: int = 1,
 ) -> str:  # 'winograd', 'taps', 'pointwise' or 'im2col'
     ...
+@overload
 def conv_backward_data(
     dy: ArrayLike,  # (N, O, Ho, Wo)
     w: ArrayLike,  # (O, C/group, kh, kw)
@@ -151,7 +152,25 @@ def conv_backward_data(
     eps: float = 0.0,
     times: ArrayLike | None = None,  # (N, C, H, W): multiplies the result
     winograd: FloatArray | None = None,  # winograd_kernels(w, group, True), or None
+    check_finite: Literal[False] = False,
 ) -> FloatArray:  # (N, C, H, W): the transposed convolution col2im(W^T dy)
+    ...
+@overload
+def conv_backward_data(
+    dy: ArrayLike,  # (N, O, Ho, Wo)
+    w: ArrayLike,  # (O, C/group, kh, kw)
+    in_shape: Sequence[int],  # (C, H, W) or (N, C, H, W); N is taken from dy
+    stride: IntPair = 1,
+    pad: IntPair = 0,
+    dilation: IntPair = 1,
+    group: int = 1,
+    *,
+    z: ArrayLike | None = None,  # (N, O, Ho, Wo): dy becomes stabilized_divide(dy, z, eps)
+    eps: float = 0.0,
+    times: ArrayLike | None = None,  # (N, C, H, W): multiplies the result
+    winograd: FloatArray | None = None,  # winograd_kernels(w, group, True), or None
+    check_finite: Literal[True],
+) -> tuple[FloatArray, bool]:  # (dx, no NaN/inf in dx), tested in the pass multiplying by times
     ...
 def linear_forward(
     x: ArrayLike,  # (N, K)
@@ -218,15 +237,29 @@ def eltwise_forward(
     the maximum with argmax (int32) = the index of the first input holding it; argmax is None
     except for "max"."""
 
+@overload
 def eltwise_sum_relevance(
     xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (the Eltwise SUM's operands)
     r: ArrayLike,  # the relevance of the sum, same shape
     y: ArrayLike,  # the sum, same shape
     coeffs: Sequence[float] | None = None,  # K values (None: all 1)
     eps: float = 0.0,
+    *,
+    check_finite: Literal[False] = False,
 ) -> list[FloatArray]:  # [coeffs[k] * xs[k] * stabilized_divide(r, y, eps)]
     """Each operand's share of the sum's relevance (z rule, eps-stabilised), threaded; bit-identical
     to the numpy expression."""
+@overload
+def eltwise_sum_relevance(
+    xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (the Eltwise SUM's operands)
+    r: ArrayLike,  # the relevance of the sum, same shape
+    y: ArrayLike,  # the sum, same shape
+    coeffs: Sequence[float] | None = None,  # K values (None: all 1)
+    eps: float = 0.0,
+    *,
+    check_finite: Literal[True],
+) -> tuple[list[FloatArray], bool]:  # (the list, no NaN/inf in it), tested in the same pass
+    ...
 
 def all_finite(
     x: FloatArray,  # float32, C-contiguous, any shape

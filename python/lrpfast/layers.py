@@ -843,8 +843,14 @@ class Eltwise(Layer):
             if ctx.gradient_like:
                 return [R * np.float32(c) for c in self.coeffs]
             # proportional to each operand's contribution (z rule, eps-stabilised), one pass
-            return list(_kernels(R).eltwise_sum_relevance(list(xs), R, y, self.coeffs,
-                                                          float(ctx.eps)))
+            k = _kernels(R)
+            if k is not _core:
+                return list(k.eltwise_sum_relevance(list(xs), R, y, self.coeffs, float(ctx.eps)))
+            outs, finite = _core.eltwise_sum_relevance(list(xs), R, y, self.coeffs,
+                                                       float(ctx.eps), check_finite=True)
+            if finite:   # tested in the same pass: the net's check need not read them again
+                ops.note_finite(*outs)
+            return list(outs)
         if self.op_name == "max":
             out, taken = [], None
             for x in xs:  # the first operand holding the maximum wins

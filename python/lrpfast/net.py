@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import numpy as np
 
-from . import caffe
+from . import caffe, ops
 from ._loader import _core
 from . import onnx as onnx_io
 from .composites import DEFAULT_RULES, Composite, as_composite
@@ -1095,14 +1095,16 @@ class Net:
             # .get: blobs inside a folded chain are not computed (its layers need none)
             xs = [blobs.get(bt) for bt in layer.bottoms]
             ys = [blobs.get(t) for t in layer.tops]
+            ops.forget_finite()
             for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
                 if rin is None:
                     continue
                 if not getattr(rin, "_lrpfast_device", False):
                     rin = np.asarray(rin, dtype=np.float32)
-                # (a relevance passed on unchanged was checked where it was made)
+                # (a relevance passed on unchanged was checked where it was made; one its
+                # kernel tested while writing it is not read again)
                 if self.check_finite and not any(rin is r for r in Rs) and \
-                        not _all_finite(rin):
+                        not ops.noted_finite(rin) and not _all_finite(rin):
                     raise NonFiniteError(
                         f"{self.source}: layer {layer.index} '{layer.name}' ({layer.type}): its "
                         f"relevance is not finite (NaN or infinity); check the rule's "
@@ -1110,6 +1112,7 @@ class Net:
                         f"skips this check)", layer=layer.name, stage="relevance")
                 sink(bt, layer, rin)
                 rel[bt] = rin if bt not in rel else _add(rel[bt], rin)
+            ops.forget_finite()
             if layer is stop_after:
                 break
         return rel

@@ -175,11 +175,11 @@ std::string conv_forward_algorithm(const py::object& xo, const py::object& wo,
   return lrpfast::cpu::pointwise_per_image(g) ? "pointwise" : "im2col";
 }
 
-py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& wo,
-                                      const py::object& in_shape, const py::object& stride,
-                                      const py::object& pad, const py::object& dilation,
-                                      const py::object& group, const py::object& zo, double eps,
-                                      const py::object& timeso, const py::object& uo) {
+py::object conv_backward_data(const py::object& dyo, const py::object& wo,
+                              const py::object& in_shape, const py::object& stride,
+                              const py::object& pad, const py::object& dilation,
+                              const py::object& group, const py::object& zo, double eps,
+                              const py::object& timeso, const py::object& uo, bool check_finite) {
   auto dy = input<float>(dyo, "dy", 4, "(N,O,Ho,Wo)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
@@ -209,11 +209,17 @@ py::array_t<float> conv_backward_data(const py::object& dyo, const py::object& w
   Input<float> uk;
   const float* u = winograd_arg(uo, uk, g);
   float* dxp = dx.mutable_data();
+  std::atomic<bool> nonfinite{false};
+  bool finite = true;
+  if (check_finite && f.times) f.nonfinite = &nonfinite;
   {
     py::gil_scoped_release nogil;
     lrpfast::cpu::conv_backward_data(g, dy.data(), w.data(), dxp, f, u);
+    // with times the kernel tested its products; without, one pass over dx
+    if (check_finite) finite = f.times ? !nonfinite.load() : lrpfast::cpu::all_finite(dx.size(), dxp);
   }
-  return dx;
+  if (check_finite) return py::make_tuple(dx, finite);
+  return std::move(dx);
 }
 
 py::array_t<float> linear_forward(const py::object& xo, const py::object& wo,
@@ -404,8 +410,8 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   return py::make_tuple(y, am);
 }
 
-py::list eltwise_sum_relevance(const py::object& xso, const py::object& ro, const py::object& yo,
-                               const py::object& coeffso, double eps) {
+py::object eltwise_sum_relevance(const py::object& xso, const py::object& ro, const py::object& yo,
+                                 const py::object& coeffso, double eps, bool check_finite) {
   const auto xs = lrpfast::eltwise_inputs(xso, "arrays", [](py::handle h, const std::string& n) {
     return input<float>(h, n.c_str(), -1, "");
   });
@@ -426,12 +432,15 @@ py::list eltwise_sum_relevance(const py::object& xso, const py::object& ro, cons
     outs.push_back(o.mutable_data());
     result.append(o);
   }
+  bool finite = true;
   {
     py::gil_scoped_release nogil;
     lrpfast::cpu::eltwise_sum_relevance(int(K), ptrs.data(), coeffs.empty() ? nullptr : coeffs.data(),
-                                        r.size(), r.data(), y.data(), float(eps), outs.data());
+                                        r.size(), r.data(), y.data(), float(eps), outs.data(),
+                                        check_finite ? &finite : nullptr);
   }
-  return result;
+  if (check_finite) return py::make_tuple(result, finite);
+  return std::move(result);
 }
 
 py::array_t<float> weight_signs(const py::object& wo, const std::string& kind) {
@@ -755,11 +764,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
         py::kw_only(), py::arg("z") = py::none(), py::arg("eps") = 0.0,
         py::arg("times") = py::none(), py::arg("winograd") = py::none(),
+        py::arg("check_finite") = false,
         "Gradient of conv_forward w.r.t. its input (the transposed convolution).\n\n"
         "dy (N,O,Ho,Wo), w (O,C/group,kh,kw), in_shape (C,H,W) or (N,C,H,W) (N is taken from dy)\n"
         "-> dx (N,C,H,W) = col2im(W^T dy). Bias plays no part.\n"
         "Fused rule steps (bit-identical to doing them apart): z (N,O,Ho,Wo) replaces dy by\n"
-        "stabilized_divide(dy, z, eps); times (N,C,H,W) multiplies the result element-wise.");
+        "stabilized_divide(dy, z, eps); times (N,C,H,W) multiplies the result element-wise.\n"
+        "check_finite: returns (dx, True when dx holds no NaN or infinity), tested in the pass\n"
+        "that multiplies by times (one more pass over dx without times).");
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"),
         "Fully connected layer: x (N,K), w (O,K), b (O,) or None -> y (N,O) = x w^T + b.");
   m.def("linear_backward_data", &linear_backward_data, py::arg("dy"), py::arg("w"),
@@ -816,9 +828,12 @@ PYBIND11_MODULE(_core, m) {
         "Sign parts of w (rows, K): 'pos' max(w, 0), 'neg' min(w, 0), 'pm' both stacked\n"
         "(2*rows, K) = [W+; W-], from one pass over w.");
   m.def("eltwise_sum_relevance", &eltwise_sum_relevance, py::arg("xs"), py::arg("r"), py::arg("y"),
-        py::arg("coeffs") = py::none(), py::arg("eps") = 0.0,
+        py::arg("coeffs") = py::none(), py::arg("eps") = 0.0, py::kw_only(),
+        py::arg("check_finite") = false,
         "Relevance of Eltwise SUM y = sum_k coeffs[k]*xs[k] (z rule, eps-stabilised): the list\n"
-        "[coeffs[k] * xs[k] * stabilized_divide(r, y, eps)], one pass, float32 as numpy rounds it.");
+        "[coeffs[k] * xs[k] * stabilized_divide(r, y, eps)], one pass, float32 as numpy rounds it.\n"
+        "check_finite: returns (list, True when no output holds a NaN or infinity), tested in\n"
+        "the same pass.");
   m.def("all_finite", &all_finite, py::arg("x"),
         "True when the float32 array x (any shape) holds no NaN or infinity; one parallel pass.");
   m.def("any_negative", &any_negative, py::arg("x"),

@@ -8,6 +8,7 @@
 // conv_forward_pair computes two convolutions of one input from shared im2col blocks. The CUDA
 // twin (src/cuda/kernels/conv.cu) shares ConvGeom.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/geometry.hpp"
@@ -99,6 +100,9 @@ struct BackwardFusion {
   const float* z = nullptr;
   float eps = 0.f;
   const float* times = nullptr;
+  // with times: set (never cleared) when some element of the result is not finite, tested in
+  // the pass that multiplies by times, while the block is in cache (optional)
+  std::atomic<bool>* nonfinite = nullptr;
 };
 
 // dy (N,O,Ho,Wo), w (O,C/group,kh,kw) -> dx (N,C,H,W) (overwritten) = conv_forward's adjoint.

@@ -47,8 +47,11 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
 }
 
 void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, std::int64_t n,
-                           const float* r, const float* y, float eps, float* const* outs) {
+                           const float* r, const float* y, float eps, float* const* outs,
+                           bool* finite) {
+  std::atomic<bool> bad{false};
   parallel_for(n, n * (K + 2), [&](std::int64_t lo, std::int64_t hi) {
+    std::uint32_t hit = 0;
     constexpr std::int64_t kBlock = 1024;   // the quotient of a block, then each operand's share
     float s[kBlock];
     for (std::int64_t b = lo; b < hi; b += kBlock) {
@@ -59,25 +62,35 @@ void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, s
         const float* __restrict x = xs[k] + b;
         float* __restrict o = outs[k] + b;
         for (std::int64_t i = 0; i < m; ++i) o[i] = (c * x[i]) * s[i];
+        if (finite) hit |= nonfinite_bits(o, m);
       }
     }
+    if (hit) bad.store(true, std::memory_order_relaxed);
   });
+  if (finite) *finite = !bad.load();
+}
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+std::uint32_t nonfinite_bits(const float* x, std::int64_t n) {
+  constexpr std::uint32_t kExp = 0x7f800000u;
+  std::uint32_t hit = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, x + i, sizeof u);
+    hit |= std::uint32_t((u & kExp) == kExp);
+  }
+  return hit;
 }
 
 bool all_finite(std::int64_t n, const float* x) {
   std::atomic<bool> bad{false};
   parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
-    constexpr std::uint32_t kExp = 0x7f800000u;
     constexpr std::int64_t kBlock = 4096;   // blocks: an early exit without a branch per element
     for (std::int64_t b = lo; b < hi && !bad.load(std::memory_order_relaxed); b += kBlock) {
       const std::int64_t e = b + kBlock < hi ? b + kBlock : hi;
-      std::uint32_t hit = 0;
-      for (std::int64_t i = b; i < e; ++i) {
-        std::uint32_t u;
-        std::memcpy(&u, x + i, sizeof u);
-        hit |= std::uint32_t((u & kExp) == kExp);
-      }
-      if (hit) bad.store(true, std::memory_order_relaxed);
+      if (nonfinite_bits(x + b, e - b)) bad.store(true, std::memory_order_relaxed);
     }
   });
   return !bad.load();

@@ -24,6 +24,12 @@ inline float stabilized_quotient(float r, float z, float eps) {
 }
 
 namespace cpu {
+// Nonzero when some x[i], i < n, is NaN or +-inf (its exponent bits all set): the one test of
+// all_finite and of the kernels that check their own output while it is in cache. Compiled for
+// AVX-512 and AVX2 as well as the baseline (the CPU picks at load time where the toolchain
+// supports it): a kernel's fused check then costs a fraction of the product it follows.
+std::uint32_t nonfinite_bits(const float* x, std::int64_t n);
+
 // out[i] = r[i] / (z[i] + eps * sign(z[i])), sign(0) = +1 (so -0.0 counts as +).
 // zero_to_zero: where that denominator is exactly 0, out[i] = 0 (LRP: "a zero denominator
 // contributes nothing"); otherwise IEEE division (inf / nan). out may alias r or z.
@@ -49,9 +55,11 @@ void weight_signs(std::int64_t rows, std::int64_t K, const float* w, float* pos,
 // share of y (eps-stabilised; Bach et al. 2015, eq. 56, with the sum's operands as the inputs):
 //   outs[k][i] = (c_k * xs[k][i]) * stabilized_quotient(r[i], y[i], eps)
 // in that float32 order, so bit-identical to numpy's np.float32(c) * x * stabilized_divide(r, y).
-// One pass for all K outputs (coeffs: K values; nullptr = all 1).
+// One pass for all K outputs (coeffs: K values; nullptr = all 1). finite (optional): set to
+// whether every output element is finite, tested block by block while the block is in cache.
 void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, std::int64_t n,
-                           const float* r, const float* y, float eps, float* const* outs);
+                           const float* r, const float* y, float eps, float* const* outs,
+                           bool* finite = nullptr);
 
 // True when no x[i] is NaN or +-infinity (exponent bits all ones), in one parallel pass at
 // memory speed (the engine's finiteness checks after every layer; numpy's isfinite or a float

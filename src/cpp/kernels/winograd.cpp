@@ -249,6 +249,9 @@ void output_transform(const Problem& p, const float* M, const float* b, int k0, 
           for (int j = 0; j < p.Wo; ++j) y0[j] *= t[j];
           if (nrows == 2)
             for (int j = 0; j < p.Wo; ++j) y1[j] *= t[p.Wo + j];
+          if (p.fuse.nonfinite &&
+              (nonfinite_bits(y0, p.Wo) | (nrows == 2 ? nonfinite_bits(y1, p.Wo) : 0u)))
+            p.fuse.nonfinite->store(true);
         }
         float* row = p.plane(y, n, int(k0 + k)) + std::int64_t(2 * ty) * p.Wo;
         std::memcpy(row, y0, sizeof(float) * p.Wo);
