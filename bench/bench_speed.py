@@ -469,7 +469,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None,
                     help="one batch size for every net (default: VGG-16 8, CaffeNet 16)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
-    ap.add_argument("--conv-algo", default="auto", choices=["auto", "direct", "winograd"],
+    ap.add_argument("--conv-algo", default="auto", choices=["auto", "direct", "winograd", "taps"],
                     help="lrpfast's algorithm for 3x3 stride-1 convolutions (default auto: "
                          "Winograd F(2x2,3x3) for layers with >= 16 channels)")
     ap.add_argument("--linear-algo", default="auto", choices=["auto", "blas", "streamed"],

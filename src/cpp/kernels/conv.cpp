@@ -348,7 +348,8 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
       const float* sig = dy + n * out_img;
       if (f.z) {
         float* s = sc.get(0, out_img);
-        signal_rows(sig, f.z + n * out_img, f.eps, 1, out_img, out_img, s, out_img);
+        // by channel rows, so that a lone image's quotient spreads over the pool
+        signal_rows(sig, f.z + n * out_img, f.eps, g.O, P, P, s, P);
         sig = s;
       }
       float* dxn = dx + n * in_img;
