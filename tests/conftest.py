@@ -8,6 +8,8 @@ first); without it they skip and say what is missing.
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import zlib
 from pathlib import Path
@@ -46,6 +48,19 @@ def model_file():
                         f"under $LRPFAST_MODELS (see tests/data/models/README.md)")
         return path
     return get
+
+
+@contextlib.contextmanager
+def deterministic_as(on: bool):
+    """lrpfast's deterministic mode set to ``on`` inside the block, the previous setting after."""
+    import lrpfast
+
+    before = lrpfast.get_deterministic()
+    lrpfast.set_deterministic(on)
+    try:
+        yield
+    finally:
+        lrpfast.set_deterministic(before)
 
 
 @pytest.fixture

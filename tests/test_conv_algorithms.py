@@ -21,6 +21,8 @@ import pytest
 
 from lrpfast._loader import _core
 
+from conftest import deterministic_as
+
 WINO_TOL = 1e-5   # |engine - float64| <= WINO_TOL * (sum of |terms|) per output element
 
 
@@ -552,13 +554,8 @@ def test_strided_1x1_vs_float64(case, det):
     output's W^T dy back on its pixel and +0 on the pixels no output reads -- against float64
     written from that definition (slices, no engine indexing); an image alone equals it in its
     batch in deterministic mode."""
-    import lrpfast
-    before = lrpfast.get_deterministic()
-    lrpfast.set_deterministic(det)
-    try:
+    with deterministic_as(det):
         _check_strided_1x1(case, det)
-    finally:
-        lrpfast.set_deterministic(before)
 
 
 def _check_strided_1x1(case, det):

@@ -17,7 +17,7 @@ import pytest
 
 from lrpfast._loader import _core
 
-from conftest import seeded_rng, simd_paths
+from conftest import deterministic_as, seeded_rng, simd_paths
 
 # Random geometries: (N, Cg, Og, group, kh, kw, sh, sw, ph, pw, dh, dw, H, W)
 _rng = np.random.default_rng(20261208)
@@ -153,7 +153,6 @@ def test_same_bits_on_both_kernels_threads_and_batches(case, taps):
 def test_pair_is_the_two_weight_sets_alone(taps, det):
     """conv_forward_pair on the taps path: each half equals that weight set's own call, bit for
     bit (each output channel's chain does not depend on the others)."""
-    import lrpfast
     rng = seeded_rng("taps-pair")
     x = rng.standard_normal((3, 6, 31, 45)).astype(np.float32)
     W, V = (rng.standard_normal((2, 10, 3, 5, 5)).astype(np.float32) for _ in range(2))
@@ -163,16 +162,12 @@ def test_pair_is_the_two_weight_sets_alone(taps, det):
     stacked = np.concatenate([np.concatenate([W[g], V[g]]) for g in range(group)])
     bs = np.concatenate([np.concatenate([bw[g * 10:(g + 1) * 10], bv[g * 10:(g + 1) * 10]])
                          for g in range(group)])
-    before = lrpfast.get_deterministic()
-    lrpfast.set_deterministic(det)
-    try:
+    with deterministic_as(det):
         y, y2 = _core.conv_forward_pair(x, stacked, bs, 2, 1, 1, group)
         np.testing.assert_array_equal(y, _core.conv_forward(x, W.reshape(20, 3, 5, 5), bw, 2, 1,
                                                             1, group))
         np.testing.assert_array_equal(y2, _core.conv_forward(x, V.reshape(20, 3, 5, 5), bv, 2, 1,
                                                              1, group))
-    finally:
-        lrpfast.set_deterministic(before)
 
 
 def test_auto_takes_taps_for_few_input_channels_only():

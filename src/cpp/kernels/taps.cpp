@@ -40,77 +40,52 @@ using Tile = void (*)(int T, const float* const* src, int ow, const float* wp, c
                       float* const* dst, int cols);
 
 #if LRPFAST_TAPS_X86
-template <int OB, int NV>
-__attribute__((target("avx512f"))) void tile_avx512(int T, const float* const* src, int ow,
-                                                    const float* wp, const float* bias,
-                                                    float* const* dst, int cols) {
-  __m512 acc[OB][NV];
-#pragma GCC unroll 16
-  for (int o = 0; o < OB; ++o)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[o][v] = _mm512_set1_ps(bias[o]);
-  for (int t = 0; t < T; ++t) {
-    const float* s = src[t] + ow;
-    __m512 xv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(s + 16 * v);
-    const float* wt = wp + i64(t) * OB;
-#pragma GCC unroll 16
-    for (int o = 0; o < OB; ++o) {
-      const __m512 wv = _mm512_set1_ps(wt[o]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[o][v] = _mm512_fmadd_ps(xv[v], wv, acc[o][v]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int o = 0; o < OB; ++o)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const int n = cols - 16 * v;
-      float* d = dst[o] + ow + 16 * v;
-      if (n >= 16)
-        _mm512_storeu_ps(d, acc[o][v]);
-      else if (n > 0)
-        _mm512_mask_storeu_ps(d, __mmask16((1u << n) - 1), acc[o][v]);
-    }
+// A lane count's partial store: the first n (< lanes) lanes of v to d.
+__attribute__((target("avx512f"))) inline void store_part_avx512(float* d, __m512 v, int n) {
+  _mm512_mask_storeu_ps(d, __mmask16((1u << n) - 1), v);
 }
 
-template <int OB, int NV>
-__attribute__((target("avx2,fma"))) void tile_avx2(int T, const float* const* src, int ow,
-                                                   const float* wp, const float* bias,
-                                                   float* const* dst, int cols) {
-  __m256 acc[OB][NV];
-#pragma GCC unroll 16
-  for (int o = 0; o < OB; ++o)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[o][v] = _mm256_set1_ps(bias[o]);
-  for (int t = 0; t < T; ++t) {
-    const float* s = src[t] + ow;
-    __m256 xv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) xv[v] = _mm256_loadu_ps(s + 8 * v);
-    const float* wt = wp + i64(t) * OB;
-#pragma GCC unroll 16
-    for (int o = 0; o < OB; ++o) {
-      const __m256 wv = _mm256_broadcast_ss(wt + o);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[o][v] = _mm256_fmadd_ps(xv[v], wv, acc[o][v]);
-    }
-  }
+__attribute__((target("avx2"))) inline void store_part_avx2(float* d, __m256 v, int n) {
   alignas(32) static const int kLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-#pragma GCC unroll 16
-  for (int o = 0; o < OB; ++o)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const int n = cols - 8 * v;
-      float* d = dst[o] + ow + 8 * v;
-      if (n >= 8)
-        _mm256_storeu_ps(d, acc[o][v]);
-      else if (n > 0)
-        _mm256_maskstore_ps(d, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - n)),
-                            acc[o][v]);
-    }
+  _mm256_maskstore_ps(d, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLanes + 8 - n)), v);
 }
+
+// The tile (see Tile), written once for both instruction sets: VEC the vector type, L its
+// lanes, then its unaligned load, broadcast, fused multiply-add and store.
+#define LRPFAST_TAPS_TILE(SUFFIX, ATTR, VEC, L, LOAD, SET1, FMA, STORE)                         \
+  template <int OB, int NV>                                                                    \
+  ATTR void tile_##SUFFIX(int T, const float* const* src, int ow, const float* wp,             \
+                          const float* bias, float* const* dst, int cols) {                    \
+    VEC acc[OB][NV];                                                                           \
+    _Pragma("GCC unroll 16") for (int o = 0; o < OB; ++o)                                      \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[o][v] = SET1(bias[o]);          \
+    for (int t = 0; t < T; ++t) {                                                              \
+      const float* s = src[t] + ow;                                                            \
+      VEC xv[NV];                                                                              \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) xv[v] = LOAD(s + L * v);            \
+      const float* wt = wp + i64(t) * OB;                                                      \
+      _Pragma("GCC unroll 16") for (int o = 0; o < OB; ++o) {                                  \
+        const VEC wv = SET1(wt[o]);                                                            \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[o][v] =                       \
+            FMA(xv[v], wv, acc[o][v]);                                                         \
+      }                                                                                        \
+    }                                                                                          \
+    _Pragma("GCC unroll 16") for (int o = 0; o < OB; ++o)                                      \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) {                                   \
+        const int n = cols - L * v;                                                            \
+        float* d = dst[o] + ow + L * v;                                                        \
+        if (n >= L)                                                                            \
+          STORE(d, acc[o][v]);                                                                 \
+        else if (n > 0)                                                                        \
+          store_part_##SUFFIX(d, acc[o][v], n);                                                \
+      }                                                                                        \
+  }
+
+LRPFAST_TAPS_TILE(avx512, __attribute__((target("avx512f"))), __m512, 16, _mm512_loadu_ps,
+                  _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps)
+LRPFAST_TAPS_TILE(avx2, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps,
+                  _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps)
+#undef LRPFAST_TAPS_TILE
 
 bool cpu_has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
