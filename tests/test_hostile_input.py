@@ -344,6 +344,64 @@ def test_relevance_checked_by_its_kernels_is_not_read_again(monkeypatch):
     assert getattr(ops._finite, "arrays", []) == []
 
 
+@pytest.mark.parametrize("case", CHECK_CASES, ids=[str(c) for c in CHECK_CASES])
+def test_transposed_product_adds_a_held_relevance_exactly(case):
+    """conv_backward_data(add=a, times=x) is eltwise_forward([a, <the result without add>])
+    bit for bit on every path (the net's sum of two relevances of one blob), its finite flag
+    covers the sum, and add without times or of another shape is refused."""
+    N, C, O, H, k, s, p = case
+    rng = seeded_rng("hostile", "fused add", *case)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((O, C, k, k)).astype(np.float32)
+    z = _core.conv_forward(x, w, None, s, p)
+    R = rng.standard_normal(z.shape).astype(np.float32)
+    held = rng.standard_normal(x.shape).astype(np.float32)
+    held.reshape(-1)[:4] = [0.0, -0.0, -0.0, 0.0]          # signed zeros: the sum's first term
+    t = x.copy()
+    t.reshape(-1)[:4] = [0.0, -0.0, 0.0, -0.0]             # and zero products of either sign
+    plain = _core.conv_backward_data(R, w, x.shape, s, p, z=z, eps=1e-3, times=t)
+    want = _core.eltwise_forward([held, plain], "sum")[0]
+    got, ok = _core.conv_backward_data(R, w, x.shape, s, p, z=z, eps=1e-3, times=t, add=held,
+                                       check_finite=True)
+    assert ok and np.array_equal(got.view(np.int32), want.view(np.int32))
+    inf = held.copy()
+    inf.reshape(-1)[int(rng.integers(inf.size))] = np.inf   # the flag covers the sum
+    _, ok = _core.conv_backward_data(R, w, x.shape, s, p, z=z, eps=1e-3, times=t, add=inf,
+                                     check_finite=True)
+    assert not ok
+    with pytest.raises(ValueError, match="add needs times"):
+        _core.conv_backward_data(R, w, x.shape, s, p, add=held)
+    with pytest.raises(ValueError, match="add must have the shape"):
+        _core.conv_backward_data(R, w, x.shape, s, p, times=t, add=held[:1])
+
+
+@pytest.mark.parametrize("rules", ["epsilon", "cmp_alpha2_flat", "alpha1beta0"])
+def test_residual_relevance_added_in_the_kernel_is_the_same_sum(monkeypatch, rules):
+    """A blob that two layers read gets the sum of their relevances; the net lets the second
+    layer's transposed product add the first one's in its last pass. Same bits as the net's own
+    sum, for the input's relevance and for a readout at that blob (which the net then sums
+    itself, so the readout sees each layer's part)."""
+    import lrpfast.net as net_mod
+    from lrpfast import ops
+    rng = seeded_rng("hostile", "residual sum")
+    net = lrpfast.Net.from_text(RESIDUAL, residual_weights(rng))
+    x = np.abs(x_for(net, rng, n=3))
+    sums = []
+    orig = net_mod._add
+    monkeypatch.setattr(net_mod, "_add", lambda a, b: sums.append(1) or orig(a, b))
+    fused = net.relevance(x, 0, rules=rules)
+    both = net.relevance(x, 0, rules=rules, readout=["data", "c1"])
+    assert len(sums) == 1        # only the readout pass sums at "c1" itself
+    monkeypatch.setattr(ops, "offer_sum", lambda target: None)   # the net's own sums
+    sums.clear()
+    apart = net.relevance(x, 0, rules=rules)
+    assert len(sums) == 1
+    assert np.array_equal(fused.view(np.int32), apart.view(np.int32))
+    assert np.array_equal(both["data"].view(np.int32), apart.view(np.int32))
+    apart_c1 = net.relevance(x, 0, rules=rules, readout="c1")
+    assert np.array_equal(both["c1"].view(np.int32), apart_c1.view(np.int32))
+
+
 def test_nonfinite_relevance_from_a_fused_kernel_names_the_layer(monkeypatch):
     """A relevance made non-finite inside a convolution's fused transposed product (an infinite
     weight seen only by the backward pass) is reported by that kernel's own check: the pass

@@ -153,6 +153,7 @@ def conv_backward_data(
     times: ArrayLike | None = None,  # (N, C, H, W): multiplies the result
     winograd: FloatArray | None = None,  # winograd_kernels(w, group, True), or None
     check_finite: Literal[False] = False,
+    add: ArrayLike | None = None,  # (N, C, H, W), with times: (0 + add) + times * result
 ) -> FloatArray:  # (N, C, H, W): the transposed convolution col2im(W^T dy)
     ...
 @overload
@@ -170,6 +171,7 @@ def conv_backward_data(
     times: ArrayLike | None = None,  # (N, C, H, W): multiplies the result
     winograd: FloatArray | None = None,  # winograd_kernels(w, group, True), or None
     check_finite: Literal[True],
+    add: ArrayLike | None = None,  # (N, C, H, W), with times: (0 + add) + times * result
 ) -> tuple[FloatArray, bool]:  # (dx, no NaN/inf in dx), tested in the pass multiplying by times
     ...
 def linear_forward(

@@ -988,7 +988,7 @@ class Net:
                             results[bt][0, a:b] += rin
                     if top_layer.tops[0] in ssa_out:
                         sink0(top_layer.tops[0], top_layer, R0s[0])
-                    self._backward(plan, top_layer, blobs, states, R0s[0], sink0)
+                    self._backward(plan, top_layer, blobs, states, R0s[0], sink0, keeps=ssa_out)
                     bar.update()
                     continue
                 cut = self._class_cut(plan, m)
@@ -1015,14 +1015,15 @@ class Net:
                             results[bt][k0:k1, a:b] += rin.reshape((k1 - k0, m) + rin.shape[1:])
                     if top_layer.tops[0] in ssa_out:
                         sink(top_layer.tops[0], top_layer, R0)
-                    rel = self._backward(upper, top_layer, tb, ts, R0, sink)
+                    rel = self._backward(upper, top_layer, tb, ts, R0, sink, keeps=ssa_out)
                     del tb, ts, R0   # this group's tiles go before the next group's are made
                     for k in range(g if lower else 0):
                         def sink1(bt, layer, rin, k=k0 + k, a=a, b=b):  # type: ignore[misc]
                             if bt in ssa_out:
                                 results[bt][k, a:b] += rin
                         self._backward(lower, top_layer, blobs, own,
-                                       {t: r[k * m:(k + 1) * m] for t, r in rel.items()}, sink1)
+                                       {t: r[k * m:(k + 1) * m] for t, r in rel.items()}, sink1,
+                                       keeps=ssa_out)
             bar.update()
         bar.close()
         if dev:
@@ -1075,11 +1076,14 @@ class Net:
         rows = [r.reshape((1,) + r.shape) for r in rows]
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
-    def _backward(self, plan, top_layer, blobs, states, R0, sink, stop_after=None):
+    def _backward(self, plan, top_layer, blobs, states, R0, sink, stop_after=None, keeps=None):
         """One relevance pass over ``plan`` from the seed ``R0`` at ``top_layer``'s output;
         ``sink(blob, layer, R)`` sees every relevance a layer hands to one of its bottoms.
         ``stop_after``: a layer after which the pass ends. ``R0`` may also be a dict {blob:
         relevance} of the relevances still to pass down (a pass resumed lower in the plan).
+        ``keeps``: the blobs whose relevance ``sink`` records (None: any may be); a layer whose
+        one bottom is not among them and already holds a relevance from another layer adds it
+        in its own last pass (ops.offer_sum), and the sink sees that sum.
         Returns that dict as the pass leaves it: relevances no layer of ``plan`` consumed."""
         rel = dict(R0) if isinstance(R0, dict) else {top_layer.tops[0]: R0}
         for layer, ctx in plan:
@@ -1096,7 +1100,16 @@ class Net:
             xs = [blobs.get(bt) for bt in layer.bottoms]
             ys = [blobs.get(t) for t in layer.tops]
             ops.forget_finite()
-            for bt, rin in zip(layer.bottoms, layer.relevance(xs, ys, st, Rs, ctx)):
+            held = rel.get(layer.bottoms[0]) if len(layer.bottoms) == 1 else None
+            if keeps is not None and layer.bottoms[0] not in keeps and \
+                    type(held) is np.ndarray and held.dtype == np.float32 and \
+                    held.flags.c_contiguous:
+                ops.offer_sum(held)   # the layer may add it in its last pass (see _add)
+            try:
+                rins = layer.relevance(xs, ys, st, Rs, ctx)
+            finally:
+                summed = ops.withdraw_sum()
+            for bt, rin in zip(layer.bottoms, rins):
                 if rin is None:
                     continue
                 if not getattr(rin, "_lrpfast_device", False):
@@ -1111,7 +1124,14 @@ class Net:
                         f"parameters and the layer's weights (Net(..., check_finite=False) "
                         f"skips this check)", layer=layer.name, stage="relevance")
                 sink(bt, layer, rin)
-                rel[bt] = rin if bt not in rel else _add(rel[bt], rin)
+                if summed is not None:
+                    if rin is not summed:   # a rule must return the product that took the offer
+                        raise RuntimeError(f"{self.source}: layer '{layer.name}': its relevance "
+                                           f"is not the transposed product that added the "
+                                           f"relevance its bottom already held")
+                    rel[bt] = rin
+                else:
+                    rel[bt] = rin if bt not in rel else _add(rel[bt], rin)
             ops.forget_finite()
             if layer is stop_after:
                 break

@@ -56,6 +56,35 @@ def forget_finite() -> None:
     _finite.arrays = []
 
 
+# A relevance the net already holds for a layer's bottom (a blob several layers read), offered to
+# the layer's transposed product so that it adds it in its last pass instead of the net adding it
+# in another (per thread; see offer_sum).
+_sums = threading.local()
+
+
+def offer_sum(target) -> None:
+    """Offers ``target`` (float32, C-contiguous) to the next fused transposed product of this
+    thread whose result has its shape: that product returns target + its own result, as the
+    net's sum of the two would be (withdraw_sum tells whether one took it)."""
+    _sums.offer, _sums.result = target, None
+
+
+def _take_sum(shape):
+    """The offered array when it fits a result of ``shape`` (taken: offered once only)."""
+    t = getattr(_sums, "offer", None)
+    if t is None or t.shape != tuple(shape):
+        return None
+    _sums.offer = None
+    return t
+
+
+def withdraw_sum():
+    """Ends the offer: the result array that includes the offered relevance, or None."""
+    r = getattr(_sums, "result", None)
+    _sums.offer = _sums.result = None
+    return r
+
+
 def _kernels(a):
     from .rules import kernels
     return kernels(a)
@@ -240,8 +269,12 @@ class ConvOp(LinearOp):
                      winograd=self._winograd(kind, R.shape[0], True))
         if times is None:
             return _core.conv_backward_data(*args, **fused)
-        # the product with times also tests the result for NaN / inf, at no extra pass
-        dx, finite = _core.conv_backward_data(*args, **fused, check_finite=True)
+        # the product with times also tests the result for NaN / inf, and adds an offered
+        # relevance of the same blob (offer_sum), at no extra pass
+        add = _take_sum(times.shape)
+        dx, finite = _core.conv_backward_data(*args, **fused, check_finite=True, add=add)
+        if add is not None:
+            _sums.result = dx
         if finite:
             note_finite(dx)
         return dx

@@ -179,7 +179,8 @@ py::object conv_backward_data(const py::object& dyo, const py::object& wo,
                               const py::object& in_shape, const py::object& stride,
                               const py::object& pad, const py::object& dilation,
                               const py::object& group, const py::object& zo, double eps,
-                              const py::object& timeso, const py::object& uo, bool check_finite) {
+                              const py::object& timeso, const py::object& uo, bool check_finite,
+                              const py::object& addo) {
   auto dy = input<float>(dyo, "dy", 4, "(N,O,Ho,Wo)");
   auto w = input<float>(wo, "w", 4, "(O,C/group,kh,kw)");
   const auto in = chw(in_shape);
@@ -205,6 +206,14 @@ py::object conv_backward_data(const py::object& dyo, const py::object& wo,
             "times must have the shape of dx (", g.N, ", ", g.C, ", ", g.H, ", ", g.W, "), got ",
             shape_str(times.shape));
     f.times = times.data();
+  }
+  Input<float> add;
+  if (!addo.is_none()) {
+    require(f.times, "add needs times (it is added in the pass that multiplies by times)");
+    add = input<float>(addo, "add", 4, "(N,C,H,W)");
+    require(add.shape == times.shape, "add must have the shape of dx (", g.N, ", ", g.C, ", ", g.H,
+            ", ", g.W, "), got ", shape_str(add.shape));
+    f.add = add.data();
   }
   Input<float> uk;
   const float* u = winograd_arg(uo, uk, g);
@@ -764,14 +773,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("stride") = 1, py::arg("pad") = 0, py::arg("dilation") = 1, py::arg("group") = 1,
         py::kw_only(), py::arg("z") = py::none(), py::arg("eps") = 0.0,
         py::arg("times") = py::none(), py::arg("winograd") = py::none(),
-        py::arg("check_finite") = false,
+        py::arg("check_finite") = false, py::arg("add") = py::none(),
         "Gradient of conv_forward w.r.t. its input (the transposed convolution).\n\n"
         "dy (N,O,Ho,Wo), w (O,C/group,kh,kw), in_shape (C,H,W) or (N,C,H,W) (N is taken from dy)\n"
         "-> dx (N,C,H,W) = col2im(W^T dy). Bias plays no part.\n"
         "Fused rule steps (bit-identical to doing them apart): z (N,O,Ho,Wo) replaces dy by\n"
         "stabilized_divide(dy, z, eps); times (N,C,H,W) multiplies the result element-wise.\n"
         "check_finite: returns (dx, True when dx holds no NaN or infinity), tested in the pass\n"
-        "that multiplies by times (one more pass over dx without times).");
+        "that multiplies by times (one more pass over dx without times).\n"
+        "add (N,C,H,W), with times: dx = (0 + add) + times * col2im(W^T dy) in that pass, the\n"
+        "bits of eltwise_forward([add, <the result without add>], 'sum').");
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"),
         "Fully connected layer: x (N,K), w (O,K), b (O,) or None -> y (N,O) = x w^T + b.");
   m.def("linear_backward_data", &linear_backward_data, py::arg("dy"), py::arg("w"),

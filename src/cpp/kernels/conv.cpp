@@ -195,10 +195,19 @@ void spread(const ConvGeom& g, const float* cols, float* dx) {
   });
 }
 
-// a *= t; nonfinite (optional) set when a product is not finite (see BackwardFusion).
-void scale_by(float* a, const float* t, std::int64_t n, std::atomic<bool>* nonfinite) {
+// a *= t, or a = (0 + add) + a * t; nonfinite (optional) set when a result is not finite (see
+// BackwardFusion).
+void scale_by(float* a, const float* t, const float* add, std::int64_t n,
+              std::atomic<bool>* nonfinite) {
   parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t i = lo; i < hi; ++i) a[i] *= t[i];
+    if (add) {
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const float p = a[i] * t[i];
+        a[i] = (0.f + add[i]) + p;
+      }
+    } else {
+      for (std::int64_t i = lo; i < hi; ++i) a[i] *= t[i];
+    }
     if (nonfinite && nonfinite_bits(a + lo, hi - lo)) nonfinite->store(true);
   });
 }
@@ -341,7 +350,9 @@ void conv_backward_data(const ConvGeom& g, const float* dy, const float* w, floa
   const std::int64_t wg_stride = std::int64_t(Og) * Kg;
   const std::int64_t in_img = std::int64_t(g.C) * HW, out_img = std::int64_t(g.O) * P;
   auto finish = [&](int n) {  // the fused product with `times`, while the image is in cache
-    if (f.times) scale_by(dx + n * in_img, f.times + n * in_img, in_img, f.nonfinite);
+    if (f.times)
+      scale_by(dx + n * in_img, f.times + n * in_img, f.add ? f.add + n * in_img : nullptr, in_img,
+               f.nonfinite);
   };
   if (pointwise_per_image(g)) {  // dx plane = W^T dy directly; whole images per thread
     parallel_units(g.N, [&](int n, Scratch& sc) {

@@ -103,6 +103,10 @@ struct BackwardFusion {
   // with times: set (never cleared) when some element of the result is not finite, tested in
   // the pass that multiplies by times, while the block is in cache (optional)
   std::atomic<bool>* nonfinite = nullptr;
+  // with times: (N,C,H,W) added to the result in that pass, as (0 + add) + times * sum -- the
+  // float32 value eltwise_forward's sum of add and the unfused result gives (the relevance of a
+  // blob that several layers read, accumulated without another pass over it)
+  const float* add = nullptr;
 };
 
 // dy (N,O,Ho,Wo), w (O,C/group,kh,kw) -> dx (N,C,H,W) (overwritten) = conv_forward's adjoint.

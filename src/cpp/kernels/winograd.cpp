@@ -249,6 +249,12 @@ void output_transform(const Problem& p, const float* M, const float* b, int k0, 
           for (int j = 0; j < p.Wo; ++j) y0[j] *= t[j];
           if (nrows == 2)
             for (int j = 0; j < p.Wo; ++j) y1[j] *= t[p.Wo + j];
+          if (p.fuse.add) {  // (0 + add) + times * sum, as BackwardFusion says
+            const float* a = p.fuse.add + at;
+            for (int j = 0; j < p.Wo; ++j) y0[j] = (0.f + a[j]) + y0[j];
+            if (nrows == 2)
+              for (int j = 0; j < p.Wo; ++j) y1[j] = (0.f + a[p.Wo + j]) + y1[j];
+          }
           if (p.fuse.nonfinite &&
               (nonfinite_bits(y0, p.Wo) | (nrows == 2 ? nonfinite_bits(y1, p.Wo) : 0u)))
             p.fuse.nonfinite->store(true);
