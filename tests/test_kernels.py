@@ -1027,10 +1027,73 @@ def test_eltwise_sum_relevance_matches_numpy_bitwise(K, coeffs, shape, eps):
             assert not g[~nz].any()
 
 
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 4, 9), (2, 40000), (3, 1030)], ids=str)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_eltwise_sum_relu_fused_matches_separate_bitwise(k, shape):
+    """eltwise_forward(..., relu=True) is relu_forward of the sum from one pass: the same bits as
+    the two kernels in turn and as numpy's float32 loop then np.maximum(., 0), with and without
+    coeffs, for sums that are exactly zero, signed zeros, NaN and infinities, on the threaded
+    kernel too (the larger shapes; blocks of 4096 with a remainder)."""
+    rng = seeded_rng("sum-relu", k, shape)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(k)]
+    flat = xs[0].reshape(-1)
+    special = np.array([-0.0, 0.0, np.nan, np.inf, -np.inf], np.float32)
+    flat[:min(flat.size, 5)] = special[:min(flat.size, 5)]
+    if k > 1 and flat.size > 7:
+        xs[1].reshape(-1)[5:8] = -flat[5:8]   # sums that cancel to +-0
+    for coeffs in (None, rng.uniform(-2, 2, k).tolist()):
+        y = core.eltwise_forward(xs, "sum", coeffs)[0]
+        got, am = core.eltwise_forward(xs, "sum", coeffs, relu=True)
+        assert am is None and got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_array_equal(got.view(np.uint32),
+                                      core.relu_forward(y).view(np.uint32))
+        want = np.maximum(numpy_eltwise_f32(xs, "sum", coeffs), np.float32(0))
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    for op in ("max", "prod"):
+        with pytest.raises(ValueError, match="relu=True needs operation 'sum'"):
+            core.eltwise_forward(xs, op, relu=True)
+
+
+@pytest.mark.parametrize("K,coeffs,shape", [(2, None, (2, 3, 5, 7)), (3, [0.5, -2.0, 1.0], (7,)),
+                                             (2, [1.0, -1.0], (3, 64, 33, 31)), (1, None, (1,)),
+                                             (4, [0.3, 1.7, -0.9, 2.5], (2, 8, 1025))])
+@pytest.mark.parametrize("eps", [0.0, 1e-6, 0.25])
+def test_eltwise_sum_relevance_recomputes_the_sum_bitwise(K, coeffs, shape, eps):
+    """y None (the forward fused the sum with its ReLU and kept no sum): the kernel recomputes
+    the sum with eltwise_forward's bits, so the shares are those of the call given that sum,
+    bit for bit, for cancelling operands (exact zero sums) too; and the fused finiteness flag
+    agrees."""
+    rng = seeded_rng("eltwise-sum-none", K, coeffs, shape, eps)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(K)]
+    if K > 1:
+        xs[1].reshape(-1)[:4] = -xs[0].reshape(-1)[:4] * np.float32(
+            (coeffs or [1.0] * K)[0] / (coeffs or [1.0] * K)[1])
+    r = rng.standard_normal(shape).astype(np.float32)
+    y = core.eltwise_forward(xs, "sum", coeffs)[0]
+    want = core.eltwise_sum_relevance(xs, r, y, coeffs, eps)
+    got = core.eltwise_sum_relevance(xs, r, None, coeffs, eps)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
+    got2, finite = core.eltwise_sum_relevance(xs, r, None, coeffs, eps, check_finite=True)
+    assert finite == all(np.isfinite(w).all() for w in want)
+    for g, w in zip(got2, want):
+        np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
+    # and independently in float64 where the (recomputed float32) sum is well away from 0
+    y64 = sum(np.float64(np.float32(c)) * x.astype(np.float64)
+              for c, x in zip(coeffs or [1.0] * K, xs))
+    ok = np.abs(y64) > 1e-2   # (float32 sums of operands ~1 are within ~1e-7 of y64)
+    d = np.where(ok, y64 + np.where(y64 >= 0, eps, -eps), 1.0)
+    for c, x, g in zip(coeffs or [1.0] * K, xs, got):
+        ref = np.float64(np.float32(c)) * x * r / d
+        np.testing.assert_allclose(g[ok], ref[ok], rtol=1e-4, atol=0)
+
+
 def test_eltwise_sum_relevance_rejects_bad_arguments():
     a = np.ones((2, 3), np.float32)
-    with pytest.raises(ValueError, match=r"r and y must have the shape of the inputs \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"y must have the shape of the inputs \(2, 3\)"):
         core.eltwise_sum_relevance([a, a], a, np.ones(6, np.float32))
+    with pytest.raises(ValueError, match=r"r must have the shape of the inputs \(2, 3\)"):
+        core.eltwise_sum_relevance([a, a], np.ones(6, np.float32), None)
     with pytest.raises(ValueError, match=r"xs\[1\] must have the shape of xs\[0\]"):
         core.eltwise_sum_relevance([a, np.ones(6, np.float32)], a, a)
     with pytest.raises(ValueError, match="one value per input"):

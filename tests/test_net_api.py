@@ -400,6 +400,67 @@ def test_inplace_versions_forward_and_readout(small):
     assert np.abs(g["conv1"] - g["conv1#1"]).max() > 0
 
 
+def residual_text(slope: float = 0.0, second_reader: bool = False) -> str:
+    """conv1 + ReLU -> conv2; res = conv1 + conv2 (Eltwise SUM) -> ReLU in place -> fc.
+    second_reader: a pooling layer reads the sum before its ReLU as well."""
+    import nets
+    layers = [nets.conv("conv1", "data", 4, kernel=3, pad=1), nets.relu("relu1", "conv1"),
+              nets.conv("conv2", "conv1", 4, kernel=3, pad=1),
+              nets.eltwise("res", ["conv1", "conv2"])]
+    if second_reader:
+        layers.append(nets.pool("side", "res", "AVE", 2, 2))
+    layers += [nets.relu("res_relu", "res", negative_slope=slope), nets.ip("fc", "res", 5)]
+    return nets.prototxt(layers, (2, 3, 12, 12), name="residual")
+
+
+def test_residual_sum_and_relu_one_pass_same_bits():
+    """A residual sum read only by its ReLU: the CPU engine computes both in one pass and keeps
+    no sum (the relevance recomputes it). Every output, kept blob and relevance is bit for bit
+    what the two layers computed in turn give (the same net with the fusion switched off), for
+    LRP and gradient-type rules, readouts before the ReLU, and backward_relevance reusing the
+    forward; a blob asked for by name is still computed."""
+    from lrpfast.compat import RelPropOpts
+    net, w = build(residual_text(), "residual")
+    plain = lrpfast.Net.from_text(residual_text(), w)
+    assert list(net._sum_relu) == ["res"]
+    plain._sum_relu = {}
+    x = images("residual", n=3)
+    bits = lambda a: np.asarray(a).view(np.uint32)  # noqa: E731
+    np.testing.assert_array_equal(bits(net.forward(x)), bits(plain.forward(x)))
+    kept = net._local.last_forward[2]
+    assert "res" not in kept and "res#2" in kept and "res" in plain._local.last_forward[2]
+    f = net.forward(x, blobs=["res#1", "res", "conv1", "conv2"])
+    np.testing.assert_array_equal(bits(f["res#1"]), bits(f["conv1"] + f["conv2"]))
+    np.testing.assert_array_equal(bits(f["res"]), bits(np.maximum(f["res#1"], np.float32(0))))
+    assert (f["res#1"] < 0).any()
+    for rules in ("epsilon", "alpha2beta1", "z", "flat", "gradient", "guided_backprop",
+                  "deconvnet", "epsilon_plus_flat"):
+        a = net.relevance(x, [0, 3, 4], rules=rules, readout=["data", "res#1", "conv1"])
+        b = plain.relevance(x, [0, 3, 4], rules=rules, readout=["data", "res#1", "conv1"])
+        for k in a:
+            np.testing.assert_array_equal(bits(a[k]), bits(b[k]), err_msg=f"{rules} {k}")
+        assert np.abs(a["data"]).max() > 0
+    net.forward(x)
+    plain.forward(x)
+    for code in (0, 2, 11):
+        opts = RelPropOpts(relpropformulatype=code, epsstab=0.1, alphabeta_beta=1.0)
+        np.testing.assert_array_equal(bits(net.backward_relevance(2, opts).R),
+                                      bits(plain.backward_relevance(2, opts).R))
+
+
+@pytest.mark.parametrize("slope,second_reader", [(0.1, False), (0.0, True)])
+def test_residual_sum_kept_where_its_relu_cannot_take_it(slope, second_reader):
+    """A leaky ReLU (its gate differs from the output's sign) or a second reader of the sum:
+    the sum is computed and kept as before, and the relevance reads it."""
+    net, _ = build(residual_text(slope, second_reader), ("residual", slope, second_reader))
+    assert net._sum_relu == {}
+    x = images("residual-kept")
+    net.forward(x)
+    assert "res" in net._local.last_forward[2]
+    r = net.relevance(x, 1, rules="epsilon")
+    assert np.isfinite(r).all() and np.abs(r).max() > 0
+
+
 # ============================================================================ multi / chunking
 def _count_forwards(net, monkeypatch):
     calls = []

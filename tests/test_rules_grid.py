@@ -180,6 +180,17 @@ CASES.update({
     "avepool-k3x2-s1x2-p1x1": lambda: (
         _feature() + [nets.pool("pool", "c1", "AVE", (3, 2), (1, 2), (1, 1))], (3, 6, 7),
         "pool", {}),
+    # a residual block's end: the sum's only reader is an in-place ReLU (the CPU engine computes
+    # the two in one pass and keeps no sum; the relevance recomputes it)
+    "eltwise-sum-relu-ip": lambda: (
+        _feature("a") + _feature("b", "a", O=4)
+        + [nets.eltwise("sum", ["a", "b"], "SUM"), nets.relu("sum_relu", "sum"),
+           nets.ip("fc", "sum", 5)], (3, 6, 7), "fc", {}),
+    "eltwise-sum-coeff-relu-pool": lambda: (
+        _feature("a") + _feature("b")
+        + [nets.eltwise("sum", ["a", "b"], "SUM", coeff=[1.0, 0.5]),
+           nets.relu("sum_relu", "sum", inplace=False),
+           nets.pool("pool", "sum_relu", "AVE", 2, 2)], (2, 6, 7), "pool", {}),
     "eltwise-sum-3-coeff": lambda: (
         _feature("a") + _feature("b") + _feature("c", "b")
         + [nets.eltwise("sum", ["a", "b", "c"], "SUM", coeff=[1.0, 0.5, 2.0])], (2, 5, 6), "sum",

@@ -233,17 +233,19 @@ def eltwise_forward(
     xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (no broadcasting)
     operation: str,  # "sum", "prod" or "max"
     coeffs: Sequence[float] | None = None,  # "sum" only: one per input (None = all 1)
+    *,
+    relu: bool = False,  # "sum" only: y = relu_forward(the sum), the sum not kept
 ) -> tuple[FloatArray, Int32Array | None]:
     """Caffe's Eltwise -> (y, argmax), y of the inputs' shape, evaluated per element in input
     order in float32 (bit-identical to the numpy loop): sum_k coeffs[k]*xs[k], the product, or
     the maximum with argmax (int32) = the index of the first input holding it; argmax is None
-    except for "max"."""
+    except for "max". relu=True: y is the ReLU of the sum, from the same pass."""
 
 @overload
 def eltwise_sum_relevance(
     xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (the Eltwise SUM's operands)
     r: ArrayLike,  # the relevance of the sum, same shape
-    y: ArrayLike,  # the sum, same shape
+    y: ArrayLike | None,  # the sum, same shape (None: recomputed with eltwise_forward's bits)
     coeffs: Sequence[float] | None = None,  # K values (None: all 1)
     eps: float = 0.0,
     *,
@@ -255,7 +257,7 @@ def eltwise_sum_relevance(
 def eltwise_sum_relevance(
     xs: Sequence[ArrayLike],  # K >= 1 arrays of one shape (the Eltwise SUM's operands)
     r: ArrayLike,  # the relevance of the sum, same shape
-    y: ArrayLike,  # the sum, same shape
+    y: ArrayLike | None,  # the sum, same shape (None: recomputed with eltwise_forward's bits)
     coeffs: Sequence[float] | None = None,  # K values (None: all 1)
     eps: float = 0.0,
     *,

@@ -490,7 +490,9 @@ class ReLU(Layer):
         return [_kernels(xs[0]).relu_forward(xs[0], self.slope)], {}
 
     def relevance(self, xs, ys, state, Rs, ctx):
-        R, x = Rs[0], xs[0]
+        # x None: a residual sum computed together with this ReLU (Net._sum_relu, slope 0) was
+        # not kept; the output gates alike (y > 0 exactly where x > 0)
+        R, x = Rs[0], (xs[0] if xs[0] is not None else ys[0])
         if ctx.gradient_like and self.slope != 0.0:
             R = R * np.where(x > 0, np.float32(1), np.float32(self.slope))
             x = np.ones_like(x)  # the slope already applied; let the rule's own gate see x > 0
@@ -832,6 +834,12 @@ class Eltwise(Layer):
             list(xs), self.op_name, self.coeffs if self.op_name == "sum" else None)
         return [y], {}
 
+    def forward_relu(self, xs):
+        """The SUM's ReLU (slope 0) from the same pass, the sum not kept (CPU engine): a
+        residual block's sum and ReLU at the cost of one pass. The relevance then recomputes
+        the sum with the same bits (y None)."""
+        return _core.eltwise_forward(list(xs), "sum", self.coeffs, relu=True)[0]
+
     def check_relevance(self, ctx):
         if self.op_name == "prod" and not ctx.gradient_like:
             raise self.error("LRP rules are not defined for Eltwise PROD (only the gradient-like "
@@ -842,7 +850,8 @@ class Eltwise(Layer):
         if self.op_name == "sum":
             if ctx.gradient_like:
                 return [R * np.float32(c) for c in self.coeffs]
-            # proportional to each operand's contribution (z rule, eps-stabilised), one pass
+            # proportional to each operand's contribution (z rule, eps-stabilised), one pass;
+            # y None (the forward fused the ReLU, CPU only): the kernel recomputes the sum
             k = _kernels(R)
             if k is not _core:
                 return list(k.eltwise_sum_relevance(list(xs), R, y, self.coeffs, float(ctx.eps)))

@@ -26,7 +26,8 @@ from . import caffe, ops
 from ._loader import _core
 from . import onnx as onnx_io
 from .composites import DEFAULT_RULES, Composite, as_composite
-from .layers import LAYER_TYPES, Layer, LayerError, RelevanceContext, _Affine, _RuleLayer
+from .layers import (LAYER_TYPES, Eltwise, Layer, LayerError, ReLU, RelevanceContext, _Affine,
+                     _RuleLayer)
 from .rules import AlphaBeta, has_negative
 from .sentinels import ClassesArg, RulesArg, Top, TopArg, resolve_top
 
@@ -260,6 +261,16 @@ class Net:
                 self._consumers.setdefault(b, []).append(layer)
         self._producer = {t: layer for layer in self.layers for t in layer.tops}
         self.has_weights = wdict is not None
+        # Eltwise SUM name -> the ReLU (slope 0) that alone reads its output: on the CPU the
+        # pass computes the two in one pass and keeps only the ReLU's output (the relevance
+        # recomputes the sum where it needs it, with the same bits), unless the sum is asked for
+        self._sum_relu: dict[str, Layer] = {}
+        for layer in self.layers:
+            readers = self._consumers.get(layer.tops[0], []) if layer.tops else []
+            if isinstance(layer, Eltwise) and layer.op_name == "sum" and len(readers) == 1 and \
+                    type(readers[0]) is ReLU and readers[0].slope == 0.0 and \
+                    layer.tops[0] not in self.outputs:
+                self._sum_relu[layer.name] = readers[0]
 
     def _fold_affine(self):
         """Canonisation: fold BatchNorm/Scale chains that solely consume a Conv/IP output."""
@@ -411,8 +422,10 @@ class Net:
 
     def _unmaterialised(self) -> set:
         """Blobs a pass does not keep: those inside a folded BatchNorm/Scale chain (the
-        convolution's own output, a BatchNorm before its Scale), computed only on request."""
-        out = set()
+        convolution's own output, a BatchNorm before its Scale) and, on the CPU, a residual sum
+        computed together with its ReLU (_sum_relu); each computed only on request."""
+        out = {self.layer(name).tops[0] for name in self._sum_relu} if self.device == "cpu" \
+            else set()
         for head, chain in self._chains.items():
             out.add(self.layer(head).tops[0])
             out.update(aff.tops[0] for aff in chain[:-1])
@@ -535,12 +548,21 @@ class Net:
         states: dict = {}
         last = len(self.layers) if stop is None else stop + 1
         need = set(need) | (set(self.layers[last - 1].tops) if last else set())
+        done: set = set()   # ReLUs computed with their residual sum
         for layer in self.layers[:last]:
             head = self._chain_head.get(layer.name)
-            if head is not None and self._fused(head, last):
+            if head is not None and self._fused(head, last) or layer.name in done:
                 states[layer.name] = {}   # computed with its owner
                 continue
             xs = [blobs[b] for b in layer.bottoms]
+            relu = self._sum_relu.get(layer.name)
+            if relu is not None and relu.index < last and layer.tops[0] not in need and \
+                    self.device == "cpu":
+                # the sum's ReLU in the same pass; the sum itself is not kept
+                blobs[relu.tops[0]] = cast(Eltwise, layer).forward_relu(xs)
+                states[layer.name] = {}
+                done.add(relu.name)
+                continue
             if self._fused(layer, last):
                 chain = self._chains[layer.name]
                 owner = cast(_RuleLayer, layer)
@@ -617,8 +639,9 @@ class Net:
     def _kept_forward(self, xin: dict, chunks: list, need: Iterable[str] = ()):
         """(blobs, states) of this thread's last ``forward`` when ``xin`` is its kept input
         (the very arrays, as ``backward_relevance`` passes them), the batch is still one chunk
-        and the pass holds the blobs in ``need`` (a blob inside a folded BatchNorm/Scale chain
-        is held only where that forward asked for it); else None. Read only: the relevance
+        and the pass holds the blobs in ``need`` (a blob inside a folded BatchNorm/Scale chain,
+        or a residual sum taken by its ReLU, is held only where that forward asked for it);
+        else None. Read only: the relevance
         pass never writes activations or states."""
         kept = getattr(self._local, "last_forward", None)
         if kept is None:
@@ -1096,7 +1119,8 @@ class Net:
                 # takes its unfolded operator; below the top, z is the folded chain's end
                 op = self._relevance_op(layer, top_layer)
                 st = dict(st, op=op) if op is layer.op else dict(st, z=blobs[layer.z_top])
-            # .get: blobs inside a folded chain are not computed (its layers need none)
+            # .get: blobs inside a folded chain are not computed (its layers need none), nor a
+            # sum taken by its ReLU (Eltwise recomputes it, the ReLU gates by its output)
             xs = [blobs.get(bt) for bt in layer.bottoms]
             ys = [blobs.get(t) for t in layer.tops]
             ops.forget_finite()

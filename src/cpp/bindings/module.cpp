@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -393,7 +394,7 @@ py::array_t<float> alphabeta_signal(const py::object& ro, const py::object& zo,
 // (y, argmax): Caffe's Eltwise over the arrays of `xs` (one shape); argmax (int32, shape of y)
 // for "max", None otherwise.
 py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
-                          const py::object& coeffso) {
+                          const py::object& coeffso, bool relu) {
   const auto op = lrpfast::parse_eltwise_op(operation.c_str());
   const auto xs = lrpfast::eltwise_inputs(xso, "arrays", [](py::handle h, const std::string& n) {
     return input<float>(h, n.c_str(), -1, "");
@@ -402,7 +403,9 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   std::vector<const float*> ptrs;
   for (const auto& x : xs) ptrs.push_back(x.data());
   const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, op, K);
-  auto y = output<float>(xs[0].shape);
+  require(!relu || op == lrpfast::EltwiseOp::Sum, "relu=True needs operation 'sum', got '",
+          operation, "'");
+  auto y = output<float>(xs[0].shape);   // relu: the ReLU of the sum (the sum is not kept)
   float* yp = y.mutable_data();
   py::object am = py::none();
   std::int32_t* ap = nullptr;
@@ -414,7 +417,7 @@ py::tuple eltwise_forward(const py::object& xso, const std::string& operation,
   {
     py::gil_scoped_release nogil;
     lrpfast::cpu::eltwise_forward(op, int(K), ptrs.data(), coeffs.empty() ? nullptr : coeffs.data(),
-                                  xs[0].size(), yp, ap);
+                                  xs[0].size(), relu ? nullptr : yp, ap, relu ? yp : nullptr);
   }
   return py::make_tuple(y, am);
 }
@@ -425,10 +428,16 @@ py::object eltwise_sum_relevance(const py::object& xso, const py::object& ro, co
     return input<float>(h, n.c_str(), -1, "");
   });
   auto r = input<float>(ro, "r", -1, "");
-  auto y = input<float>(yo, "y", -1, "");
-  require(r.shape == xs[0].shape && y.shape == xs[0].shape, "r and y must have the shape of the "
-          "inputs ", shape_str(xs[0].shape), ", got ", shape_str(r.shape), " and ",
-          shape_str(y.shape));
+  require(r.shape == xs[0].shape, "r must have the shape of the inputs ", shape_str(xs[0].shape),
+          ", got ", shape_str(r.shape));
+  const float* yp = nullptr;   // None: the kernel recomputes the sum
+  std::optional<decltype(r)> y;
+  if (!yo.is_none()) {
+    y.emplace(input<float>(yo, "y", -1, ""));
+    require(y->shape == xs[0].shape, "y must have the shape of the inputs ",
+            shape_str(xs[0].shape), ", got ", shape_str(y->shape));
+    yp = y->data();
+  }
   lrpfast::check_stabilizer(eps);
   const size_t K = xs.size();
   const std::vector<float> coeffs = lrpfast::eltwise_coeffs(coeffso, lrpfast::EltwiseOp::Sum, K);
@@ -445,7 +454,7 @@ py::object eltwise_sum_relevance(const py::object& xso, const py::object& ro, co
   {
     py::gil_scoped_release nogil;
     lrpfast::cpu::eltwise_sum_relevance(int(K), ptrs.data(), coeffs.empty() ? nullptr : coeffs.data(),
-                                        r.size(), r.data(), y.data(), float(eps), outs.data(),
+                                        r.size(), r.data(), yp, float(eps), outs.data(),
                                         check_finite ? &finite : nullptr);
   }
   if (check_finite) return py::make_tuple(result, finite);
@@ -829,12 +838,13 @@ PYBIND11_MODULE(_core, m) {
         "alpha-beta): a part contributes only where zp > 0, resp. z - zp < 0.");
 
   m.def("eltwise_forward", &eltwise_forward, py::arg("xs"), py::arg("operation"),
-        py::arg("coeffs") = py::none(),
+        py::arg("coeffs") = py::none(), py::kw_only(), py::arg("relu") = false,
         "Caffe's Eltwise: xs, a sequence of K >= 1 arrays of one shape -> (y, argmax), y of that\n"
         "shape, evaluated per element in input order in float32 (bit-identical to the numpy\n"
         "loop). operation 'sum': y = sum_k coeffs[k] * xs[k] (coeffs: K values, None = all 1);\n"
         "'prod': the product; 'max': the maximum, argmax (int32, shape of y) the index k of the\n"
-        "first input holding it. argmax is None except for 'max'.");
+        "first input holding it. argmax is None except for 'max'. relu=True ('sum' only): y is\n"
+        "relu_forward(the sum), computed in the same pass; the sum itself is not kept.");
   m.def("weight_signs", &weight_signs, py::arg("w"), py::arg("kind"),
         "Sign parts of w (rows, K): 'pos' max(w, 0), 'neg' min(w, 0), 'pm' both stacked\n"
         "(2*rows, K) = [W+; W-], from one pass over w.");
@@ -843,6 +853,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("check_finite") = false,
         "Relevance of Eltwise SUM y = sum_k coeffs[k]*xs[k] (z rule, eps-stabilised): the list\n"
         "[coeffs[k] * xs[k] * stabilized_divide(r, y, eps)], one pass, float32 as numpy rounds it.\n"
+        "y None: the sum is recomputed in the pass, with eltwise_forward's bits.\n"
         "check_finite: returns (list, True when no output holds a NaN or infinity), tested in\n"
         "the same pass.");
   m.def("all_finite", &all_finite, py::arg("x"),

@@ -15,6 +15,14 @@
 #include "kernels/parallel.hpp"
 #include "kernels/streamed.hpp"
 
+// Compiled for AVX-512 and AVX2 as well as the baseline, the CPU picking at load time (GCC on
+// x86-64 Linux): only for loops whose every build rounds alike (no multiply-add to contract).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define LRPFAST_WIDE __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LRPFAST_WIDE
+#endif
+
 namespace lrpfast {
 
 void check_stabilizer(double eps) {
@@ -46,6 +54,60 @@ void stabilized_divide(std::int64_t n, const float* r, const float* z, float eps
   }
 }
 
+namespace {
+// Caffe's ReLU with slope 0 on one value: positive or NaN kept, else +0 (relu_forward's rounding).
+inline float relu0(float v) {
+  const bool keep = (v > 0.f) | (v != v);
+  return keep ? v : 0.f;
+}
+
+// The Eltwise SUM of elements [lo, lo + m): y[i] = ((0 + c0 x0[lo+i]) + c1 x1[lo+i]) + ...
+// One out-of-line body for eltwise_forward and for eltwise_sum_relevance's recomputed sum, so
+// both round alike (the same instructions, whatever the compiler contracts).
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+void sum_block(int K, const float* const* xs, const float* coeffs,
+                                         std::int64_t lo, std::int64_t m, float* __restrict y) {
+  for (int k = 0; k < K; ++k) {
+    const float c = coeffs ? coeffs[k] : 1.f;
+    const float* __restrict x = xs[k] + lo;
+    if (k == 0)
+      for (std::int64_t i = 0; i < m; ++i) y[i] = 0.f + c * x[i];
+    else
+      for (std::int64_t i = 0; i < m; ++i) y[i] = y[i] + c * x[i];
+  }
+}
+}  // namespace
+
+// One block [b, b + m) of eltwise_sum_relevance from the sum z (z may be s itself): s[i] =
+// stabilized_quotient(r, z), then each operand's share (c_k x_k) * s; returns nonfinite_bits of
+// the shares when check. Divisions and products only (nothing a compiler could contract), so the
+// AVX-512, AVX2 and baseline builds of it give the same bits.
+LRPFAST_WIDE std::uint32_t sum_shares_block(int K, const float* const* xs, const float* coeffs,
+                                            std::int64_t b, std::int64_t m, const float* r,
+                                            const float* z, float eps, float* const* outs,
+                                            float* s, bool check) {
+  std::uint32_t hit = 0;
+  const float* __restrict rr = r + b;
+  for (int k = 0; k < K; ++k) {
+    const float c = coeffs ? coeffs[k] : 1.f;
+    const float* __restrict x = xs[k] + b;
+    float* __restrict o = outs[k] + b;
+    if (k == 0) {   // the quotient with the first share; kept for the others
+      for (std::int64_t i = 0; i < m; ++i) {
+        const float q = stabilized_quotient(rr[i], z[i], eps);   // (z[i] read before s[i] set)
+        s[i] = q;
+        o[i] = (c * x[i]) * q;
+      }
+    } else {
+      for (std::int64_t i = 0; i < m; ++i) o[i] = (c * x[i]) * s[i];
+    }
+    if (check) hit |= nonfinite_bits(o, m);
+  }
+  return hit;
+}
+
 void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, std::int64_t n,
                            const float* r, const float* y, float eps, float* const* outs,
                            bool* finite) {
@@ -56,24 +118,17 @@ void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, s
     float s[kBlock];
     for (std::int64_t b = lo; b < hi; b += kBlock) {
       const std::int64_t m = std::min(kBlock, hi - b);
-      for (std::int64_t i = 0; i < m; ++i) s[i] = stabilized_quotient(r[b + i], y[b + i], eps);
-      for (int k = 0; k < K; ++k) {
-        const float c = coeffs ? coeffs[k] : 1.f;
-        const float* __restrict x = xs[k] + b;
-        float* __restrict o = outs[k] + b;
-        for (std::int64_t i = 0; i < m; ++i) o[i] = (c * x[i]) * s[i];
-        if (finite) hit |= nonfinite_bits(o, m);
-      }
+      // the sum the forward did not keep (y nullptr): recomputed with its bits
+      if (!y) sum_block(K, xs, coeffs, b, m, s);
+      hit |= sum_shares_block(K, xs, coeffs, b, m, r, y ? y + b : s, eps, outs, s,
+                              finite != nullptr);
     }
     if (hit) bad.store(true, std::memory_order_relaxed);
   });
   if (finite) *finite = !bad.load();
 }
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-std::uint32_t nonfinite_bits(const float* x, std::int64_t n) {
+LRPFAST_WIDE std::uint32_t nonfinite_bits(const float* x, std::int64_t n) {
   constexpr std::uint32_t kExp = 0x7f800000u;
   std::uint32_t hit = 0;
   for (std::int64_t i = 0; i < n; ++i) {
@@ -166,14 +221,15 @@ void to_float16(std::int64_t n, const float* x, std::uint16_t* out) {
   for (std::int64_t i = 0; i < n; ++i) out[i] = half_bits(x[i]);
 }
 
+// y[i] = relu0(x[i]) for i < n (selects, nothing to round: every build gives the same bits)
+LRPFAST_WIDE void relu_block(std::int64_t n, const float* __restrict x, float* __restrict y) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] = relu0(x[i]);
+}
+
 void relu_forward(std::int64_t n, const float* x, float slope, float* y) {
   parallel_for(n, n, [&](std::int64_t lo, std::int64_t hi) {
     if (slope == 0.f) {  // (selects written branch-free, so the loops vectorise)
-      for (std::int64_t i = lo; i < hi; ++i) {
-        const float v = x[i];
-        const bool keep = (v > 0.f) | (v != v);  // positive or NaN
-        y[i] = keep ? v : 0.f;
-      }
+      relu_block(hi - lo, x + lo, y + lo);
     } else {
       for (std::int64_t i = lo; i < hi; ++i) {
         const float v = x[i], neg = slope * v;
@@ -239,22 +295,27 @@ void alphabeta_signal(std::int64_t N, std::int64_t G, std::int64_t Og, std::int6
 }
 
 void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* coeffs,
-                     std::int64_t n, float* y, std::int32_t* argmax) {
+                     std::int64_t n, float* y, std::int32_t* argmax, float* relu) {
   // Blocks of elements, inputs in the inner loop over a block: each input is streamed once.
   constexpr std::int64_t kBlock = 4096;
   const std::int64_t blocks = (n + kBlock - 1) / kBlock;
   parallel_for(blocks, n * K, [&](std::int64_t b0, std::int64_t b1) {
     const std::int64_t lo = b0 * kBlock, hi = b1 * kBlock < n ? b1 * kBlock : n;
-    float* yy = y + lo;
     const std::int64_t m = hi - lo;
-    if (op == EltwiseOp::Sum) {  // ((0 + c0 x0) + c1 x1) + ...: the first term on +0, unstored
-      for (int k = 0; k < K; ++k) {
-        const float c = coeffs ? coeffs[k] : 1.f, *x = xs[k] + lo;
-        if (k == 0)
-          for (std::int64_t i = 0; i < m; ++i) yy[i] = 0.f + c * x[i];
-        else
-          for (std::int64_t i = 0; i < m; ++i) yy[i] = yy[i] + c * x[i];
+    if (op == EltwiseOp::Sum && relu) {   // the sum of a block in cache, then its ReLU
+      float s[kBlock];
+      float* sum = y ? y + lo : s;
+      for (std::int64_t b = 0; b < m; b += kBlock) {
+        const std::int64_t e = std::min(kBlock, m - b);
+        sum_block(K, xs, coeffs, lo + b, e, sum + (y ? b : 0));
+        relu_block(e, sum + (y ? b : 0), relu + lo + b);
       }
+      return;
+    }
+    float* yy = y + lo;
+    if (op == EltwiseOp::Sum) {  // ((0 + c0 x0) + c1 x1) + ...: the first term on +0, unstored
+      for (std::int64_t b = 0; b < m; b += kBlock)
+        sum_block(K, xs, coeffs, lo + b, std::min(kBlock, m - b), yy + b);
     } else if (op == EltwiseOp::Prod) {
       std::memcpy(yy, xs[0] + lo, sizeof(float) * m);
       for (int k = 1; k < K; ++k) {

@@ -55,8 +55,10 @@ void weight_signs(std::int64_t rows, std::int64_t K, const float* w, float* pos,
 // share of y (eps-stabilised; Bach et al. 2015, eq. 56, with the sum's operands as the inputs):
 //   outs[k][i] = (c_k * xs[k][i]) * stabilized_quotient(r[i], y[i], eps)
 // in that float32 order, so bit-identical to numpy's np.float32(c) * x * stabilized_divide(r, y).
-// One pass for all K outputs (coeffs: K values; nullptr = all 1). finite (optional): set to
-// whether every output element is finite, tested block by block while the block is in cache.
+// One pass for all K outputs (coeffs: K values; nullptr = all 1). y nullptr: the sum is
+// recomputed block by block with eltwise_forward's bits (a forward that fused its ReLU kept no y).
+// finite (optional): set to whether every output element is finite, tested block by block while
+// the block is in cache.
 void eltwise_sum_relevance(int K, const float* const* xs, const float* coeffs, std::int64_t n,
                            const float* r, const float* y, float eps, float* const* outs,
                            bool* finite = nullptr);
@@ -89,8 +91,11 @@ void relu_forward(std::int64_t n, const float* x, float slope, float* y);
 //   Prod: y = (x0 * x1) * ...                   (coeffs ignored)
 //   Max:  y = max_k xk; argmax[i] = the FIRST k holding it (strictly greater wins; a NaN input
 //         wins over a number, so NaN propagates as in np.maximum). argmax may be nullptr.
+// relu (Sum only, optional): also writes relu[i] = relu_forward(y[i], slope 0), from each block
+// of the sum while it is in cache; y may then be nullptr (the sum is not stored). A residual
+// block's sum and its ReLU thus cost one pass, and the net keeps no sum it can recompute.
 void eltwise_forward(EltwiseOp op, int K, const float* const* xs, const float* coeffs,
-                     std::int64_t n, float* y, std::int32_t* argmax);
+                     std::int64_t n, float* y, std::int32_t* argmax, float* relu = nullptr);
 
 // The forward of BatchNorm/Scale after folding (a per-channel affine map), x and y (N, C, P):
 // y[n,c,p] = x[n,c,p] * scale[c] + bias[c], rounded after the product and after the sum (as
