@@ -16,6 +16,11 @@ Scale and splits Eltwise sums proportionally as well. Composites:
 * ``epsilon_plus_flat`` <-> ``EpsilonPlusFlat``
 * uniform ``epsilon`` (1e-6) <-> ``Epsilon(1e-6)`` on Conv2d / Linear plus zennit's base map
 
+The forward runs twice: as the toolbox workflow's ``net.forward`` (keeping every activation for
+``backward_relevance``, as the relevance passes do) and as the inference pass
+``forward(keep=False)`` (freeing each activation after its last reader, as torch's no-grad
+forward does); its "x own forward" is the ratio to the first.
+
 Agreement first: on 2 images per batch size, max |a - b| / max |b| per image against zennit in
 float64 (its merged BatchNorm made the exact identity), zennit's own float32 error beside it.
 Then the times: best of --repeats, lrpfast and torch/zennit alternating (with lrpfast's forward
@@ -182,6 +187,13 @@ def main(argv=None) -> int:
         fa, fb = best(ours_fwd, torch_fwd)
         print(f"| {batch} | forward | {fa:.3f} | {fb:.3f} | {fb / fa:.2f}x | 1.00 | "
               f"logits {logits:.1e} |", flush=True)
+
+        def ours_infer():   # the inference pass: no activation kept for backward_relevance
+            return net.forward(x, blobs=["fc1000"], keep=False)["fc1000"]
+        same = np.array_equal(ours_infer(), ours_fwd())
+        fi, fb = best(ours_infer, torch_fwd)
+        print(f"| {batch} | forward(keep=False) | {fi:.3f} | {fb:.3f} | {fb / fi:.2f}x | "
+              f"{fi / fa:.2f} | {'bit-identical' if same else 'DIFFERENT'} logits |", flush=True)
         k = min(2, batch)
         for ours_name, theirs_name in PAIRS:
             def ours(n=ours_name):

@@ -206,6 +206,10 @@ def test_huge_weight_raises_naming_the_layer():
     assert e.value.layer == "conv" and e.value.stage == "forward"
     with pytest.raises(lrpfast.NonFiniteError, match="'conv'"):
         net.forward(x)
+    # an inference pass has freed the conv's output by the end: it still names the conv
+    with pytest.raises(lrpfast.NonFiniteError, match=r"layer 0 'conv' \(Convolution\)") as e:
+        net.forward(x, keep=False)
+    assert e.value.layer == "conv"
     off = lrpfast.Net.from_text(CONV_IP, w, check_finite=False)   # the flag turns it off
     assert not np.all(np.isfinite(off.forward(x)))
 

@@ -461,6 +461,65 @@ def test_residual_sum_kept_where_its_relu_cannot_take_it(slope, second_reader):
     assert np.isfinite(r).all() and np.abs(r).max() > 0
 
 
+def _deep_chain(n_conv: int = 6, channels: int = 16, hw: int = 48) -> str:
+    import nets
+    layers, bottom = [], "data"
+    for i in range(n_conv):
+        layers += [nets.conv(f"c{i}", bottom, channels, kernel=3, pad=1),
+                   nets.relu(f"r{i}", f"c{i}", inplace=False)]
+        bottom = f"r{i}"
+    layers.append(nets.ip("fc", bottom, 5))
+    return nets.prototxt(layers, (2, 3, hw, hw), name="chain")
+
+
+@pytest.mark.parametrize("which", ["small", "residual", "bn", "chain"])
+def test_forward_keep_false_same_bits_less_memory(which):
+    """forward(keep=False), the inference pass, frees each activation after its last reader:
+    the outputs and any blob asked for (inside a folded BatchNorm chain, before an in-place
+    ReLU) are bit for bit those of the keeping pass, also split into chunks; nothing is kept
+    for backward_relevance, which then computes the forward pass again (same result); and the
+    pass's peak of numpy allocations is well under the keeping pass's."""
+    import tracemalloc
+    from lrpfast.compat import RelPropOpts
+    text = {"small": SMALL, "residual": residual_text(),
+            "bn": HEAD.format(name="bn") + conv_bn_relu(4) + """layer { name: "fc" type:
+  "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 3 } }
+""", "chain": _deep_chain()}[which]
+    net, w = build(text, ("keep", which))
+    shape = net.inputs["data"]
+    x = seeded_rng("keep", which, "x").normal(0, 1, (3,) + shape).astype(np.float32)
+    bits = lambda a: np.asarray(a).view(np.uint32)  # noqa: E731
+    inner = [b for b in ("conv1#1", "res#1", "conv2") if b.split("#")[0] in net.blob_versions]
+    for names in (None, inner + [net.outputs[0]]):
+        a = net.forward(x, blobs=names)
+        b = net.forward(x, blobs=names, keep=False)
+        for k in (a if isinstance(a, dict) else [None]):
+            np.testing.assert_array_equal(bits(a[k] if k else a), bits(b[k] if k else b))
+    assert net._local.last_forward is None and net._local.last_input is not None
+    per_image = sum(net.layer_memory().values())
+    small_chunks = lrpfast.Net.from_text(text, w, memory_limit=int(1.5 * per_image))
+    assert len(small_chunks._chunks(3)) > 1
+    np.testing.assert_array_equal(bits(small_chunks.forward(x, keep=False)), bits(net.forward(x)))
+    opts = RelPropOpts(relpropformulatype=0, epsstab=0.01)
+    kept = net.backward_relevance(1, opts).R
+    net.forward(x, keep=False)
+    np.testing.assert_array_equal(bits(net.backward_relevance(1, opts).R), bits(kept))
+    if which == "chain":   # 6 conv + 6 ReLU outputs of 2*16*48*48 floats each
+        peaks = {}
+        for keep in (True, False):
+            net.release()
+            net.forward(x, keep=keep)   # warm: the operators' caches are not a pass's memory
+            net._local.last_forward = None
+            tracemalloc.start()
+            try:
+                net.forward(x, keep=keep)
+                peaks[keep] = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        act = 3 * 16 * 48 * 48 * 4
+        assert peaks[True] > 10 * act and peaks[False] < 4 * act, (peaks, act)
+
+
 # ============================================================================ multi / chunking
 def _count_forwards(net, monkeypatch):
     calls = []

@@ -148,7 +148,7 @@ def run(out_dir="lrpfast_demo", rules=DEMO_RULES, scale: int = 3, cmap: str = re
     labels = [s["label"] for s in samples]
     masks = np.stack([s["mask"] for s in samples])
     top = info.get("top_layer", "fc6")
-    logits = net.forward(x, blobs=[top])[top].reshape(len(samples), -1)
+    logits = net.forward(x, blobs=[top], keep=False)[top].reshape(len(samples), -1)
     preds = [int(k) for k in np.argmax(logits, axis=1)]
     names = info["class_names"]
 

@@ -218,7 +218,7 @@ class SSD:
 
     def detect(self, x: Any) -> List[List[Detection]]:
         """DetectionOutput for the batch ``x``: per image, the detections best first."""
-        out = self.net.forward(x, blobs=[self.loc_blob, self.probs_blob])
+        out = self.net.forward(x, blobs=[self.loc_blob, self.probs_blob], keep=False)
         loc = np.asarray(out[self.loc_blob], np.float64)
         probs = np.asarray(out[self.probs_blob], np.float64)
         n = loc.shape[0]

@@ -87,10 +87,10 @@ class ToolboxNet(Net):
             return np.ascontiguousarray(np.moveaxis(v, -3, -1))
         return v
 
-    def forward(self, x, blobs=None):
+    def forward(self, x, blobs=None, *, keep=True):
         """Net.forward in either layout (module docstring)."""
         x, nhwc = self._to_caffe(x)
-        out = super().forward(x, blobs)
+        out = super().forward(x, blobs, keep=keep)
         self._local.last_nhwc = nhwc   # per thread, like forward's input (Net.forward)
         return self._from_caffe(out, nhwc, 4)
 
