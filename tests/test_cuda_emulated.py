@@ -68,6 +68,10 @@ def test_whole_network_forward_blobs(emu):
     for k in names:
         assert isinstance(got[k], np.ndarray)
         assert cc.nmse(got[k], want[k]) <= cc.NMSE_TOL, k
+    # the inference pass (each activation freed after its last reader) on the device too
+    lean = dev.forward(x, blobs=names, keep=False)
+    for k in names:
+        np.testing.assert_array_equal(lean[k], got[k], err_msg=k)
 
 
 @pytest.mark.parametrize("across", [False, True])
