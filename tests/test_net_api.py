@@ -499,7 +499,10 @@ def test_forward_keep_false_same_bits_less_memory(which):
     per_image = sum(net.layer_memory().values())
     small_chunks = lrpfast.Net.from_text(text, w, memory_limit=int(1.5 * per_image))
     assert len(small_chunks._chunks(3)) > 1
-    np.testing.assert_array_equal(bits(small_chunks.forward(x, keep=False)), bits(net.forward(x)))
+    # (a batch split differently may round differently outside deterministic mode: the same
+    # chunks on both sides)
+    np.testing.assert_array_equal(bits(small_chunks.forward(x, keep=False)),
+                                  bits(small_chunks.forward(x)))
     opts = RelPropOpts(relpropformulatype=0, epsstab=0.01)
     kept = net.backward_relevance(1, opts).R
     net.forward(x, keep=False)
