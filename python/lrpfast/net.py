@@ -645,8 +645,8 @@ class Net:
         it does not compute them again. ``keep=False``: an inference pass that frees each
         activation once the layers reading it have run, as a framework's no-grad forward does:
         the same outputs, a fraction of the memory, and faster where the kept arrays would
-        have been written to memory not in cache (ResNet-50, 2 threads: 16% at batch 1, 6% at
-        batch 8). ``backward_relevance`` after it computes the forward pass again."""
+        have been written to memory not in cache (ResNet-50, 2 threads: 9-16% at batch 1, 6-9%
+        at batch 8). ``backward_relevance`` after it computes the forward pass again."""
         xin = self._check_input(x)
         # for backward_relevance, per thread: threads sharing a Net never see each other's
         # input. The pass runs on this private copy, and its activations and layer states are
